@@ -1,0 +1,45 @@
+# go-advisory-lock. Every target finds Postgres the way the tests do:
+# PG_CONNECTION_STRING, else 127.0.0.1:5432, else a throwaway cluster.
+
+GO          ?= go
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+BIN         := bin
+MODULE      := $(shell $(GO) list -m)
+
+.PHONY: all test test-short lint bench demo build clean
+
+all: lint test
+
+## test: unit tests, live tests and the conformance suite on lib/pq, pgx and gorm, with -race
+test:
+	$(GO) test -race -shuffle=on -count=1 -timeout 10m ./...
+
+## test-short: the same, with fewer torture iterations
+test-short:
+	$(GO) test -race -short -count=1 ./...
+
+## lint: gofmt, go vet, staticcheck, and sqllock/keyspace import only the standard library
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+	@for pkg in ./sqllock ./keyspace; do \
+		ext=$$($(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' $$pkg | grep -v '^$(MODULE)'); \
+		if [ -n "$$ext" ]; then echo "$$pkg imports outside the standard library: $$ext"; exit 1; fi; \
+	done
+	@echo "lint: ok"
+
+## bench: the benchmarks, library against hand-written SQL on the same driver
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./sqllock | tee bench.txt
+
+## build: the withlock binary in ./bin
+build:
+	$(GO) build -o $(BIN)/withlock ./cmd/withlock
+
+## demo: two withlock processes contend for one lock; their runs never overlap
+demo: build
+	@./scripts/demo.sh $(BIN)/withlock
+
+clean:
+	rm -rf $(BIN) bench.txt

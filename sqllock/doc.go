@@ -1,0 +1,76 @@
+// Package sqllock provides distributed mutexes built on PostgreSQL
+// advisory locks, over any [database/sql] driver for PostgreSQL.
+//
+// Several processes that share a database can make sure only one of them
+// runs a migration, a clock process or a periodic job at a time, with
+// nothing new to deploy:
+//
+//	l := sqllock.New(db) // db is your *sql.DB (lib/pq, pgx stdlib, gorm's db.DB(), …)
+//	mu := l.Mutex("billing/nightly")
+//	err := mu.WithLock(ctx, func(ctx context.Context) error {
+//		return runNightlyBilling(ctx) // ctx is cancelled if the lock is lost
+//	})
+//
+// # Holding a lock
+//
+// A lock is a session-level advisory lock (pg_advisory_lock) taken on a
+// [sql.Conn] of its own, taken from the caller's pool and pinned until the
+// lock is released. Because each lock has its own session, locks exclude each
+// other inside one process exactly as they do across processes. Each held lock
+// costs one pooled connection: leave room for them in SetMaxOpenConns.
+//
+// [Mutex.WithLock] is the primary form: it waits for the lock, runs a
+// function and releases the lock however the function ends, including a
+// panic. [Mutex.Lock] and [Mutex.Unlock] are there for locks whose lifetime
+// does not fit one function; [Mutex.TryLock] never waits. Shared mode
+// ([Mutex.LockShared] and friends) lets many holders in at once while
+// excluding exclusive holders, both ways.
+//
+// Every method takes a context. For Lock it bounds only the wait: cancelling
+// it later does not release the lock. If the context ends while waiting,
+// Lock returns an error wrapping the context's error and no lock survives on
+// any connection, even when the grant races the cancel: a connection whose
+// lock state is unknown is discarded, never returned to the pool.
+//
+// # Losing a lock
+//
+// A lock lives exactly as long as its database session. Sessions die: a
+// backend terminated by an administrator, a server restart, a network that
+// goes silent. While a lock is held, a keep-alive runs one cheap query on its
+// connection every two seconds (see [WithKeepAlive]); a failed or unanswered
+// probe, or one answered by a different backend, counts as a loss. The
+// holder learns of it: WithLock cancels its function's context with a cause
+// wrapping [ErrLockLost] and returns an error wrapping it; Lock users watch
+// [Mutex.Done] and [Mutex.Err]; Unlock of a lost lock returns an error
+// wrapping ErrLockLost.
+//
+// # Drivers and poolers
+//
+// sqllock imports no driver. It works with github.com/lib/pq,
+// github.com/jackc/pgx/v5/stdlib (with its default context handling or with
+// pgconn.CancelRequestContextWatcherHandler) and any ORM that exposes its
+// *sql.DB, such as gorm's db.DB(). Each lock, try-lock and unlock is one
+// round trip on both drivers: keys are integers, written into the SQL text
+// for lib/pq and bound as parameters of cached statements for pgx.
+//
+// Session locks need a session: a pooler in transaction mode (PgBouncer's
+// pool_mode=transaction) hands consecutive statements to different server
+// sessions, and the locks then neither exclude nor release. The keep-alive
+// notices a change of backend and reports the lock lost. A hot standby grants
+// advisory locks that exclude nobody on the primary; sqllock refuses them
+// with [ErrStandby] unless [WithAllowStandby] says otherwise.
+//
+// # Keys
+//
+// PostgreSQL locks integers, not names. A [keyspace.Strategy] turns names
+// into keys; the default, [keyspace.Default], is byte-compatible with the
+// Node package advisory-lock, so Go and Node processes contend for the same
+// names. [Locker.MutexKey] takes an explicit [keyspace.Key]. Names never
+// reach SQL text.
+//
+// # Checking your setup
+//
+// The package github.com/advisorylock/go-advisory-lock/conntest runs a
+// conformance suite against your own driver, pooler and database, proving
+// that they give sqllock the session semantics it relies on.
+package sqllock

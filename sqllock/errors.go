@@ -1,0 +1,72 @@
+package sqllock
+
+import (
+	"errors"
+	"strconv"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+var (
+	// ErrNotHeld reports an Unlock or UnlockShared of a lock that the
+	// Mutex does not hold in that mode.
+	ErrNotHeld = errors.New("sqllock: lock not held")
+
+	// ErrLockLost reports that a lock stopped being held before it was
+	// released: its database session ended (terminated backend, server
+	// restart, broken network), the keep-alive got no answer in time, or the
+	// server no longer recognises the session as the holder. Errors that wrap
+	// it also wrap the underlying cause.
+	ErrLockLost = errors.New("sqllock: lock lost")
+
+	// ErrStandby reports a lock refused because the server is a hot standby
+	// (pg_is_in_recovery() is true). Advisory locks taken on a standby are
+	// local to it and exclude nobody on the primary. See [WithAllowStandby].
+	ErrStandby = errors.New("sqllock: server is a standby in recovery; its advisory locks exclude nobody on the primary")
+
+	// ErrNilDB is the sticky error of a Locker built from a nil *sql.DB.
+	ErrNilDB = errors.New("sqllock: nil *sql.DB")
+
+	// ErrNilContext reports a nil context.Context passed to a method.
+	ErrNilContext = errors.New("sqllock: nil context.Context")
+
+	// ErrNilFunc reports a nil function passed to WithLock or WithLockShared.
+	ErrNilFunc = errors.New("sqllock: nil function")
+)
+
+// Error records a failed operation on a named lock. Its message names the
+// operation, the lock and its key; Unwrap exposes the cause, so
+// errors.Is(err, context.DeadlineExceeded) or errors.Is(err, ErrLockLost)
+// see through it.
+type Error struct {
+	Op   string       // "lock", "trylock", "unlock", "lock shared", "withlock", …
+	Name string       // the lock's name; empty for a Mutex built from an explicit key
+	Key  keyspace.Key // the advisory-lock key; invalid when the name had none
+	Err  error        // the cause
+}
+
+func (e *Error) Error() string {
+	s := "sqllock: " + e.Op
+	if e.Name != "" {
+		s += " " + quote(e.Name)
+	}
+	if e.Key.Valid() {
+		s += " " + e.Key.String()
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// quote quotes a lock name for a message, shortening very long names.
+func quote(s string) string {
+	const max = 200
+	if len(s) > max {
+		return strconv.Quote(s[:max]) + "…"
+	}
+	return strconv.Quote(s)
+}

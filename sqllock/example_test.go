@@ -1,0 +1,150 @@
+package sqllock_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// openDB opens the pool the examples lock on.
+func openDB() *sql.DB {
+	db, err := sql.Open("pgx", os.Getenv("PG_CONNECTION_STRING"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	return db
+}
+
+// The quick start of README.md is this function's body; a test keeps them
+// identical.
+func Example() {
+	db, err := sql.Open("pgx", os.Getenv("PG_CONNECTION_STRING"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	locker := sqllock.New(db)
+	mu := locker.Mutex("billing/nightly")
+
+	// Only one process at a time runs this, however many are deployed.
+	err = mu.WithLock(context.Background(), func(ctx context.Context) error {
+		fmt.Println("running the nightly billing, alone")
+		return nil // if the lock is lost meanwhile, ctx is cancelled
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output: running the nightly billing, alone
+}
+
+func ExampleMutex_WithLock() {
+	db := openDB()
+	defer db.Close()
+	mu := sqllock.New(db).Mutex("example/withlock")
+
+	err := mu.WithLock(context.Background(), func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			// The lock was lost (or the caller gave up): stop at once.
+			if errors.Is(context.Cause(ctx), sqllock.ErrLockLost) {
+				return nil // WithLock reports the loss itself
+			}
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond): // the work
+			fmt.Println("work done under the lock")
+			return nil
+		}
+	})
+	fmt.Println("err:", err)
+	// Output:
+	// work done under the lock
+	// err: <nil>
+}
+
+func ExampleMutex_Lock() {
+	db := openDB()
+	defer db.Close()
+	mu := sqllock.New(db).Mutex("example/lock")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := mu.Lock(ctx); err != nil { // ctx bounds the wait only
+		log.Fatal(err)
+	}
+	defer mu.Unlock(context.WithoutCancel(ctx))
+
+	// Watch for a loss while working.
+	select {
+	case <-mu.Done():
+		fmt.Println("lost:", mu.Err())
+	default:
+		fmt.Println("holding", mu.Name())
+	}
+	// Output: holding example/lock
+}
+
+func ExampleMutex_TryLock() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db)
+	ctx := context.Background()
+
+	first, second := locker.Mutex("example/trylock"), locker.Mutex("example/trylock")
+	ok, err := first.TryLock(ctx)
+	fmt.Println("first:", ok, err)
+	ok, err = second.TryLock(ctx) // contention is not an error
+	fmt.Println("second:", ok, err)
+	fmt.Println("unlock:", first.Unlock(ctx))
+	// Output:
+	// first: true <nil>
+	// second: false <nil>
+	// unlock: <nil>
+}
+
+func ExampleMutex_LockShared() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db)
+	ctx := context.Background()
+
+	// Readers share the lock; a writer waits for all of them.
+	r1, r2, w := locker.Mutex("example/shared"), locker.Mutex("example/shared"), locker.Mutex("example/shared")
+	fmt.Println(r1.LockShared(ctx), r2.LockShared(ctx))
+	ok, _ := w.TryLock(ctx)
+	fmt.Println("writer got it while readers hold it:", ok)
+	fmt.Println(r1.UnlockShared(ctx), r2.UnlockShared(ctx))
+	ok, _ = w.TryLock(ctx)
+	fmt.Println("writer got it after:", ok, w.Unlock(ctx))
+	// Output:
+	// <nil> <nil>
+	// writer got it while readers hold it: false
+	// <nil> <nil>
+	// writer got it after: true <nil>
+}
+
+func ExampleLocker_MutexKey() {
+	db := openDB()
+	defer db.Close()
+	// An explicit key, e.g. one shared with another library's scheme.
+	mu := sqllock.New(db).MutexKey(keyspace.Int64(4097083626))
+	fmt.Println(mu.Key())
+	// Output: int64(4097083626)
+}
+
+func ExampleWithKeyspace() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db, sqllock.WithKeyspace(keyspace.SHA256Int64))
+	fmt.Println(locker.Mutex("dbmigration").Key())
+	// Output: int64(-4938876031718299147)
+}

@@ -1,0 +1,104 @@
+package sqllock
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// fakeConnector is a database/sql driver whose queries run a test's
+// function, for behaviour sqlmock cannot play: a driver that ignores its
+// context, or a grant that races a cancel.
+type fakeConnector struct {
+	query  func(ctx context.Context, q string) ([]driver.Value, error)
+	closed atomic.Int32 // connections closed
+}
+
+func (c *fakeConnector) Connect(context.Context) (driver.Conn, error) { return &fakeConn{c: c}, nil }
+func (c *fakeConnector) Driver() driver.Driver                        { return nil }
+
+type fakeConn struct{ c *fakeConnector }
+
+func (f *fakeConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("fake: no Prepare") }
+func (f *fakeConn) Begin() (driver.Tx, error)           { return nil, errors.New("fake: no Begin") }
+func (f *fakeConn) Close() error                        { f.c.closed.Add(1); return nil }
+func (f *fakeConn) QueryContext(ctx context.Context, q string, _ []driver.NamedValue) (driver.Rows, error) {
+	vals, err := f.c.query(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return &fakeRows{vals: vals}, nil
+}
+
+type fakeRows struct {
+	vals []driver.Value
+	done bool
+}
+
+func (r *fakeRows) Columns() []string { return make([]string, len(r.vals)) }
+func (r *fakeRows) Close() error      { return nil }
+func (r *fakeRows) Next(dest []driver.Value) error {
+	if r.done {
+		return io.EOF
+	}
+	r.done = true
+	copy(dest, r.vals)
+	return nil
+}
+
+func newFake(t *testing.T, query func(ctx context.Context, q string) ([]driver.Value, error), opts ...Option) (*Locker, *fakeConnector) {
+	c := &fakeConnector{query: query}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return New(db, append([]Option{withPlaceholders(false)}, opts...)...), c
+}
+
+// A grant that arrives after the context ended must not leave a lock on a
+// pooled connection (lib/pq closes such connections behind our back).
+func TestFakeGrantRacingCancelDiscards(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		cancel() // the context ends while the grant travels back
+		return []driver.Value{int64(7), false}, nil
+	}, WithKeepAlive(0, 0))
+	err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+}
+
+// A driver hung on a dead network, ignoring its context, must not hide a
+// loss: the probe's own timer declares it.
+func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
+	unblock := make(chan struct{})
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if q == probeSQL {
+			<-unblock // ignores ctx, as lib/pq can on a dead network
+			return []driver.Value{int64(7)}, nil
+		}
+		return []driver.Value{int64(7), false}, nil
+	}, WithKeepAlive(time.Millisecond, 20*time.Millisecond))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	select {
+	case <-mu.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hung probe was not declared a loss")
+	}
+	require.ErrorIs(t, mu.Err(), ErrLockLost)
+	require.ErrorContains(t, mu.Err(), "no answer within 20ms")
+	require.ErrorIs(t, mu.Unlock(t.Context()), ErrLockLost)
+	assert.Equal(t, int32(0), c.closed.Load(), "the connection stays with the hung driver call")
+	close(unblock)
+	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"once the driver returns, the connection is discarded")
+}

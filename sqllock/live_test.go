@@ -1,0 +1,403 @@
+package sqllock_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+func TestLockPinsConnection(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		mu := sqllock.New(db).Mutex(t.Name())
+		base := inUse(db)
+		require.NoError(t, mu.Lock(t.Context()))
+		assert.Equal(t, base+1, inUse(db), "a held lock pins one connection")
+		require.NoError(t, mu.Err())
+		held, _ := lockRows(t, db, mu.Key())
+		assert.Equal(t, 1, held)
+		require.NoError(t, mu.Unlock(t.Context()))
+		assert.Equal(t, base, inUse(db), "unlock returns the connection")
+		held, _ = lockRows(t, db, mu.Key())
+		assert.Equal(t, 0, held)
+		assert.ErrorIs(t, mu.Err(), sqllock.ErrNotHeld)
+	})
+}
+
+func TestExclusionInOneProcess(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		a, b := l.Mutex(t.Name()), l.Mutex(t.Name())
+		ok, err := a.TryLock(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok)
+
+		ok, err = b.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "a second Mutex for the same name must not get the lock")
+		ok, err = a.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "the same Mutex locked twice must not get the lock twice")
+		ok, err = b.TryLockShared(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "shared must wait for exclusive")
+
+		require.NoError(t, a.Unlock(t.Context()))
+		ok, err = b.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.True(t, ok)
+		require.NoError(t, b.Unlock(t.Context()))
+	})
+}
+
+func TestSharedCoexistsAndExcludes(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		a, b, c := l.Mutex(t.Name()), l.Mutex(t.Name()), l.Mutex(t.Name())
+		require.NoError(t, a.LockShared(t.Context()))
+		require.NoError(t, b.LockShared(t.Context()))
+		ok, err := a.TryLockShared(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok, "shared holders coexist, also within one Mutex")
+
+		ok, err = c.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "exclusive must wait for shared")
+
+		// An exclusive waiter is granted once every shared holder is gone.
+		got := make(chan error, 1)
+		go func() { got <- c.Lock(t.Context()) }()
+		waitRows(t, db, a.Key(), 3, 1)
+		require.NoError(t, a.UnlockShared(t.Context()))
+		require.NoError(t, a.UnlockShared(t.Context()))
+		require.NoError(t, b.UnlockShared(t.Context()))
+		require.NoError(t, <-got)
+		waitRows(t, db, a.Key(), 1, 0)
+		require.NoError(t, c.Unlock(t.Context()))
+	})
+}
+
+func TestWaiterGrantedOnRelease(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		holder, waiter := l.Mutex(t.Name()), l.Mutex(t.Name())
+		require.NoError(t, holder.Lock(t.Context()))
+		got := make(chan error, 1)
+		go func() { got <- waiter.Lock(t.Context()) }()
+		waitRows(t, db, holder.Key(), 1, 1) // the waiter waits in the server
+		select {
+		case err := <-got:
+			t.Fatalf("waiter returned while the lock was held: %v", err)
+		default:
+		}
+		require.NoError(t, holder.Unlock(t.Context()))
+		require.NoError(t, <-got)
+		require.NoError(t, waiter.Unlock(t.Context()))
+	})
+}
+
+func TestLockHonoursContext(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ctx    func(context.Context) (context.Context, context.CancelFunc)
+		cancel bool
+		want   error
+	}{
+		{"cancel", context.WithCancel, true, context.Canceled},
+		{"deadline", func(ctx context.Context) (context.Context, context.CancelFunc) {
+			return context.WithTimeout(ctx, 50*time.Millisecond)
+		}, false, context.DeadlineExceeded},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eachDriver(t, func(t *testing.T, db *sql.DB) {
+				l := sqllock.New(db)
+				holder := l.Mutex(t.Name())
+				require.NoError(t, holder.Lock(t.Context()))
+				for _, shared := range []bool{false, true} {
+					ctx, cancel := tc.ctx(t.Context())
+					waiter := l.Mutex(t.Name())
+					got := make(chan error, 1)
+					go func() {
+						if shared {
+							got <- waiter.LockShared(ctx)
+						} else {
+							got <- waiter.Lock(ctx)
+						}
+					}()
+					if tc.cancel {
+						waitRows(t, db, holder.Key(), 1, 1)
+						cancel()
+					}
+					select {
+					case err := <-got:
+						require.ErrorIs(t, err, tc.want)
+						var e *sqllock.Error
+						require.ErrorAs(t, err, &e)
+						assert.Equal(t, t.Name(), e.Name)
+					case <-time.After(10 * time.Second):
+						t.Fatal("Lock did not return after its context ended")
+					}
+					cancel()
+					assert.ErrorIs(t, waiter.Unlock(t.Context()), sqllock.ErrNotHeld)
+				}
+				require.NoError(t, holder.Unlock(t.Context()))
+				// Nothing survives: the key ends up free.
+				waitRows(t, db, holder.Key(), 0, 0)
+				assert.Equal(t, 0, inUse(db))
+			})
+		})
+	}
+}
+
+// TestCancelTorture races hundreds of lock attempts with random deadlines
+// against a contended key, then checks that no advisory lock is left on any
+// connection: not on idle pooled ones, not anywhere.
+func TestCancelTorture(t *testing.T) {
+	attempts := 300
+	if testing.Short() {
+		attempts = 60
+	}
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		db.SetMaxOpenConns(12)
+		l := sqllock.New(db)
+		key := keyspace.SHA256Int64.Key(t.Name())
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var granted, cancelled int
+		sem := make(chan struct{}, 6)
+		for i := range attempts {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				m := l.MutexKey(key)
+				ctx, cancel := context.WithTimeout(t.Context(), time.Duration(1+rand.IntN(100000))*time.Microsecond)
+				defer cancel()
+				var err error
+				if i%3 == 0 {
+					err = m.LockShared(ctx)
+				} else {
+					err = m.Lock(ctx)
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					if !errors.Is(err, context.DeadlineExceeded) {
+						t.Errorf("attempt %d: got %v, want an error wrapping DeadlineExceeded", i, err)
+					}
+					cancelled++
+					return
+				}
+				granted++
+				time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond) // hold a while: others must queue
+				if i%3 == 0 {
+					assert.NoError(t, m.UnlockShared(context.Background()))
+				} else {
+					assert.NoError(t, m.Unlock(context.Background()))
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("%d attempts: %d granted, %d cancelled", attempts, granted, cancelled)
+		assert.NotZero(t, granted, "the torture must grant some locks")
+		assert.NotZero(t, cancelled, "the torture must cancel some waits")
+		// Orphaned waiters of connections closed mid-wait may still be
+		// granted and exit; wait until the key is free.
+		waitRows(t, db, key, 0, 0)
+		assert.Equal(t, 0, inUse(db))
+		last := l.MutexKey(key)
+		ok, err := last.TryLock(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok, "the key must be free after the torture")
+		require.NoError(t, last.Unlock(t.Context()))
+		waitRows(t, db, key, 0, 0)
+	})
+}
+
+func TestWithLock(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		mu := l.Mutex(t.Name())
+		other := l.Mutex(t.Name())
+		boom := errors.New("boom")
+
+		err := mu.WithLock(t.Context(), func(ctx context.Context) error {
+			ok, err := other.TryLock(ctx)
+			require.NoError(t, err)
+			assert.False(t, ok, "held during fn")
+			return nil
+		})
+		require.NoError(t, err)
+		waitRows(t, db, mu.Key(), 0, 0)
+
+		err = mu.WithLock(t.Context(), func(context.Context) error { return boom })
+		require.ErrorIs(t, err, boom)
+		waitRows(t, db, mu.Key(), 0, 0)
+
+		func() {
+			defer func() {
+				assert.Equal(t, "user panic", recover(), "the panic goes on")
+			}()
+			_ = mu.WithLock(t.Context(), func(context.Context) error { panic("user panic") })
+		}()
+		waitRows(t, db, mu.Key(), 0, 0)
+
+		err = mu.WithLockShared(t.Context(), func(ctx context.Context) error {
+			ok, err := other.TryLockShared(ctx)
+			require.NoError(t, err)
+			assert.True(t, ok, "shared coexists")
+			return other.UnlockShared(ctx)
+		})
+		require.NoError(t, err)
+		assert.Equal(t, 0, inUse(db))
+
+		// A context cancelled inside fn does not keep the lock.
+		ctx, cancel := context.WithCancel(t.Context())
+		err = mu.WithLock(ctx, func(context.Context) error { cancel(); return nil })
+		require.NoError(t, err)
+		waitRows(t, db, mu.Key(), 0, 0)
+	})
+}
+
+func TestLossDetected(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db, fastLoss)
+		t.Run("Lock", func(t *testing.T) {
+			mu := l.Mutex(t.Name())
+			require.NoError(t, mu.Lock(t.Context()))
+			done := mu.Done()
+			terminate(t, db, backendOf(t, db, mu.Key()))
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("loss not noticed")
+			}
+			require.ErrorIs(t, mu.Err(), sqllock.ErrLockLost)
+			require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrLockLost)
+			assert.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrNotHeld)
+			// A waiter now gets it.
+			ok, err := l.Mutex(t.Name()).TryLock(t.Context())
+			require.NoError(t, err)
+			assert.True(t, ok)
+		})
+		t.Run("WithLock", func(t *testing.T) {
+			mu := l.Mutex(t.Name())
+			err := mu.WithLock(t.Context(), func(ctx context.Context) error {
+				terminate(t, db, backendOf(t, db, mu.Key()))
+				<-ctx.Done()
+				require.ErrorIs(t, context.Cause(ctx), sqllock.ErrLockLost)
+				return nil
+			})
+			require.ErrorIs(t, err, sqllock.ErrLockLost)
+			waitRows(t, db, mu.Key(), 0, 0)
+		})
+	})
+}
+
+func TestUnlockNotHeld(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		mu := sqllock.New(db).Mutex(t.Name())
+		require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrNotHeld)
+		require.ErrorIs(t, mu.UnlockShared(t.Context()), sqllock.ErrNotHeld)
+		require.NoError(t, mu.Lock(t.Context()))
+		err := mu.UnlockShared(t.Context())
+		require.ErrorIs(t, err, sqllock.ErrNotHeld)
+		assert.Contains(t, err.Error(), "use Unlock")
+		require.NoError(t, mu.Unlock(t.Context()))
+		require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrNotHeld)
+	})
+}
+
+func TestUnlockWithCancelledContextReleases(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		mu := sqllock.New(db).Mutex(t.Name())
+		require.NoError(t, mu.Lock(t.Context()))
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		require.NoError(t, mu.Unlock(ctx))
+		waitRows(t, db, mu.Key(), 0, 0)
+		assert.Equal(t, 0, inUse(db))
+	})
+}
+
+func TestExplicitKeysAtTheEdges(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		for _, k := range []keyspace.Key{
+			keyspace.Int64(-9223372036854775808), keyspace.Int64(9223372036854775807),
+			keyspace.Pair(-2147483648, 2147483647), keyspace.Pair(-2147483648, -2147483648),
+		} {
+			mu := l.MutexKey(k)
+			require.NoError(t, mu.Lock(t.Context()), "%v", k)
+			held, _ := lockRows(t, db, k)
+			assert.Equal(t, 1, held, "pg_locks shows %v where LockTag says", k)
+			require.NoError(t, mu.Unlock(t.Context()))
+		}
+	})
+}
+
+func TestServerErrorsNameTheLock(t *testing.T) {
+	// A closed port: the error names the lock and wraps the driver's error.
+	for _, driver := range []string{"postgres", "pgx"} {
+		db, err := sql.Open(driver, "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=2")
+		require.NoError(t, err)
+		defer db.Close()
+		mu := sqllock.New(db).Mutex("unreachable")
+		err = mu.Lock(t.Context())
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `"unreachable"`)
+		assert.Contains(t, err.Error(), mu.Key().String())
+	}
+}
+
+func TestClosedDB(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		mu := sqllock.New(db).Mutex(t.Name())
+		require.NoError(t, db.Close())
+		err := mu.Lock(t.Context())
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "database is closed")
+	})
+}
+
+func TestHolders(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		a, b, c := l.Mutex(t.Name()), l.Mutex(t.Name()), l.Mutex(t.Name())
+		hs, err := a.Holders(t.Context())
+		require.NoError(t, err)
+		assert.Empty(t, hs)
+
+		require.NoError(t, a.LockShared(t.Context()))
+		require.NoError(t, b.LockShared(t.Context()))
+		got := make(chan error, 1)
+		go func() { got <- c.Lock(t.Context()) }()
+		waitRows(t, db, a.Key(), 2, 1)
+
+		hs, err = a.Holders(t.Context())
+		require.NoError(t, err)
+		require.Len(t, hs, 3)
+		for i, h := range hs {
+			assert.NotZero(t, h.PID)
+			assert.False(t, h.BackendStart.IsZero())
+			if i < 2 {
+				assert.True(t, h.Granted && h.Shared, "holder %d: %+v", i, h)
+			} else {
+				assert.True(t, !h.Granted && !h.Shared, "waiter: %+v", h)
+				assert.False(t, h.WaitStart.IsZero())
+			}
+		}
+		require.NoError(t, a.UnlockShared(t.Context()))
+		require.NoError(t, b.UnlockShared(t.Context()))
+		require.NoError(t, <-got)
+		require.NoError(t, c.Unlock(t.Context()))
+	})
+}

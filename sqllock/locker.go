@@ -1,0 +1,108 @@
+package sqllock
+
+import (
+	"database/sql"
+	"fmt"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// A Locker makes mutexes whose locks are PostgreSQL session-level advisory
+// locks, taken on connections from a *sql.DB that the caller owns. It opens
+// no pool of its own and never closes the caller's.
+//
+// Each held lock pins one connection of the pool until it is released, so
+// the pool's SetMaxOpenConns must leave room for every lock held at once
+// plus the application's other queries.
+//
+// A Locker is safe for concurrent use by multiple goroutines.
+type Locker struct {
+	db           *sql.DB
+	cfg          config
+	placeholders bool
+}
+
+// New returns a Locker over db. Options are applied in order.
+//
+// New does not fail: a nil db or an invalid option is recorded, and every
+// operation of the Locker's mutexes returns that error (wrapping [ErrNilDB]
+// for a nil db). New does not touch the network.
+func New(db *sql.DB, opts ...Option) *Locker {
+	l := &Locker{db: db, cfg: defaultConfig()}
+	for _, opt := range opts {
+		if opt == nil {
+			l.cfg.fail(fmt.Errorf("sqllock: nil Option"))
+			continue
+		}
+		opt(&l.cfg)
+	}
+	if db == nil {
+		l.cfg.fail(ErrNilDB)
+	}
+	if l.cfg.placeholders != nil {
+		l.placeholders = *l.cfg.placeholders
+	} else if db != nil {
+		l.placeholders = driverCachesStatements(db)
+	}
+	return l
+}
+
+// Err returns the Locker's sticky error: nil if New got a usable db and
+// valid options.
+func (l *Locker) Err() error { return l.cfg.err }
+
+// Mutex returns a mutex for the lock called name, whose key comes from the
+// Locker's keyspace strategy (see [WithKeyspace]). Every Mutex for the same
+// name and strategy, in this process or any other, contends for the same
+// lock. The name itself never reaches SQL text.
+//
+// If the strategy panics or yields an invalid key, the Mutex records the
+// problem and every operation returns it.
+func (l *Locker) Mutex(name string) *Mutex {
+	m := &Mutex{l: l, name: name}
+	if l.cfg.err != nil {
+		m.err = l.cfg.err
+		return m
+	}
+	key, err := keyFor(l.cfg.strategy, name)
+	if err != nil {
+		m.err = err
+		return m
+	}
+	return l.mutex(m, key)
+}
+
+// MutexKey returns a mutex for an explicit key, bypassing the keyspace
+// strategy. An invalid key (the zero Key) becomes the Mutex's sticky error.
+func (l *Locker) MutexKey(k keyspace.Key) *Mutex {
+	m := &Mutex{l: l}
+	switch {
+	case l.cfg.err != nil:
+		m.err = l.cfg.err
+		return m
+	case !k.Valid():
+		m.err = fmt.Errorf("invalid keyspace.Key (the zero Key); build keys with keyspace.Int64 or keyspace.Pair")
+		return m
+	}
+	return l.mutex(m, k)
+}
+
+func (l *Locker) mutex(m *Mutex, k keyspace.Key) *Mutex {
+	m.key = k
+	m.q = buildQueries(k, l.placeholders)
+	return m
+}
+
+// keyFor runs the strategy, turning a panic or an invalid key into an error.
+func keyFor(s keyspace.Strategy, name string) (k keyspace.Key, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("keyspace strategy %T panicked: %v", s, r)
+		}
+	}()
+	k = s.Key(name)
+	if !k.Valid() {
+		return k, fmt.Errorf("keyspace strategy %T gave no valid key for this name", s)
+	}
+	return k, nil
+}

@@ -1,0 +1,231 @@
+package sqllock
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// newMock returns a Locker over a sqlmock database with exact SQL matching
+// and the keep-alive off, unless opts say otherwise.
+func newMock(t *testing.T, opts ...Option) (*Locker, sqlmock.Sqlmock) {
+	t.Helper()
+	db, mock, err := sqlmock.New(sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		db.Close()
+		assert.NoError(t, mock.ExpectationsWereMet())
+	})
+	db.SetMaxIdleConns(1)
+	return New(db, append([]Option{WithKeepAlive(0, 0)}, opts...)...), mock
+}
+
+const (
+	lockSQL   = "SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock(42)"
+	unlockSQL = "SELECT pg_advisory_unlock(42)"
+)
+
+func pidRow(pid int64, standby bool) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"pid", "standby"}).AddRow(pid, standby)
+}
+
+func boolRow(b bool) *sqlmock.Rows { return sqlmock.NewRows([]string{"b"}).AddRow(b) }
+
+func TestMockLockUnlockSQL(t *testing.T) {
+	l, mock := newMock(t)
+	mock.ExpectQuery(lockSQL).WithoutArgs().WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(unlockSQL).WithoutArgs().WillReturnRows(boolRow(true))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	require.NoError(t, mu.Unlock(t.Context()))
+}
+
+func TestMockSharedAndPairSQL(t *testing.T) {
+	l, mock := newMock(t)
+	mock.ExpectQuery("SELECT pg_try_advisory_lock_shared(1,-2), pg_backend_pid(), pg_is_in_recovery()").
+		WillReturnRows(sqlmock.NewRows([]string{"ok", "pid", "standby"}).AddRow(true, 7, false))
+	mock.ExpectQuery("SELECT pg_advisory_unlock_shared(1,-2)").WillReturnRows(boolRow(true))
+	mu := l.MutexKey(keyspace.Pair(1, -2))
+	ok, err := mu.TryLockShared(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, mu.UnlockShared(t.Context()))
+}
+
+func TestMockPlaceholderSQL(t *testing.T) {
+	l, mock := newMock(t, withPlaceholders(true))
+	mock.ExpectQuery("SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock_shared($1,$2)").
+		WithArgs(int64(3), int64(4)).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery("SELECT pg_advisory_unlock_shared($1,$2)").WithArgs(int64(3), int64(4)).WillReturnRows(boolRow(true))
+	mu := l.MutexKey(keyspace.Pair(3, 4))
+	require.NoError(t, mu.LockShared(t.Context()))
+	require.NoError(t, mu.UnlockShared(t.Context()))
+}
+
+func TestMockTryLockContended(t *testing.T) {
+	l, mock := newMock(t)
+	mock.ExpectQuery("SELECT pg_try_advisory_lock(42), pg_backend_pid(), pg_is_in_recovery()").
+		WillReturnRows(sqlmock.NewRows([]string{"ok", "pid", "standby"}).AddRow(false, 7, false))
+	ok, err := l.MutexKey(keyspace.Int64(42)).TryLock(t.Context())
+	require.NoError(t, err)
+	assert.False(t, ok, "contention is not an error")
+}
+
+func TestMockDriverErrorDiscardsConnection(t *testing.T) {
+	l, mock := newMock(t)
+	boom := errors.New("connection reset")
+	mock.ExpectQuery(lockSQL).WillReturnError(boom)
+	mock.ExpectClose() // the connection is discarded, not pooled
+	mu := l.MutexKey(keyspace.Int64(42))
+	err := mu.Lock(t.Context())
+	require.ErrorIs(t, err, boom)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "lock", e.Op)
+	assert.Equal(t, keyspace.Int64(42), e.Key)
+	assert.Equal(t, `sqllock: lock int64(42): connection reset`, err.Error())
+}
+
+func TestMockUnlockFalseIsLoss(t *testing.T) {
+	l, mock := newMock(t)
+	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(unlockSQL).WillReturnRows(boolRow(false))
+	mock.ExpectClose()
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	err := mu.Unlock(t.Context())
+	require.ErrorIs(t, err, ErrLockLost)
+	require.ErrorIs(t, err, ErrNotHeld)
+	assert.Contains(t, err.Error(), "backend 7")
+}
+
+func TestMockUnlockErrorIsLoss(t *testing.T) {
+	l, mock := newMock(t)
+	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(unlockSQL).WillReturnError(driver.ErrBadConn)
+	mock.ExpectClose()
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	require.ErrorIs(t, mu.Unlock(t.Context()), ErrLockLost)
+}
+
+func TestMockStandbyRefused(t *testing.T) {
+	l, mock := newMock(t)
+	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, true))
+	mock.ExpectClose()
+	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), ErrStandby)
+
+	l, mock = newMock(t, WithAllowStandby(true))
+	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, true))
+	mock.ExpectQuery(unlockSQL).WillReturnRows(boolRow(true))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	require.NoError(t, mu.Unlock(t.Context()))
+}
+
+func TestMockKeepAliveSeesOtherBackend(t *testing.T) {
+	l, mock := newMock(t, WithKeepAlive(time.Millisecond, time.Second))
+	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(probeSQL).WillReturnRows(sqlmock.NewRows([]string{"pid"}).AddRow(8))
+	mock.ExpectClose()
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	<-mu.Done()
+	err := mu.Err()
+	require.ErrorIs(t, err, ErrLockLost)
+	assert.Contains(t, err.Error(), "transaction pooler")
+	require.ErrorIs(t, mu.Unlock(t.Context()), ErrLockLost)
+}
+
+func TestMockWithLockReleasesOnError(t *testing.T) {
+	l, mock := newMock(t)
+	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(unlockSQL).WillReturnRows(boolRow(true))
+	boom := errors.New("boom")
+	err := l.MutexKey(keyspace.Int64(42)).WithLock(t.Context(), func(context.Context) error { return boom })
+	require.Same(t, boom, err, "fn's error comes back as is")
+}
+
+func TestMockBadInput(t *testing.T) {
+	db, _, err := sqlmock.New()
+	require.NoError(t, err)
+	defer db.Close()
+	var nilCtx context.Context
+	noop := func(context.Context) error { return nil }
+	tests := []struct {
+		name string
+		run  func() error
+		want error
+	}{
+		{"nil db", func() error { return New(nil).Mutex("x").Lock(context.Background()) }, ErrNilDB},
+		{"nil db trylock", func() error { _, err := New(nil).Mutex("x").TryLock(context.Background()); return err }, ErrNilDB},
+		{"nil db withlock", func() error { return New(nil).Mutex("x").WithLock(context.Background(), noop) }, ErrNilDB},
+		{"nil context lock", func() error { return New(db).Mutex("x").Lock(nilCtx) }, ErrNilContext},
+		{"nil context unlock", func() error { return New(db).Mutex("x").Unlock(nilCtx) }, ErrNilContext},
+		{"nil context withlock", func() error { return New(db).Mutex("x").WithLock(nilCtx, noop) }, ErrNilContext},
+		{"nil fn", func() error { return New(db).Mutex("x").WithLock(context.Background(), nil) }, ErrNilFunc},
+		{"unlock never locked", func() error { return New(db).Mutex("x").Unlock(context.Background()) }, ErrNotHeld},
+		{"unlock shared never locked", func() error { return New(db).Mutex("x").UnlockShared(context.Background()) }, ErrNotHeld},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.run()
+			require.ErrorIs(t, err, tt.want)
+			assert.Contains(t, err.Error(), `"x"`, "the error names the lock")
+		})
+	}
+}
+
+func TestMockStickyErrors(t *testing.T) {
+	db, _, err := sqlmock.New()
+	require.NoError(t, err)
+	defer db.Close()
+	panicky := keyspace.Func(func(string) keyspace.Key { panic("bad strategy") })
+	empty := keyspace.Func(func(string) keyspace.Key { return keyspace.Key{} })
+	tests := []struct {
+		name string
+		mu   *Mutex
+		want string
+	}{
+		{"nil strategy", New(db, WithKeyspace(nil)).Mutex("x"), "nil keyspace.Strategy"},
+		{"negative timeout", New(db, WithKeepAlive(time.Second, -1)).Mutex("x"), "negative timeout"},
+		{"nil option", New(db, nil).Mutex("x"), "nil Option"},
+		{"panicking strategy", New(db, WithKeyspace(panicky)).Mutex("x"), "panicked: bad strategy"},
+		{"invalid key from strategy", New(db, WithKeyspace(empty)).Mutex("x"), "no valid key"},
+		{"zero key", New(db).MutexKey(keyspace.Key{}), "zero Key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, err := range []error{
+				tt.mu.Lock(context.Background()),
+				tt.mu.Unlock(context.Background()),
+				tt.mu.WithLockShared(context.Background(), func(context.Context) error { return nil }),
+			} {
+				require.ErrorContains(t, err, tt.want)
+			}
+			_, err := tt.mu.TryLock(context.Background())
+			require.ErrorContains(t, err, tt.want)
+		})
+	}
+}
+
+func TestMockPoolExhaustedHonoursContext(t *testing.T) {
+	l, mock := newMock(t)
+	l.db.SetMaxOpenConns(1)
+	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(unlockSQL).WillReturnRows(boolRow(true))
+	a, b := l.MutexKey(keyspace.Int64(42)), l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, a.Lock(t.Context()))
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, b.Lock(ctx), context.DeadlineExceeded, "waiting for a pooled connection is bounded by ctx")
+	require.NoError(t, a.Unlock(t.Context()))
+}

@@ -1,0 +1,355 @@
+package sqllock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// A Mutex is a distributed mutual-exclusion lock with an exclusive and a
+// shared mode, backed by one PostgreSQL advisory-lock key.
+//
+// Every lock a Mutex takes runs on its own connection, so it excludes every
+// other holder exactly as one process excludes another: two Mutex values for
+// one name, or one Mutex locked twice, exclude each other. (The Node package
+// advisory-lock shares one session, where PostgreSQL's re-entrancy lets a
+// second lock in the same process succeed; sqllock does not.) Like
+// [sync.Mutex], locking a Mutex that the same goroutine already holds waits
+// until the context ends.
+//
+// A Mutex is safe for concurrent use by multiple goroutines. When it holds
+// several locks at once (shared locks, or a lock lost and taken again),
+// Unlock and UnlockShared release the oldest lock of their mode first.
+type Mutex struct {
+	l    *Locker
+	name string
+	key  keyspace.Key
+	q    queries
+	err  error // sticky: the Locker's, or this name's key problem
+
+	mu     sync.Mutex
+	excl   []*hold // exclusive holds, oldest first
+	shared []*hold // shared holds, oldest first
+}
+
+// Name returns the lock's name; it is empty for a Mutex made by
+// [Locker.MutexKey].
+func (m *Mutex) Name() string { return m.name }
+
+// Key returns the lock's advisory-lock key; it is the zero Key when the
+// Mutex has a sticky error.
+func (m *Mutex) Key() keyspace.Key { return m.key }
+
+func (m *Mutex) fail(op string, err error) error {
+	return &Error{Op: op, Name: m.name, Key: m.key, Err: err}
+}
+
+func opName(base string, shared bool) string {
+	if shared {
+		return base + " shared"
+	}
+	return base
+}
+
+// acquire takes the lock on a connection of its own. With try, it returns
+// (nil, nil) if another session holds the key.
+func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error)) (*hold, error) {
+	op := opName("lock", shared)
+	if try {
+		op = opName("trylock", shared)
+	}
+	if ctx == nil {
+		return nil, m.fail(op, ErrNilContext)
+	}
+	if m.err != nil {
+		return nil, m.fail(op, m.err)
+	}
+	conn, err := m.l.db.Conn(ctx)
+	if err != nil {
+		return nil, m.fail(op, withCtxErr(ctx, err))
+	}
+	var q string
+	switch {
+	case try && shared:
+		q = m.q.tryShared
+	case try:
+		q = m.q.try
+	case shared:
+		q = m.q.lockShared
+	default:
+		q = m.q.lock
+	}
+	var granted = true
+	var pid int64
+	var standby bool
+	row := conn.QueryRowContext(ctx, q, m.q.args...)
+	if try {
+		err = row.Scan(&granted, &pid, &standby)
+	} else {
+		err = row.Scan(&pid, &standby)
+	}
+	switch {
+	case err != nil:
+		// The lock may or may not have been granted before the error (a
+		// cancel racing the grant): only ending the session is safe.
+		discard(conn)
+		return nil, m.fail(op, withCtxErr(ctx, err))
+	case ctx.Err() != nil:
+		// Granted, but the context ended meanwhile. lib/pq then closes the
+		// connection behind our back; a lock on it would be lost silently.
+		discard(conn)
+		return nil, m.fail(op, ctx.Err())
+	case !granted:
+		if err := conn.Close(); err != nil {
+			discard(conn)
+		}
+		return nil, nil
+	case standby && !m.l.cfg.allowStandby:
+		discard(conn)
+		return nil, m.fail(op, ErrStandby)
+	}
+	return m.newHold(conn, shared, pid, onLost), nil
+}
+
+// withCtxErr makes sure an error caused by the context ending wraps the
+// context's error: lib/pq reports a cancelled query as its own SQLSTATE
+// 57014 error, which does not.
+func withCtxErr(ctx context.Context, err error) error {
+	cerr := ctx.Err()
+	if cerr == nil {
+		// A driver's network deadline, taken from ctx, can fire a moment
+		// before ctx's own timer does.
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+			cerr = context.DeadlineExceeded
+		}
+	}
+	if cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("%w: %w", cerr, err)
+	}
+	return err
+}
+
+// Lock waits until it holds the lock exclusively, or until ctx ends. The
+// wait happens in the server (pg_advisory_lock), which grants the lock the
+// moment its holder lets go; no polling.
+//
+// ctx bounds only the wait: cancelling it after Lock returns does not
+// release the lock. If ctx ends first, Lock returns an error wrapping
+// ctx.Err() and holds nothing, even when the grant raced the cancel.
+//
+// The lock pins one connection of the pool until [Mutex.Unlock]. While it is
+// held, a keep-alive watches the session (see [WithKeepAlive]); [Mutex.Done]
+// and [Mutex.Err] report a loss.
+func (m *Mutex) Lock(ctx context.Context) error {
+	return m.lock(ctx, false)
+}
+
+// LockShared is like [Mutex.Lock] in shared mode: any number of shared
+// holders coexist, while an exclusive holder excludes them all and waits for
+// them all. Release it with [Mutex.UnlockShared].
+func (m *Mutex) LockShared(ctx context.Context) error {
+	return m.lock(ctx, true)
+}
+
+func (m *Mutex) lock(ctx context.Context, shared bool) error {
+	h, err := m.acquire(ctx, shared, false, nil)
+	if err != nil {
+		return err
+	}
+	m.push(h)
+	return nil
+}
+
+// TryLock takes the lock exclusively if no one holds it, in one round trip.
+// Contention is not an error: it returns (false, nil) when the lock is held
+// elsewhere, including by another lock of this process. ctx bounds the
+// round trip.
+func (m *Mutex) TryLock(ctx context.Context) (bool, error) {
+	return m.tryLock(ctx, false)
+}
+
+// TryLockShared is like [Mutex.TryLock] in shared mode: it fails only while
+// someone holds the lock exclusively.
+func (m *Mutex) TryLockShared(ctx context.Context) (bool, error) {
+	return m.tryLock(ctx, true)
+}
+
+func (m *Mutex) tryLock(ctx context.Context, shared bool) (bool, error) {
+	h, err := m.acquire(ctx, shared, true, nil)
+	if err != nil || h == nil {
+		return false, err
+	}
+	m.push(h)
+	return true, nil
+}
+
+func (m *Mutex) push(h *hold) {
+	m.mu.Lock()
+	if h.shared {
+		m.shared = append(m.shared, h)
+	} else {
+		m.excl = append(m.excl, h)
+	}
+	m.mu.Unlock()
+}
+
+// Unlock releases the exclusive lock taken by Lock or TryLock, and returns
+// its connection to the pool.
+//
+// It returns an error wrapping [ErrNotHeld] if this Mutex holds no exclusive
+// lock, and one wrapping [ErrLockLost] if the lock was lost while held. ctx
+// bounds the release round trip; if ctx is already done or ends first, the
+// connection is discarded instead, which ends the session and so releases
+// the lock: Unlock(context.WithoutCancel(ctx)) in a defer is the usual
+// form. In no case does a connection that may still hold the lock return to
+// the pool.
+func (m *Mutex) Unlock(ctx context.Context) error {
+	return m.unlock(ctx, false)
+}
+
+// UnlockShared releases a shared lock taken by LockShared or TryLockShared,
+// as [Mutex.Unlock] does an exclusive one.
+func (m *Mutex) UnlockShared(ctx context.Context) error {
+	return m.unlock(ctx, true)
+}
+
+func (m *Mutex) unlock(ctx context.Context, shared bool) error {
+	op := opName("unlock", shared)
+	if ctx == nil {
+		return m.fail(op, ErrNilContext)
+	}
+	if m.err != nil {
+		return m.fail(op, m.err)
+	}
+	m.mu.Lock()
+	list, other := &m.excl, m.shared
+	if shared {
+		list, other = &m.shared, m.excl
+	}
+	if len(*list) == 0 {
+		m.mu.Unlock()
+		if len(other) > 0 {
+			hint := "it is held shared: use UnlockShared"
+			if shared {
+				hint = "it is held exclusively: use Unlock"
+			}
+			return m.fail(op, fmt.Errorf("%w (%s)", ErrNotHeld, hint))
+		}
+		return m.fail(op, ErrNotHeld)
+	}
+	h := (*list)[0]
+	(*list)[0] = nil
+	*list = (*list)[1:]
+	m.mu.Unlock()
+	return h.release(ctx)
+}
+
+// oldest returns the lock Done and Err describe: the oldest exclusive lock,
+// else the oldest shared one.
+func (m *Mutex) oldest() *hold {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.excl) > 0 {
+		return m.excl[0]
+	}
+	if len(m.shared) > 0 {
+		return m.shared[0]
+	}
+	return nil
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Done returns a channel that is closed when the lock this Mutex holds ends,
+// whether released or lost, as a context's Done channel is; [Mutex.Err] then
+// says which. It describes the oldest exclusive lock this Mutex holds, else
+// its oldest shared lock; with no lock held it returns a closed channel.
+// Capture the channel right after Lock:
+//
+//	if err := mu.Lock(ctx); err != nil { ... }
+//	lost := mu.Done()
+//	select {
+//	case <-lost:     // mu.Err() wraps ErrLockLost: stop working
+//	case <-workDone:
+//	}
+func (m *Mutex) Done() <-chan struct{} {
+	if h := m.oldest(); h != nil {
+		return h.done
+	}
+	return closedChan
+}
+
+// Err returns nil while the lock described by [Mutex.Done] is held, an
+// error wrapping [ErrLockLost] once it is lost, and [ErrNotHeld] when no
+// lock is held.
+func (m *Mutex) Err() error {
+	if h := m.oldest(); h != nil {
+		return h.err()
+	}
+	if m.err != nil {
+		return m.fail("hold", m.err)
+	}
+	return ErrNotHeld
+}
+
+// WithLock runs fn while holding the lock exclusively, and releases it
+// however fn ends: by returning nil, by returning an error (which WithLock
+// returns), or by panicking (WithLock releases, then the panic goes on).
+//
+// ctx bounds the wait for the lock and is the parent of fn's context. If the
+// lock is lost while fn runs, fn's context is cancelled with a cause wrapping
+// [ErrLockLost] (see [context.Cause]), and WithLock returns an error wrapping
+// ErrLockLost even if fn returned nil. fn should stop its work when its
+// context ends.
+//
+// The release does not depend on ctx: it is bounded by the keep-alive
+// timeout, after which the connection is discarded, ending the session.
+func (m *Mutex) WithLock(ctx context.Context, fn func(ctx context.Context) error) error {
+	return m.withLock(ctx, false, fn)
+}
+
+// WithLockShared is [Mutex.WithLock] in shared mode.
+func (m *Mutex) WithLockShared(ctx context.Context, fn func(ctx context.Context) error) error {
+	return m.withLock(ctx, true, fn)
+}
+
+func (m *Mutex) withLock(ctx context.Context, shared bool, fn func(context.Context) error) (err error) {
+	op := opName("withlock", shared)
+	if fn == nil {
+		return m.fail(op, ErrNilFunc)
+	}
+	if ctx == nil {
+		return m.fail(op, ErrNilContext)
+	}
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	h, err := m.acquire(ctx, shared, false, cancel)
+	if err != nil {
+		return err
+	}
+	release := func() error {
+		rctx, stop := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
+		defer stop()
+		return h.release(rctx)
+	}
+	returned := false
+	defer func() {
+		if !returned { // fn panicked or called runtime.Goexit
+			_ = release()
+		}
+	}()
+	fnErr := fn(fctx)
+	returned = true
+	relErr := release()
+	switch {
+	case relErr == nil:
+		return fnErr
+	case fnErr == nil:
+		return relErr
+	}
+	return fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
+}

@@ -1,0 +1,99 @@
+package sqllock
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// Default keep-alive settings: a held lock's connection is probed every
+// DefaultKeepAliveInterval, and a probe that gets no answer within
+// DefaultKeepAliveTimeout counts as a lost lock. A dead session is therefore
+// noticed within about 2s, a silent network within about 7s.
+const (
+	DefaultKeepAliveInterval = 2 * time.Second
+	DefaultKeepAliveTimeout  = 5 * time.Second
+)
+
+// An Option configures a [Locker]. An invalid option does not panic: it
+// becomes the Locker's sticky error, returned by every lock operation.
+type Option func(*config)
+
+type config struct {
+	strategy     keyspace.Strategy
+	interval     time.Duration // keep-alive interval; <= 0 disables the keep-alive
+	timeout      time.Duration // keep-alive probe timeout, and the release bound of WithLock
+	allowStandby bool
+	placeholders *bool // nil: decided from the driver
+	err          error // first invalid option
+}
+
+func defaultConfig() config {
+	return config{
+		strategy: keyspace.Default,
+		interval: DefaultKeepAliveInterval,
+		timeout:  DefaultKeepAliveTimeout,
+	}
+}
+
+func (c *config) fail(err error) {
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+// WithKeyspace sets the strategy that turns names given to [Locker.Mutex]
+// into keys. The default is [keyspace.Default], compatible with the Node
+// package advisory-lock. A nil strategy is an invalid option.
+func WithKeyspace(s keyspace.Strategy) Option {
+	return func(c *config) {
+		if s == nil {
+			c.fail(fmt.Errorf("sqllock: WithKeyspace: nil keyspace.Strategy"))
+			return
+		}
+		c.strategy = s
+	}
+}
+
+// WithKeepAlive sets how a held lock's session is watched. Every interval,
+// the lock's connection runs one cheap query (SELECT pg_backend_pid()); if it
+// fails, returns another backend, or gets no answer within timeout (even when
+// the driver itself hangs on a dead network), the lock counts as lost: the
+// holder is told (see [Mutex.Done], [Mutex.WithLock]) and the connection is
+// discarded.
+//
+// The defaults are [DefaultKeepAliveInterval] and [DefaultKeepAliveTimeout].
+// A timeout of 0 keeps the default; a negative timeout is invalid. An
+// interval <= 0 disables the keep-alive: a lost lock is then noticed only
+// when it is released. Timeout also bounds the release that WithLock does
+// after its function returns.
+func WithKeepAlive(interval, timeout time.Duration) Option {
+	return func(c *config) {
+		if timeout < 0 {
+			c.fail(fmt.Errorf("sqllock: WithKeepAlive: negative timeout %v", timeout))
+			return
+		}
+		if timeout == 0 {
+			timeout = DefaultKeepAliveTimeout
+		}
+		c.interval, c.timeout = interval, timeout
+	}
+}
+
+// WithAllowStandby lets locks be taken on a hot standby. By default a lock
+// granted by a server in recovery is released at once and the call fails
+// with [ErrStandby], because such a lock excludes nobody on the primary. The
+// check rides on the lock query itself and costs no extra round trip.
+func WithAllowStandby(allow bool) Option {
+	return func(c *config) { c.allowStandby = allow }
+}
+
+// withPlaceholders forces the SQL shape: true sends keys as bind
+// parameters ($1), false writes them into the SQL text. By default sqllock
+// uses parameters with pgx (which caches prepared statements per connection)
+// and literals otherwise (one round trip on every driver, since lib/pq sends
+// a query with parameters as two). Unexported: tests and benchmarks use it.
+func withPlaceholders(on bool) Option {
+	return func(c *config) { c.placeholders = &on }
+}
