@@ -24,6 +24,12 @@ var (
 	// local to it and exclude nobody on the primary. See [WithAllowStandby].
 	ErrStandby = errors.New("sqllock: server is a standby in recovery; its advisory locks exclude nobody on the primary")
 
+	// ErrDeadlock reports that the server's deadlock detector (SQLSTATE
+	// 40P01) chose this lock request as the victim of a lock-order cycle.
+	// The request holds nothing; retry it, ideally after releasing other
+	// locks, or take locks in one global order.
+	ErrDeadlock = errors.New("sqllock: deadlock detected")
+
 	// ErrNilDB is the sticky error of a Locker built from a nil *sql.DB.
 	ErrNilDB = errors.New("sqllock: nil *sql.DB")
 

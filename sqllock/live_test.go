@@ -401,3 +401,76 @@ func TestHolders(t *testing.T) {
 		require.NoError(t, c.Unlock(t.Context()))
 	})
 }
+
+func TestTransactionLocks(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		mu, other := l.Mutex(t.Name()), l.Mutex(t.Name())
+		tx, err := db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		require.NoError(t, mu.LockTx(t.Context(), tx))
+		ok, err := other.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "a transaction lock excludes a session lock")
+		tx2, err := db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		ok, err = other.TryLockSharedTx(t.Context(), tx2)
+		require.NoError(t, err)
+		assert.False(t, ok)
+		require.NoError(t, tx2.Rollback())
+
+		require.NoError(t, tx.Commit()) // releases
+		waitRows(t, db, mu.Key(), 0, 0)
+
+		// Shared transaction locks coexist.
+		tx, err = db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		tx2, err = db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		require.NoError(t, mu.LockSharedTx(t.Context(), tx))
+		ok, err = other.TryLockSharedTx(t.Context(), tx2)
+		require.NoError(t, err)
+		assert.True(t, ok)
+		require.NoError(t, tx.Rollback())
+		require.NoError(t, tx2.Rollback())
+		waitRows(t, db, mu.Key(), 0, 0)
+	})
+}
+
+// TestTransactionDeadlock: one transaction holding several locks lets the
+// server see a lock-order cycle; the victim gets ErrDeadlock.
+func TestTransactionDeadlock(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		m1, m2 := l.Mutex(t.Name()+"/1"), l.Mutex(t.Name()+"/2")
+		tx1, err := db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		defer tx1.Rollback()
+		tx2, err := db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		defer tx2.Rollback()
+		require.NoError(t, m1.LockTx(t.Context(), tx1))
+		require.NoError(t, m2.LockTx(t.Context(), tx2))
+		errs := make(chan error, 2)
+		go func() { errs <- m2.LockTx(t.Context(), tx1) }()
+		waitRows(t, db, m2.Key(), 1, 1)
+		go func() { errs <- m1.LockTx(t.Context(), tx2) }()
+		// The server aborts the victim's transaction, releasing its locks at
+		// once, so the survivor may be granted before the victim hears.
+		a, b := <-errs, <-errs
+		victim := a
+		if a == nil {
+			victim = b
+		} else {
+			require.NoError(t, b, "exactly one deadlock victim")
+		}
+		require.ErrorIs(t, victim, sqllock.ErrDeadlock)
+		var se interface{ SQLState() string }
+		require.ErrorAs(t, victim, &se)
+		assert.Equal(t, "40P01", se.SQLState())
+		require.NoError(t, tx1.Rollback())
+		require.NoError(t, tx2.Rollback())
+		waitRows(t, db, m1.Key(), 0, 0)
+		waitRows(t, db, m2.Key(), 0, 0)
+	})
+}

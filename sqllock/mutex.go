@@ -97,7 +97,7 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 		// The lock may or may not have been granted before the error (a
 		// cancel racing the grant): only ending the session is safe.
 		discard(conn)
-		return nil, m.fail(op, withCtxErr(ctx, err))
+		return nil, m.fail(op, classify(withCtxErr(ctx, err)))
 	case ctx.Err() != nil:
 		// Granted, but the context ended meanwhile. lib/pq then closes the
 		// connection behind our back; a lock on it would be lost silently.

@@ -17,6 +17,7 @@ type queries struct {
 	try, tryShared       string // -> (granted, pid, in_recovery)
 	unlock, unlockShared string // -> released
 	args                 []any  // bind parameters, or nil with literals
+	keyList              string // the key as SQL arguments: "42", "1,2" or "$1,$2"
 }
 
 // probeSQL is the keep-alive query: it proves the session is alive and
@@ -46,6 +47,7 @@ func buildQueries(k keyspace.Key, placeholders bool) queries {
 		unlock:       "SELECT pg_advisory_unlock(" + list + ")",
 		unlockShared: "SELECT pg_advisory_unlock_shared(" + list + ")",
 		args:         args,
+		keyList:      list,
 	}
 }
 

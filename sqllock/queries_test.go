@@ -42,3 +42,14 @@ func TestWithPlaceholdersOverridesDetection(t *testing.T) {
 		}
 	}
 }
+
+func TestTxQueries(t *testing.T) {
+	q := buildQueries(keyspace.Pair(1, 2), false)
+	if got, want := q.txQuery("pg_advisory_xact_lock", false), "SELECT pg_is_in_recovery() FROM pg_advisory_xact_lock(1,2)"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	q = buildQueries(keyspace.Int64(5), true)
+	if got, want := q.txQuery("pg_try_advisory_xact_lock_shared", true), "SELECT pg_try_advisory_xact_lock_shared($1), pg_is_in_recovery()"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

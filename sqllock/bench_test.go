@@ -1,0 +1,287 @@
+package sqllock_test
+
+import (
+	"context"
+	"database/sql"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// Each scenario runs on both drivers, as the library ("lib") and as
+// hand-written database/sql code on a pinned *sql.Conn ("ref"), in the same
+// run. "floor" is one SELECT 1 on a pinned connection: one round trip.
+// Compare with benchstat; make bench prints the ratios.
+
+func benchDrivers(b *testing.B, f func(b *testing.B, db *sql.DB)) {
+	for _, d := range []string{"pq", "pgx"} {
+		driver := map[string]string{"pq": "postgres", "pgx": "pgx"}[d]
+		b.Run("driver="+d, func(b *testing.B) {
+			db := pgtest.DB(b, driver)
+			db.SetMaxIdleConns(32)
+			f(b, db)
+		})
+	}
+}
+
+func pin(b *testing.B, db *sql.DB) *sql.Conn {
+	b.Helper()
+	c, err := db.Conn(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+func check(b *testing.B, err error) {
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+func benchKey(b *testing.B) keyspace.Key { return keyspace.SHA256Int64.Key(b.Name()) }
+
+func BenchmarkFloor(b *testing.B) {
+	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		c := pin(b, db)
+		ctx := context.Background()
+		b.ReportAllocs()
+		var one int
+		for b.Loop() {
+			check(b, c.QueryRowContext(ctx, "SELECT 1").Scan(&one))
+		}
+	})
+}
+
+func BenchmarkLockUnlock(b *testing.B) {
+	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		ctx := context.Background()
+		k := benchKey(b)
+		n, _ := k.Int64()
+		b.Run("impl=lib", func(b *testing.B) {
+			mu := sqllock.New(db).MutexKey(k)
+			b.ReportAllocs()
+			for b.Loop() {
+				check(b, mu.Lock(ctx))
+				check(b, mu.Unlock(ctx))
+			}
+		})
+		b.Run("impl=ref", func(b *testing.B) {
+			c := pin(b, db)
+			b.ReportAllocs()
+			var ok bool
+			for b.Loop() {
+				_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
+				check(b, err)
+				check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock($1)", n).Scan(&ok))
+			}
+		})
+	})
+}
+
+func BenchmarkTryLockContended(b *testing.B) {
+	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		ctx := context.Background()
+		k := benchKey(b)
+		n, _ := k.Int64()
+		holder := sqllock.New(db).MutexKey(k)
+		check(b, holder.Lock(ctx))
+		defer holder.Unlock(ctx)
+		b.Run("impl=lib", func(b *testing.B) {
+			mu := sqllock.New(db).MutexKey(k)
+			b.ReportAllocs()
+			for b.Loop() {
+				ok, err := mu.TryLock(ctx)
+				check(b, err)
+				if ok {
+					b.Fatal("TryLock succeeded on a held key")
+				}
+			}
+		})
+		b.Run("impl=ref", func(b *testing.B) {
+			c := pin(b, db)
+			b.ReportAllocs()
+			var ok bool
+			for b.Loop() {
+				check(b, c.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", n).Scan(&ok))
+				if ok {
+					b.Fatal("try-lock succeeded on a held key")
+				}
+			}
+		})
+	})
+}
+
+func BenchmarkWithLock(b *testing.B) {
+	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		ctx := context.Background()
+		k := benchKey(b)
+		n, _ := k.Int64()
+		noop := func(context.Context) error { return nil }
+		b.Run("impl=lib", func(b *testing.B) {
+			mu := sqllock.New(db).MutexKey(k)
+			b.ReportAllocs()
+			for b.Loop() {
+				check(b, mu.WithLock(ctx, noop))
+			}
+		})
+		b.Run("impl=ref", func(b *testing.B) {
+			c := pin(b, db)
+			b.ReportAllocs()
+			var ok bool
+			for b.Loop() {
+				_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
+				check(b, err)
+				check(b, noop(ctx))
+				check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock($1)", n).Scan(&ok))
+			}
+		})
+	})
+}
+
+// BenchmarkHandoff measures the latency from the holder's release to the
+// waiter's acquisition, with the waiter already blocked in the server.
+func BenchmarkHandoff(b *testing.B) {
+	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		ctx := context.Background()
+		k := benchKey(b)
+		n, _ := k.Int64()
+		run := func(b *testing.B, lock, unlock [2]func() error) {
+			lat := make([]time.Duration, 0, 1024)
+			check(b, lock[0]())
+			for b.Loop() {
+				acquired := make(chan time.Time, 1)
+				go func() {
+					err := lock[1]()
+					acquired <- time.Now()
+					check(b, err)
+				}()
+				waitWaiters(b, db, k, 1)
+				start := time.Now()
+				check(b, unlock[0]())
+				lat = append(lat, (<-acquired).Sub(start))
+				// Swap roles: the waiter now holds.
+				lock[0], lock[1] = lock[1], lock[0]
+				unlock[0], unlock[1] = unlock[1], unlock[0]
+			}
+			check(b, unlock[0]())
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		}
+		b.Run("impl=lib", func(b *testing.B) {
+			l := sqllock.New(db)
+			m0, m1 := l.MutexKey(k), l.MutexKey(k)
+			run(b, [2]func() error{func() error { return m0.Lock(ctx) }, func() error { return m1.Lock(ctx) }},
+				[2]func() error{func() error { return m0.Unlock(ctx) }, func() error { return m1.Unlock(ctx) }})
+		})
+		b.Run("impl=ref", func(b *testing.B) {
+			c0, c1 := pin(b, db), pin(b, db)
+			lk := func(c *sql.Conn) func() error {
+				return func() error { _, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n); return err }
+			}
+			ul := func(c *sql.Conn) func() error {
+				return func() error { _, err := c.ExecContext(ctx, "SELECT pg_advisory_unlock($1)", n); return err }
+			}
+			run(b, [2]func() error{lk(c0), lk(c1)}, [2]func() error{ul(c0), ul(c1)})
+		})
+	})
+}
+
+// waitWaiters polls pg_locks until k has n waiters (outside the measured
+// interval of BenchmarkHandoff).
+func waitWaiters(b *testing.B, db *sql.DB, k keyspace.Key, n int) {
+	c, o, s := k.LockTag()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var w int
+		check(b, db.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND classid = $1 AND objid = $2 AND objsubid = $3`, int64(c), int64(o), int64(s)).Scan(&w))
+		if w == n {
+			return
+		}
+	}
+	b.Fatalf("no waiter on %v", k)
+}
+
+// BenchmarkParallel runs 8 goroutines, each locking and unlocking its own key.
+func BenchmarkParallel(b *testing.B) {
+	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		db.SetMaxOpenConns(16)
+		ctx := context.Background()
+		base := benchKey(b)
+		bn, _ := base.Int64()
+		b.Run("impl=lib", func(b *testing.B) {
+			l := sqllock.New(db)
+			var next atomic.Int64
+			b.SetParallelism(8)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				mu := l.MutexKey(keyspace.Int64(bn + next.Add(1)))
+				for pb.Next() {
+					check(b, mu.Lock(ctx))
+					check(b, mu.Unlock(ctx))
+				}
+			})
+		})
+		b.Run("impl=ref", func(b *testing.B) {
+			var next atomic.Int64
+			b.SetParallelism(8)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				n := bn + next.Add(1)
+				c, err := db.Conn(ctx)
+				check(b, err)
+				defer c.Close()
+				var ok bool
+				for pb.Next() {
+					_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
+					check(b, err)
+					check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock($1)", n).Scan(&ok))
+				}
+			})
+		})
+	})
+}
+
+// BenchmarkShared runs 8 goroutines taking and releasing one key in shared mode.
+func BenchmarkShared(b *testing.B) {
+	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		db.SetMaxOpenConns(16)
+		ctx := context.Background()
+		k := benchKey(b)
+		n, _ := k.Int64()
+		b.Run("impl=lib", func(b *testing.B) {
+			mu := sqllock.New(db).MutexKey(k)
+			b.SetParallelism(8)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					check(b, mu.LockShared(ctx))
+					check(b, mu.UnlockShared(ctx))
+				}
+			})
+		})
+		b.Run("impl=ref", func(b *testing.B) {
+			b.SetParallelism(8)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				c, err := db.Conn(ctx)
+				check(b, err)
+				defer c.Close()
+				var ok bool
+				for pb.Next() {
+					_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock_shared($1)", n)
+					check(b, err)
+					check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock_shared($1)", n).Scan(&ok))
+				}
+			})
+		})
+	})
+}
