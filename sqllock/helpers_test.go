@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -19,7 +20,8 @@ import (
 
 func TestMain(m *testing.M) {
 	_ = pgtest.ExportEnv() // for the examples; tests report a missing server themselves
-	pgtest.Main(m)
+	// No goroutine outlives its lock: keep-alives and abandoned probes end.
+	pgtest.Main(m, func() error { return goleak.Find() })
 }
 
 // setups are the driver configurations every live test runs on.

@@ -284,9 +284,11 @@ func TestLossDetected(t *testing.T) {
 			require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrLockLost)
 			assert.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrNotHeld)
 			// A waiter now gets it.
-			ok, err := l.Mutex(t.Name()).TryLock(t.Context())
+			next := l.Mutex(t.Name())
+			ok, err := next.TryLock(t.Context())
 			require.NoError(t, err)
 			assert.True(t, ok)
+			require.NoError(t, next.Unlock(t.Context()))
 		})
 		t.Run("WithLock", func(t *testing.T) {
 			mu := l.Mutex(t.Name())

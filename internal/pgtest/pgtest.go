@@ -119,13 +119,26 @@ func probe(dsn string, timeout time.Duration) error {
 //
 // A package whose tests use DSN or DB without calling Main may leave a
 // throwaway PostgreSQL server running after the tests end.
-func Main(m *testing.M) {
-	os.Exit(runMain(m))
+//
+// Each check runs after the tests pass, for example a goroutine-leak check;
+// a check's error is printed and fails the run.
+func Main(m *testing.M, checks ...func() error) {
+	os.Exit(runMain(m, checks...))
 }
 
-func runMain(m *testing.M) int {
+func runMain(m *testing.M, checks ...func() error) int {
 	defer stopDiscovered()
-	return m.Run()
+	code := m.Run()
+	if code != 0 {
+		return code
+	}
+	for _, check := range checks {
+		if err := check(); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: check after tests: %v\n", err)
+			return 1
+		}
+	}
+	return 0
 }
 
 // stopDiscovered stops the throwaway cluster found by discovery, if any. It
