@@ -69,7 +69,7 @@ func TestFakeGrantRacingCancelDiscards(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		cancel() // the context ends while the grant travels back
-		return []driver.Value{int64(7), false}, nil
+		return []driver.Value{int64(7), false, "", true}, nil
 	}, WithKeepAlive(0, 0))
 	err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
 	require.ErrorIs(t, err, context.Canceled)
@@ -85,7 +85,7 @@ func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
 			<-unblock // ignores ctx, as lib/pq can on a dead network
 			return []driver.Value{int64(7)}, nil
 		}
-		return []driver.Value{int64(7), false}, nil
+		return []driver.Value{int64(7), false, "", true}, nil
 	}, WithKeepAlive(time.Millisecond, 20*time.Millisecond))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))

@@ -28,13 +28,19 @@ func newMock(t *testing.T, opts ...Option) (*Locker, sqlmock.Sqlmock) {
 	return New(db, append([]Option{WithKeepAlive(0, 0)}, opts...)...), mock
 }
 
-const (
-	lockSQL   = "SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock(42)"
-	unlockSQL = "SELECT pg_advisory_unlock(42)"
+// The SQL for key 42; TestBuildQueries pins its exact text.
+var (
+	q42       = buildQueries(keyspace.Int64(42), false)
+	lockSQL   = q42.lock
+	unlockSQL = q42.unlock
 )
 
 func pidRow(pid int64, standby bool) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"pid", "standby"}).AddRow(pid, standby)
+	return sqlmock.NewRows([]string{"pid", "standby", "prior", "x"}).AddRow(pid, standby, "", true)
+}
+
+func tryRow(granted bool, pid int64) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"ok", "pid", "standby", "prior", "x"}).AddRow(granted, pid, false, "", granted)
 }
 
 func boolRow(b bool) *sqlmock.Rows { return sqlmock.NewRows([]string{"b"}).AddRow(b) }
@@ -50,9 +56,9 @@ func TestMockLockUnlockSQL(t *testing.T) {
 
 func TestMockSharedAndPairSQL(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery("SELECT pg_try_advisory_lock_shared(1,-2), pg_backend_pid(), pg_is_in_recovery()").
-		WillReturnRows(sqlmock.NewRows([]string{"ok", "pid", "standby"}).AddRow(true, 7, false))
-	mock.ExpectQuery("SELECT pg_advisory_unlock_shared(1,-2)").WillReturnRows(boolRow(true))
+	q := buildQueries(keyspace.Pair(1, -2), false)
+	mock.ExpectQuery(q.tryShared).WillReturnRows(tryRow(true, 7))
+	mock.ExpectQuery(q.unlockShared).WillReturnRows(boolRow(true))
 	mu := l.MutexKey(keyspace.Pair(1, -2))
 	ok, err := mu.TryLockShared(t.Context())
 	require.NoError(t, err)
@@ -62,9 +68,9 @@ func TestMockSharedAndPairSQL(t *testing.T) {
 
 func TestMockPlaceholderSQL(t *testing.T) {
 	l, mock := newMock(t, withPlaceholders(true))
-	mock.ExpectQuery("SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock_shared($1,$2)").
-		WithArgs(int64(3), int64(4)).WillReturnRows(pidRow(7, false))
-	mock.ExpectQuery("SELECT pg_advisory_unlock_shared($1,$2)").WithArgs(int64(3), int64(4)).WillReturnRows(boolRow(true))
+	q := buildQueries(keyspace.Pair(3, 4), true)
+	mock.ExpectQuery(q.lockShared).WithArgs(int64(3), int64(4)).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(q.unlockShared).WithArgs(int64(3), int64(4)).WillReturnRows(boolRow(true))
 	mu := l.MutexKey(keyspace.Pair(3, 4))
 	require.NoError(t, mu.LockShared(t.Context()))
 	require.NoError(t, mu.UnlockShared(t.Context()))
@@ -72,8 +78,7 @@ func TestMockPlaceholderSQL(t *testing.T) {
 
 func TestMockTryLockContended(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery("SELECT pg_try_advisory_lock(42), pg_backend_pid(), pg_is_in_recovery()").
-		WillReturnRows(sqlmock.NewRows([]string{"ok", "pid", "standby"}).AddRow(false, 7, false))
+	mock.ExpectQuery(q42.try).WillReturnRows(tryRow(false, 7))
 	ok, err := l.MutexKey(keyspace.Int64(42)).TryLock(t.Context())
 	require.NoError(t, err)
 	assert.False(t, ok, "contention is not an error")
@@ -228,4 +233,16 @@ func TestMockPoolExhaustedHonoursContext(t *testing.T) {
 	defer cancel()
 	require.ErrorIs(t, b.Lock(ctx), context.DeadlineExceeded, "waiting for a pooled connection is bounded by ctx")
 	require.NoError(t, a.Unlock(t.Context()))
+}
+
+func TestMockSharedSessionRefused(t *testing.T) {
+	l, mock := newMock(t)
+	// The session already carries another client's marker: the statement
+	// undid its own lock, and sqllock must refuse and discard.
+	mock.ExpectQuery(lockSQL).WillReturnRows(
+		sqlmock.NewRows([]string{"pid", "standby", "prior", "x"}).AddRow(7, false, "pair(1,2)", true))
+	mock.ExpectClose()
+	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
+	require.ErrorIs(t, err, ErrSharedSession)
+	assert.Contains(t, err.Error(), "session 7 already holds sqllock lock pair(1,2)")
 }

@@ -2,6 +2,7 @@ package sqllock
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
@@ -86,11 +87,13 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 	var granted = true
 	var pid int64
 	var standby bool
+	var prior string
+	var ignored sql.NullBool
 	row := conn.QueryRowContext(ctx, q, m.q.args...)
 	if try {
-		err = row.Scan(&granted, &pid, &standby)
+		err = row.Scan(&granted, &pid, &standby, &prior, &ignored)
 	} else {
-		err = row.Scan(&pid, &standby)
+		err = row.Scan(&pid, &standby, &prior, &ignored)
 	}
 	switch {
 	case err != nil:
@@ -108,6 +111,11 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 			discard(conn)
 		}
 		return nil, nil
+	case prior != "":
+		// The statement already undid its own lock. The session belongs to
+		// another client too; ending our end of it is all we can do.
+		discard(conn)
+		return nil, m.fail(op, fmt.Errorf("%w: server session %d already holds sqllock lock %s for another client", ErrSharedSession, pid, prior))
 	case standby && !m.l.cfg.allowStandby:
 		discard(conn)
 		return nil, m.fail(op, ErrStandby)

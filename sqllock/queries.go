@@ -13,9 +13,9 @@ import (
 // integers, so writing them into the SQL text is safe; lock names never
 // reach SQL.
 type queries struct {
-	lock, lockShared     string // -> (pid, in_recovery)
-	try, tryShared       string // -> (granted, pid, in_recovery)
-	unlock, unlockShared string // -> released
+	lock, lockShared     string // -> (pid, in_recovery, prior marker, ignored)
+	try, tryShared       string // -> (granted, pid, in_recovery, prior marker, ignored)
+	unlock, unlockShared string // -> released (and marker cleared)
 	args                 []any  // bind parameters, or nil with literals
 	keyList              string // the key as SQL arguments: "42", "1,2" or "$1,$2"
 }
@@ -23,6 +23,11 @@ type queries struct {
 // probeSQL is the keep-alive query: it proves the session is alive and
 // still the one that took the lock.
 const probeSQL = "SELECT pg_backend_pid()"
+
+// markerGUC is the custom setting that marks a session holding a sqllock
+// lock. sqllock takes at most one lock per session, so a session that shows
+// the marker when a new lock is taken is shared with another client.
+const markerGUC = "sqllock.held"
 
 func buildQueries(k keyspace.Key, placeholders bool) queries {
 	var list string
@@ -39,13 +44,34 @@ func buildQueries(k keyspace.Key, placeholders bool) queries {
 			list, args = "$1,$2", []any{int64(a), int64(b)}
 		}
 	}
+	// Each lock statement also returns the backend pid (for the
+	// keep-alive), pg_is_in_recovery() (to refuse standbys) and the
+	// session's marker: sqllock marks a session that holds one of its locks
+	// (a custom setting, cleared by unlock). A marker already present means
+	// the session is shared with another client (a transaction pooler); the
+	// statement then undoes its own lock before answering.
+	undo := func(unlockFn string) string {
+		return "CASE WHEN s.prior <> '' THEN " + unlockFn + "(" + list + ") ELSE set_config('" + markerGUC + "', '" + k.String() + "', false) <> '' END"
+	}
+	lock := func(lockFn, unlockFn string) string {
+		return "SELECT s.pid, s.rec, s.prior, " + undo(unlockFn) +
+			" FROM (SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('" + markerGUC + "', true), '') AS prior" +
+			" FROM " + lockFn + "(" + list + ") OFFSET 0) s"
+	}
+	try := func(tryFn, unlockFn string) string {
+		return "SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN " + undo(unlockFn) + " END" +
+			" FROM (SELECT " + tryFn + "(" + list + ") AS g, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('" + markerGUC + "', true), '') AS prior OFFSET 0) s"
+	}
+	unlock := func(unlockFn string) string {
+		return "SELECT " + unlockFn + "(" + list + ") AND set_config('" + markerGUC + "', '', false) = ''"
+	}
 	return queries{
-		lock:         "SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock(" + list + ")",
-		lockShared:   "SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock_shared(" + list + ")",
-		try:          "SELECT pg_try_advisory_lock(" + list + "), pg_backend_pid(), pg_is_in_recovery()",
-		tryShared:    "SELECT pg_try_advisory_lock_shared(" + list + "), pg_backend_pid(), pg_is_in_recovery()",
-		unlock:       "SELECT pg_advisory_unlock(" + list + ")",
-		unlockShared: "SELECT pg_advisory_unlock_shared(" + list + ")",
+		lock:         lock("pg_advisory_lock", "pg_advisory_unlock"),
+		lockShared:   lock("pg_advisory_lock_shared", "pg_advisory_unlock_shared"),
+		try:          try("pg_try_advisory_lock", "pg_advisory_unlock"),
+		tryShared:    try("pg_try_advisory_lock_shared", "pg_advisory_unlock_shared"),
+		unlock:       unlock("pg_advisory_unlock"),
+		unlockShared: unlock("pg_advisory_unlock_shared"),
 		args:         args,
 		keyList:      list,
 	}

@@ -11,26 +11,33 @@ func TestBuildQueries(t *testing.T) {
 		key          keyspace.Key
 		placeholders bool
 		lock, try    string
+		unlock       string
 		nargs        int
 	}{
 		{keyspace.Int64(-5), false,
-			"SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock(-5)",
-			"SELECT pg_try_advisory_lock(-5), pg_backend_pid(), pg_is_in_recovery()", 0},
-		{keyspace.Pair(-2147483648, 7), false,
-			"SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock(-2147483648,7)",
-			"SELECT pg_try_advisory_lock(-2147483648,7), pg_backend_pid(), pg_is_in_recovery()", 0},
-		{keyspace.Int64(9), true,
-			"SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock($1)",
-			"SELECT pg_try_advisory_lock($1), pg_backend_pid(), pg_is_in_recovery()", 1},
-		{keyspace.Pair(1, 2), true,
-			"SELECT pg_backend_pid(), pg_is_in_recovery() FROM pg_advisory_lock($1,$2)",
-			"SELECT pg_try_advisory_lock($1,$2), pg_backend_pid(), pg_is_in_recovery()", 2},
+			"SELECT s.pid, s.rec, s.prior, CASE WHEN s.prior <> '' THEN pg_advisory_unlock(-5) ELSE set_config('sqllock.held', 'int64(-5)', false) <> '' END" +
+				" FROM (SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior" +
+				" FROM pg_advisory_lock(-5) OFFSET 0) s",
+			"SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN CASE WHEN s.prior <> '' THEN pg_advisory_unlock(-5) ELSE set_config('sqllock.held', 'int64(-5)', false) <> '' END END" +
+				" FROM (SELECT pg_try_advisory_lock(-5) AS g, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior OFFSET 0) s",
+			"SELECT pg_advisory_unlock(-5) AND set_config('sqllock.held', '', false) = ''", 0},
+		{keyspace.Pair(-2147483648, 7), true,
+			"SELECT s.pid, s.rec, s.prior, CASE WHEN s.prior <> '' THEN pg_advisory_unlock($1,$2) ELSE set_config('sqllock.held', 'pair(-2147483648,7)', false) <> '' END" +
+				" FROM (SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior" +
+				" FROM pg_advisory_lock($1,$2) OFFSET 0) s",
+			"SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN CASE WHEN s.prior <> '' THEN pg_advisory_unlock($1,$2) ELSE set_config('sqllock.held', 'pair(-2147483648,7)', false) <> '' END END" +
+				" FROM (SELECT pg_try_advisory_lock($1,$2) AS g, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior OFFSET 0) s",
+			"SELECT pg_advisory_unlock($1,$2) AND set_config('sqllock.held', '', false) = ''", 2},
 	}
 	for _, tt := range tests {
 		q := buildQueries(tt.key, tt.placeholders)
-		if q.lock != tt.lock || q.try != tt.try || len(q.args) != tt.nargs {
-			t.Errorf("buildQueries(%v, %v) = %q, %q, %d args; want %q, %q, %d",
-				tt.key, tt.placeholders, q.lock, q.try, len(q.args), tt.lock, tt.try, tt.nargs)
+		for _, c := range []struct{ name, got, want string }{{"lock", q.lock, tt.lock}, {"try", q.try, tt.try}, {"unlock", q.unlock, tt.unlock}} {
+			if c.got != c.want {
+				t.Errorf("buildQueries(%v, %v).%s:\ngot  %s\nwant %s", tt.key, tt.placeholders, c.name, c.got, c.want)
+			}
+		}
+		if len(q.args) != tt.nargs {
+			t.Errorf("buildQueries(%v, %v): %d args, want %d", tt.key, tt.placeholders, len(q.args), tt.nargs)
 		}
 	}
 }

@@ -1,0 +1,100 @@
+package sqllock_test
+
+import (
+	"database/sql"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// bouncerDrivers opens a pool through b with each driver. pgx's default
+// named prepared statements do not survive transaction pooling in
+// PgBouncer before 1.21, so pgx uses the simple protocol there, as its users
+// behind such a pooler must.
+func eachBouncerDriver(t *testing.T, b *pgtest.Bouncer, f func(t *testing.T, db *sql.DB)) {
+	t.Helper()
+	for _, d := range []struct{ name, driver, params string }{
+		{"pq", "postgres", ""},
+		{"pgx", "pgx", "&default_query_exec_mode=simple_protocol"},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			db, err := sql.Open(d.driver, b.DSN()+d.params)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			f(t, db)
+		})
+	}
+}
+
+func TestPgBouncerSessionMode(t *testing.T) {
+	t.Parallel()
+	b := pgtest.NewBouncer(t, "session", 4)
+	eachBouncerDriver(t, b, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		a, other := l.Mutex(t.Name()), l.Mutex(t.Name())
+		require.NoError(t, a.Lock(t.Context()))
+		ok, err := other.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "session pooling keeps session locks working")
+		require.NoError(t, a.Unlock(t.Context()))
+		ok, err = other.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.True(t, ok)
+		require.NoError(t, other.Unlock(t.Context()))
+	})
+}
+
+// With transaction pooling and one server session, a second client's lock
+// lands on the session that holds the first client's lock, where
+// PostgreSQL's re-entrancy would grant it: sqllock must refuse it.
+func TestPgBouncerTransactionModeDetected(t *testing.T) {
+	t.Parallel()
+	b := pgtest.NewBouncer(t, "transaction", 1)
+	eachBouncerDriver(t, b, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		a, other := l.Mutex(t.Name()), l.Mutex(t.Name())
+		require.NoError(t, a.Lock(t.Context()))
+
+		ok, err := other.TryLock(t.Context())
+		require.ErrorIs(t, err, sqllock.ErrSharedSession, "TryLock must not succeed re-entrantly on another client's session")
+		assert.False(t, ok)
+		err = other.Lock(t.Context())
+		require.ErrorIs(t, err, sqllock.ErrSharedSession)
+		assert.Contains(t, err.Error(), "LockTx")
+		err = l.Mutex(t.Name()+"/other-name").LockShared(t.Context())
+		require.ErrorIs(t, err, sqllock.ErrSharedSession, "any second lock on a shared session is refused")
+
+		// The refused attempts undid themselves: one unlock frees the key.
+		require.NoError(t, a.Unlock(t.Context()))
+		direct := pgtest.DB(t, "pgx")
+		waitRows(t, direct, a.Key(), 0, 0)
+	})
+}
+
+func TestPgBouncerTransactionLocks(t *testing.T) {
+	t.Parallel()
+	b := pgtest.NewBouncer(t, "transaction", 3)
+	eachBouncerDriver(t, b, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		a, other := l.Mutex(t.Name()), l.Mutex(t.Name())
+		tx1, err := db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		require.NoError(t, a.LockTx(t.Context(), tx1))
+
+		tx2, err := db.BeginTx(t.Context(), nil)
+		require.NoError(t, err)
+		ok, err := other.TryLockTx(t.Context(), tx2)
+		require.NoError(t, err)
+		assert.False(t, ok, "transaction locks exclude behind a transaction pooler")
+		require.NoError(t, tx1.Commit())
+		ok, err = other.TryLockTx(t.Context(), tx2)
+		require.NoError(t, err)
+		assert.True(t, ok, "commit released the lock")
+		require.NoError(t, tx2.Rollback())
+		waitRows(t, pgtest.DB(t, "pgx"), a.Key(), 0, 0)
+	})
+}
