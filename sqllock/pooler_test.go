@@ -65,7 +65,7 @@ func TestPgBouncerTransactionModeDetected(t *testing.T) {
 		err = other.Lock(t.Context())
 		require.ErrorIs(t, err, sqllock.ErrSharedSession)
 		assert.Contains(t, err.Error(), "LockTx")
-		err = l.Mutex(t.Name()+"/other-name").LockShared(t.Context())
+		err = l.Mutex(t.Name() + "/other-name").LockShared(t.Context())
 		require.ErrorIs(t, err, sqllock.ErrSharedSession, "any second lock on a shared session is refused")
 
 		// The refused attempts undid themselves: one unlock frees the key.
