@@ -183,7 +183,7 @@ func (h *hold) release(ctx context.Context) error {
 	case !released:
 		discard(h.conn)
 		return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key,
-			Err: fmt.Errorf("%w: the server says this session (backend %d) did not hold it (%w); a transaction pooler between client and server breaks session locks", ErrLockLost, h.pid, ErrNotHeld)}
+			Err: fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", ErrLockLost, h.pid)}
 	}
 	if err := h.conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
 		return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: err}

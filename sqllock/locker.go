@@ -89,7 +89,7 @@ func (l *Locker) MutexKey(k keyspace.Key) *Mutex {
 
 func (l *Locker) mutex(m *Mutex, k keyspace.Key) *Mutex {
 	m.key = k
-	m.q = buildQueries(k, l.placeholders)
+	m.q = buildQueries(k, l.placeholders, l.cfg.allowStandby)
 	return m
 }
 

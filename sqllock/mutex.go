@@ -117,7 +117,10 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 		discard(conn)
 		return nil, m.fail(op, fmt.Errorf("%w: server session %d already holds sqllock lock %s for another client", ErrSharedSession, pid, prior))
 	case standby && !m.l.cfg.allowStandby:
-		discard(conn)
+		// The statement undid its lock: the connection is clean.
+		if err := conn.Close(); err != nil {
+			discard(conn)
+		}
 		return nil, m.fail(op, ErrStandby)
 	}
 	return m.newHold(conn, shared, pid, onLost), nil

@@ -29,7 +29,7 @@ const probeSQL = "SELECT pg_backend_pid()"
 // the marker when a new lock is taken is shared with another client.
 const markerGUC = "sqllock.held"
 
-func buildQueries(k keyspace.Key, placeholders bool) queries {
+func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 	var list string
 	var args []any
 	if n, ok := k.Int64(); ok {
@@ -49,9 +49,14 @@ func buildQueries(k keyspace.Key, placeholders bool) queries {
 	// session's marker: sqllock marks a session that holds one of its locks
 	// (a custom setting, cleared by unlock). A marker already present means
 	// the session is shared with another client (a transaction pooler); the
-	// statement then undoes its own lock before answering.
+	// statement then undoes its own lock before answering. So it does on a
+	// standby, unless standbys are allowed: their locks exclude nobody.
+	refuse := "s.prior <> ''"
+	if !allowStandby {
+		refuse += " OR s.rec"
+	}
 	undo := func(unlockFn string) string {
-		return "CASE WHEN s.prior <> '' THEN " + unlockFn + "(" + list + ") ELSE set_config('" + markerGUC + "', '" + k.String() + "', false) <> '' END"
+		return "CASE WHEN " + refuse + " THEN " + unlockFn + "(" + list + ") ELSE set_config('" + markerGUC + "', '" + k.String() + "', false) <> '' END"
 	}
 	lock := func(lockFn, unlockFn string) string {
 		return "SELECT s.pid, s.rec, s.prior, " + undo(unlockFn) +

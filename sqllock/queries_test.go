@@ -15,22 +15,22 @@ func TestBuildQueries(t *testing.T) {
 		nargs        int
 	}{
 		{keyspace.Int64(-5), false,
-			"SELECT s.pid, s.rec, s.prior, CASE WHEN s.prior <> '' THEN pg_advisory_unlock(-5) ELSE set_config('sqllock.held', 'int64(-5)', false) <> '' END" +
+			"SELECT s.pid, s.rec, s.prior, CASE WHEN s.prior <> '' OR s.rec THEN pg_advisory_unlock(-5) ELSE set_config('sqllock.held', 'int64(-5)', false) <> '' END" +
 				" FROM (SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior" +
 				" FROM pg_advisory_lock(-5) OFFSET 0) s",
-			"SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN CASE WHEN s.prior <> '' THEN pg_advisory_unlock(-5) ELSE set_config('sqllock.held', 'int64(-5)', false) <> '' END END" +
+			"SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN CASE WHEN s.prior <> '' OR s.rec THEN pg_advisory_unlock(-5) ELSE set_config('sqllock.held', 'int64(-5)', false) <> '' END END" +
 				" FROM (SELECT pg_try_advisory_lock(-5) AS g, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior OFFSET 0) s",
 			"SELECT pg_advisory_unlock(-5) AND set_config('sqllock.held', '', false) = ''", 0},
 		{keyspace.Pair(-2147483648, 7), true,
-			"SELECT s.pid, s.rec, s.prior, CASE WHEN s.prior <> '' THEN pg_advisory_unlock($1,$2) ELSE set_config('sqllock.held', 'pair(-2147483648,7)', false) <> '' END" +
+			"SELECT s.pid, s.rec, s.prior, CASE WHEN s.prior <> '' OR s.rec THEN pg_advisory_unlock($1,$2) ELSE set_config('sqllock.held', 'pair(-2147483648,7)', false) <> '' END" +
 				" FROM (SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior" +
 				" FROM pg_advisory_lock($1,$2) OFFSET 0) s",
-			"SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN CASE WHEN s.prior <> '' THEN pg_advisory_unlock($1,$2) ELSE set_config('sqllock.held', 'pair(-2147483648,7)', false) <> '' END END" +
+			"SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN CASE WHEN s.prior <> '' OR s.rec THEN pg_advisory_unlock($1,$2) ELSE set_config('sqllock.held', 'pair(-2147483648,7)', false) <> '' END END" +
 				" FROM (SELECT pg_try_advisory_lock($1,$2) AS g, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('sqllock.held', true), '') AS prior OFFSET 0) s",
 			"SELECT pg_advisory_unlock($1,$2) AND set_config('sqllock.held', '', false) = ''", 2},
 	}
 	for _, tt := range tests {
-		q := buildQueries(tt.key, tt.placeholders)
+		q := buildQueries(tt.key, tt.placeholders, false)
 		for _, c := range []struct{ name, got, want string }{{"lock", q.lock, tt.lock}, {"try", q.try, tt.try}, {"unlock", q.unlock, tt.unlock}} {
 			if c.got != c.want {
 				t.Errorf("buildQueries(%v, %v).%s:\ngot  %s\nwant %s", tt.key, tt.placeholders, c.name, c.got, c.want)
@@ -51,11 +51,11 @@ func TestWithPlaceholdersOverridesDetection(t *testing.T) {
 }
 
 func TestTxQueries(t *testing.T) {
-	q := buildQueries(keyspace.Pair(1, 2), false)
+	q := buildQueries(keyspace.Pair(1, 2), false, false)
 	if got, want := q.txQuery("pg_advisory_xact_lock", false), "SELECT pg_is_in_recovery() FROM pg_advisory_xact_lock(1,2)"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
-	q = buildQueries(keyspace.Int64(5), true)
+	q = buildQueries(keyspace.Int64(5), true, false)
 	if got, want := q.txQuery("pg_try_advisory_xact_lock_shared", true), "SELECT pg_try_advisory_xact_lock_shared($1), pg_is_in_recovery()"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}

@@ -1,0 +1,362 @@
+package conntest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// cases is the suite, run in this order; NoLeak comes last. Keep the package
+// doc's list in step.
+var cases = []testCase{
+	{
+		"SessionPinned",
+		withSource("every statement on one *sql.Conn runs in the same server session, and two Conns held at once have different sessions"),
+		sessionPinned,
+	},
+	{
+		"Exclusion",
+		withSource("while one session holds a lock, TryLock in another returns false, and after Unlock it returns true"),
+		exclusion,
+	},
+	{
+		"SharedCoexist",
+		withSource("two shared holders coexist and exclude an exclusive lock, and an exclusive holder excludes a shared one"),
+		sharedCoexist,
+	},
+	{
+		"UnlockReleases",
+		withSource("after Unlock, pg_locks shows no lock and the connection is back in the pool"),
+		unlockReleases,
+	},
+	{
+		"WaiterWokenOnRelease",
+		withSource("a session waiting in Lock gets the lock when the holder unlocks"),
+		waiterWokenOnRelease,
+	},
+	{
+		"CancelWhileWaiting",
+		withSource("cancelling Lock's context ends the wait promptly with context.Canceled and leaves no lock, waiter or busy connection"),
+		cancelWhileWaiting,
+	},
+	{
+		"LossDetected",
+		withSource("terminating the holder's backend closes Mutex.Done, and Err and Unlock then report ErrLockLost"),
+		lossDetected,
+	},
+	{
+		"WithLockReleasesOnPanic",
+		withSource("when WithLock's function panics, the panic propagates and the lock is released"),
+		withLockReleasesOnPanic,
+	},
+	{
+		"NoLeak",
+		withSource("no advisory lock on a key used by the checks above remains in pg_locks"),
+		noLeak,
+	},
+}
+
+func sessionPinned(t *testing.T, e *env) {
+	c1 := e.conn()
+	p1 := e.pid(c1)
+	for i := 2; i <= 4; i++ {
+		if p := e.pid(c1); p != p1 {
+			t.Fatalf("pg_backend_pid() on one *sql.Conn: statement %d got backend %d, want %d as statement 1: consecutive statements ran in different server sessions; %s",
+				i, p, p1, pooler)
+		}
+	}
+	c2 := e.conn()
+	p2 := e.pid(c2)
+	for range 3 {
+		if p := e.pid(c2); p != p2 {
+			t.Fatalf("pg_backend_pid() on a second *sql.Conn got backend %d, then %d, want the same: consecutive statements ran in different server sessions; %s",
+				p2, p, pooler)
+		}
+		if p := e.pid(c1); p != p1 {
+			t.Fatalf("pg_backend_pid() on one *sql.Conn got backend %d, then %d after a statement on another Conn, want the same: statements ran in whichever server session was free; %s",
+				p1, p, pooler)
+		}
+	}
+	if p1 == p2 {
+		t.Fatalf("pg_backend_pid() on two *sql.Conn held at once: both got backend %d, want different backends: the two connections share one server session; %s",
+			p1, pooler)
+	}
+}
+
+func exclusion(t *testing.T, e *env) {
+	a, b := e.mutex(), e.mutex()
+	e.must("Lock of a free lock", a.Lock)
+	if e.try("TryLock", b.TryLock) {
+		t.Fatalf("TryLock in a second session while the first holds the lock = true, want false: the lock did not exclude a second session; %s", pooler)
+	}
+	if g := granted(e.locks(a.Key())); len(g) != 1 || g[0].shared {
+		t.Fatalf("pg_locks for %v while one session holds it: got %v, want one session holding it exclusively", a.Key(), g)
+	}
+	if err := a.Err(); err != nil {
+		t.Fatalf("Mutex.Err() of the holder = %v, want nil: the keep-alive saw the lock lost while nothing happened to its session; %s", err, pooler)
+	}
+	e.must("Unlock of a held lock", a.Unlock)
+	if !e.try("TryLock", b.TryLock) {
+		t.Fatalf("TryLock after the holder's Unlock = false, want true: Unlock did not release the lock, so the session that took it still holds it; %s", pooler)
+	}
+	e.must("Unlock of a held lock", b.Unlock)
+}
+
+func sharedCoexist(t *testing.T, e *env) {
+	s1, s2, x := e.mutex(), e.mutex(), e.mutex()
+	k := s1.Key()
+	e.must("LockShared of a free lock", s1.LockShared)
+	if err := e.doWithin(promptTimeout, "LockShared", s2.LockShared); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("LockShared while another session holds the lock shared: still waiting after %v, want the lock at once: shared locks do not coexist (%v)",
+				promptTimeout, err)
+		}
+		t.Fatalf("LockShared while another session holds the lock shared: %v", err)
+	}
+	g := granted(e.locks(k))
+	if len(g) != 2 || !g[0].shared || !g[1].shared || g[0].pid == g[1].pid {
+		t.Fatalf("pg_locks for %v while two sessions hold it shared: got %v, want two different backends holding it shared; %s", k, g, pooler)
+	}
+	if e.try("TryLock", x.TryLock) {
+		t.Fatalf("TryLock (exclusive) while two sessions hold the lock shared = true, want false: shared holders did not exclude an exclusive lock; %s", pooler)
+	}
+	e.must("UnlockShared of a held lock", s1.UnlockShared)
+	e.must("UnlockShared of a held lock", s2.UnlockShared)
+	if !e.try("TryLock", x.TryLock) {
+		t.Fatalf("TryLock after both shared holders unlocked = false, want true: UnlockShared did not release the lock; %s", pooler)
+	}
+	if e.try("TryLockShared", s1.TryLockShared) {
+		t.Fatalf("TryLockShared while another session holds the lock exclusively = true, want false: the exclusive lock did not exclude a shared one; %s", pooler)
+	}
+	e.must("Unlock of a held lock", x.Unlock)
+}
+
+func unlockReleases(t *testing.T, e *env) {
+	m := e.mutex()
+	k := m.Key()
+	e.must("Lock of a free lock", m.Lock)
+	done := m.Done()
+	if g := granted(e.locks(k)); len(g) != 1 || g[0].shared {
+		t.Fatalf("pg_locks for %v after Lock: got %v, want one session holding it exclusively", k, g)
+	}
+	e.must("Unlock of a held lock", m.Unlock)
+	if rows := e.locks(k); len(rows) != 0 {
+		t.Fatalf("pg_locks for %v right after Unlock returned: got %v, want no session holding or waiting: the unlock ran in a session that did not hold the lock, which stays held; %s",
+			k, rows, pooler)
+	}
+	select {
+	case <-done:
+	default:
+		t.Errorf("Mutex.Done() channel of the lock still open after Unlock, want closed")
+	}
+	if err := m.Err(); !errors.Is(err, sqllock.ErrNotHeld) {
+		t.Errorf("Mutex.Err() after Unlock = %v, want %v", err, sqllock.ErrNotHeld)
+	}
+	e.checkInUse(e.baseline, "after Unlock")
+}
+
+func waiterWokenOnRelease(t *testing.T, e *env) {
+	holder, waiter := e.mutex(), e.mutex()
+	k := holder.Key()
+	e.must("Lock of a free lock", holder.Lock)
+	p := e.goLock(waiter)
+	w := e.awaitWaiter(k, p)
+	e.must("Unlock of a held lock", holder.Unlock)
+	timer := time.NewTimer(promptTimeout)
+	defer timer.Stop()
+	select {
+	case <-p.done:
+	case <-timer.C:
+		t.Fatalf("Lock still waiting %v after the holder's Unlock returned, want it granted: the release did not reach the session that held the lock, or the waiter was not woken; %s",
+			promptTimeout, pooler)
+	}
+	if p.err != nil {
+		t.Fatalf("Lock woken by the holder's Unlock: %v, want nil", p.err)
+	}
+	if g := granted(e.locks(k)); len(g) != 1 || g[0].pid != w.pid || g[0].shared {
+		t.Fatalf("pg_locks for %v after the waiter got the lock: got %v, want backend %d (the one that waited) holding it exclusively", k, g, w.pid)
+	}
+	e.must("Unlock of a held lock", waiter.Unlock)
+}
+
+func cancelWhileWaiting(t *testing.T, e *env) {
+	holder, waiter, probe := e.mutex(), e.mutex(), e.mutex()
+	k := holder.Key()
+	e.must("Lock of a free lock", holder.Lock)
+	p := e.goLock(waiter)
+	e.awaitWaiter(k, p)
+	p.cancel()
+	start := time.Now()
+	timer := time.NewTimer(promptTimeout)
+	defer timer.Stop()
+	select {
+	case <-p.done:
+	case <-timer.C:
+		t.Fatalf("Lock still waiting %v after its context was cancelled, want it to return promptly: the driver does not interrupt a statement when its context ends", promptTimeout)
+	}
+	t.Logf("Lock returned %v after its context was cancelled", time.Since(start))
+	if !errors.Is(p.err, context.Canceled) {
+		t.Fatalf("Lock after its context was cancelled: got error %v, want one wrapping %v", p.err, context.Canceled)
+	}
+	if err := waiter.Err(); !errors.Is(err, sqllock.ErrNotHeld) {
+		t.Errorf("Mutex.Err() of the cancelled waiter = %v, want %v", err, sqllock.ErrNotHeld)
+	}
+	e.checkInUse(e.baseline+1, "after the cancelled Lock returned, with the holder's lock still held")
+	e.must("Unlock of a held lock", holder.Unlock)
+	if rows, ok := e.waitFree(k); !ok {
+		t.Fatalf("pg_locks for %v %v after the waiter was cancelled and the holder unlocked: got %v, want no session holding or waiting: the cancelled wait left a session behind that holds or waits for the lock",
+			k, settleTimeout, rows)
+	}
+	if !e.try("TryLock", probe.TryLock) {
+		t.Fatalf("TryLock after the waiter was cancelled and the holder unlocked = false, want true")
+	}
+	e.must("Unlock of a held lock", probe.Unlock)
+	e.checkInUse(e.baseline, "after the check released everything")
+}
+
+// sqlState is what pgx's and lib/pq's server errors have in common.
+type sqlState interface{ SQLState() string }
+
+func lossDetected(t *testing.T, e *env) {
+	m := e.mutex()
+	k := m.Key()
+	e.must("Lock of a free lock", m.Lock)
+	lost := m.Done()
+	g := granted(e.locks(k))
+	if len(g) != 1 {
+		t.Fatalf("pg_locks for %v after Lock: got %v, want one session holding it", k, g)
+	}
+	pid := g[0].pid
+	select {
+	case <-lost:
+		t.Fatalf("Mutex.Done() closed before anything happened to the holder's session (Err: %v), want it open: the keep-alive saw the lock lost; %s",
+			m.Err(), pooler)
+	default:
+	}
+
+	var terminated bool
+	err := e.do("pg_terminate_backend", func(ctx context.Context) error {
+		return e.db.QueryRowContext(ctx, "SELECT pg_terminate_backend($1)", pid).Scan(&terminated)
+	})
+	if se := sqlState(nil); errors.As(err, &se) && se.SQLState() == "42501" {
+		t.Skipf("cannot check loss detection: pg_terminate_backend(%d) needs a superuser, the role that holds the lock or a member of pg_signal_backend: %v",
+			pid, err)
+	}
+	if err != nil {
+		t.Fatalf("pg_terminate_backend(%d): %v", pid, err)
+	}
+	if !terminated {
+		t.Fatalf("pg_terminate_backend(%d) = false, want true: the backend holding the lock is gone", pid)
+	}
+
+	select {
+	case <-lost:
+	case <-e.ctx.Done():
+		t.Fatalf("Mutex.Done() still open after the holder's backend %d was terminated (%v), want it closed: the loss went unnoticed (do the options given to Run disable the keep-alive?)",
+			pid, context.Cause(e.ctx))
+	}
+	if err := m.Err(); !errors.Is(err, sqllock.ErrLockLost) {
+		t.Errorf("Mutex.Err() after the holder's backend was terminated = %v, want an error wrapping %v", err, sqllock.ErrLockLost)
+	}
+	if err := e.do("Unlock", m.Unlock); !errors.Is(err, sqllock.ErrLockLost) {
+		t.Errorf("Unlock after the holder's backend was terminated = %v, want an error wrapping %v", err, sqllock.ErrLockLost)
+	}
+	if rows, ok := e.waitFree(k); !ok {
+		t.Fatalf("pg_locks for %v %v after its holder's backend %d was terminated: got %v, want no session holding or waiting", k, settleTimeout, pid, rows)
+	}
+}
+
+// errPanic is the panic of WithLockReleasesOnPanic's function.
+var errPanic = errors.New("conntest: deliberate panic in WithLock's function")
+
+func withLockReleasesOnPanic(t *testing.T, e *env) {
+	m, other := e.mutex(), e.mutex()
+	k := m.Key()
+	var ran, excluded bool
+	var tryErr, err error
+	recovered := func() (r any) {
+		defer func() { r = recover() }()
+		err = e.do("WithLock", func(ctx context.Context) error {
+			return m.WithLock(ctx, func(ctx context.Context) error {
+				ran = true
+				ok, err := other.TryLock(ctx)
+				excluded, tryErr = !ok, err
+				if ok {
+					_ = other.Unlock(context.WithoutCancel(ctx))
+				}
+				panic(errPanic)
+			})
+		})
+		return nil
+	}()
+	switch {
+	case !ran:
+		t.Fatalf("WithLock of a free lock did not run its function: returned %v, panicked with %v", err, recovered)
+	case recovered == nil:
+		t.Fatalf("WithLock whose function panicked returned %v, want the panic to propagate", err)
+	case recovered != errPanic:
+		t.Fatalf("WithLock whose function panicked with %v: recovered %v, want the function's panic", errPanic, recovered)
+	case tryErr != nil:
+		t.Fatalf("TryLock in another session inside WithLock's function: %v", tryErr)
+	case !excluded:
+		t.Fatalf("TryLock in another session inside WithLock's function = true, want false: the lock did not exclude a second session; %s", pooler)
+	}
+	if rows, ok := e.waitFree(k); !ok {
+		t.Fatalf("pg_locks for %v %v after WithLock's function panicked: got %v, want no session holding or waiting: the lock outlived the panic; %s",
+			k, settleTimeout, rows, pooler)
+	}
+	if !e.try("TryLock", other.TryLock) {
+		t.Fatalf("TryLock after WithLock's function panicked = false, want true")
+	}
+	e.must("Unlock of a held lock", other.Unlock)
+}
+
+func noLeak(t *testing.T, e *env) {
+	keys := e.usedKeys()
+	if len(keys) == 0 {
+		t.Logf("no other check took a lock")
+	}
+	type leak struct {
+		key keyspace.Key
+		row lockRow
+	}
+	var leaks []leak
+	ok := e.poll(settleTimeout, func() bool {
+		leaks = nil
+		err := e.do("querying pg_locks", func(ctx context.Context) error {
+			rs, err := e.db.QueryContext(ctx, "SELECT classid::bigint, objid::bigint, objsubid::bigint, COALESCE(pid, 0), granted, mode = 'ShareLock' FROM pg_locks WHERE "+pgLocksWhere)
+			if err != nil {
+				return err
+			}
+			defer rs.Close()
+			for rs.Next() {
+				var classid, objid, objsubid int64
+				var r lockRow
+				if err := rs.Scan(&classid, &objid, &objsubid, &r.pid, &r.granted, &r.shared); err != nil {
+					return err
+				}
+				k, err := keyspace.FromLockTag(uint32(classid), uint32(objid), int16(objsubid))
+				if _, used := keys[k]; err == nil && used {
+					leaks = append(leaks, leak{k, r})
+				}
+			}
+			return rs.Err()
+		})
+		if err != nil {
+			t.Fatalf("querying pg_locks: %v", err)
+		}
+		return len(leaks) == 0
+	})
+	if !ok {
+		for _, l := range leaks {
+			t.Errorf("pg_locks for %v (lock name %q), %v after every check ended: %v, want none", l.key, keys[l.key], settleTimeout, l.row)
+		}
+		t.Fatalf("advisory locks taken by the checks still held or awaited: got %d, want 0: sessions kept locks that sqllock released or discarded; %s",
+			len(leaks), pooler)
+	}
+	e.checkInUse(e.baseline, "after every check")
+}

@@ -1,0 +1,267 @@
+package conntest_test
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/jackc/pgx/v5/stdlib"
+	"gorm.io/driver/postgres"
+	"gorm.io/gorm"
+	"gorm.io/gorm/logger"
+
+	"github.com/advisorylock/go-advisory-lock/conntest"
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// TestRun runs the suite on every setup sqllock supports; all must pass.
+func TestRun(t *testing.T) {
+	t.Parallel()
+	for _, s := range []struct {
+		name string
+		open func(t *testing.T) *sql.DB
+	}{
+		{"libpq", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }},
+		{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }},
+		{"pgxCancelRequest", openPgxCancelRequest},
+		{"gorm", openGorm},
+		{"pgxSmallPool", func(t *testing.T) *sql.DB {
+			db := pgtest.DB(t, "pgx")
+			db.SetMaxOpenConns(3) // the least the suite needs
+			return db
+		}},
+	} {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			conntest.Run(t, s.open(t))
+			t.Logf("suite took %v", time.Since(start))
+		})
+	}
+}
+
+// openPgxCancelRequest opens pgx's stdlib with a context watcher that
+// cancels a running query by a cancel request instead of closing the
+// connection.
+func openPgxCancelRequest(t *testing.T) *sql.DB {
+	cfg, err := pgx.ParseConfig(pgtest.DSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: time.Second}
+	}
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// openGorm returns the *sql.DB under a gorm.DB.
+func openGorm(t *testing.T) *sql.DB {
+	gdb, err := gorm.Open(postgres.Open(pgtest.DSN(t)), &gorm.Config{Logger: logger.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := gdb.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// brokenChildEnv marks the child process of TestBrokenSetupFails.
+const brokenChildEnv = "CONNTEST_BROKEN_SETUP_CHILD"
+
+// TestBrokenSetupFails runs the suite against a simulated transaction
+// pooler, which must fail it. A failing suite would fail this test, so the
+// suite runs in a child process (this test binary again) and this test
+// checks that the child failed, and which checks it names.
+func TestBrokenSetupFails(t *testing.T) {
+	t.Parallel()
+	if os.Getenv(brokenChildEnv) == "1" {
+		conntest.Run(t, openTxPooler(t))
+		return
+	}
+	dsn := pgtest.DSN(t) // the child uses the same server, even a throwaway one
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestBrokenSetupFails$", "-test.count=1", "-test.v", "-test.timeout=2m")
+	cmd.Env = append(os.Environ(), brokenChildEnv+"=1", pgtest.EnvConnectionString+"="+dsn)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("child ran %v; its output:\n%s", time.Since(start), out)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("child running the suite against a transaction pooler: exit error %v, want exit status 1 (tests failed)", err)
+	}
+	for _, bad := range []string{"panic:", "test timed out", "still running", "[no tests to run]"} {
+		if strings.Contains(string(out), bad) {
+			t.Errorf("child output contains %q, want the checks to fail cleanly", bad)
+		}
+	}
+	for _, name := range []string{"SessionPinned", "Exclusion"} {
+		if want := "--- FAIL: TestBrokenSetupFails/" + name + " "; !strings.Contains(string(out), want) {
+			t.Errorf("child output lacks %q, want the transaction pooler to fail %s", want, name)
+		}
+	}
+	if want := "pool_mode=transaction"; !strings.Contains(string(out), want) {
+		t.Errorf("child output lacks %q, want the failures to name the likely cause", want)
+	}
+}
+
+// openTxPooler returns a *sql.DB that behaves like a client of PgBouncer in
+// pool_mode=transaction (worse: with round-robin server selection): every
+// statement of every client connection runs on another server connection of
+// an inner pool, and closing a client connection leaves the server sessions
+// (and whatever locks they hold) open.
+func openTxPooler(t *testing.T) *sql.DB {
+	inner := pgtest.DB(t, "pgx")
+	inner.SetMaxIdleConns(32) // server sessions outlive their statements
+	p := &txPooler{inner: inner}
+	db := sql.OpenDB(p)
+	t.Cleanup(func() {
+		_ = db.Close()
+		p.close()
+	})
+	return db
+}
+
+// txPooler is a driver.Connector whose connections send each statement to
+// the server connection of the inner pool that has been idle the longest.
+type txPooler struct {
+	inner *sql.DB
+
+	mu     sync.Mutex
+	recent []*sql.Conn // server connections of the latest statements, kept out of the pool for a while
+}
+
+// rotation is how many recent server connections stay out of the inner
+// pool, whose LIFO order would otherwise hand back the latest one.
+const rotation = 2
+
+func (p *txPooler) Connect(context.Context) (driver.Conn, error) { return &clientConn{p}, nil }
+func (p *txPooler) Driver() driver.Driver                        { return p }
+func (p *txPooler) Open(string) (driver.Conn, error)             { return &clientConn{p}, nil }
+
+// server runs f on a server connection other than the latest ones.
+func (p *txPooler) server(ctx context.Context, f func(*sql.Conn) error) error {
+	c, err := p.inner.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	err = f(c)
+	p.mu.Lock()
+	p.recent = append(p.recent, c)
+	var back *sql.Conn
+	if len(p.recent) > rotation {
+		back, p.recent = p.recent[0], p.recent[1:]
+	}
+	p.mu.Unlock()
+	if back != nil {
+		_ = back.Close()
+	}
+	return err
+}
+
+func (p *txPooler) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.recent {
+		_ = c.Close()
+	}
+	p.recent = nil
+}
+
+// clientConn is one client connection to the pooler. It supports plain
+// queries and execs only.
+type clientConn struct{ p *txPooler }
+
+var errUnsupported = errors.New("txPooler: only QueryContext and ExecContext are supported")
+
+func (c *clientConn) Prepare(string) (driver.Stmt, error) { return nil, errUnsupported }
+func (c *clientConn) Begin() (driver.Tx, error)           { return nil, errUnsupported }
+
+// Close leaves the server sessions open, as a pooler does.
+func (c *clientConn) Close() error { return nil }
+
+func (c *clientConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	var res sql.Result
+	err := c.p.server(ctx, func(s *sql.Conn) (err error) {
+		res, err = s.ExecContext(ctx, query, values(args)...)
+		return err
+	})
+	return res, err
+}
+
+func (c *clientConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	rows := &memRows{}
+	err := c.p.server(ctx, func(s *sql.Conn) error {
+		rs, err := s.QueryContext(ctx, query, values(args)...)
+		if err != nil {
+			return err
+		}
+		defer rs.Close()
+		if rows.cols, err = rs.Columns(); err != nil {
+			return err
+		}
+		for rs.Next() {
+			row := make([]any, len(rows.cols))
+			ptrs := make([]any, len(row))
+			for i := range row {
+				ptrs[i] = &row[i]
+			}
+			if err := rs.Scan(ptrs...); err != nil {
+				return err
+			}
+			rows.data = append(rows.data, row)
+		}
+		return rs.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rows, nil
+}
+
+func values(args []driver.NamedValue) []any {
+	vs := make([]any, len(args))
+	for i, a := range args {
+		vs[i] = a.Value
+	}
+	return vs
+}
+
+// memRows is a result read in full before its server connection went back
+// to the pool.
+type memRows struct {
+	cols []string
+	data [][]any
+}
+
+func (r *memRows) Columns() []string { return r.cols }
+func (r *memRows) Close() error      { return nil }
+
+func (r *memRows) Next(dest []driver.Value) error {
+	if len(r.data) == 0 {
+		return io.EOF
+	}
+	for i, v := range r.data[0] {
+		dest[i] = v
+	}
+	r.data = r.data[1:]
+	return nil
+}
