@@ -2,6 +2,7 @@ package conntest
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"testing"
 	"time"
@@ -52,6 +53,16 @@ var cases = []testCase{
 		"WithLockReleasesOnPanic",
 		withSource("when WithLock's function panics, the panic propagates and the lock is released"),
 		withLockReleasesOnPanic,
+	},
+	{
+		"NotStandby",
+		withSource("the server is a primary: pg_is_in_recovery() is false, so its advisory locks exclude every client of the database"),
+		notStandby,
+	},
+	{
+		"TransactionLocks",
+		withSource("a transaction-scoped lock (LockTx) excludes another transaction's TryLockTx until commit releases it"),
+		transactionLocks,
 	},
 	{
 		"NoLeak",
@@ -359,4 +370,47 @@ func noLeak(t *testing.T, e *env) {
 			len(leaks), pooler)
 	}
 	e.checkInUse(e.baseline, "after every check")
+}
+
+func notStandby(t *testing.T, e *env) {
+	var inRecovery bool
+	if err := e.do("SELECT pg_is_in_recovery()", func(ctx context.Context) error {
+		return e.db.QueryRowContext(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery)
+	}); err != nil {
+		t.Fatalf("SELECT pg_is_in_recovery(): %v", err)
+	}
+	if inRecovery {
+		t.Fatalf("pg_is_in_recovery() = true, want false: this is a hot standby, whose advisory locks exclude nobody on the primary; " +
+			"point the pool at the primary (sqllock refuses standby locks with ErrStandby unless WithAllowStandby is set)")
+	}
+}
+
+func transactionLocks(t *testing.T, e *env) {
+	begin := func() *sql.Tx {
+		t.Helper()
+		var tx *sql.Tx
+		if err := e.do("DB.BeginTx", func(ctx context.Context) (err error) {
+			tx, err = e.db.BeginTx(ctx, nil)
+			return err
+		}); err != nil {
+			t.Fatalf("DB.BeginTx: %v", err)
+		}
+		t.Cleanup(func() { _ = tx.Rollback() })
+		return tx
+	}
+	a, b := e.mutex(), e.mutex()
+	tx1, tx2 := begin(), begin()
+	e.must("LockTx", func(ctx context.Context) error { return a.LockTx(ctx, tx1) })
+	if e.try("TryLockTx in a second transaction", func(ctx context.Context) (bool, error) { return b.TryLockTx(ctx, tx2) }) {
+		t.Fatalf("TryLockTx in a second transaction got the lock while the first holds it, want false: transaction-scoped locks do not exclude")
+	}
+	if err := e.do("Commit", func(context.Context) error { return tx1.Commit() }); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if !e.try("TryLockTx after the holder committed", func(ctx context.Context) (bool, error) { return b.TryLockTx(ctx, tx2) }) {
+		t.Fatalf("TryLockTx after the holder committed returned false, want true: commit did not release the transaction lock")
+	}
+	if err := e.do("Rollback", func(context.Context) error { return tx2.Rollback() }); err != nil {
+		t.Fatalf("Rollback: %v", err)
+	}
 }

@@ -42,6 +42,11 @@
 //     [sqllock.ErrLockLost].
 //   - WithLockReleasesOnPanic: when WithLock's function panics, the panic
 //     propagates and the lock is released.
+//   - NotStandby: the server is a primary (pg_is_in_recovery() is false);
+//     a hot standby's advisory locks exclude nobody on the primary.
+//   - TransactionLocks: a transaction-scoped lock ([sqllock.Mutex.LockTx])
+//     excludes another transaction until commit releases it. These are the
+//     locks that work behind a transaction-mode pooler.
 //   - NoLeak: once every check has finished, no advisory lock on a key the
 //     suite used remains in pg_locks.
 //
@@ -339,8 +344,7 @@ func (e *env) mutex() *sqllock.Mutex {
 						m.Key(), hangGrace, cleanupTimeout)
 					return
 				}
-				// An unlock of a lost lock wraps ErrNotHeld too.
-				if errors.Is(err, sqllock.ErrNotHeld) && !errors.Is(err, sqllock.ErrLockLost) {
+				if errors.Is(err, sqllock.ErrNotHeld) {
 					break
 				}
 			}

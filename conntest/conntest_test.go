@@ -38,6 +38,7 @@ func TestRun(t *testing.T) {
 		{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }},
 		{"pgxCancelRequest", openPgxCancelRequest},
 		{"gorm", openGorm},
+		{"pgbouncerSession", func(t *testing.T) *sql.DB { return openBouncer(t, "session") }},
 		{"pgxSmallPool", func(t *testing.T) *sql.DB {
 			db := pgtest.DB(t, "pgx")
 			db.SetMaxOpenConns(3) // the least the suite needs
@@ -83,43 +84,75 @@ func openGorm(t *testing.T) *sql.DB {
 	return db
 }
 
-// brokenChildEnv marks the child process of TestBrokenSetupFails.
+// openBouncer opens lib/pq through a real PgBouncer in the given pool mode.
+func openBouncer(t *testing.T, mode string) *sql.DB {
+	b := pgtest.NewBouncer(t, mode, 4)
+	db, err := sql.Open("postgres", b.DSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// brokenChildEnv marks the child process of TestBrokenSetupFails and names
+// the broken setup it runs.
 const brokenChildEnv = "CONNTEST_BROKEN_SETUP_CHILD"
 
-// TestBrokenSetupFails runs the suite against a simulated transaction
-// pooler, which must fail it. A failing suite would fail this test, so the
-// suite runs in a child process (this test binary again) and this test
-// checks that the child failed, and which checks it names.
+// brokenSetups must each fail the suite, naming these checks.
+var brokenSetups = []struct {
+	name   string
+	open   func(t *testing.T) *sql.DB
+	failed []string
+}{
+	{"simulatedTxPooler", openTxPooler, []string{"SessionPinned", "Exclusion"}},
+	{"pgbouncerTransaction", func(t *testing.T) *sql.DB { return openBouncer(t, "transaction") }, []string{"SessionPinned", "Exclusion"}},
+}
+
+// TestBrokenSetupFails runs the suite against transaction poolers, which
+// must fail it. A failing suite would fail this test, so the suite runs in a
+// child process (this test binary again) and this test checks that the
+// child failed, and which checks it names.
 func TestBrokenSetupFails(t *testing.T) {
 	t.Parallel()
-	if os.Getenv(brokenChildEnv) == "1" {
-		conntest.Run(t, openTxPooler(t))
-		return
+	if child := os.Getenv(brokenChildEnv); child != "" {
+		for _, s := range brokenSetups {
+			if s.name == child {
+				conntest.Run(t, s.open(t))
+				return
+			}
+		}
+		t.Fatalf("unknown broken setup %q", child)
 	}
 	dsn := pgtest.DSN(t) // the child uses the same server, even a throwaway one
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestBrokenSetupFails$", "-test.count=1", "-test.v", "-test.timeout=2m")
-	cmd.Env = append(os.Environ(), brokenChildEnv+"=1", pgtest.EnvConnectionString+"="+dsn)
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	t.Logf("child ran %v; its output:\n%s", time.Since(start), out)
-	var exit *exec.ExitError
-	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
-		t.Fatalf("child running the suite against a transaction pooler: exit error %v, want exit status 1 (tests failed)", err)
-	}
-	for _, bad := range []string{"panic:", "test timed out", "still running", "[no tests to run]"} {
-		if strings.Contains(string(out), bad) {
-			t.Errorf("child output contains %q, want the checks to fail cleanly", bad)
-		}
-	}
-	for _, name := range []string{"SessionPinned", "Exclusion"} {
-		if want := "--- FAIL: TestBrokenSetupFails/" + name + " "; !strings.Contains(string(out), want) {
-			t.Errorf("child output lacks %q, want the transaction pooler to fail %s", want, name)
-		}
-	}
-	if want := "pool_mode=transaction"; !strings.Contains(string(out), want) {
-		t.Errorf("child output lacks %q, want the failures to name the likely cause", want)
+	for _, s := range brokenSetups {
+		t.Run(s.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestBrokenSetupFails$", "-test.count=1", "-test.v", "-test.timeout=2m")
+			cmd.Env = append(os.Environ(), brokenChildEnv+"="+s.name, pgtest.EnvConnectionString+"="+dsn)
+			start := time.Now()
+			out, err := cmd.CombinedOutput()
+			t.Logf("child ran %v; its output:\n%s", time.Since(start), out)
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+				t.Fatalf("child running the suite against %s: exit error %v, want exit status 1 (tests failed)", s.name, err)
+			}
+			for _, bad := range []string{"panic:", "test timed out", "still running", "[no tests to run]", "--- SKIP: TestBrokenSetupFails "} {
+				if strings.Contains(string(out), bad) {
+					t.Errorf("child output contains %q, want the checks to fail cleanly", bad)
+				}
+			}
+			for _, name := range s.failed {
+				if want := "--- FAIL: TestBrokenSetupFails/" + name + " "; !strings.Contains(string(out), want) {
+					t.Errorf("child output lacks %q, want %s to fail %s", want, s.name, name)
+				}
+			}
+			if want := "pool_mode=transaction"; !strings.Contains(string(out), want) {
+				t.Errorf("child output lacks %q, want the failures to name the likely cause", want)
+			}
+		})
 	}
 }
 
