@@ -148,3 +148,25 @@ func ExampleWithKeyspace() {
 	fmt.Println(locker.Mutex("dbmigration").Key())
 	// Output: int64(-4938876031718299147)
 }
+
+func ExampleLocker_Election() {
+	db := openDB()
+	defer db.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Every replica runs this; one at a time leads. The default takeover
+	// delay (the keep-alive's bound) keeps two leaders from overlapping when
+	// one dies; this example leads alone, so it skips it.
+	clock := sqllock.New(db).Election("example/clock", sqllock.WithTakeoverDelay(0))
+	err := clock.Run(ctx, func(ctx context.Context) error {
+		fmt.Println("leading: the only clock process")
+		cancel() // a real clock ticks until ctx ends: shutdown or lost leadership
+		<-ctx.Done()
+		return nil
+	})
+	fmt.Println(err)
+	// Output:
+	// leading: the only clock process
+	// context canceled
+}

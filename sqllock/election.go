@@ -1,0 +1,190 @@
+package sqllock
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+)
+
+// An Election keeps one leader among the processes that campaign for the
+// same lock: "only one clock process", "one of ten web servers sends the
+// report". Create one with [Locker.Election].
+//
+// An Election is safe for concurrent use, but Run is meant to be called once
+// per process: a second concurrent Run campaigns as a second contender.
+type Election struct {
+	m       *Mutex
+	min     time.Duration
+	max     time.Duration
+	delay   time.Duration // takeover delay
+	onState func(leading bool, err error)
+	leading atomic.Bool
+}
+
+// ElectionOption configures an [Election].
+type ElectionOption func(*Election)
+
+// WithBackoff sets the wait before campaigning again after a failed
+// attempt or a lost or abandoned leadership: it starts at min and doubles up
+// to max, with full jitter. The defaults are 100ms and 10s. Values <= 0 keep
+// the defaults; max below min is raised to min.
+func WithBackoff(min, max time.Duration) ElectionOption {
+	return func(e *Election) {
+		if min > 0 {
+			e.min = min
+		}
+		if max > 0 {
+			e.max = max
+		}
+		if e.max < e.min {
+			e.max = e.min
+		}
+	}
+}
+
+// WithTakeoverDelay sets how long a new leader holds the lock before it
+// runs fn. The delay is what makes "at most one fn at a time" hold when the
+// old leader did not step down but lost its session: the server frees the
+// lock at once, while the old leader's keep-alive needs up to its interval
+// plus its timeout to notice and cancel its fn. The default is exactly that
+// bound, the Locker's keep-alive interval plus timeout (7s with the
+// defaults); 0 starts fn at once, for work that tolerates a brief overlap.
+// A negative delay keeps the default.
+//
+// No lock service can protect work from a leader whose whole process
+// stalls (a long GC pause, SIGSTOP) past that bound; work that must never
+// overlap should also be fenced in the resource it writes.
+func WithTakeoverDelay(d time.Duration) ElectionOption {
+	return func(e *Election) {
+		if d >= 0 {
+			e.delay = d
+		}
+	}
+}
+
+// OnLeadership sets a function called whenever this process becomes
+// leader (leading true, err nil) or stops being leader (leading false, err
+// why: nil when fn returned nil, fn's error, or an error wrapping
+// [ErrLockLost]); it is also called with leading false and the error of a
+// failed campaign attempt. It runs on Run's goroutine and must not block.
+func OnLeadership(f func(leading bool, err error)) ElectionOption {
+	return func(e *Election) { e.onState = f }
+}
+
+// Election returns an election for the lock called name. Every process
+// whose Election uses the same name (and keyspace strategy) campaigns for
+// the same leadership.
+func (l *Locker) Election(name string, opts ...ElectionOption) *Election {
+	e := &Election{m: l.Mutex(name), min: 100 * time.Millisecond, max: 10 * time.Second, delay: -1}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(e)
+		}
+	}
+	if e.delay < 0 {
+		e.delay = 0
+		if l.cfg.interval > 0 {
+			e.delay = l.cfg.interval + l.cfg.timeout
+		}
+	}
+	return e
+}
+
+// Run campaigns for leadership until ctx ends, and runs fn each time this
+// process becomes leader. The campaign waits in the server (no polling): a
+// contender gets the lock the moment the old leader's lock is released or
+// its session ends, then waits the takeover delay (see [WithTakeoverDelay])
+// before running fn.
+//
+// fn's context is cancelled when leadership is lost (its cause wraps
+// [ErrLockLost]) or when ctx ends; fn should return promptly then. When fn
+// returns, for any reason, this process steps down and, unless ctx has
+// ended, campaigns again after a backoff (see [WithBackoff]); fn returning
+// nil is the way to hand leadership to another process.
+//
+// Run returns only when ctx ends, with context.Cause(ctx), or at once with
+// the Mutex's sticky error (a nil db, an invalid option) or [ErrNilFunc].
+// Failed campaign attempts (database unreachable, ...) are retried, and
+// reported to [OnLeadership] if set.
+func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) error {
+	if fn == nil {
+		return e.m.fail("election", ErrNilFunc)
+	}
+	if ctx == nil {
+		return e.m.fail("election", ErrNilContext)
+	}
+	if e.m.err != nil {
+		return e.m.fail("election", e.m.err)
+	}
+	delay := e.min
+	for {
+		led := false
+		err := e.m.WithLock(ctx, func(ctx context.Context) error {
+			if e.delay > 0 {
+				t := time.NewTimer(e.delay)
+				select {
+				case <-ctx.Done(): // lost during the delay, or Run's ctx ended
+					t.Stop()
+					return nil
+				case <-t.C:
+				}
+			}
+			led = true
+			e.leading.Store(true)
+			e.notify(true, nil)
+			return fn(ctx)
+		})
+		if led {
+			e.leading.Store(false)
+		}
+		if ctx.Err() != nil {
+			if led {
+				e.notify(false, err)
+			}
+			return context.Cause(ctx)
+		}
+		e.notify(false, err)
+		if led && err == nil {
+			delay = e.min // a clean hand-over: campaign again soon
+		}
+		// Full jitter: contenders spread out instead of stampeding.
+		wait := time.Duration(rand.Int64N(int64(delay) + 1))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return context.Cause(ctx)
+		case <-t.C:
+		}
+		if !led || err != nil {
+			delay = min(delay*2, e.max)
+		}
+	}
+}
+
+func (e *Election) notify(leading bool, err error) {
+	if e.onState != nil {
+		e.onState(leading, err)
+	}
+}
+
+// Leading reports whether this process leads now, through a Run of this
+// Election.
+func (e *Election) Leading() bool { return e.leading.Load() }
+
+// Leader reports who leads now, as the server sees it: the session that
+// holds the election's lock, with its pid, application_name and client
+// address. ok is false when no one leads. ctx bounds the query.
+func (e *Election) Leader(ctx context.Context) (leader Holder, ok bool, err error) {
+	hs, err := e.m.Holders(ctx)
+	if err != nil {
+		return Holder{}, false, err
+	}
+	for _, h := range hs {
+		if h.Granted && !h.Shared {
+			return h, true, nil
+		}
+	}
+	return Holder{}, false, nil
+}
