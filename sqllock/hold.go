@@ -15,11 +15,12 @@ import (
 // goroutine uses the connection while the lock is held; release stops it
 // first, so the two never share the connection.
 type hold struct {
-	m      *Mutex
-	shared bool
-	conn   *sql.Conn
-	pid    int64 // backend that owns the lock
-	onLost func(error)
+	m        *Mutex
+	shared   bool
+	conn     *sql.Conn
+	pid      int64 // backend that owns the lock
+	onLost   func(error)
+	acquired time.Time // set only when the Locker has observers
 
 	done   chan struct{} // closed when the hold ends: released or lost
 	stop   chan struct{} // closed by release to stop the keep-alive
@@ -122,6 +123,7 @@ func (h *hold) markLost(cause error) {
 	h.ended, h.lost = true, err
 	close(h.done)
 	h.mu.Unlock()
+	h.observeEnd(EventLost, err)
 	if h.onLost != nil {
 		h.onLost(err)
 	}
@@ -147,6 +149,25 @@ func (h *hold) err() error {
 // done, the connection is discarded without a query and release reports
 // success, since closing the session releases the lock.
 func (h *hold) release(ctx context.Context) error {
+	err := h.releaseConn(ctx)
+	switch {
+	case err == nil:
+		h.observeEnd(EventReleased, nil)
+	case errors.Is(err, ErrLockLost) && err != h.lost: // the keep-alive reported its own finding
+		h.observeEnd(EventLost, err)
+	}
+	return err
+}
+
+// observeEnd reports the end of the hold to the Locker's observers.
+func (h *hold) observeEnd(kind EventKind, err error) {
+	if len(h.m.l.cfg.observers) == 0 {
+		return
+	}
+	h.m.observe(Event{Kind: kind, Shared: h.shared, Held: time.Since(h.acquired), Err: err})
+}
+
+func (h *hold) releaseConn(ctx context.Context) error {
 	close(h.stop)
 	<-h.exited
 	h.mu.Lock()

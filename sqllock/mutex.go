@@ -59,6 +59,26 @@ func opName(base string, shared bool) string {
 // acquire takes the lock on a connection of its own. With try, it returns
 // (nil, nil) if another session holds the key.
 func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error)) (*hold, error) {
+	if len(m.l.cfg.observers) == 0 {
+		return m.acquireConn(ctx, shared, try, onLost)
+	}
+	start := time.Now()
+	h, err := m.acquireConn(ctx, shared, try, onLost)
+	e := Event{Shared: shared, Wait: time.Since(start), Err: err}
+	switch {
+	case err != nil:
+		e.Kind = EventFailed
+	case h == nil:
+		e.Kind = EventContended
+	default:
+		e.Kind = EventAcquired
+		h.acquired = start.Add(e.Wait)
+	}
+	m.observe(e)
+	return h, err
+}
+
+func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(error)) (*hold, error) {
 	op := opName("lock", shared)
 	if try {
 		op = opName("trylock", shared)

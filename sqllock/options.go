@@ -26,6 +26,7 @@ type config struct {
 	timeout      time.Duration // keep-alive probe timeout, and the release bound of WithLock
 	allowStandby bool
 	placeholders *bool // nil: decided from the driver
+	observers    []Observer
 	err          error // first invalid option
 }
 

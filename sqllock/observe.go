@@ -1,0 +1,117 @@
+package sqllock
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// EventKind says what happened to a lock.
+type EventKind uint8
+
+const (
+	// EventAcquired: a lock was granted; Event.Wait is how long it took.
+	EventAcquired EventKind = iota + 1
+	// EventContended: a TryLock found the lock held elsewhere.
+	EventContended
+	// EventFailed: a lock attempt failed (context ended, server error,
+	// refused standby or shared session); Event.Err says why.
+	EventFailed
+	// EventReleased: a held lock was released; Event.Held is how long it
+	// was held.
+	EventReleased
+	// EventLost: a held lock was lost (keep-alive failure, unlock that
+	// found nothing); Event.Err wraps ErrLockLost and the cause.
+	EventLost
+)
+
+var kindNames = [...]string{EventAcquired: "acquired", EventContended: "contended", EventFailed: "failed", EventReleased: "released", EventLost: "lost"}
+
+// String returns "acquired", "contended", "failed", "released" or "lost".
+func (k EventKind) String() string {
+	if int(k) < len(kindNames) && kindNames[k] != "" {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// An Event describes one thing that happened to a lock, for logs and
+// metrics.
+type Event struct {
+	Kind   EventKind
+	Name   string        // the lock's name; empty for explicit keys
+	Key    keyspace.Key  // the lock's key
+	Shared bool          // shared mode
+	Wait   time.Duration // EventAcquired, EventContended, EventFailed: time spent in the attempt
+	Held   time.Duration // EventReleased, EventLost: time the lock was held
+	Err    error         // EventFailed, EventLost
+}
+
+// An Observer receives every Event of a Locker's locks, for example to
+// count them in Prometheus or OpenTelemetry. Observe is called
+// synchronously on the goroutine of the lock operation (or of the
+// keep-alive, for EventLost), so it must be fast, must not block and must be
+// safe for concurrent use.
+type Observer interface {
+	Observe(Event)
+}
+
+// ObserverFunc adapts a function to an [Observer].
+type ObserverFunc func(Event)
+
+// Observe calls f(e).
+func (f ObserverFunc) Observe(e Event) { f(e) }
+
+// WithObserver sends every lock event to o. Without it (the default)
+// sqllock measures nothing and the lock paths do no extra work. A nil o is
+// ignored. WithObserver and [WithLogger] combine.
+func WithObserver(o Observer) Option {
+	return func(c *config) {
+		if o != nil {
+			c.observers = append(c.observers, o)
+		}
+	}
+}
+
+// WithLogger logs lock events to l: acquisitions (with the wait) and
+// releases (with the hold time) at Debug, contention at Debug, failures at
+// Info, and losses at Warn. Off by default. A nil l is ignored.
+func WithLogger(l *slog.Logger) Option {
+	if l == nil {
+		return func(*config) {}
+	}
+	return WithObserver(ObserverFunc(func(e Event) {
+		level := slog.LevelDebug
+		switch e.Kind {
+		case EventFailed:
+			level = slog.LevelInfo
+		case EventLost:
+			level = slog.LevelWarn
+		}
+		ctx := context.Background()
+		if !l.Enabled(ctx, level) {
+			return
+		}
+		attrs := []slog.Attr{slog.String("lock", e.Name), slog.String("key", e.Key.String()), slog.Bool("shared", e.Shared)}
+		switch e.Kind {
+		case EventAcquired, EventContended, EventFailed:
+			attrs = append(attrs, slog.Duration("wait", e.Wait))
+		case EventReleased, EventLost:
+			attrs = append(attrs, slog.Duration("held", e.Held))
+		}
+		if e.Err != nil {
+			attrs = append(attrs, slog.String("err", e.Err.Error()))
+		}
+		l.LogAttrs(ctx, level, "sqllock: lock "+e.Kind.String(), attrs...)
+	}))
+}
+
+// observe sends e to the Locker's observers.
+func (m *Mutex) observe(e Event) {
+	e.Name, e.Key = m.name, m.key
+	for _, o := range m.l.cfg.observers {
+		o.Observe(e)
+	}
+}
