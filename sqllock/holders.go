@@ -18,7 +18,7 @@ type Holder struct {
 	ClientAddr      string    // client address, empty for a Unix socket
 	BackendStart    time.Time // when the session began
 	WaitStart       time.Time // when it began waiting; zero if it never waited (PostgreSQL 14+)
-	Since           time.Time // when its current transaction or query began (state_change)
+	StateChange     time.Time // pg_stat_activity.state_change: its last change between active and idle (a held lock's keep-alive moves it)
 }
 
 // holdersSQL lists every session holding or waiting for one key. Keys
@@ -64,7 +64,7 @@ func holders(ctx context.Context, db *sql.DB, k keyspace.Key) ([]Holder, error) 
 		if err := rows.Scan(&h.PID, &h.Shared, &h.Granted, &h.ApplicationName, &h.ClientAddr, &start, &wait, &since); err != nil {
 			return nil, err
 		}
-		h.BackendStart, h.WaitStart, h.Since = start.Time, wait.Time, since.Time
+		h.BackendStart, h.WaitStart, h.StateChange = start.Time, wait.Time, since.Time
 		out = append(out, h)
 	}
 	return out, rows.Err()

@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"time"
+)
+
+// lookCommand resolves the command's program as exec does, so that a missing
+// one is reported before anything waits for the lock. It returns the exit
+// status for a failure: ExitNotFound or ExitCannotRun.
+func lookCommand(name string) (path string, status int, err error) {
+	path, err = exec.LookPath(name)
+	switch {
+	case err == nil:
+		return path, ExitOK, nil
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		return "", ExitNotFound, err
+	}
+	return "", ExitCannotRun, err
+}
+
+// A child is the command withlock runs under the lock.
+type child struct {
+	path  string   // resolved program
+	args  []string // command line, args[0] as the user gave it
+	grace time.Duration
+
+	stdin          io.Reader
+	stdout, stderr io.Writer
+}
+
+// childResult says how the command ended.
+type childResult struct {
+	started  bool
+	status   int           // exit status in the shell's terms, if started
+	err      error         // why it could not start
+	duration time.Duration // how long it ran
+}
+
+// run starts the command and waits for it, passing on every signal that
+// arrives on sigs. When ctx ends (the lock was lost), the command gets
+// SIGTERM, then SIGKILL after the grace period; run returns only once the
+// process has exited. If ctx has ended already, the command does not start.
+func (c *child) run(ctx context.Context, sigs <-chan os.Signal) childResult {
+	cmd := exec.CommandContext(ctx, c.path, c.args[1:]...)
+	cmd.Args = c.args
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = c.stdin, c.stdout, c.stderr
+	if c.grace > 0 {
+		cmd.Cancel = func() error { return terminate(cmd.Process) }
+		cmd.WaitDelay = c.grace
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return childResult{err: err}
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait() // the status comes from ProcessState
+		close(done)
+	}()
+	for {
+		select {
+		case sig := <-sigs:
+			_ = cmd.Process.Signal(sig) // fails only once the process is gone
+		case <-done:
+			return childResult{started: true, status: exitStatus(cmd.ProcessState), duration: time.Since(start)}
+		}
+	}
+}

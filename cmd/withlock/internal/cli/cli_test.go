@@ -1,0 +1,324 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// runMain runs Main in-process with empty stdin and returns its exit status
+// and output.
+func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = Main(context.Background(), args, strings.NewReader(""), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// TestMainCodes checks the exit status and messages of command lines that
+// need no database.
+func TestMainCodes(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "ran")
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		want       int
+		wantStdout string // substring
+		wantStderr string // substring
+	}{
+		{"no args", nil, ExitUsage, "", "no lock name"},
+		{"no separator", []string{"name"}, ExitUsage, "", "missing -- and the command"},
+		{"no separator with command", []string{"name", "make", "x"}, ExitUsage, "", "missing -- before the command: withlock [flags] name -- make x"},
+		{"no command", []string{"name", "--"}, ExitUsage, "", "no command after --"},
+		{"empty command", []string{"name", "--", ""}, ExitUsage, "", "no command after --"},
+		{"no lock name", []string{"--", "true"}, ExitUsage, "", "no lock name"},
+		{"empty lock name", []string{"", "--", "true"}, ExitUsage, "", "no lock name"},
+		{"two lock names", []string{"a", "b", "--", "true"}, ExitUsage, "", `unexpected argument "b" before --`},
+		{"unknown flag", []string{"--bogus", "name", "--", "true"}, ExitUsage, "", "flag provided but not defined: -bogus"},
+		{"unknown flag after name", []string{"name", "-v", "--bogus", "--", "true"}, ExitUsage, "", "not defined: -bogus"},
+		{"flag without value", []string{"name", "--timeout"}, ExitUsage, "", "flag needs an argument"},
+		{"bad duration", []string{"-w", "soon", "name", "--", "true"}, ExitUsage, "", `invalid value "soon"`},
+		{"zero timeout", []string{"-w", "0s", "name", "--", "true"}, ExitUsage, "", "--timeout must be positive"},
+		{"negative timeout", []string{"--timeout=-1s", "name", "--", "true"}, ExitUsage, "", "--timeout must be positive"},
+		{"try and timeout", []string{"-n", "-w", "1s", "name", "--", "true"}, ExitUsage, "", "--try and --timeout"},
+		{"conflict code too big", []string{"-E", "256", "name", "--", "true"}, ExitUsage, "", "between 0 and 255"},
+		{"conflict code negative", []string{"--conflict-exit-code", "-1", "name", "--", "true"}, ExitUsage, "", "between 0 and 255"},
+		{"zero keepalive", []string{"--keepalive", "0", "name", "--", "true"}, ExitUsage, "", "--keepalive must be positive"},
+		{"negative grace", []string{"--grace", "-1s", "name", "--", "true"}, ExitUsage, "", "--grace must not be negative"},
+		{"unknown keyspace", []string{"--keyspace", "crc32", "name", "--", "true"}, ExitUsage, "",
+			`unknown keyspace "crc32": valid keyspaces are node, node-legacy, sha256-int64, int64, pair`},
+		{"int64 keyspace, bad name", []string{"--keyspace", "int64", "nightly", "--", "true"}, ExitUsage, "", `lock name "nightly" is not a bigint key`},
+		{"int64 keyspace, pair name", []string{"--keyspace", "int64", "1,2", "--", "true"}, ExitUsage, "", "not a bigint key"},
+		{"pair keyspace, int name", []string{"--keyspace", "pair", "42", "--", "true"}, ExitUsage, "", "not an int pair"},
+		{"help", []string{"--help"}, ExitOK, "Exit status:", ""},
+		{"short help", []string{"-h"}, ExitOK, "Usage:", ""},
+		{"help after name", []string{"name", "--help", "--", "true"}, ExitOK, "Usage:", ""},
+		{"version", []string{"--version"}, ExitOK, "withlock " + Version + "\n", ""},
+		{"status no name", []string{"status"}, ExitUsage, "", "status: no lock name"},
+		{"status two names", []string{"status", "a", "b"}, ExitUsage, "", `unexpected argument "b"`},
+		{"status bad flag", []string{"status", "a", "--try"}, ExitUsage, "", "not defined: -try"},
+		{"status bad keyspace", []string{"status", "a", "--keyspace", "x"}, ExitUsage, "", "valid keyspaces are"},
+		{"status help", []string{"status", "--help"}, ExitOK, "withlock status <lockName>", ""},
+		{"command not found", []string{"--db", "postgres://postgres@127.0.0.1:1/x", "name", "--", "withlock-no-such-command"}, ExitNotFound, "", "executable file not found"},
+		{"command path not found", []string{"name", "--", "/nonexistent/withlock"}, ExitNotFound, "", "no such file"},
+		{"command not executable", []string{"name", "--", "cli_test.go"}, ExitNotFound, "", "not found"},
+		{"command path not executable", []string{"name", "--", "./cli_test.go"}, ExitCannotRun, "", "permission denied"},
+		{"bad connection string", []string{"--db", "postgres://u:s3cretpw@127.0.0.1:notaport/x", "name", "--", "true"}, ExitUsage, "", "bad connection string from --db"},
+		{"unreachable database", []string{"--db", "postgres://postgres:s3cretpw@127.0.0.1:1/x", "-v", "name", "--", "touch", marker}, ExitUnavailable, "", "cannot reach the database postgres@127.0.0.1:1/x (from --db)"},
+		{"unreachable database, status", []string{"status", "--db", "postgres://postgres:s3cretpw@127.0.0.1:1/x", "name"}, ExitUnavailable, "", "cannot reach the database"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			code, stdout, stderr := runMain(t, tc.args...)
+			if code != tc.want {
+				t.Errorf("exit status: got %d, want %d\nstderr: %s", code, tc.want, stderr)
+			}
+			if !strings.Contains(stdout, tc.wantStdout) {
+				t.Errorf("stdout: got %q, want it to contain %q", stdout, tc.wantStdout)
+			}
+			if !strings.Contains(stderr, tc.wantStderr) {
+				t.Errorf("stderr: got %q, want it to contain %q", stderr, tc.wantStderr)
+			}
+			if tc.want == ExitUsage && !strings.Contains(stderr, "withlock --help") {
+				t.Errorf("stderr: got %q, want a pointer to --help", stderr)
+			}
+			if strings.Contains(stdout+stderr, "s3cretpw") {
+				t.Errorf("the password shows in the output:\nstdout: %s\nstderr: %s", stdout, stderr)
+			}
+		})
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the command ran although the database was unreachable (stat: %v)", err)
+	}
+}
+
+// TestParseRun checks that long and short flags set the same option, and
+// that flags may come before or after the lock name.
+func TestParseRun(t *testing.T) {
+	type parsed struct {
+		DB           string
+		Try, Shared  bool
+		Verbose      bool
+		Timeout      time.Duration
+		ConflictCode int
+		Keyspace     string
+		KeepAlive    time.Duration
+		Grace        time.Duration
+		LockName     string
+		Command      []string
+	}
+	defaults := parsed{ConflictCode: 75, Keyspace: "node", KeepAlive: 2 * time.Second, Grace: 10 * time.Second, LockName: "job", Command: []string{"make", "-j", "--", "x"}}
+	with := func(f func(*parsed)) parsed { p := defaults; f(&p); return p }
+	for _, tc := range []struct {
+		args []string
+		want parsed
+	}{
+		{[]string{"job", "--", "make", "-j", "--", "x"}, defaults},
+		{[]string{"-n", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Try = true })},
+		{[]string{"job", "--try", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Try = true })},
+		{[]string{"-w", "3s", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Timeout = 3 * time.Second })},
+		{[]string{"job", "--timeout=1m", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Timeout = time.Minute })},
+		{[]string{"-s", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Shared = true })},
+		{[]string{"--shared", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Shared = true })},
+		{[]string{"-E", "0", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.ConflictCode = 0 })},
+		{[]string{"job", "--conflict-exit-code", "3", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.ConflictCode = 3 })},
+		{[]string{"-v", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Verbose = true })},
+		{[]string{"job", "--verbose", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Verbose = true })},
+		{[]string{"--db", "postgres://h/d", "--keyspace", "sha256-int64", "--keepalive", "500ms", "--grace=0", "job", "--", "make", "-j", "--", "x"},
+			with(func(p *parsed) {
+				p.DB, p.Keyspace, p.KeepAlive, p.Grace = "postgres://h/d", "sha256-int64", 500*time.Millisecond, 0
+			})},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			o, err := parseRun(tc.args)
+			if err != nil {
+				t.Fatalf("parseRun: %v", err)
+			}
+			got := parsed{o.db, o.try, o.shared, o.verbose, o.timeout, o.conflictCode, o.keyspace, o.keepAlive, o.grace, o.lockName, o.command}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestHelpNamesEveryFlag keeps the hand-written help in step with the flags.
+func TestHelpNamesEveryFlag(t *testing.T) {
+	h := help()
+	runFlags(&runOptions{}).VisitAll(func(f *flag.Flag) {
+		want := "--" + f.Name + " "
+		if len(f.Name) == 1 {
+			want = "-" + f.Name + ", --"
+		}
+		if !strings.Contains(h, want) {
+			t.Errorf("--help does not show %q", strings.TrimSpace(want))
+		}
+	})
+	for _, s := range schemes {
+		if !strings.Contains(h, "  "+s.name+" ") {
+			t.Errorf("--help does not list keyspace %q", s.name)
+		}
+	}
+	for _, line := range strings.Split(h, "\n") {
+		if len(line) > 80 {
+			t.Errorf("--help line longer than 80 columns: %q", line)
+		}
+	}
+}
+
+// TestDocs keeps docs/withlock.md in step with the exit codes, flags and
+// keyspaces.
+func TestDocs(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "..", "docs", "withlock.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	for _, e := range exitTable {
+		if !strings.Contains(doc, "| "+e.code+" ") {
+			t.Errorf("docs/withlock.md has no row for exit status %s", e.code)
+		}
+	}
+	for _, s := range schemes {
+		if !strings.Contains(doc, "`"+s.name+"`") {
+			t.Errorf("docs/withlock.md does not list keyspace %q", s.name)
+		}
+	}
+	runFlags(&runOptions{}).VisitAll(func(f *flag.Flag) {
+		dashes := "--"
+		if len(f.Name) == 1 {
+			dashes = "-"
+		}
+		if !strings.Contains(doc, "`"+dashes+f.Name) {
+			t.Errorf("docs/withlock.md does not document %s%s", dashes, f.Name)
+		}
+	})
+}
+
+func TestSchemes(t *testing.T) {
+	for _, tc := range []struct {
+		scheme, name string
+		want         keyspace.Key
+		wantErr      bool
+	}{
+		{"node", "dbmigration", keyspace.Pair(-1682085387, -1149921686), false},
+		{"node", "x", keyspace.Node.Key("x"), false},
+		{"node-legacy", "x", keyspace.NodeLegacy.Key("x"), false},
+		{"sha256-int64", "x", keyspace.SHA256Int64.Key("x"), false},
+		{"int64", "42", keyspace.Int64(42), false},
+		{"int64", "-9223372036854775808", keyspace.Int64(-9223372036854775808), false},
+		{"int64", "int64(7)", keyspace.Int64(7), false},
+		{"int64", "9223372036854775808", keyspace.Key{}, true},
+		{"int64", "1,2", keyspace.Key{}, true},
+		{"int64", "x", keyspace.Key{}, true},
+		{"pair", "1,-2", keyspace.Pair(1, -2), false},
+		{"pair", "pair(3,4)", keyspace.Pair(3, 4), false},
+		{"pair", "42", keyspace.Key{}, true},
+		{"pair", "1,2147483648", keyspace.Key{}, true},
+	} {
+		s, err := lookupScheme(tc.scheme)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.key(tc.name)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("%s.key(%q) = %v, %v; want %v (error: %v)", tc.scheme, tc.name, got, err, tc.want, tc.wantErr)
+		}
+		if err != nil && !errors.Is(err, keyspace.ErrSyntax) {
+			t.Errorf("%s.key(%q) error %v does not wrap keyspace.ErrSyntax", tc.scheme, tc.name, err)
+		}
+		if k := s.strategy().Key(tc.name); k != tc.want {
+			t.Errorf("%s.strategy().Key(%q) = %v, want %v", tc.scheme, tc.name, k, tc.want)
+		}
+	}
+	if _, err := lookupScheme("nope"); !errors.Is(err, errUnknownScheme) {
+		t.Errorf("lookupScheme(nope): got %v, want errUnknownScheme", err)
+	}
+	if defaultScheme != "node" {
+		t.Errorf("default keyspace: got %q, want node", defaultScheme)
+	}
+}
+
+func TestResolveDB(t *testing.T) {
+	env := func(vars ...string) func(string) (string, bool) {
+		return func(k string) (string, bool) {
+			for i := 0; i < len(vars); i += 2 {
+				if vars[i] == k {
+					return vars[i+1], true
+				}
+			}
+			return "", false
+		}
+	}
+	for _, tc := range []struct {
+		flag     string
+		env      func(string) (string, bool)
+		wantDSN  string
+		wantFrom string
+	}{
+		{"f", env("PG_CONNECTION_STRING", "p", "DATABASE_URL", "d"), "f", "--db"},
+		{"", env("PG_CONNECTION_STRING", "p", "DATABASE_URL", "d"), "p", "PG_CONNECTION_STRING"},
+		{"", env("PG_CONNECTION_STRING", "", "DATABASE_URL", "d"), "d", "DATABASE_URL"},
+		{"", env("DATABASE_URL", "d"), "d", "DATABASE_URL"},
+		{"", env(), "", "the libpq environment (PGHOST, PGUSER, ...)"},
+	} {
+		got := resolveDB(tc.flag, tc.env)
+		if got.dsn != tc.wantDSN || got.from != tc.wantFrom {
+			t.Errorf("resolveDB(%q): got %+v, want {%s %s}", tc.flag, got, tc.wantDSN, tc.wantFrom)
+		}
+	}
+}
+
+func TestMaskDSN(t *testing.T) {
+	for _, tc := range []struct {
+		dsn, want   string
+		wantSecrets []string
+	}{
+		{"postgres://u:s3cret@h:5432/db?sslmode=disable", "postgres://u:xxxxx@h:5432/db?sslmode=disable", []string{"s3cret"}},
+		{"postgresql://u:p%40ss@h/db", "postgresql://u:xxxxx@h/db", []string{"p%40ss", "p@ss"}},
+		{"postgres://u:pw1@h1:5432,h2:5433/db", "postgres://u:xxxxx@h1:5432,h2:5433/db", []string{"pw1"}},
+		{"postgres://u@h/db?sslmode=disable&password=s3cret", "postgres://u@h/db?sslmode=disable&password=xxxxx", []string{"s3cret"}},
+		{"postgres://h/db?sslpassword=k3y&x=1", "postgres://h/db?sslpassword=xxxxx&x=1", []string{"k3y"}},
+		{"postgres://u@h/db", "postgres://u@h/db", nil},
+		{"host=h user=u password=s3cret dbname=d", "host=h user=u password=xxxxx dbname=d", []string{"s3cret"}},
+		{"host=h password = 's3 c\\'ret' dbname=d", "host=h password = xxxxx dbname=d", []string{"'s3 c\\'ret'", "s3 c'ret"}},
+		{"host=h sslpassword=k3y", "host=h sslpassword=xxxxx", []string{"k3y"}},
+		{"host=h user=u", "host=h user=u", nil},
+	} {
+		got, secrets := maskDSN(tc.dsn)
+		if got != tc.want || !reflect.DeepEqual(secrets, tc.wantSecrets) {
+			t.Errorf("maskDSN(%q) = %q, %q; want %q, %q", tc.dsn, got, secrets, tc.want, tc.wantSecrets)
+		}
+	}
+}
+
+func TestRedactor(t *testing.T) {
+	t.Setenv("PG_CONNECTION_STRING", "")
+	t.Setenv("DATABASE_URL", "host=h password=envpw")
+	t.Setenv("PGPASSWORD", "pgpw")
+	r := newRedactor([]string{"-v", "--db", "postgres://u:p%2Fw@h/d", "name", "--", "--db", "postgres://u:after@h/d"})
+	r.addSecret("fromconfig")
+	for in, want := range map[string]string{
+		"connecting to postgres://u:p%2Fw@h/d failed":    "connecting to postgres://u:xxxxx@h/d failed",
+		"password p/w and p%2Fw and p%2fw":               "password xxxxx and xxxxx and p%2fw",
+		"dsn host=h password=envpw, pgpw, fromconfig":    "dsn host=h password=xxxxx, xxxxx, xxxxx",
+		"the command's own postgres://u:after@h/d stays": "the command's own postgres://u:after@h/d stays",
+	} {
+		if got := r.redact(in); got != want {
+			t.Errorf("redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	r = newRedactor([]string{"--db=host=h password=eqpw"})
+	if got := r.redact("eqpw"); got != mask {
+		t.Errorf("--db=value: redact = %q, want it masked", got)
+	}
+}

@@ -1,0 +1,217 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// keepAliveTimeout bounds each keep-alive probe of the lock's session, and
+// the release of the lock after the command exits.
+const keepAliveTimeout = sqllock.DefaultKeepAliveTimeout
+
+// waitNoticeDelay: with -v, withlock says it is waiting once the lock has
+// not been granted within this long.
+const waitNoticeDelay = 100 * time.Millisecond
+
+// run carries out the run form: connect, take the lock, run the command,
+// release the lock. It returns the exit status.
+func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.Writer, log *logger) int {
+	// A missing command is reported before anything waits for the lock.
+	path, status, err := lookCommand(o.command[0])
+	if err != nil {
+		log.printf("cannot run the command: %v", err)
+		return status
+	}
+
+	src := resolveDB(o.db, os.LookupEnv)
+	log.r.addDSN(src.dsn)
+	cfg, err := parseDB(src, "withlock:"+o.lockName)
+	if err != nil {
+		return usageError(log, fmt.Errorf("bad connection string from %s: %w", src.from, err))
+	}
+	log.r.addSecret(cfg.Password)
+	mode := "exclusive"
+	if o.shared {
+		mode = "shared"
+	}
+	key, _ := o.scheme.key(o.lockName)
+	target := describeDB(cfg)
+	if src.dsn != "" {
+		target = log.r.redact(src.dsn)
+	}
+	log.verbosef("lock %q is key %v (keyspace %s); database %s (from %s)", o.lockName, key, o.scheme.name, target, src.from)
+
+	g := newGate(ctx)
+	defer g.close()
+	sigs := make(chan os.Signal, 16)
+	defer watchSignals(g, sigs)()
+
+	db, err := connect(g.ctx, cfg)
+	if err != nil {
+		if code, ok := gaveUp(g, o, log); ok {
+			return code
+		}
+		log.printf("cannot reach the database %s (from %s): %v", describeDB(cfg), src.from, err)
+		return ExitUnavailable
+	}
+	defer db.Close()
+
+	mu := sqllock.New(db,
+		sqllock.WithKeyspace(o.scheme.strategy()),
+		sqllock.WithKeepAlive(o.keepAlive, keepAliveTimeout),
+	).Mutex(o.lockName)
+	c := &child{path: path, args: o.command, grace: o.grace, stdin: stdin, stdout: stdout, stderr: stderr}
+
+	var (
+		res              childResult
+		lostWhileRunning atomic.Bool
+	)
+	begin := time.Now()
+	body := func(ctx context.Context) error {
+		if !g.enter() {
+			return context.Cause(g.ctx)
+		}
+		log.verbosef("acquired lock %q (%s) after %v", o.lockName, mode, since(begin))
+		stop := context.AfterFunc(ctx, func() {
+			cause := context.Cause(ctx)
+			if !errors.Is(cause, sqllock.ErrLockLost) {
+				return
+			}
+			lostWhileRunning.Store(true)
+			log.printf("lost lock %q while the command ran: %v", o.lockName, cause)
+			if o.grace > 0 {
+				log.printf("stopping the command: SIGTERM now, SIGKILL after %v", o.grace)
+			} else {
+				log.printf("stopping the command: SIGKILL")
+			}
+		})
+		defer stop()
+		res = c.run(ctx, sigs)
+		return res.err
+	}
+
+	var lockErr error
+	acquired := true
+	if o.try {
+		acquired, lockErr = tryWithLock(g.ctx, mu, o.shared, keepAliveTimeout, body)
+	} else {
+		if o.timeout > 0 {
+			t := time.AfterFunc(o.timeout, func() { g.abort(errWaitTimeout) })
+			defer t.Stop()
+		}
+		if o.verbose {
+			t := time.AfterFunc(waitNoticeDelay, func() {
+				g.whileWaiting(func() { log.printf("waiting for lock %q (%s)", o.lockName, mode) })
+			})
+			defer t.Stop()
+		}
+		withLock := mu.WithLock
+		if o.shared {
+			withLock = mu.WithLockShared
+		}
+		lockErr = withLock(g.ctx, body)
+	}
+
+	if !g.hasEntered() {
+		if o.try && !acquired && lockErr == nil {
+			log.verbosef("lock %q is taken; not waiting (--try); nothing ran", o.lockName)
+			return o.conflictCode
+		}
+		if code, ok := gaveUp(g, o, log); ok {
+			return code
+		}
+		log.printf("could not take lock %q: %v", o.lockName, lockErr)
+		return ExitUnavailable
+	}
+
+	switch {
+	case errors.Is(lockErr, sqllock.ErrLockLost):
+		switch {
+		case lostWhileRunning.Load() && res.started:
+			log.printf("the command was stopped (status %d); exiting %d", res.status, ExitLockLost)
+		case res.started:
+			log.printf("lock %q was lost before the command finished (found on release): %v", o.lockName, lockErr)
+			log.printf("the command exited with status %d, but did not hold the lock to the end; exiting %d", res.status, ExitLockLost)
+		default:
+			log.printf("lock %q was lost before the command started; nothing ran", o.lockName)
+		}
+		return ExitLockLost
+	case !res.started:
+		_, code, _ := lookCommand(o.command[0])
+		if code == ExitOK {
+			code = ExitCannotRun
+		}
+		log.printf("cannot run the command: %v", res.err)
+		return code
+	case lockErr != nil:
+		// Not a loss: the lock was held until the command exited, and the
+		// session holding it was discarded if the release failed.
+		log.printf("releasing lock %q: %v", o.lockName, lockErr)
+	default:
+		log.verbosef("released lock %q; the command ran %v and exited with status %d", o.lockName, res.duration.Round(time.Millisecond), res.status)
+	}
+	return res.status
+}
+
+// watchSignals catches the forwarded signals. While the lock is awaited, a
+// signal stops the wait (through g); once it is acquired, signals go to fwd
+// for the command. It returns a function that stops watching.
+func watchSignals(g *gate, fwd chan<- os.Signal) (stop func()) {
+	caught := make(chan os.Signal, 16)
+	signal.Notify(caught, forwardedSignals...)
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			select {
+			case sig := <-caught:
+				if !g.abort(signalCause{sig}) {
+					select {
+					case fwd <- sig:
+					default: // more than cap(fwd) signals pending: drop
+					}
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(caught)
+		close(done)
+		<-exited
+	}
+}
+
+// gaveUp reports whether the wait for the lock was abandoned and, if so,
+// the exit status: 128+N for signal N, else the conflict code (--timeout, or
+// Main's context ended).
+func gaveUp(g *gate, o *runOptions, log *logger) (int, bool) {
+	if g.ctx.Err() == nil {
+		return 0, false
+	}
+	var sc signalCause
+	switch cause := context.Cause(g.ctx); {
+	case errors.As(cause, &sc):
+		log.verbosef("%s while waiting for lock %q; nothing ran", signalName(sc.sig), o.lockName)
+		return ExitSignalBase + signalNumber(sc.sig), true
+	case errors.Is(cause, errWaitTimeout):
+		log.verbosef("gave up waiting for lock %q after %v (--timeout); nothing ran", o.lockName, o.timeout)
+	default:
+		log.verbosef("stopped waiting for lock %q: %v; nothing ran", o.lockName, cause)
+	}
+	return o.conflictCode, true
+}
+
+// since returns the time elapsed since t, rounded for messages.
+func since(t time.Time) time.Duration {
+	return time.Since(t).Round(time.Millisecond)
+}

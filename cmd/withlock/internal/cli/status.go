@@ -1,0 +1,233 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// statusTimeout bounds the whole of withlock status.
+const statusTimeout = 30 * time.Second
+
+// statusOptions is a parsed command line of withlock status.
+type statusOptions struct {
+	db       string
+	keyspace string
+	json     bool
+
+	scheme   scheme
+	lockName string
+}
+
+// parseStatus parses the arguments after "status": <lockName> and flags, in
+// any order. It returns flag.ErrHelp for -h and --help.
+func parseStatus(args []string) (*statusOptions, error) {
+	o := &statusOptions{}
+	fs := newFlagSet("withlock status")
+	fs.StringVar(&o.db, "db", "", "")
+	fs.StringVar(&o.keyspace, "keyspace", defaultScheme, "")
+	fs.BoolVar(&o.json, "json", false, "")
+	positional, err := parseArgs(fs, args)
+	switch {
+	case err != nil:
+		return nil, err
+	case len(positional) == 0 || positional[0] == "":
+		return nil, errors.New("status: no lock name: withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]")
+	case len(positional) > 1:
+		return nil, fmt.Errorf("status: unexpected argument %q: give one lock name", positional[1])
+	}
+	o.lockName = positional[0]
+	if o.scheme, err = lookupScheme(o.keyspace); err != nil {
+		return nil, err
+	}
+	if _, err := o.scheme.key(o.lockName); err != nil {
+		return nil, fmt.Errorf("--keyspace %s: %w", o.keyspace, err)
+	}
+	return o, nil
+}
+
+// statusHelp is the text of withlock status --help.
+const statusHelp = `Usage:
+  withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]
+
+Prints whether the lock is held, in which mode (exclusive or shared) and by
+which sessions (pid, application_name, client address, session start), and
+how many sessions wait for it. Only sessions of the same database count.
+
+Flags:
+  --db <connectionString>  the database, as for withlock
+  --keyspace <name>        how lockName becomes a key, as for withlock
+  --json                   print one JSON object, for scripts
+
+Exit status: 0 when the lock is free, 1 when it is held, 64 for bad usage,
+69 when the database cannot be reached.
+`
+
+// runStatus carries out withlock status and returns the exit status.
+func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger) int {
+	o, err := parseStatus(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, statusHelp)
+		return ExitOK
+	case err != nil:
+		return usageError(log, err)
+	}
+	src := resolveDB(o.db, os.LookupEnv)
+	log.r.addDSN(src.dsn)
+	cfg, err := parseDB(src, "withlock-status")
+	if err != nil {
+		return usageError(log, fmt.Errorf("bad connection string from %s: %w", src.from, err))
+	}
+	log.r.addSecret(cfg.Password)
+
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	db, err := connect(ctx, cfg)
+	if err != nil {
+		log.printf("cannot reach the database %s (from %s): %v", describeDB(cfg), src.from, err)
+		return ExitUnavailable
+	}
+	defer db.Close()
+	mu := sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy())).Mutex(o.lockName)
+	hs, err := mu.Holders(ctx)
+	if err != nil {
+		log.printf("cannot read the lock's holders from %s: %v", describeDB(cfg), err)
+		return ExitUnavailable
+	}
+
+	st := newLockStatus(o, mu, hs)
+	var out string
+	if o.json {
+		b, err := json.MarshalIndent(st, "", "  ")
+		if err != nil { // cannot happen: plain strings, numbers and times
+			log.printf("%v", err)
+			return ExitUnavailable
+		}
+		out = string(b) + "\n"
+	} else {
+		out = st.text(time.Now())
+	}
+	fmt.Fprint(stdout, log.r.redact(out))
+	if st.Held {
+		return ExitHeld
+	}
+	return ExitOK
+}
+
+// lockStatus is what withlock status reports, and its --json form.
+type lockStatus struct {
+	Lock     string          `json:"lock"`           // the lock name
+	Keyspace string          `json:"keyspace"`       // the --keyspace scheme
+	Key      string          `json:"key"`            // the key, as "pair(1,-2)" or "int64(42)"
+	Held     bool            `json:"held"`           // whether any session holds the lock
+	Mode     string          `json:"mode,omitempty"` // "exclusive" or "shared" when held
+	Holders  []sessionStatus `json:"holders"`        // sessions holding the lock
+	Waiting  int             `json:"waiting"`        // number of sessions waiting for it
+	Waiters  []sessionStatus `json:"waiters"`        // those sessions, longest waiting first
+}
+
+// sessionStatus is one session that holds or waits for the lock.
+type sessionStatus struct {
+	PID             int64      `json:"pid"`                     // backend process id
+	Mode            string     `json:"mode"`                    // "exclusive" or "shared"
+	ApplicationName string     `json:"application_name"`        // withlock:<lockName> for withlock
+	ClientAddr      string     `json:"client_addr"`             // empty for a Unix socket, or when not visible
+	BackendStart    *time.Time `json:"backend_start,omitempty"` // when the session began
+	WaitStart       *time.Time `json:"wait_start,omitempty"`    // when a waiter began waiting (PostgreSQL 14+)
+	StateChange     *time.Time `json:"state_change,omitempty"`  // last change of the session's state
+}
+
+func newLockStatus(o *statusOptions, mu *sqllock.Mutex, hs []sqllock.Holder) *lockStatus {
+	st := &lockStatus{
+		Lock: o.lockName, Keyspace: o.scheme.name, Key: mu.Key().String(),
+		Holders: []sessionStatus{}, Waiters: []sessionStatus{},
+	}
+	for _, h := range hs {
+		s := sessionStatus{
+			PID: h.PID, Mode: modeName(h.Shared), ApplicationName: h.ApplicationName, ClientAddr: h.ClientAddr,
+			BackendStart: timePtr(h.BackendStart), WaitStart: timePtr(h.WaitStart), StateChange: timePtr(h.StateChange),
+		}
+		if h.Granted {
+			st.Holders = append(st.Holders, s)
+		} else {
+			st.Waiters = append(st.Waiters, s)
+		}
+	}
+	st.Held, st.Waiting = len(st.Holders) > 0, len(st.Waiters)
+	if st.Held {
+		st.Mode = st.Holders[0].Mode
+	}
+	return st
+}
+
+func modeName(shared bool) string {
+	if shared {
+		return "shared"
+	}
+	return "exclusive"
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// text renders the status for people.
+func (st *lockStatus) text(now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "lock %q (keyspace %s, key %s): ", st.Lock, st.Keyspace, st.Key)
+	switch n := len(st.Holders); {
+	case n == 0:
+		b.WriteString("free\n")
+	case st.Mode == "shared":
+		fmt.Fprintf(&b, "held shared by %s\n", plural(n, "session"))
+	default:
+		b.WriteString("held exclusively\n")
+	}
+	for _, s := range st.Holders {
+		b.WriteString(s.text("held by", now, s.BackendStart, "session started"))
+	}
+	if st.Waiting > 0 {
+		fmt.Fprintf(&b, "%s waiting\n", plural(st.Waiting, "session"))
+		for _, s := range st.Waiters {
+			b.WriteString(s.text("waiting", now, s.WaitStart, "waiting since"))
+		}
+	} else {
+		b.WriteString("no session waiting\n")
+	}
+	return b.String()
+}
+
+func (s sessionStatus) text(what string, now time.Time, when *time.Time, label string) string {
+	app := s.ApplicationName
+	if app == "" {
+		app = "(no application_name)"
+	}
+	client := s.ClientAddr
+	if client == "" {
+		client = "local socket"
+	}
+	line := fmt.Sprintf("  %s pid %d (%s, %s) from %s", what, s.PID, s.Mode, app, client)
+	if when != nil {
+		line += fmt.Sprintf(", %s %s (%v ago)", label, when.Local().Format(time.RFC3339), now.Sub(*when).Round(time.Second))
+	}
+	return line + "\n"
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
