@@ -476,3 +476,25 @@ func TestTransactionDeadlock(t *testing.T) {
 		waitRows(t, db, m2.Key(), 0, 0)
 	})
 }
+
+func TestTryWithLock(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		mu, other := l.Mutex(t.Name()), l.Mutex(t.Name())
+		ran := false
+		ok, err := mu.TryWithLock(t.Context(), func(ctx context.Context) error {
+			ran = true
+			inner, err := other.TryWithLockShared(ctx, func(context.Context) error {
+				t.Error("fn ran while the lock was held exclusively")
+				return nil
+			})
+			assert.False(t, inner)
+			return err
+		})
+		require.NoError(t, err)
+		assert.True(t, ok)
+		assert.True(t, ran)
+		waitRows(t, db, mu.Key(), 0, 0)
+		assert.Equal(t, 0, inUse(db))
+	})
+}

@@ -340,27 +340,41 @@ func (m *Mutex) Err() error {
 // The release does not depend on ctx: it is bounded by the keep-alive
 // timeout, after which the connection is discarded, ending the session.
 func (m *Mutex) WithLock(ctx context.Context, fn func(ctx context.Context) error) error {
-	return m.withLock(ctx, false, fn)
+	_, err := m.withLock(ctx, false, false, fn)
+	return err
 }
 
 // WithLockShared is [Mutex.WithLock] in shared mode.
 func (m *Mutex) WithLockShared(ctx context.Context, fn func(ctx context.Context) error) error {
-	return m.withLock(ctx, true, fn)
+	_, err := m.withLock(ctx, true, false, fn)
+	return err
 }
 
-func (m *Mutex) withLock(ctx context.Context, shared bool, fn func(context.Context) error) (err error) {
+// TryWithLock is [Mutex.WithLock] without the wait: if the lock is held
+// elsewhere it returns (false, nil) at once and does not run fn. Otherwise
+// it runs fn as WithLock does and returns true with WithLock's error.
+func (m *Mutex) TryWithLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error) {
+	return m.withLock(ctx, false, true, fn)
+}
+
+// TryWithLockShared is [Mutex.TryWithLock] in shared mode.
+func (m *Mutex) TryWithLockShared(ctx context.Context, fn func(ctx context.Context) error) (bool, error) {
+	return m.withLock(ctx, true, true, fn)
+}
+
+func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.Context) error) (bool, error) {
 	op := opName("withlock", shared)
 	if fn == nil {
-		return m.fail(op, ErrNilFunc)
+		return false, m.fail(op, ErrNilFunc)
 	}
 	if ctx == nil {
-		return m.fail(op, ErrNilContext)
+		return false, m.fail(op, ErrNilContext)
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	h, err := m.acquire(ctx, shared, false, cancel)
-	if err != nil {
-		return err
+	h, err := m.acquire(ctx, shared, try, cancel)
+	if err != nil || h == nil {
+		return false, err
 	}
 	release := func() error {
 		rctx, stop := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
@@ -378,9 +392,9 @@ func (m *Mutex) withLock(ctx context.Context, shared bool, fn func(context.Conte
 	relErr := release()
 	switch {
 	case relErr == nil:
-		return fnErr
+		return true, fnErr
 	case fnErr == nil:
-		return relErr
+		return true, relErr
 	}
-	return fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
+	return true, fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
 }
