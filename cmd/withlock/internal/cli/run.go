@@ -80,7 +80,9 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 			return context.Cause(g.ctx)
 		}
 		log.verbosef("acquired lock %q (%s) after %v", o.lockName, mode, since(begin))
+		reported := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() {
+			defer close(reported)
 			cause := context.Cause(ctx)
 			if !errors.Is(cause, sqllock.ErrLockLost) {
 				return
@@ -93,7 +95,11 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 				log.printf("stopping the command: SIGKILL")
 			}
 		})
-		defer stop()
+		defer func() {
+			if !stop() { // the loss report runs: let it finish before the summary
+				<-reported
+			}
+		}()
 		res = c.run(ctx, sigs)
 		return res.err
 	}
@@ -101,7 +107,11 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	var lockErr error
 	acquired := true
 	if o.try {
-		acquired, lockErr = tryWithLock(g.ctx, mu, o.shared, keepAliveTimeout, body)
+		tryWithLock := mu.TryWithLock
+		if o.shared {
+			tryWithLock = mu.TryWithLockShared
+		}
+		acquired, lockErr = tryWithLock(g.ctx, body)
 	} else {
 		if o.timeout > 0 {
 			t := time.AfterFunc(o.timeout, func() { g.abort(errWaitTimeout) })
