@@ -55,10 +55,18 @@
 //
 // Session locks need a session: a pooler in transaction mode (PgBouncer's
 // pool_mode=transaction) hands consecutive statements to different server
-// sessions, and the locks then neither exclude nor release. The keep-alive
-// notices a change of backend and reports the lock lost. A hot standby grants
-// advisory locks that exclude nobody on the primary; sqllock refuses them
-// with [ErrStandby] unless [WithAllowStandby] says otherwise.
+// sessions, and the locks then neither exclude nor release. sqllock marks
+// each session that holds one of its locks (a custom setting, in the same
+// round trip as the lock); a lock that lands on a session already marked
+// undoes itself and fails with [ErrSharedSession]. The keep-alive also
+// notices a change of backend. Behind such a pooler, use transaction-scoped
+// locks: [Mutex.LockTx] and friends, released at commit or rollback. A hot
+// standby grants advisory locks that exclude nobody on the primary; sqllock
+// refuses them with [ErrStandby] unless [WithAllowStandby] says otherwise.
+//
+// With pgx, pgconn.CancelRequestContextWatcherHandler makes a cancelled wait
+// leave the server's lock queue at once; with pgx's default handler the
+// cancel request is sent asynchronously as the connection closes.
 //
 // # Keys
 //
