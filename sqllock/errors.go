@@ -3,6 +3,7 @@ package sqllock
 import (
 	"errors"
 	"strconv"
+	"strings"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
@@ -68,7 +69,9 @@ func (e *Error) Error() string {
 		s += " " + e.Key.String()
 	}
 	if e.Err != nil {
-		s += ": " + e.Err.Error()
+		// Causes that are this package's sentinels keep their meaning
+		// without repeating the package name.
+		s += ": " + strings.TrimPrefix(e.Err.Error(), "sqllock: ")
 	}
 	return s
 }

@@ -73,7 +73,8 @@ func TestFakeGrantRacingCancelDiscards(t *testing.T) {
 	}, WithKeepAlive(0, 0))
 	err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
 	require.ErrorIs(t, err, context.Canceled)
-	assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the connection is discarded")
 }
 
 // A driver hung on a dead network, ignoring its context, must not hide a
@@ -101,4 +102,39 @@ func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
 	close(unblock)
 	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
 		"once the driver returns, the connection is discarded")
+}
+
+// A lock statement that the driver does not return from when its context
+// ends (lib/pq on a silent network) is bounded by sqllock: Lock returns at
+// the deadline, and the connection is discarded once the driver returns.
+func TestFakeLockBoundedWithHungDriver(t *testing.T) {
+	unblock := make(chan struct{})
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		<-unblock // ignores ctx
+		return []driver.Value{int64(7), false, "", true}, nil
+	}, WithKeepAlive(0, 0))
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), time.Second)
+	close(unblock)
+	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond)
+}
+
+// A pooled connection whose session the server ended fails its statement
+// with driver.ErrBadConn; the lock is taken on another connection.
+func TestFakeDeadPooledSessionRetried(t *testing.T) {
+	var calls atomic.Int32
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if calls.Add(1) == 1 {
+			return nil, driver.ErrBadConn
+		}
+		return []driver.Value{int64(7), false, "", true}, nil
+	}, WithKeepAlive(0, 0))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	assert.Equal(t, int32(2), calls.Load())
+	assert.Equal(t, int32(1), c.closed.Load(), "the dead connection is discarded")
 }

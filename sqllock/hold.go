@@ -192,8 +192,12 @@ func (h *hold) releaseConn(ctx context.Context) error {
 		q = h.m.q.unlockShared
 	}
 	var released bool
-	err := h.conn.QueryRowContext(ctx, q, h.m.q.args...).Scan(&released)
+	abandoned, err := h.m.l.queryRow(ctx, h.conn, q, h.m.q.args, &released)
 	switch {
+	case abandoned:
+		// ctx ended first; the connection is discarded when the driver
+		// returns, ending the session and the lock with it.
+		return nil
 	case err != nil && ctx.Err() != nil:
 		// Cancelled mid-query: the session goes, and the lock with it.
 		discard(h.conn)

@@ -17,9 +17,10 @@ import (
 //
 // A Locker is safe for concurrent use by multiple goroutines.
 type Locker struct {
-	db           *sql.DB
-	cfg          config
-	placeholders bool
+	db            *sql.DB
+	cfg           config
+	placeholders  bool
+	boundsContext bool // the driver returns on time when a context ends (pgx)
 }
 
 // New returns a Locker over db. Options are applied in order.
@@ -39,10 +40,12 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	if db == nil {
 		l.cfg.fail(ErrNilDB)
 	}
+	if db != nil {
+		l.boundsContext = isPgx(db)
+		l.placeholders = l.boundsContext
+	}
 	if l.cfg.placeholders != nil {
 		l.placeholders = *l.cfg.placeholders
-	} else if db != nil {
-		l.placeholders = driverCachesStatements(db)
 	}
 	return l
 }

@@ -89,10 +89,6 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if m.err != nil {
 		return nil, m.fail(op, m.err)
 	}
-	conn, err := m.l.db.Conn(ctx)
-	if err != nil {
-		return nil, m.fail(op, withCtxErr(ctx, err))
-	}
 	var q string
 	switch {
 	case try && shared:
@@ -104,23 +100,27 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	default:
 		q = m.q.lock
 	}
-	var granted = true
-	var pid int64
-	var standby bool
-	var prior string
-	var ignored sql.NullBool
-	row := conn.QueryRowContext(ctx, q, m.q.args...)
+	var (
+		granted = true
+		pid     int64
+		standby bool
+		prior   string
+		ignored sql.NullBool
+		dest    = []any{&pid, &standby, &prior, &ignored}
+	)
 	if try {
-		err = row.Scan(&granted, &pid, &standby, &prior, &ignored)
-	} else {
-		err = row.Scan(&pid, &standby, &prior, &ignored)
+		dest = []any{&granted, &pid, &standby, &prior, &ignored}
+	}
+	conn, err := m.lockStatement(ctx, q, dest)
+	if err != nil {
+		if conn != nil {
+			// The lock may or may not have been granted before the error (a
+			// cancel racing the grant): only ending the session is safe.
+			discard(conn)
+		}
+		return nil, m.fail(op, classify(withCtxErr(ctx, err)))
 	}
 	switch {
-	case err != nil:
-		// The lock may or may not have been granted before the error (a
-		// cancel racing the grant): only ending the session is safe.
-		discard(conn)
-		return nil, m.fail(op, classify(withCtxErr(ctx, err)))
 	case ctx.Err() != nil:
 		// Granted, but the context ended meanwhile. lib/pq then closes the
 		// connection behind our back; a lock on it would be lost silently.
@@ -144,6 +144,40 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		return nil, m.fail(op, ErrStandby)
 	}
 	return m.newHold(conn, shared, pid, onLost), nil
+}
+
+// lockStatement takes a connection and runs the lock statement q on it.
+// A pooled connection whose session the server already ended (a restart,
+// idle_session_timeout) held nothing: it is discarded and the statement
+// tried on another. Every idle connection may be such a one, after which
+// the pool dials a new one; so the retries are bounded by the idle count.
+//
+// With an error, conn is the connection the caller must discard, or nil
+// when nothing is left to discard (no connection, or one abandoned to a
+// statement still running).
+func (m *Mutex) lockStatement(ctx context.Context, q string, dest []any) (*sql.Conn, error) {
+	retries := -1
+	for {
+		conn, err := m.l.db.Conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		abandoned, err := m.l.queryRow(ctx, conn, q, m.q.args, dest...)
+		switch {
+		case abandoned:
+			return nil, err
+		case err == nil || ctx.Err() != nil || !deadSession(err):
+			return conn, err
+		}
+		discard(conn)
+		if retries < 0 {
+			retries = m.l.db.Stats().Idle + 1
+		}
+		if retries == 0 {
+			return nil, err
+		}
+		retries--
+	}
 }
 
 // withCtxErr makes sure an error caused by the context ending wraps the

@@ -82,10 +82,11 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 	}
 }
 
-// driverCachesStatements reports whether db's driver is pgx's stdlib, which
-// prepares and caches statements per connection: with it, one SQL text per
-// operation and the key as parameters is one round trip.
-func driverCachesStatements(db *sql.DB) bool {
+// isPgx reports whether db's driver is pgx's stdlib. It prepares and caches
+// statements per connection, so one SQL text per operation with the key as
+// parameters is one round trip; and it bounds every call by network
+// deadlines when its context ends.
+func isPgx(db *sql.DB) bool {
 	t := reflect.TypeOf(db.Driver())
 	if t == nil {
 		return false

@@ -1,0 +1,56 @@
+package sqllock
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+)
+
+// queryRow runs a one-row statement on conn and scans it into dest, bounded
+// by ctx even where the driver is not: lib/pq answers a cancelled context
+// by sending the server a cancel request and waiting for the server's reply,
+// which on a silent network never comes. pgx bounds its own calls with
+// network deadlines, so with pgx (and with a context that never ends) the
+// statement runs inline.
+//
+// When ctx ends first, queryRow returns ctx.Err() and abandoned is true:
+// the statement goes on in the background, and its connection is discarded
+// once the driver returns. The caller must not touch dest or conn again.
+func (l *Locker) queryRow(ctx context.Context, conn *sql.Conn, q string, args []any, dest ...any) (abandoned bool, err error) {
+	if l.boundsContext || ctx.Done() == nil {
+		return false, conn.QueryRowContext(ctx, q, args...).Scan(dest...)
+	}
+	done := make(chan error, 1)
+	go func() { done <- conn.QueryRowContext(ctx, q, args...).Scan(dest...) }()
+	select {
+	case err := <-done:
+		return false, err
+	case <-ctx.Done():
+		go func() {
+			<-done
+			discard(conn)
+		}()
+		return true, ctx.Err()
+	}
+}
+
+// SQLSTATEs of a session the server has ended: a statement that gets one
+// never ran, so the lock it asked for is not held.
+var deadSessionStates = map[string]bool{
+	"57P01": true, // admin_shutdown (server restart, pg_terminate_backend)
+	"57P02": true, // crash_shutdown
+	"57P03": true, // cannot_connect_now
+	"57P05": true, // idle_session_timeout
+}
+
+// deadSession reports whether err says that the pooled connection's session
+// was already gone when the statement was sent, so that taking another
+// connection is safe and right.
+func deadSession(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) {
+		return true
+	}
+	var se interface{ SQLState() string }
+	return errors.As(err, &se) && deadSessionStates[se.SQLState()]
+}
