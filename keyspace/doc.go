@@ -19,17 +19,52 @@
 //     from digest bytes 1–4.
 //   - [SHA256Int64] hashes into the bigint space (first 8 digest bytes,
 //     little-endian).
+//   - [Scoped] gives each application or tenant its own first integer, so
+//     unrelated applications sharing a database never collide.
+//   - [ExplicitInt64] and [ExplicitPair] read the name as a key ("42",
+//     "1,-2") instead of hashing it.
 //   - [Func] adapts any function, for schemes of your own.
 //
 // Explicit keys need no strategy: build them with [Int64] or [Pair].
 //
+// # Other ecosystems
+//
+// These strategies reproduce, byte for byte, the keys that other libraries
+// derive, so a Go process can contend with them (docs/keyspace.md lists the
+// sources and versions checked):
+//
+//   - [SQLx]: Rust sqlx, PgAdvisoryLock::new.
+//   - [WithAdvisoryLock] and [WithAdvisoryLockFromEnv]: the Ruby gem
+//     with_advisory_lock.
+//   - [RailsMigrations]: the lock Ruby on Rails holds while migrating; the
+//     lock name is the database name.
+//   - [GolangMigrate]: golang-migrate; the lock name is the database name.
+//   - [Goose] and [GooseLegacy]: pressly/goose's one fixed key.
+//   - [DjangoPGLock]: the Python package django-pglock.
+//   - [Pals]: the Python package pals.
+//
+// [Lookup] finds any of them by a stable name such as "sqlx" or
+// "rails-migrations", for command-line flags and configuration; [Names]
+// lists the names.
+//
 // # Collision odds
 //
-// Hashed names collide by chance. With a 64-bit key (Default, NodeLegacy,
-// SHA256Int64) the odds of any collision among n names are about
-// n²/2⁶⁵: one in a billion at 190,000 names. Schemes that keep only 32 bits
-// reach even odds at about 77,000 names.
+// Hashed names collide by chance. Among n names hashed into b bits, the odds
+// of some collision are about n²/2^(b+1), and reach one half near
+// 1.18·2^(b/2) names:
+//
+//   - 64 bits ([Node], [SHA256Int64], [SQLx], [DjangoPGLock], [Pals]): one in
+//     a billion at 190,000 names, even odds at about 5 billion.
+//   - 40 bits ([NodeLegacy], whose two integers share 3 digest bytes): even
+//     odds at about 1.2 million names.
+//   - 32 bits ([RailsMigrations], [GolangMigrate], [Scoped] within one
+//     namespace): even odds at about 77,000 names.
+//   - 31 bits ([WithAdvisoryLock], per prefix): even odds at about 55,000.
+//   - [Goose] and [GooseLegacy] map every name to one key by design.
+//   - [ExplicitInt64] and [ExplicitPair] never collide: the name is the key.
 //
 // Strategies are pure functions of the name: they never touch the network,
-// keep no state and are safe for concurrent use.
+// keep no state and are safe for concurrent use. [WithAdvisoryLockFromEnv]
+// and [Lookup] read the environment when called, never during package
+// initialisation.
 package keyspace

@@ -1,7 +1,9 @@
 package keyspace_test
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
@@ -37,4 +39,89 @@ func ExampleParse() {
 	// Output:
 	// pair(1,-2) <nil>
 	// keyspace: invalid syntax: "one": want a decimal int64, as in "42"
+}
+
+func ExampleSQLx() {
+	// The vector in sqlx's documentation of PgAdvisoryLock::new.
+	fmt.Println(keyspace.SQLx.Key("my first Postgres advisory lock!"))
+	// Output: int64(-5560419505042474287)
+}
+
+func ExampleWithAdvisoryLock() {
+	// with_advisory_lock("user-1") in Ruby, WITH_ADVISORY_LOCK_PREFIX unset,
+	// then set to 42.
+	fmt.Println(keyspace.WithAdvisoryLock(0).Key("user-1"))
+	fmt.Println(keyspace.WithAdvisoryLock(42).Key("user-1"))
+	// Output:
+	// pair(2116437524,0)
+	// pair(2116437524,42)
+}
+
+func ExampleRailsMigrations() {
+	// The lock `rails db:migrate` holds on the database myapp_production.
+	fmt.Println(keyspace.RailsMigrations.Key("myapp_production"))
+	// Output: int64(8572362244439197575)
+}
+
+func ExampleGolangMigrate() {
+	// The vector in golang-migrate's tests: a database name alone.
+	fmt.Println(keyspace.GolangMigrate().Key("database_name"))
+	// The postgres driver with its default migrations table.
+	fmt.Println(keyspace.GolangMigrate("public", "schema_migrations").Key("myapp_production"))
+	// Output:
+	// int64(1764327054)
+	// int64(1940748036)
+}
+
+func ExampleGoose() {
+	// One key whatever the name: goose's lock.DefaultLockID.
+	fmt.Println(keyspace.Goose.Key("migrations"), keyspace.GooseLegacy.Key("migrations"))
+	// Output: int64(4097083626) int64(5887940537704921958)
+}
+
+func ExampleDjangoPGLock() {
+	// pglock.advisory("hello"); pg_locks shows it as classid 245608543,
+	// objid 3125670444, the pair pglock.advisory_id("hello") returns.
+	k := keyspace.DjangoPGLock.Key("hello")
+	classid, objid, _ := k.LockTag()
+	fmt.Println(k, classid, objid)
+	// Output: int64(1054880662928880172) 245608543 3125670444
+}
+
+func ExamplePals() {
+	// pals.Locker("TestLock", db_url).lock("test_it")
+	fmt.Println(keyspace.Pals("TestLock").Key("test_it"))
+	// Output: int64(-5798183527148201584)
+}
+
+func ExampleScoped() {
+	// Two tenants sharing a database take "nightly" without colliding.
+	fmt.Println(keyspace.Scoped(1).Key("nightly"))
+	fmt.Println(keyspace.Scoped(2).Key("nightly"))
+	// Output:
+	// pair(1,-1251853526)
+	// pair(2,-1251853526)
+}
+
+func ExampleExplicitInt64() {
+	fmt.Println(keyspace.ExplicitInt64.Key("42"))
+	fmt.Println(keyspace.ExplicitInt64.Key("1,-2").Valid())
+	// Output:
+	// int64(42)
+	// false
+}
+
+func ExampleLookup() {
+	s, err := keyspace.Lookup("sqlx")
+	fmt.Println(s.Key("my first Postgres advisory lock!"), err)
+	_, err = keyspace.Lookup("flyway")
+	fmt.Println(errors.Is(err, keyspace.ErrUnknownStrategy))
+	// Output:
+	// int64(-5560419505042474287) <nil>
+	// true
+}
+
+func ExampleNames() {
+	fmt.Println(strings.Join(keyspace.Names(), " "))
+	// Output: django-pglock golang-migrate goose goose-legacy int64 node node-legacy pair rails-migrations sha256-int64 sqlx with-advisory-lock
 }

@@ -1,6 +1,7 @@
 package keyspace_test
 
 import (
+	"crypto/fips140"
 	"errors"
 	"math"
 	"testing"
@@ -107,22 +108,84 @@ func TestLockTagRoundTrip(t *testing.T) {
 }
 
 func FuzzStrategies(f *testing.F) {
-	for _, s := range []string{"", "dbmigration", "test-lock", "\xff\xfe", "日本語"} {
+	for _, s := range []string{"", "dbmigration", "test-lock", "\xff\xfe", "日本語", "42", "int64(-7)", "1,-2", "pair(3, 4)", " 9 ", "1,", ","} {
 		f.Add(s)
 	}
-	strategies := []keyspace.Strategy{keyspace.Node, keyspace.NodeLegacy, keyspace.SHA256Int64}
+	// Strategies that hash: every name maps to a valid key.
+	hashed := map[string]keyspace.Strategy{
+		"Node":                  keyspace.Node,
+		"NodeLegacy":            keyspace.NodeLegacy,
+		"SHA256Int64":           keyspace.SHA256Int64,
+		"SQLx":                  keyspace.SQLx,
+		"WithAdvisoryLock(0)":   keyspace.WithAdvisoryLock(0),
+		"WithAdvisoryLock(-9)":  keyspace.WithAdvisoryLock(-9),
+		"RailsMigrations":       keyspace.RailsMigrations,
+		"GolangMigrate()":       keyspace.GolangMigrate(),
+		"GolangMigrate(public)": keyspace.GolangMigrate("public", "schema_migrations"),
+		"Goose":                 keyspace.Goose,
+		"GooseLegacy":           keyspace.GooseLegacy,
+		"DjangoPGLock":          keyspace.DjangoPGLock,
+		"Scoped(7)":             keyspace.Scoped(7),
+	}
+	if !fips140.Enforced() { // pals needs SHA-1
+		hashed["Pals(app)"] = keyspace.Pals("app")
+	}
+	unsetenv(f, "WITH_ADVISORY_LOCK_PREFIX")
+	for _, name := range keyspace.Names() {
+		if name != "int64" && name != "pair" {
+			s, err := keyspace.Lookup(name)
+			if err != nil {
+				f.Fatalf("Lookup(%q): %v", name, err)
+			}
+			hashed["Lookup("+name+")"] = s
+		}
+	}
+	explicit := map[keyspace.Space]keyspace.Strategy{
+		keyspace.SpaceInt64: keyspace.ExplicitInt64,
+		keyspace.SpacePair:  keyspace.ExplicitPair,
+	}
 	f.Fuzz(func(t *testing.T, name string) {
-		for _, s := range strategies {
+		for label, s := range hashed {
 			k := s.Key(name)
 			if !k.Valid() || k != s.Key(name) {
-				t.Fatalf("Key(%q) = %v: not valid or not deterministic", name, k)
+				t.Fatalf("%s.Key(%q) = %v: not valid or not deterministic", label, name, k)
 			}
 			back, err := keyspace.Parse(k.String())
 			if err != nil || back != k {
 				t.Fatalf("Parse(%q) = %v, %v, want %v", k.String(), back, err, k)
 			}
 		}
+		checkRanges(t, name)
+		// Explicit strategies: Parse's key in their space, else the zero Key.
+		parsed, err := keyspace.Parse(name)
+		for space, s := range explicit {
+			k := s.Key(name)
+			want := keyspace.Key{}
+			if err == nil && parsed.Space() == space {
+				want = parsed
+			}
+			if k != want || k != s.Key(name) {
+				t.Fatalf("explicit %v Key(%q) = %v, want %v", space, name, k, want)
+			}
+		}
 	})
+}
+
+// checkRanges checks the value ranges the foreign schemes promise.
+func checkRanges(t *testing.T, name string) {
+	t.Helper()
+	if a, b, _ := keyspace.WithAdvisoryLock(-9).Key(name).Pair(); a < 0 || b != math.MaxInt32-8 {
+		t.Fatalf("WithAdvisoryLock(-9).Key(%q) = (%d, %d): want a ≥ 0 and b = 2³¹−9", name, a, b)
+	}
+	if n, _ := keyspace.GolangMigrate("s", "t").Key(name).Int64(); n < 0 || n > math.MaxUint32 {
+		t.Fatalf("GolangMigrate.Key(%q) = %d: outside [0, 2³²)", name, n)
+	}
+	if n, _ := keyspace.RailsMigrations.Key(name).Int64(); n < 0 || n%2053462845 != 0 {
+		t.Fatalf("RailsMigrations.Key(%q) = %d: not a non-negative multiple of the salt", name, n)
+	}
+	if a, _, _ := keyspace.Scoped(-3).Key(name).Pair(); a != -3 {
+		t.Fatalf("Scoped(-3).Key(%q) has namespace %d", name, a)
+	}
 }
 
 func FuzzParse(f *testing.F) {

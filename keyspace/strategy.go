@@ -27,15 +27,23 @@ var Default Strategy = Node
 // the SHA-256 digest of the name's UTF-8 bytes (no normalisation), digest
 // bytes 0–3 and 4–7 each read as a little-endian signed int32, used as a
 // [Pair].
+//
+// Keys are 64 bits: even odds of some collision at about 5 billion names.
 var Node Strategy = Func(nodeKey)
 
 // NodeLegacy is the scheme of advisory-lock up to v1.1.0: like [Node], but
 // the second integer comes from digest bytes 1–4 (an off-by-one in those
 // versions). Use it only to contend with deployments of those versions.
+//
+// The two integers share digest bytes 1–3, so keys carry only 40 bits: even
+// odds of some collision at about 1.2 million names.
 var NodeLegacy Strategy = Func(nodeLegacyKey)
 
 // SHA256Int64 hashes into the bigint space: the first 8 bytes of the
-// SHA-256 digest of the name, read as a little-endian int64.
+// SHA-256 digest of the name, read as a little-endian int64. It matches
+// django-pglock; see [DjangoPGLock].
+//
+// Keys are 64 bits: even odds of some collision at about 5 billion names.
 var SHA256Int64 Strategy = Func(sha256Int64Key)
 
 func nodeKey(name string) Key {
