@@ -204,7 +204,11 @@ func withCtxErr(ctx context.Context, err error) error {
 //
 // ctx bounds only the wait: cancelling it after Lock returns does not
 // release the lock. If ctx ends first, Lock returns an error wrapping
-// ctx.Err() and holds nothing, even when the grant raced the cancel.
+// ctx.Err() and holds nothing, even when the grant raced the cancel. If the
+// server ends the session while it waits or before it starts (a restart,
+// pg_terminate_backend, idle_session_timeout), Lock goes on waiting on
+// another connection, at most once per idle connection of the pool plus
+// one.
 //
 // The lock pins one connection of the pool until [Mutex.Unlock]. While it is
 // held, a keep-alive watches the session (see [WithKeepAlive]); [Mutex.Done]

@@ -9,81 +9,68 @@ import (
 )
 
 // A scheme is one way to turn a lock name into an advisory-lock key, chosen
-// with --keyspace.
+// with --keyspace: a keyspace registry name and its strategy.
 type scheme struct {
-	name string
-	help string
-	key  func(lockName string) (keyspace.Key, error)
+	name     string
+	strategy keyspace.Strategy
 }
 
-// hashed adapts a keyspace strategy that maps every name to a key.
-func hashed(s keyspace.Strategy) func(string) (keyspace.Key, error) {
-	return func(name string) (keyspace.Key, error) { return s.Key(name), nil }
-}
+// defaultScheme is the --keyspace default: the Node package's scheme, so
+// that withlock and Node's withlock exclude each other.
+const defaultScheme = "node"
 
-// literal reads the lock name as a key written in the given space.
-func literal(space keyspace.Space, want string) func(string) (keyspace.Key, error) {
-	return func(name string) (keyspace.Key, error) {
-		k, err := keyspace.Parse(name)
-		if err == nil && k.Space() != space {
-			err = fmt.Errorf("%w: %s is a %s key", keyspace.ErrSyntax, k, k.Space())
-		}
-		if err != nil {
-			return keyspace.Key{}, fmt.Errorf("lock name %q is not %s: %w", name, want, err)
-		}
-		return k, nil
-	}
-}
-
-// schemes is the table of --keyspace names, the default first. Add new
-// schemes here; help, validation and docs tests read it.
-var schemes = []scheme{
-	{"node", "hash of the name, as advisory-lock (Node) v1.1.1+", hashed(keyspace.Node)},
-	{"node-legacy", "hash of the name, as advisory-lock up to v1.1.0", hashed(keyspace.NodeLegacy)},
-	{"sha256-int64", "hash of the name into the bigint key space", hashed(keyspace.SHA256Int64)},
-	{"int64", "lockName is a bigint key, such as 42", literal(keyspace.SpaceInt64, "a bigint key such as 42")},
-	{"pair", "lockName is an (int, int) key, such as 1,-2", literal(keyspace.SpacePair, "an int pair such as 1,-2")},
-}
-
-// defaultScheme is the --keyspace default.
-var defaultScheme = schemes[0].name
-
-// schemeNames lists the valid --keyspace names.
-func schemeNames() string {
-	names := make([]string, len(schemes))
-	for i, s := range schemes {
-		names[i] = s.name
-	}
-	return strings.Join(names, ", ")
+// schemeNames lists the valid --keyspace names: keyspace's registry, whose
+// names are stable, plus its parameterised forms.
+func schemeNames() []string {
+	return append(keyspace.Names(), "pals:<app>", "scoped:<n>")
 }
 
 var errUnknownScheme = errors.New("unknown keyspace")
 
-// lookupScheme returns the scheme called name.
+// lookupScheme returns the scheme called name. Strategies are looked up
+// when used, not at start-up: with-advisory-lock reads its prefix from the
+// environment as Ruby does.
 func lookupScheme(name string) (scheme, error) {
-	for _, s := range schemes {
-		if s.name == name {
-			return s, nil
+	s, err := keyspace.Lookup(name)
+	if err != nil {
+		if errors.Is(err, keyspace.ErrUnknownStrategy) {
+			return scheme{}, fmt.Errorf("%w %q: valid keyspaces are %s", errUnknownScheme, name, strings.Join(schemeNames(), ", "))
 		}
+		return scheme{}, fmt.Errorf("keyspace %q: %w", name, err)
 	}
-	return scheme{}, fmt.Errorf("%w %q: valid keyspaces are %s", errUnknownScheme, name, schemeNames())
+	return scheme{name: name, strategy: s}, nil
 }
 
-// strategy returns the scheme as a keyspace.Strategy, so that sqllock names
-// the lock in its errors. Names the scheme rejects yield the zero Key; the
-// CLI checks them with key first.
-func (s scheme) strategy() keyspace.Strategy {
-	return keyspace.Func(func(name string) keyspace.Key {
-		k, _ := s.key(name)
-		return k
-	})
+// key returns the lock's key, or an error saying why the name has none
+// (only the int64 and pair schemes reject names).
+func (s scheme) key(lockName string) (keyspace.Key, error) {
+	k := s.strategy.Key(lockName)
+	if k.Valid() {
+		return k, nil
+	}
+	want := map[string]string{"int64": "a bigint key such as 42", "pair": "an int pair such as 1,-2"}[s.name]
+	if want == "" {
+		want = "a name this keyspace accepts"
+	}
+	_, err := keyspace.Parse(lockName)
+	if err == nil {
+		err = fmt.Errorf("%w: wrong key space for keyspace %s", keyspace.ErrSyntax, s.name)
+	}
+	return keyspace.Key{}, fmt.Errorf("lock name %q is not %s: %w", lockName, want, err)
 }
 
-// schemeHelp renders the table for --help.
+// schemeHelp renders the --keyspace names for --help, a few to a line.
 func schemeHelp() string {
 	var b strings.Builder
-	for _, s := range schemes {
-		fmt.Fprintf(&b, "  %-13s %s\n", s.name, s.help)
+	for i, n := range schemeNames() {
+		fmt.Fprintf(&b, "  %-19s", n)
+		if i%3 == 2 {
+			b.WriteString("\n")
+		}
 	}
+	if len(schemeNames())%3 != 0 {
+		b.WriteString("\n")
+	}
+	b.WriteString("  (node is the default; docs/keyspace.md says which library each matches)\n")
 	return b.String()
 }

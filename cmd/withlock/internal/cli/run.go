@@ -65,7 +65,7 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	defer db.Close()
 
 	mu := sqllock.New(db,
-		sqllock.WithKeyspace(o.scheme.strategy()),
+		sqllock.WithKeyspace(o.scheme.strategy),
 		sqllock.WithKeepAlive(o.keepAlive, keepAliveTimeout),
 	).Mutex(o.lockName)
 	c := &child{path: path, args: o.command, grace: o.grace, stdin: stdin, stdout: stdout, stderr: stderr}

@@ -97,7 +97,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger
 		return ExitUnavailable
 	}
 	defer db.Close()
-	mu := sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy())).Mutex(o.lockName)
+	mu := sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy)).Mutex(o.lockName)
 	hs, err := mu.Holders(ctx)
 	if err != nil {
 		log.printf("cannot read the lock's holders from %s: %v", describeDB(cfg), err)
