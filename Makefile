@@ -29,9 +29,12 @@ lint:
 	done
 	@echo "lint: ok"
 
-## bench: the benchmarks, library against hand-written SQL on the same driver
+## bench: the benchmarks, library against hand-written SQL on the same driver, with ratios
+BENCHCOUNT ?= 6
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./sqllock | tee bench.txt
+	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 30m ./sqllock | tee bench.txt
+	$(GO) run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da bench.txt || true
+	$(GO) run ./internal/benchratio bench.txt
 
 ## build: the withlock binary in ./bin
 build:

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"time"
 )
 
 // queryRow runs a one-row statement on conn and scans it into dest, bounded
@@ -14,7 +15,8 @@ import (
 // network deadlines, so with pgx (and with a context that never ends) the
 // statement runs inline.
 //
-// When ctx ends first, queryRow returns ctx.Err() and abandoned is true:
+// When ctx ends and the driver has not returned abandonGrace later,
+// queryRow returns ctx.Err() and abandoned is true:
 // the statement goes on in the background, and its connection is discarded
 // once the driver returns. The caller must not touch dest or conn again.
 func (l *Locker) queryRow(ctx context.Context, conn *sql.Conn, q string, args []any, dest ...any) (abandoned bool, err error) {
@@ -27,6 +29,16 @@ func (l *Locker) queryRow(ctx context.Context, conn *sql.Conn, q string, args []
 	case err := <-done:
 		return false, err
 	case <-ctx.Done():
+	}
+	// A live server answers the driver's cancel request within a round trip
+	// or two; wait that long so the connection is settled (and discarded by
+	// the caller) before returning. Only a silent network outlasts this.
+	t := time.NewTimer(abandonGrace)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return false, err
+	case <-t.C:
 		go func() {
 			<-done
 			discard(conn)
@@ -34,6 +46,10 @@ func (l *Locker) queryRow(ctx context.Context, conn *sql.Conn, q string, args []
 		return true, ctx.Err()
 	}
 }
+
+// abandonGrace is how long queryRow waits, after its context ends, for a
+// driver that does not bound its own calls to return.
+const abandonGrace = 250 * time.Millisecond
 
 // SQLSTATEs of a session the server has ended: a statement that gets one
 // never ran, so the lock it asked for is not held.

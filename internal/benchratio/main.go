@@ -1,0 +1,144 @@
+// Command benchratio reads `go test -bench` output of the sqllock
+// benchmarks and prints, per driver, the library's figures against the
+// hand-written reference and against the one-round-trip floor (SELECT 1),
+// as medians over the -count runs, with the targets they must meet.
+//
+//	go test -run '^$' -bench . -count 6 ./sqllock | tee bench.txt
+//	go run ./internal/benchratio bench.txt
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+func main() {
+	in := io.Reader(os.Stdin)
+	if len(os.Args) > 1 {
+		f, err := os.Open(os.Args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchratio:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		in = f
+	}
+	res, err := parse(in)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchratio:", err)
+		os.Exit(1)
+	}
+	failed := report(os.Stdout, res)
+	if failed > 0 {
+		fmt.Printf("\n%d target(s) missed\n", failed)
+		os.Exit(1)
+	}
+	fmt.Println("\nall targets met")
+}
+
+// results maps "Scenario/driver=X/impl=Y" (without the -N suffix) to each
+// metric's samples, e.g. "ns/op" -> [...].
+type results map[string]map[string][]float64
+
+var lineRE = regexp.MustCompile(`^Benchmark(\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
+
+func parse(r io.Reader) (results, error) {
+	res := results{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		m := lineRE.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		fields := strings.Fields(m[2])
+		for i := 0; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				return nil, fmt.Errorf("%q: %v", sc.Text(), err)
+			}
+			if res[m[1]] == nil {
+				res[m[1]] = map[string][]float64{}
+			}
+			res[m[1]][fields[i+1]] = append(res[m[1]][fields[i+1]], v)
+		}
+	}
+	return res, sc.Err()
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func (r results) get(name, metric string) (float64, bool) {
+	xs := r[name][metric]
+	return median(xs), len(xs) > 0
+}
+
+// report prints the tables and returns the number of missed targets.
+func report(w io.Writer, r results) (failed int) {
+	check := func(ok bool) string {
+		if ok {
+			return "ok"
+		}
+		failed++
+		return "MISSED"
+	}
+	for _, d := range []string{"pq", "pgx"} {
+		floor, ok := r.get("Floor/driver="+d, "ns/op")
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(w, "\ndriver=%s  floor (SELECT 1, one round trip): %.1f µs\n", d, floor/1e3)
+		fmt.Fprintf(w, "%-18s %10s %10s %8s %8s %9s %9s  %s\n", "scenario", "lib µs", "ref µs", "lib/ref", "lib/floor", "lib alloc", "ref alloc", "targets")
+		for _, s := range []struct {
+			name     string
+			maxRatio float64 // lib/ref, 0: no target
+			maxFloor float64 // lib/floor, 0: no target
+		}{
+			{"LockUnlock", 1.05, 3},
+			{"TryLockContended", 1.05, 1.5},
+			{"WithLock", 1.05, 0},
+			{"Parallel", 1.05, 0},
+			{"Shared", 0, 0},
+			{"Handoff", 0, 0},
+		} {
+			lib, ok1 := r.get(s.name+"/driver="+d+"/impl=lib", "ns/op")
+			ref, ok2 := r.get(s.name+"/driver="+d+"/impl=ref", "ns/op")
+			if !ok1 || !ok2 {
+				continue
+			}
+			la, _ := r.get(s.name+"/driver="+d+"/impl=lib", "allocs/op")
+			ra, _ := r.get(s.name+"/driver="+d+"/impl=ref", "allocs/op")
+			var targets []string
+			if s.maxRatio > 0 {
+				targets = append(targets, fmt.Sprintf("lib/ref ≤ %.2f %s", s.maxRatio, check(lib/ref <= s.maxRatio)))
+			}
+			if s.maxFloor > 0 {
+				targets = append(targets, fmt.Sprintf("lib/floor ≤ %.1f %s", s.maxFloor, check(lib/floor <= s.maxFloor)))
+			}
+			if s.name == "Handoff" {
+				lp, _ := r.get(s.name+"/driver="+d+"/impl=lib", "p50-µs")
+				rp, _ := r.get(s.name+"/driver="+d+"/impl=ref", "p50-µs")
+				l99, _ := r.get(s.name+"/driver="+d+"/impl=lib", "p99-µs")
+				bound := 1.5*floor/1e3 + rp
+				targets = append(targets, fmt.Sprintf("hand-off p50 %.0fµs (p99 %.0fµs) ≤ 1.5×floor + ref p50 %.0fµs = %.0fµs %s", lp, l99, rp, bound, check(lp <= bound)))
+			}
+			fmt.Fprintf(w, "%-18s %10.1f %10.1f %8.2f %8.2f %9.0f %9.0f  %s\n", s.name, lib/1e3, ref/1e3, lib/ref, lib/floor, la, ra, strings.Join(targets, "; "))
+		}
+	}
+	return failed
+}
