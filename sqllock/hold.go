@@ -11,9 +11,10 @@ import (
 )
 
 // A hold is one granted lock: the pinned connection whose session owns it,
-// and the keep-alive that watches that session. Only the keep-alive
-// goroutine uses the connection while the lock is held; release stops it
-// first, so the two never share the connection.
+// and the keep-alive that watches that session. The keep-alive is a timer,
+// not a goroutine: each tick probes the connection and re-arms the timer.
+// connMu gives the connection to one user at a time: a tick's probe, or
+// release, which stops the timer and then waits for a probe in flight.
 type hold struct {
 	m        *Mutex
 	shared   bool
@@ -22,24 +23,24 @@ type hold struct {
 	onLost   func(error)
 	acquired time.Time // set only when the Locker has observers
 
-	done   chan struct{} // closed when the hold ends: released or lost
-	stop   chan struct{} // closed by release to stop the keep-alive
-	exited chan struct{} // closed when the keep-alive goroutine returns
+	connMu  sync.Mutex  // held while the connection is in use
+	timer   *time.Timer // the next keep-alive tick; nil without keep-alive
+	stopped bool        // under connMu: release has taken the connection
 
 	mu    sync.Mutex
 	ended bool
-	lost  error // *Error wrapping ErrLockLost once lost
+	lost  error         // *Error wrapping ErrLockLost once lost
+	done  chan struct{} // made on demand by doneChan; closed when the hold ends
 }
 
 func (m *Mutex) newHold(conn *sql.Conn, shared bool, pid int64, onLost func(error)) *hold {
-	h := &hold{
-		m: m, shared: shared, conn: conn, pid: pid, onLost: onLost,
-		done: make(chan struct{}), stop: make(chan struct{}), exited: make(chan struct{}),
-	}
+	h := &hold{m: m, shared: shared, conn: conn, pid: pid, onLost: onLost}
 	if m.l.cfg.interval > 0 {
-		go h.keepAlive(m.l.cfg.interval, m.l.cfg.timeout)
-	} else {
-		close(h.exited)
+		// Under connMu, which tick takes first: a tick never sees the
+		// field unset, however short the interval.
+		h.connMu.Lock()
+		h.timer = time.AfterFunc(m.l.cfg.interval, h.tick)
+		h.connMu.Unlock()
 	}
 	return h
 }
@@ -51,24 +52,48 @@ func (h *hold) op(base string) string {
 	return base
 }
 
-// keepAlive probes the session every interval until release stops it or a
-// probe fails.
-func (h *hold) keepAlive(interval, timeout time.Duration) {
-	defer close(h.exited)
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-h.stop:
-			return
-		case <-t.C:
+// doneChan returns the channel closed when the hold ends, making it on
+// first use: most holds are never watched.
+func (h *hold) doneChan() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done == nil {
+		if h.ended {
+			return closedChan
 		}
-		if cause := h.probe(timeout); cause != nil {
-			h.markLost(cause)
-			return
-		}
-		t.Reset(interval)
+		h.done = make(chan struct{})
 	}
+	return h.done
+}
+
+// end marks the hold ended, with err if it was lost; it reports false if
+// it had already ended.
+func (h *hold) end(err error) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ended {
+		return false
+	}
+	h.ended, h.lost = true, err
+	if h.done != nil {
+		close(h.done)
+	}
+	return true
+}
+
+// tick is one keep-alive round: probe the session, then re-arm the timer,
+// unless release has taken the connection or the probe failed.
+func (h *hold) tick() {
+	h.connMu.Lock()
+	defer h.connMu.Unlock()
+	if h.stopped {
+		return
+	}
+	if cause := h.probe(h.m.l.cfg.timeout); cause != nil {
+		h.markLost(cause)
+		return
+	}
+	h.timer.Reset(h.m.l.cfg.interval)
 }
 
 // probe runs the keep-alive query. A driver may not return on a dead
@@ -115,14 +140,9 @@ func (h *hold) probe(timeout time.Duration) error {
 // markLost records the loss, ends the hold and tells the holder.
 func (h *hold) markLost(cause error) {
 	err := &Error{Op: h.op("hold"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: %w", ErrLockLost, cause)}
-	h.mu.Lock()
-	if h.ended {
-		h.mu.Unlock()
+	if !h.end(err) {
 		return
 	}
-	h.ended, h.lost = true, err
-	close(h.done)
-	h.mu.Unlock()
 	h.observeEnd(EventLost, err)
 	if h.onLost != nil {
 		h.onLost(err)
@@ -168,20 +188,27 @@ func (h *hold) observeEnd(kind EventKind, err error) {
 }
 
 func (h *hold) releaseConn(ctx context.Context) error {
-	close(h.stop)
-	<-h.exited
-	h.mu.Lock()
-	if h.ended {
-		err := h.lost
-		h.mu.Unlock()
-		if err == nil {
-			err = &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: ErrNotHeld}
-		}
-		return err
+	if h.timer != nil {
+		h.timer.Stop()
 	}
-	h.ended = true
-	close(h.done)
+	// Take the connection from the keep-alive, waiting for a probe in
+	// flight (bounded by the keep-alive timeout).
+	h.connMu.Lock()
+	h.stopped = true
+	if h.timer != nil {
+		h.timer.Stop() // a tick that was running may have re-armed it
+	}
+	h.connMu.Unlock()
+	h.mu.Lock()
+	lost, ended := h.lost, h.ended
 	h.mu.Unlock()
+	if ended {
+		if lost == nil {
+			lost = &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: ErrNotHeld}
+		}
+		return lost
+	}
+	h.end(nil)
 
 	if ctx.Err() != nil {
 		discard(h.conn)

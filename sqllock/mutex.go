@@ -347,7 +347,7 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 //	}
 func (m *Mutex) Done() <-chan struct{} {
 	if h := m.oldest(); h != nil {
-		return h.done
+		return h.doneChan()
 	}
 	return closedChan
 }
