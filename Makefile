@@ -13,6 +13,7 @@ all: lint test
 ## test: unit tests, live tests and the conformance suite on lib/pq, pgx and gorm, with -race
 test:
 	$(GO) test -race -shuffle=on -count=1 -timeout 10m ./...
+	cd examples && $(GO) test -race -count=1 -timeout 5m ./...
 
 ## test-short: the same, with fewer torture iterations
 test-short:
@@ -22,6 +23,7 @@ test-short:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd examples && $(GO) vet ./...
 	$(STATICCHECK) ./...
 	@for pkg in ./sqllock ./keyspace; do \
 		ext=$$($(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' $$pkg | grep -v '^$(MODULE)'); \
@@ -42,7 +44,7 @@ build:
 
 ## demo: two withlock processes contend for one lock; their runs never overlap
 demo: build
-	@./scripts/demo.sh $(BIN)/withlock
+	@$(GO) run ./internal/demo $(BIN)/withlock
 
 clean:
 	rm -rf $(BIN) bench.txt

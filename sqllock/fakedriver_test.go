@@ -69,7 +69,7 @@ func TestFakeGrantRacingCancelDiscards(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		cancel() // the context ends while the grant travels back
-		return []driver.Value{int64(7), false, "", true}, nil
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
 	}, WithKeepAlive(0, 0))
 	err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
 	require.ErrorIs(t, err, context.Canceled)
@@ -86,7 +86,7 @@ func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
 			<-unblock // ignores ctx, as lib/pq can on a dead network
 			return []driver.Value{int64(7)}, nil
 		}
-		return []driver.Value{int64(7), false, "", true}, nil
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
 	}, WithKeepAlive(time.Millisecond, 20*time.Millisecond))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -111,7 +111,7 @@ func TestFakeLockBoundedWithHungDriver(t *testing.T) {
 	unblock := make(chan struct{})
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		<-unblock // ignores ctx
-		return []driver.Value{int64(7), false, "", true}, nil
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
 	}, WithKeepAlive(0, 0))
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 	defer cancel()
@@ -131,10 +131,24 @@ func TestFakeDeadPooledSessionRetried(t *testing.T) {
 		if calls.Add(1) == 1 {
 			return nil, driver.ErrBadConn
 		}
-		return []driver.Value{int64(7), false, "", true}, nil
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
 	}, WithKeepAlive(0, 0))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	assert.Equal(t, int32(2), calls.Load())
 	assert.Equal(t, int32(1), c.closed.Load(), "the dead connection is discarded")
+}
+
+// A database that is not PostgreSQL: its driver does not understand the
+// SQL. The error names the lock and wraps the driver's, and no connection
+// stays in use.
+func TestFakeNotPostgres(t *testing.T) {
+	syntax := errors.New(`near "FROM": syntax error`)
+	l, c := newFake(t, func(context.Context, string) ([]driver.Value, error) { return nil, syntax }, WithKeepAlive(0, 0))
+	mu := l.Mutex("reports")
+	err := mu.Lock(t.Context())
+	require.ErrorIs(t, err, syntax)
+	assert.Contains(t, err.Error(), `lock "reports" `+mu.Key().String())
+	assert.Equal(t, 0, l.db.Stats().InUse)
+	assert.Equal(t, int32(1), c.closed.Load(), "a connection in an unknown state is discarded")
 }

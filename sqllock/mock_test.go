@@ -35,12 +35,21 @@ var (
 	unlockSQL = q42.unlock
 )
 
+// pidRow is a lock statement's answer: granted, by backend pid.
 func pidRow(pid int64, standby bool) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"pid", "standby", "prior", "x"}).AddRow(pid, standby, "", true)
+	answer := pid<<lockAnswerShift | flagGranted
+	if standby {
+		answer |= flagStandby
+	}
+	return sqlmock.NewRows([]string{"answer"}).AddRow(answer)
 }
 
 func tryRow(granted bool, pid int64) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"ok", "pid", "standby", "prior", "x"}).AddRow(granted, pid, false, "", granted)
+	answer := pid << lockAnswerShift
+	if granted {
+		answer |= flagGranted
+	}
+	return sqlmock.NewRows([]string{"answer"}).AddRow(answer)
 }
 
 func boolRow(b bool) *sqlmock.Rows { return sqlmock.NewRows([]string{"b"}).AddRow(b) }
@@ -131,7 +140,7 @@ func TestMockStandbyRefused(t *testing.T) {
 
 	l, mock = newMock(t, WithAllowStandby(true))
 	q := buildQueries(keyspace.Int64(42), false, true)
-	assert.NotContains(t, q.lock, "s.rec THEN", "allowed standbys keep their locks")
+	assert.NotContains(t, q.lock, "OR s.rec", "allowed standbys keep their locks")
 	mock.ExpectQuery(q.lock).WillReturnRows(pidRow(7, true))
 	mock.ExpectQuery(q.unlock).WillReturnRows(boolRow(true))
 	mu := l.MutexKey(keyspace.Int64(42))
@@ -243,9 +252,9 @@ func TestMockSharedSessionRefused(t *testing.T) {
 	// The session already carries another client's marker: the statement
 	// undid its own lock, and sqllock must refuse and discard.
 	mock.ExpectQuery(lockSQL).WillReturnRows(
-		sqlmock.NewRows([]string{"pid", "standby", "prior", "x"}).AddRow(7, false, "pair(1,2)", true))
+		sqlmock.NewRows([]string{"answer"}).AddRow(int64(7<<lockAnswerShift | flagGranted | flagShared)))
 	mock.ExpectClose()
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, ErrSharedSession)
-	assert.Contains(t, err.Error(), "session 7 already holds sqllock lock pair(1,2)")
+	assert.Contains(t, err.Error(), "session 7 already holds another client's sqllock lock")
 }

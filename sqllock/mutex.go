@@ -100,17 +100,8 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	default:
 		q = m.q.lock
 	}
-	var (
-		granted = true
-		pid     int64
-		standby bool
-		prior   string
-		ignored sql.NullBool
-		dest    = []any{&pid, &standby, &prior, &ignored}
-	)
-	if try {
-		dest = []any{&granted, &pid, &standby, &prior, &ignored}
-	}
+	var answer int64
+	dest := []any{&answer}
 	conn, err := m.lockStatement(ctx, q, dest)
 	if err != nil {
 		if conn != nil {
@@ -120,23 +111,24 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		}
 		return nil, m.fail(op, classify(withCtxErr(ctx, err)))
 	}
+	pid := answer >> lockAnswerShift
 	switch {
 	case ctx.Err() != nil:
 		// Granted, but the context ended meanwhile. lib/pq then closes the
 		// connection behind our back; a lock on it would be lost silently.
 		discard(conn)
 		return nil, m.fail(op, ctx.Err())
-	case !granted:
+	case answer&flagGranted == 0:
 		if err := conn.Close(); err != nil {
 			discard(conn)
 		}
 		return nil, nil
-	case prior != "":
+	case answer&flagShared != 0:
 		// The statement already undid its own lock. The session belongs to
 		// another client too; ending our end of it is all we can do.
 		discard(conn)
-		return nil, m.fail(op, fmt.Errorf("%w: server session %d already holds sqllock lock %s for another client", ErrSharedSession, pid, prior))
-	case standby && !m.l.cfg.allowStandby:
+		return nil, m.fail(op, fmt.Errorf("%w: server session %d already holds another client's sqllock lock", ErrSharedSession, pid))
+	case answer&flagStandby != 0 && !m.l.cfg.allowStandby:
 		// The statement undid its lock: the connection is clean.
 		if err := conn.Close(); err != nil {
 			discard(conn)

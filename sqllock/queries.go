@@ -13,8 +13,8 @@ import (
 // integers, so writing them into the SQL text is safe; lock names never
 // reach SQL.
 type queries struct {
-	lock, lockShared     string // -> (pid, in_recovery, prior marker, ignored)
-	try, tryShared       string // -> (granted, pid, in_recovery, prior marker, ignored)
+	lock, lockShared     string // -> one bigint: pid<<5 | flags (see buildQueries)
+	try, tryShared       string // -> the same
 	unlock, unlockShared string // -> released (and marker cleared)
 	args                 []any  // bind parameters, or nil with literals
 	keyList              string // the key as SQL arguments: "42", "1,2" or "$1,$2"
@@ -44,28 +44,39 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 			list, args = "$1,$2", []any{int64(a), int64(b)}
 		}
 	}
-	// Each lock statement also returns the backend pid (for the
-	// keep-alive), pg_is_in_recovery() (to refuse standbys) and the
-	// session's marker: sqllock marks a session that holds one of its locks
-	// (a custom setting, cleared by unlock). A marker already present means
-	// the session is shared with another client (a transaction pooler); the
-	// statement then undoes its own lock before answering. So it does on a
-	// standby, unless standbys are allowed: their locks exclude nobody.
+	// Each lock statement answers with one bigint (one column keeps the
+	// drivers' per-column work off the hot path): the backend pid, for the
+	// keep-alive, shifted left by 5 over these bits:
+	//
+	//	1  granted
+	//	2  pg_is_in_recovery(): a standby, whose locks exclude nobody
+	//	4  the session already carried sqllock's marker (see markerGUC): it
+	//	   is shared with another client, as behind a transaction pooler
+	//	8  the undo below found nothing to unlock (should not happen)
+	//	16 setting the marker failed (should not happen)
+	//
+	// A granted lock on a refused session (bit 4, or bit 2 unless standbys
+	// are allowed) is undone by the same statement; otherwise the statement
+	// sets the marker. The CASE forms keep the planner from folding the
+	// volatile calls away.
 	refuse := "s.prior <> ''"
 	if !allowStandby {
 		refuse += " OR s.rec"
 	}
-	undo := func(unlockFn string) string {
-		return "CASE WHEN " + refuse + " THEN " + unlockFn + "(" + list + ") ELSE set_config('" + markerGUC + "', '" + k.String() + "', false) <> '' END"
+	marker := k.String()
+	undoOrMark := func(unlockFn string) string {
+		return "(CASE WHEN " + refuse + " THEN (CASE WHEN " + unlockFn + "(" + list + ") THEN 0 ELSE 8 END)" +
+			" ELSE (CASE WHEN set_config('" + markerGUC + "', '" + marker + "', false) = '" + marker + "' THEN 0 ELSE 16 END) END)"
 	}
+	const flags = "(s.pid::int8 << 5) | (CASE WHEN s.rec THEN 2 ELSE 0 END) | (CASE WHEN s.prior <> '' THEN 4 ELSE 0 END)"
+	const session = "pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('" + markerGUC + "', true), '') AS prior"
 	lock := func(lockFn, unlockFn string) string {
-		return "SELECT s.pid, s.rec, s.prior, " + undo(unlockFn) +
-			" FROM (SELECT pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('" + markerGUC + "', true), '') AS prior" +
-			" FROM " + lockFn + "(" + list + ") OFFSET 0) s"
+		return "SELECT " + flags + " | 1 | " + undoOrMark(unlockFn) +
+			" FROM (SELECT " + session + " FROM " + lockFn + "(" + list + ") OFFSET 0) s"
 	}
 	try := func(tryFn, unlockFn string) string {
-		return "SELECT s.g, s.pid, s.rec, s.prior, CASE WHEN s.g THEN " + undo(unlockFn) + " END" +
-			" FROM (SELECT " + tryFn + "(" + list + ") AS g, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('" + markerGUC + "', true), '') AS prior OFFSET 0) s"
+		return "SELECT " + flags + " | (CASE WHEN s.g THEN 1 | " + undoOrMark(unlockFn) + " ELSE 0 END)" +
+			" FROM (SELECT " + tryFn + "(" + list + ") AS g, " + session + " OFFSET 0) s"
 	}
 	unlock := func(unlockFn string) string {
 		return "SELECT " + unlockFn + "(" + list + ") AND set_config('" + markerGUC + "', '', false) = ''"
@@ -96,3 +107,11 @@ func isPgx(db *sql.DB) bool {
 	}
 	return strings.HasPrefix(t.PkgPath(), "github.com/jackc/pgx/") && strings.HasSuffix(t.PkgPath(), "/stdlib")
 }
+
+// Flags of the lock statements' answer (see buildQueries).
+const (
+	flagGranted     = 1
+	flagStandby     = 2
+	flagShared      = 4
+	lockAnswerShift = 5
+)

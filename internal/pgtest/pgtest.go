@@ -238,3 +238,19 @@ func ExportEnv() error {
 	}
 	return os.Setenv(EnvConnectionString, discovery.res.dsn)
 }
+
+// Find finds or starts a server the way the tests do, for programs outside
+// tests (make demo): PG_CONNECTION_STRING, the local server, or a throwaway
+// cluster. stop stops and deletes the throwaway cluster, if one was started;
+// call it when done.
+func Find() (dsn string, stop func() error, err error) {
+	res := discover()
+	if res.err != nil {
+		return "", nil, res.err
+	}
+	stop = func() error { return nil }
+	if res.cluster != nil {
+		stop = res.cluster.destroy
+	}
+	return res.dsn, stop, nil
+}
