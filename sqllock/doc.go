@@ -58,7 +58,7 @@
 // sessions, and the locks then neither exclude nor release. sqllock marks
 // each session that holds one of its locks (a custom setting, in the same
 // round trip as the lock); a lock that lands on a session already marked
-// undoes itself and fails with [ErrSharedSession]. The keep-alive also
+// takes nothing and fails with [ErrSharedSession]. The keep-alive also
 // notices a change of backend. Behind such a pooler, use transaction-scoped
 // locks: [Mutex.LockTx] and friends, released at commit or rollback. A hot
 // standby grants advisory locks that exclude nobody on the primary; sqllock

@@ -133,15 +133,15 @@ func TestMockUnlockErrorIsLoss(t *testing.T) {
 
 func TestMockStandbyRefused(t *testing.T) {
 	l, mock := newMock(t)
-	// The statement itself undoes a lock granted in recovery, so the
-	// connection is clean and goes back to the pool.
-	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, true))
+	// The statement takes nothing in recovery, so the connection is clean
+	// and goes back to the pool.
+	mock.ExpectQuery(lockSQL).WillReturnRows(sqlmock.NewRows([]string{"answer"}).AddRow(int64(7<<lockAnswerShift | flagStandby)))
 	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), ErrStandby)
 
 	l, mock = newMock(t, WithAllowStandby(true))
 	q := buildQueries(keyspace.Int64(42), false, true)
-	assert.NotContains(t, q.lock, "OR s.rec", "allowed standbys keep their locks")
-	mock.ExpectQuery(q.lock).WillReturnRows(pidRow(7, true))
+	assert.NotContains(t, q.lock, "pg_is_in_recovery", "allowed standbys keep their locks")
+	mock.ExpectQuery(q.lock).WillReturnRows(pidRow(7, false)) // the statement does not even ask
 	mock.ExpectQuery(q.unlock).WillReturnRows(boolRow(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -250,9 +250,9 @@ func TestMockPoolExhaustedHonoursContext(t *testing.T) {
 func TestMockSharedSessionRefused(t *testing.T) {
 	l, mock := newMock(t)
 	// The session already carries another client's marker: the statement
-	// undid its own lock, and sqllock must refuse and discard.
+	// took nothing, and sqllock must refuse and discard.
 	mock.ExpectQuery(lockSQL).WillReturnRows(
-		sqlmock.NewRows([]string{"answer"}).AddRow(int64(7<<lockAnswerShift | flagGranted | flagShared)))
+		sqlmock.NewRows([]string{"answer"}).AddRow(int64(7<<lockAnswerShift | flagShared)))
 	mock.ExpectClose()
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, ErrSharedSession)

@@ -118,22 +118,21 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		// connection behind our back; a lock on it would be lost silently.
 		discard(conn)
 		return nil, m.fail(op, ctx.Err())
+	case answer&flagShared != 0:
+		// Nothing was taken. The session belongs to another client too.
+		discard(conn)
+		return nil, m.fail(op, fmt.Errorf("%w: server session %d already holds another client's sqllock lock", ErrSharedSession, pid))
+	case answer&flagStandby != 0:
+		// Nothing was taken: the connection is clean.
+		if err := conn.Close(); err != nil {
+			discard(conn)
+		}
+		return nil, m.fail(op, ErrStandby)
 	case answer&flagGranted == 0:
 		if err := conn.Close(); err != nil {
 			discard(conn)
 		}
 		return nil, nil
-	case answer&flagShared != 0:
-		// The statement already undid its own lock. The session belongs to
-		// another client too; ending our end of it is all we can do.
-		discard(conn)
-		return nil, m.fail(op, fmt.Errorf("%w: server session %d already holds another client's sqllock lock", ErrSharedSession, pid))
-	case answer&flagStandby != 0 && !m.l.cfg.allowStandby:
-		// The statement undid its lock: the connection is clean.
-		if err := conn.Close(); err != nil {
-			discard(conn)
-		}
-		return nil, m.fail(op, ErrStandby)
 	}
 	return m.newHold(conn, shared, pid, onLost), nil
 }

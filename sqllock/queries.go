@@ -13,7 +13,7 @@ import (
 // integers, so writing them into the SQL text is safe; lock names never
 // reach SQL.
 type queries struct {
-	lock, lockShared     string // -> one bigint: pid<<5 | flags (see buildQueries)
+	lock, lockShared     string // -> one integer: pid*32 + flags (see buildQueries)
 	try, tryShared       string // -> the same
 	unlock, unlockShared string // -> released (and marker cleared)
 	args                 []any  // bind parameters, or nil with literals
@@ -44,48 +44,42 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 			list, args = "$1,$2", []any{int64(a), int64(b)}
 		}
 	}
-	// Each lock statement answers with one bigint (one column keeps the
+	// Each lock statement answers with one integer (one column keeps the
 	// drivers' per-column work off the hot path): the backend pid, for the
-	// keep-alive, shifted left by 5 over these bits:
+	// keep-alive, times 32, plus these flags:
 	//
 	//	1  granted
-	//	2  pg_is_in_recovery(): a standby, whose locks exclude nobody
-	//	4  the session already carried sqllock's marker (see markerGUC): it
-	//	   is shared with another client, as behind a transaction pooler
-	//	8  the undo below found nothing to unlock (should not happen)
+	//	2  refused, nothing taken: the server is a standby in recovery,
+	//	   whose locks exclude nobody (unless standbys are allowed)
+	//	4  refused, nothing taken: the session already carries sqllock's
+	//	   marker (see markerGUC), so it is shared with another client, as
+	//	   behind a transaction pooler, where a lock would be granted
+	//	   re-entrantly to a second owner
 	//	16 setting the marker failed (should not happen)
 	//
-	// A granted lock on a refused session (bit 4, or bit 2 unless standbys
-	// are allowed) is undone by the same statement; otherwise the statement
-	// sets the marker. The CASE forms keep the planner from folding the
-	// volatile calls away.
-	refuse := "s.prior <> ''"
+	// The refusals come before the lock, so nothing is ever undone; a
+	// granted lock sets the marker. CASE evaluates its branches in order,
+	// and only the branch taken.
+	refuse := "WHEN current_setting('" + markerGUC + "', true) <> '' THEN pg_backend_pid()*32 + 4 "
 	if !allowStandby {
-		refuse += " OR s.rec"
+		refuse += "WHEN pg_is_in_recovery() THEN pg_backend_pid()*32 + 2 "
 	}
 	marker := k.String()
-	undoOrMark := func(unlockFn string) string {
-		return "(CASE WHEN " + refuse + " THEN (CASE WHEN " + unlockFn + "(" + list + ") THEN 0 ELSE 8 END)" +
-			" ELSE (CASE WHEN set_config('" + markerGUC + "', '" + marker + "', false) = '" + marker + "' THEN 0 ELSE 16 END) END)"
+	mark := "pg_backend_pid()*32 + CASE WHEN set_config('" + markerGUC + "', '" + marker + "', false) = '" + marker + "' THEN 1 ELSE 17 END"
+	lock := func(lockFn string) string {
+		return "SELECT CASE " + refuse + "WHEN " + lockFn + "(" + list + ")::text = '' THEN " + mark + " END"
 	}
-	const flags = "(s.pid::int8 << 5) | (CASE WHEN s.rec THEN 2 ELSE 0 END) | (CASE WHEN s.prior <> '' THEN 4 ELSE 0 END)"
-	const session = "pg_backend_pid() AS pid, pg_is_in_recovery() AS rec, COALESCE(current_setting('" + markerGUC + "', true), '') AS prior"
-	lock := func(lockFn, unlockFn string) string {
-		return "SELECT " + flags + " | 1 | " + undoOrMark(unlockFn) +
-			" FROM (SELECT " + session + " FROM " + lockFn + "(" + list + ") OFFSET 0) s"
-	}
-	try := func(tryFn, unlockFn string) string {
-		return "SELECT " + flags + " | (CASE WHEN s.g THEN 1 | " + undoOrMark(unlockFn) + " ELSE 0 END)" +
-			" FROM (SELECT " + tryFn + "(" + list + ") AS g, " + session + " OFFSET 0) s"
+	try := func(tryFn string) string {
+		return "SELECT CASE " + refuse + "WHEN " + tryFn + "(" + list + ") THEN " + mark + " ELSE pg_backend_pid()*32 END"
 	}
 	unlock := func(unlockFn string) string {
 		return "SELECT " + unlockFn + "(" + list + ") AND set_config('" + markerGUC + "', '', false) = ''"
 	}
 	return queries{
-		lock:         lock("pg_advisory_lock", "pg_advisory_unlock"),
-		lockShared:   lock("pg_advisory_lock_shared", "pg_advisory_unlock_shared"),
-		try:          try("pg_try_advisory_lock", "pg_advisory_unlock"),
-		tryShared:    try("pg_try_advisory_lock_shared", "pg_advisory_unlock_shared"),
+		lock:         lock("pg_advisory_lock"),
+		lockShared:   lock("pg_advisory_lock_shared"),
+		try:          try("pg_try_advisory_lock"),
+		tryShared:    try("pg_try_advisory_lock_shared"),
 		unlock:       unlock("pg_advisory_unlock"),
 		unlockShared: unlock("pg_advisory_unlock_shared"),
 		args:         args,
