@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"slices"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,11 +48,33 @@ func check(b *testing.B, err error) {
 
 func benchKey(b *testing.B) keyspace.Key { return keyspace.SHA256Int64.Key(b.Name()) }
 
+// reportCPU reports the client process's CPU time per operation
+// ("cpu-µs/op", user plus system), a figure that the machine's other load
+// disturbs far less than wall time: it shows what the library itself costs,
+// round trips aside. Call it first; it reports when the benchmark returns.
+func reportCPU(b *testing.B) func() {
+	start := cpuTime()
+	return func() {
+		if b.N > 0 {
+			b.ReportMetric(float64((cpuTime()-start).Microseconds())/float64(b.N), "cpu-µs/op")
+		}
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func BenchmarkFloor(b *testing.B) {
 	benchDrivers(b, func(b *testing.B, db *sql.DB) {
 		c := pin(b, db)
 		ctx := context.Background()
 		b.ReportAllocs()
+		defer reportCPU(b)()
 		var one int
 		for b.Loop() {
 			check(b, c.QueryRowContext(ctx, "SELECT 1").Scan(&one))
@@ -67,6 +90,8 @@ func BenchmarkLockUnlock(b *testing.B) {
 		b.Run("impl=lib", func(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			for b.Loop() {
 				check(b, mu.Lock(ctx))
 				check(b, mu.Unlock(ctx))
@@ -75,6 +100,8 @@ func BenchmarkLockUnlock(b *testing.B) {
 		b.Run("impl=ref", func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			var ok bool
 			for b.Loop() {
 				_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
@@ -96,6 +123,8 @@ func BenchmarkTryLockContended(b *testing.B) {
 		b.Run("impl=lib", func(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			for b.Loop() {
 				ok, err := mu.TryLock(ctx)
 				check(b, err)
@@ -107,6 +136,8 @@ func BenchmarkTryLockContended(b *testing.B) {
 		b.Run("impl=ref", func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			var ok bool
 			for b.Loop() {
 				check(b, c.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", n).Scan(&ok))
@@ -127,6 +158,8 @@ func BenchmarkWithLock(b *testing.B) {
 		b.Run("impl=lib", func(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			for b.Loop() {
 				check(b, mu.WithLock(ctx, noop))
 			}
@@ -134,6 +167,8 @@ func BenchmarkWithLock(b *testing.B) {
 		b.Run("impl=ref", func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			var ok bool
 			for b.Loop() {
 				_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
@@ -222,6 +257,8 @@ func BenchmarkParallel(b *testing.B) {
 			var next atomic.Int64
 			b.SetParallelism(8)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				mu := l.MutexKey(keyspace.Int64(bn + next.Add(1)))
 				for pb.Next() {
@@ -234,6 +271,8 @@ func BenchmarkParallel(b *testing.B) {
 			var next atomic.Int64
 			b.SetParallelism(8)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				n := bn + next.Add(1)
 				c, err := db.Conn(ctx)
@@ -261,6 +300,8 @@ func BenchmarkShared(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.SetParallelism(8)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					check(b, mu.LockShared(ctx))
@@ -271,6 +312,8 @@ func BenchmarkShared(b *testing.B) {
 		b.Run("impl=ref", func(b *testing.B) {
 			b.SetParallelism(8)
 			b.ReportAllocs()
+			defer reportCPU(b)()
+			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				c, err := db.Conn(ctx)
 				check(b, err)
