@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,4 +152,37 @@ func TestFakeNotPostgres(t *testing.T) {
 	assert.Contains(t, err.Error(), `lock "reports" `+mu.Key().String())
 	assert.Equal(t, 0, l.db.Stats().InUse)
 	assert.Equal(t, int32(1), c.closed.Load(), "a connection in an unknown state is discarded")
+}
+
+// The keep-alive costs one query per held lock per interval, never more:
+// 100 held locks with the default 2s interval add 50 queries/s.
+func TestKeepAliveLoad(t *testing.T) {
+	const held, interval, window = 100, 20 * time.Millisecond, 400 * time.Millisecond
+	var probes atomic.Int64
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		switch {
+		case q == probeSQL:
+			probes.Add(1)
+			return []driver.Value{int64(7)}, nil
+		case strings.HasPrefix(q, "SELECT pg_advisory_unlock("):
+			return []driver.Value{true}, nil
+		}
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+	}, WithKeepAlive(interval, time.Second))
+	mus := make([]*Mutex, held)
+	for i := range mus {
+		mus[i] = l.MutexKey(keyspace.Int64(int64(i)))
+		require.NoError(t, mus[i].Lock(t.Context()))
+	}
+	probes.Store(0)
+	start := time.Now()
+	time.Sleep(window) // the window measured, not a wait for an event
+	got := float64(probes.Load()) / time.Since(start).Seconds()
+	for _, mu := range mus {
+		require.NoError(t, mu.Unlock(t.Context()))
+	}
+	want := held / interval.Seconds()
+	t.Logf("keep-alive load: %.0f queries/s for %d locks at a %v interval (one per lock per interval: %.0f/s)", got, held, interval, want)
+	assert.LessOrEqual(t, got, want*1.1, "more than one probe per lock per interval")
+	assert.Greater(t, got, want*0.5, "the keep-alive is not probing")
 }

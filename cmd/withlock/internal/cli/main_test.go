@@ -3,7 +3,11 @@ package cli
 import (
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+// No goroutine outlives the tests: signal forwarders, child waiters and
+// sqllock's keep-alives all end.
+func TestMain(m *testing.M) { pgtest.Main(m, func() error { return goleak.Find() }) }
