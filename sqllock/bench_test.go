@@ -46,6 +46,15 @@ func check(b *testing.B, err error) {
 	}
 }
 
+// refCycle is the hand-written reference: lock and unlock key n with
+// parameters on a pinned connection, in the given mode ("" or "_shared").
+func refCycle(b *testing.B, ctx context.Context, c *sql.Conn, mode string, n int64) {
+	var ok bool
+	_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock"+mode+"($1)", n)
+	check(b, err)
+	check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock"+mode+"($1)", n).Scan(&ok))
+}
+
 func benchKey(b *testing.B) keyspace.Key { return keyspace.SHA256Int64.Key(b.Name()) }
 
 // reportCPU reports the client process's CPU time per operation
@@ -91,7 +100,6 @@ func BenchmarkLockUnlock(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
 			for b.Loop() {
 				check(b, mu.Lock(ctx))
 				check(b, mu.Unlock(ctx))
@@ -101,12 +109,8 @@ func BenchmarkLockUnlock(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
-			var ok bool
 			for b.Loop() {
-				_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
-				check(b, err)
-				check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock($1)", n).Scan(&ok))
+				refCycle(b, ctx, c, "", n)
 			}
 		})
 	})
@@ -124,7 +128,6 @@ func BenchmarkTryLockContended(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
 			for b.Loop() {
 				ok, err := mu.TryLock(ctx)
 				check(b, err)
@@ -136,7 +139,6 @@ func BenchmarkTryLockContended(b *testing.B) {
 		b.Run("impl=ref", func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
-			defer reportCPU(b)()
 			defer reportCPU(b)()
 			var ok bool
 			for b.Loop() {
@@ -159,7 +161,6 @@ func BenchmarkWithLock(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
 			for b.Loop() {
 				check(b, mu.WithLock(ctx, noop))
 			}
@@ -167,7 +168,6 @@ func BenchmarkWithLock(b *testing.B) {
 		b.Run("impl=ref", func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
-			defer reportCPU(b)()
 			defer reportCPU(b)()
 			var ok bool
 			for b.Loop() {
@@ -258,7 +258,6 @@ func BenchmarkParallel(b *testing.B) {
 			b.SetParallelism(8)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				mu := l.MutexKey(keyspace.Int64(bn + next.Add(1)))
 				for pb.Next() {
@@ -272,17 +271,13 @@ func BenchmarkParallel(b *testing.B) {
 			b.SetParallelism(8)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				n := bn + next.Add(1)
 				c, err := db.Conn(ctx)
 				check(b, err)
 				defer c.Close()
-				var ok bool
 				for pb.Next() {
-					_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
-					check(b, err)
-					check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock($1)", n).Scan(&ok))
+					refCycle(b, ctx, c, "", n)
 				}
 			})
 		})
@@ -301,7 +296,6 @@ func BenchmarkShared(b *testing.B) {
 			b.SetParallelism(8)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					check(b, mu.LockShared(ctx))
@@ -313,16 +307,12 @@ func BenchmarkShared(b *testing.B) {
 			b.SetParallelism(8)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
 				c, err := db.Conn(ctx)
 				check(b, err)
 				defer c.Close()
-				var ok bool
 				for pb.Next() {
-					_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock_shared($1)", n)
-					check(b, err)
-					check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock_shared($1)", n).Scan(&ok))
+					refCycle(b, ctx, c, "_shared", n)
 				}
 			})
 		})
