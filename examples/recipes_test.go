@@ -23,9 +23,9 @@ func Example_clockProcess() {
 	defer db.Close()
 
 	// A new leader first waits out the keep-alive bound of the old one
-	// (interval + timeout, 7s by default), so that two clocks never tick at
-	// once, even when the old leader lost its session without noticing yet.
-	// This example shortens the keep-alive, and so that wait, to 1.5s.
+	// (max(interval, timeout) + timeout, 10s by default), so that two clocks
+	// never tick at once, even when the old leader lost its session without
+	// noticing yet. This example shortens the keep-alive, and so that wait, to 2s.
 	locker := sqllock.New(db, sqllock.WithKeepAlive(500*time.Millisecond, time.Second))
 	clock := locker.Election("examples/clock")
 

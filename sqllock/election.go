@@ -48,8 +48,9 @@ func WithBackoff(min, max time.Duration) ElectionOption {
 // old leader did not step down but lost its session: the server frees the
 // lock at once, while the old leader's keep-alive needs up to its interval
 // plus its timeout to notice and cancel its fn. The default is exactly that
-// bound, the Locker's keep-alive interval plus timeout (7s with the
-// defaults); 0 starts fn at once, for work that tolerates a brief overlap.
+// bound, max(interval, timeout) + timeout of the Locker's keep-alive (10s
+// with the defaults; see [WithKeepAlive]); 0 starts fn at once, for work
+// that tolerates a brief overlap.
 // A negative delay keeps the default.
 //
 // No lock service can protect work from a leader whose whole process
@@ -85,7 +86,7 @@ func (l *Locker) Election(name string, opts ...ElectionOption) *Election {
 	if e.delay < 0 {
 		e.delay = 0
 		if l.cfg.interval > 0 {
-			e.delay = l.cfg.interval + l.cfg.timeout
+			e.delay = max(l.cfg.interval, l.cfg.timeout) + l.cfg.timeout
 		}
 	}
 	return e
@@ -132,6 +133,8 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) 
 			}
 			led = true
 			e.leading.Store(true)
+			stop := context.AfterFunc(ctx, func() { e.leading.Store(false) })
+			defer stop()
 			e.notify(true, nil)
 			return fn(ctx)
 		})
@@ -145,8 +148,8 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) 
 			return context.Cause(ctx)
 		}
 		e.notify(false, err)
-		if led && err == nil {
-			delay = e.min // a clean hand-over: campaign again soon
+		if led {
+			delay = e.min // a term ended: the backoff starts over
 		}
 		// Full jitter: contenders spread out instead of stampeding.
 		wait := time.Duration(rand.Int64N(int64(delay) + 1))

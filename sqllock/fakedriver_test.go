@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -185,4 +186,86 @@ func TestKeepAliveLoad(t *testing.T) {
 	t.Logf("keep-alive load: %.0f queries/s for %d locks at a %v interval (one per lock per interval: %.0f/s)", got, held, interval, want)
 	assert.LessOrEqual(t, got, want*1.1, "more than one probe per lock per interval")
 	assert.Greater(t, got, want*0.5, "the keep-alive is not probing")
+}
+
+// Unlock waits for a keep-alive probe in flight no longer than its context:
+// the probe then discards the connection, ending the session and the lock.
+func TestFakeUnlockDuringSlowProbe(t *testing.T) {
+	probing, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if q == probeSQL {
+			once.Do(func() { close(probing) })
+			<-unblock
+			return []driver.Value{int64(7)}, nil
+		}
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+	}, WithKeepAlive(time.Millisecond, time.Minute))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	<-probing
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	require.NoError(t, mu.Unlock(ctx), "the release is assured by discarding the connection")
+	assert.Less(t, time.Since(start), time.Second)
+	assert.Equal(t, int32(0), c.closed.Load())
+	close(unblock)
+	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the probe discards the orphaned connection")
+}
+
+// After a lock is lost and taken again, Done and Err describe the lock
+// held now, not the lost one.
+func TestFakeDoneDescribesLiveLock(t *testing.T) {
+	var probes atomic.Int32
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		switch {
+		case q == probeSQL && probes.Add(1) == 1:
+			return nil, errors.New("terminating connection due to administrator command")
+		case q == probeSQL:
+			return []driver.Value{int64(7)}, nil
+		case strings.HasPrefix(q, "SELECT pg_advisory_unlock("):
+			return []driver.Value{true}, nil
+		}
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+	}, WithKeepAlive(time.Millisecond, time.Second))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	<-mu.Done()
+	require.ErrorIs(t, mu.Err(), ErrLockLost)
+	require.NoError(t, mu.Lock(t.Context()))
+	require.NoError(t, mu.Err(), "Err describes the lock held now")
+	select {
+	case <-mu.Done():
+		t.Fatal("Done is closed while a lock is held")
+	default:
+	}
+	require.ErrorIs(t, mu.Unlock(t.Context()), ErrLockLost, "Unlock reports the oldest, lost, lock first")
+	require.NoError(t, mu.Unlock(t.Context()))
+}
+
+// An observer may call Unlock when told of a loss.
+func TestFakeObserverUnlocksOnLoss(t *testing.T) {
+	var mu *Mutex
+	unlocked := make(chan error, 1)
+	obs := ObserverFunc(func(e Event) {
+		if e.Kind == EventLost {
+			unlocked <- mu.Unlock(context.Background())
+		}
+	})
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if q == probeSQL {
+			return nil, errors.New("server closed the connection")
+		}
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+	}, WithKeepAlive(time.Millisecond, time.Second), WithObserver(obs))
+	mu = l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	select {
+	case err := <-unlocked:
+		require.ErrorIs(t, err, ErrLockLost)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Unlock from an observer deadlocked")
+	}
 }

@@ -13,36 +13,55 @@ import (
 // A hold is one granted lock: the pinned connection whose session owns it,
 // and the keep-alive that watches that session. The keep-alive is a timer,
 // not a goroutine: each tick probes the connection and re-arms the timer.
-// connMu gives the connection to one user at a time: a tick's probe, or
-// release, which stops the timer and then waits for a probe in flight.
+//
+// The connection has one user at a time: whoever holds the connSem token,
+// a tick's probe or the release. A release that cannot get the token before
+// its context ends leaves the connection orphaned, and the probe in flight
+// discards it when it finishes; the flags and the token's return are
+// decided under mu, so one of the two always ends the connection.
 type hold struct {
 	m        *Mutex
 	shared   bool
 	conn     *sql.Conn
 	pid      int64 // backend that owns the lock
 	onLost   func(error)
-	acquired time.Time // set only when the Locker has observers
+	acquired time.Time // when the lock was granted; set only with observers
 
-	connMu  sync.Mutex  // held while the connection is in use
-	timer   *time.Timer // the next keep-alive tick; nil without keep-alive
-	stopped bool        // under connMu: release has taken the connection
+	connSem chan struct{} // capacity 1: holding a token means using conn
+	timer   *time.Timer   // the next keep-alive tick; nil without keep-alive
 
-	mu    sync.Mutex
-	ended bool
-	lost  error         // *Error wrapping ErrLockLost once lost
-	done  chan struct{} // made on demand by doneChan; closed when the hold ends
+	mu         sync.Mutex
+	stopped    bool // release has begun: no more probes
+	orphaned   bool // release gave up waiting: the probe in flight must discard conn
+	ended      bool
+	lost       error         // *Error wrapping ErrLockLost once lost
+	done       chan struct{} // made on demand by doneChan; closed when the hold ends
+	doneClosed bool
 }
 
-func (m *Mutex) newHold(conn *sql.Conn, shared bool, pid int64, onLost func(error)) *hold {
-	h := &hold{m: m, shared: shared, conn: conn, pid: pid, onLost: onLost}
+func (m *Mutex) newHold(conn *sql.Conn, shared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
+	h := &hold{m: m, shared: shared, conn: conn, pid: pid, acquired: acquired, onLost: onLost,
+		connSem: make(chan struct{}, 1)}
 	if m.l.cfg.interval > 0 {
-		// Under connMu, which tick takes first: a tick never sees the
+		// Under the token, which tick takes first: a tick never sees the
 		// field unset, however short the interval.
-		h.connMu.Lock()
+		h.connSem <- struct{}{}
 		h.timer = time.AfterFunc(m.l.cfg.interval, h.tick)
-		h.connMu.Unlock()
+		<-h.connSem
 	}
 	return h
+}
+
+// giveBack returns the connection token. If the release gave up waiting
+// for this probe, the connection is discarded first: it ends the session,
+// and with it the lock, which the release promised.
+func (h *hold) giveBack() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.orphaned {
+		discard(h.conn)
+	}
+	<-h.connSem
 }
 
 func (h *hold) op(base string) string {
@@ -58,7 +77,7 @@ func (h *hold) doneChan() <-chan struct{} {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.done == nil {
-		if h.ended {
+		if h.doneClosed {
 			return closedChan
 		}
 		h.done = make(chan struct{})
@@ -66,34 +85,75 @@ func (h *hold) doneChan() <-chan struct{} {
 	return h.done
 }
 
-// end marks the hold ended, with err if it was lost; it reports false if
-// it had already ended.
+// end marks the hold ended, with err if it was lost, and closes its Done
+// channel; it reports false if it had already ended.
 func (h *hold) end(err error) bool {
+	if !h.markEnded(err) {
+		return false
+	}
+	h.closeDone()
+	return true
+}
+
+// markEnded records the end without closing Done yet.
+func (h *hold) markEnded(err error) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.ended {
 		return false
 	}
 	h.ended, h.lost = true, err
-	if h.done != nil {
-		close(h.done)
-	}
 	return true
 }
 
-// tick is one keep-alive round: probe the session, then re-arm the timer,
-// unless release has taken the connection or the probe failed.
+func (h *hold) closeDone() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.doneClosed {
+		h.doneClosed = true
+		if h.done != nil {
+			close(h.done)
+		}
+	}
+}
+
+// tick is one keep-alive round: probe the session, then re-arm the timer
+// for one interval after the probe was sent, unless the release has begun
+// or the probe failed. Scheduling from the send time bounds detection: a
+// session that answered a probe sent at t is found dead by
+// t + max(interval, timeout) + timeout at the latest (see LossBound).
 func (h *hold) tick() {
-	h.connMu.Lock()
-	defer h.connMu.Unlock()
-	if h.stopped {
+	h.connSem <- struct{}{}
+	h.mu.Lock()
+	stopped := h.stopped
+	h.mu.Unlock()
+	if stopped {
+		h.giveBack()
 		return
 	}
-	if cause := h.probe(h.m.l.cfg.timeout); cause != nil {
-		h.markLost(cause)
+	sent := time.Now()
+	cause := h.probe(h.m.l.cfg.timeout)
+	if cause != nil {
+		// Record the loss before giving the connection back, so that a
+		// release waiting for it sees the loss; tell observers and the
+		// holder after, so that they may call Unlock; close Done last, so
+		// that whoever watches it finds the observers told.
+		err := h.lostErr(cause)
+		first := h.markEnded(err)
+		h.giveBack()
+		if first {
+			h.notifyLost(err)
+			h.closeDone()
+		}
 		return
 	}
-	h.timer.Reset(h.m.l.cfg.interval)
+	h.mu.Lock()
+	stopped = h.stopped // release sets it before stopping the timer
+	h.mu.Unlock()
+	if !stopped {
+		h.timer.Reset(max(0, h.m.l.cfg.interval-time.Since(sent)))
+	}
+	h.giveBack()
 }
 
 // probe runs the keep-alive query. A driver may not return on a dead
@@ -137,12 +197,12 @@ func (h *hold) probe(timeout time.Duration) error {
 	}
 }
 
-// markLost records the loss, ends the hold and tells the holder.
-func (h *hold) markLost(cause error) {
-	err := &Error{Op: h.op("hold"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: %w", ErrLockLost, cause)}
-	if !h.end(err) {
-		return
-	}
+func (h *hold) lostErr(cause error) error {
+	return &Error{Op: h.op("hold"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: %w", ErrLockLost, cause)}
+}
+
+// notifyLost tells the observers and the holder of a loss.
+func (h *hold) notifyLost(err error) {
 	h.observeEnd(EventLost, err)
 	if h.onLost != nil {
 		h.onLost(err)
@@ -169,6 +229,13 @@ func (h *hold) err() error {
 // done, the connection is discarded without a query and release reports
 // success, since closing the session releases the lock.
 func (h *hold) release(ctx context.Context) error {
+	if ctx.Done() == nil {
+		// A context that never ends (context.WithoutCancel in a defer)
+		// still gets a bound: past it, the connection is discarded.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.m.l.cfg.timeout)
+		defer cancel()
+	}
 	err := h.releaseConn(ctx)
 	switch {
 	case err == nil:
@@ -188,17 +255,35 @@ func (h *hold) observeEnd(kind EventKind, err error) {
 }
 
 func (h *hold) releaseConn(ctx context.Context) error {
+	h.mu.Lock()
+	h.stopped = true
+	h.mu.Unlock()
 	if h.timer != nil {
 		h.timer.Stop()
 	}
 	// Take the connection from the keep-alive, waiting for a probe in
-	// flight (bounded by the keep-alive timeout).
-	h.connMu.Lock()
-	h.stopped = true
-	if h.timer != nil {
-		h.timer.Stop() // a tick that was running may have re-armed it
+	// flight, but no longer than ctx allows.
+	select {
+	case h.connSem <- struct{}{}:
+	case <-ctx.Done():
+		h.mu.Lock()
+		select {
+		case h.connSem <- struct{}{}: // the probe finished meanwhile
+			h.mu.Unlock()
+		default:
+			// The probe will discard the connection when it finishes,
+			// ending the session and the lock with it.
+			h.orphaned = true
+			lost := h.lost
+			h.mu.Unlock()
+			if lost != nil {
+				return lost
+			}
+			h.end(nil)
+			return nil
+		}
 	}
-	h.connMu.Unlock()
+	defer func() { <-h.connSem }()
 	h.mu.Lock()
 	lost, ended := h.lost, h.ended
 	h.mu.Unlock()

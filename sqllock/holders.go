@@ -11,7 +11,7 @@ import (
 // A Holder is one session that holds or waits for an advisory lock, as
 // pg_locks and pg_stat_activity show it.
 type Holder struct {
-	PID             int64     // backend process id
+	PID             int64     // backend process id; 0 for a prepared transaction
 	Shared          bool      // shared mode (ShareLock) rather than exclusive
 	Granted         bool      // holds the lock; false while waiting for it
 	ApplicationName string    // the session's application_name
@@ -23,13 +23,15 @@ type Holder struct {
 
 // holdersSQL lists every session holding or waiting for one key. Keys
 // show in pg_locks as (classid, objid, objsubid); see keyspace.Key.LockTag.
-const holdersSQL = `SELECT l.pid, l.mode = 'ShareLock', l.granted,
+// waitstart exists from PostgreSQL 14 on; read through to_jsonb, it is NULL
+// before. pid is NULL for a lock of a prepared transaction.
+const holdersSQL = `SELECT COALESCE(l.pid, 0), l.mode = 'ShareLock', l.granted,
 	COALESCE(a.application_name, ''), COALESCE(host(a.client_addr), ''),
-	a.backend_start, l.waitstart, a.state_change
+	a.backend_start, (to_jsonb(l) ->> 'waitstart')::timestamptz, a.state_change
 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 	AND l.classid = $1 AND l.objid = $2 AND l.objsubid = $3
-ORDER BY l.granted DESC, l.waitstart NULLS FIRST, l.pid`
+ORDER BY l.granted DESC, 7 NULLS FIRST, l.pid`
 
 // Holders lists the sessions that hold or wait for the Mutex's lock, in
 // the current database: holders first, then waiters in the order they began

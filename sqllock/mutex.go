@@ -60,10 +60,10 @@ func opName(base string, shared bool) string {
 // (nil, nil) if another session holds the key.
 func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error)) (*hold, error) {
 	if len(m.l.cfg.observers) == 0 {
-		return m.acquireConn(ctx, shared, try, onLost)
+		return m.acquireConn(ctx, shared, try, onLost, false)
 	}
 	start := time.Now()
-	h, err := m.acquireConn(ctx, shared, try, onLost)
+	h, err := m.acquireConn(ctx, shared, try, onLost, true)
 	e := Event{Shared: shared, Wait: time.Since(start), Err: err}
 	switch {
 	case err != nil:
@@ -72,13 +72,13 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 		e.Kind = EventContended
 	default:
 		e.Kind = EventAcquired
-		h.acquired = start.Add(e.Wait)
+		e.Wait = h.acquired.Sub(start)
 	}
 	m.observe(e)
 	return h, err
 }
 
-func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(error)) (*hold, error) {
+func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(error), timed bool) (*hold, error) {
 	op := opName("lock", shared)
 	if try {
 		op = opName("trylock", shared)
@@ -134,7 +134,11 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		}
 		return nil, nil
 	}
-	return m.newHold(conn, shared, pid, onLost), nil
+	var acquired time.Time
+	if timed {
+		acquired = time.Now()
+	}
+	return m.newHold(conn, shared, pid, acquired, onLost), nil
 }
 
 // lockStatement takes a connection and runs the lock statement q on it.
@@ -308,11 +312,19 @@ func (m *Mutex) unlock(ctx context.Context, shared bool) error {
 	return h.release(ctx)
 }
 
-// oldest returns the lock Done and Err describe: the oldest exclusive lock,
-// else the oldest shared one.
+// oldest returns the lock Done and Err describe: the oldest exclusive lock
+// still held, else the oldest shared lock still held, else (all of them
+// lost, none unlocked yet) the oldest lock of either mode.
 func (m *Mutex) oldest() *hold {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	for _, list := range [][]*hold{m.excl, m.shared} {
+		for _, h := range list {
+			if h.err() == nil {
+				return h
+			}
+		}
+	}
 	if len(m.excl) > 0 {
 		return m.excl[0]
 	}
@@ -326,8 +338,10 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 
 // Done returns a channel that is closed when the lock this Mutex holds ends,
 // whether released or lost, as a context's Done channel is; [Mutex.Err] then
-// says which. It describes the oldest exclusive lock this Mutex holds, else
-// its oldest shared lock; with no lock held it returns a closed channel.
+// says which. It describes the oldest exclusive lock this Mutex still
+// holds, else its oldest shared one; when every lock it took was lost (and
+// not yet unlocked), the oldest of those; with no lock at all it returns a
+// closed channel.
 // Capture the channel right after Lock:
 //
 //	if err := mu.Lock(ctx); err != nil { ... }

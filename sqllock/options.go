@@ -9,8 +9,10 @@ import (
 
 // Default keep-alive settings: a held lock's connection is probed every
 // DefaultKeepAliveInterval, and a probe that gets no answer within
-// DefaultKeepAliveTimeout counts as a lost lock. A dead session is therefore
-// noticed within about 2s, a silent network within about 7s.
+// DefaultKeepAliveTimeout counts as a lost lock. A session the server ended
+// is noticed within about 2s; any loss within max(interval, timeout) +
+// timeout of the last probe the server answered, 10s by default (see
+// [WithKeepAlive]).
 const (
 	DefaultKeepAliveInterval = 2 * time.Second
 	DefaultKeepAliveTimeout  = 5 * time.Second
@@ -64,6 +66,11 @@ func WithKeyspace(s keyspace.Strategy) Option {
 // holder is told (see [Mutex.Done], [Mutex.WithLock]) and the connection is
 // discarded.
 //
+// Probes are sent one interval apart, counted from when the previous one
+// was sent, so a loss is reported at most max(interval, timeout) + timeout
+// after the session last answered: interval + timeout when the server
+// answers promptly.
+//
 // The defaults are [DefaultKeepAliveInterval] and [DefaultKeepAliveTimeout].
 // A timeout of 0 keeps the default; a negative timeout is invalid. An
 // interval <= 0 disables the keep-alive: a lost lock is then noticed only
@@ -83,9 +90,11 @@ func WithKeepAlive(interval, timeout time.Duration) Option {
 }
 
 // WithAllowStandby lets locks be taken on a hot standby. By default a lock
-// granted by a server in recovery is released at once and the call fails
-// with [ErrStandby], because such a lock excludes nobody on the primary. The
-// check rides on the lock query itself and costs no extra round trip.
+// statement that reaches a server in recovery takes nothing and the call
+// fails with [ErrStandby], because such a lock excludes nobody on the
+// primary. The check rides on the lock statement itself and costs no extra
+// round trip. (A transaction-scoped lock is refused after it is granted: it
+// stays until the caller rolls back; see [Mutex.LockTx].)
 func WithAllowStandby(allow bool) Option {
 	return func(c *config) { c.allowStandby = allow }
 }

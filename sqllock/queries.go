@@ -60,17 +60,17 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 	// The refusals come before the lock, so nothing is ever undone; a
 	// granted lock sets the marker. CASE evaluates its branches in order,
 	// and only the branch taken.
-	refuse := "WHEN current_setting('" + markerGUC + "', true) <> '' THEN pg_backend_pid()*32 + 4 "
+	refuse := "WHEN current_setting('" + markerGUC + "', true) <> '' THEN pg_backend_pid()::int8*32 + 4 "
 	if !allowStandby {
-		refuse += "WHEN pg_is_in_recovery() THEN pg_backend_pid()*32 + 2 "
+		refuse += "WHEN pg_is_in_recovery() THEN pg_backend_pid()::int8*32 + 2 "
 	}
 	marker := k.String()
-	mark := "pg_backend_pid()*32 + CASE WHEN set_config('" + markerGUC + "', '" + marker + "', false) = '" + marker + "' THEN 1 ELSE 17 END"
+	mark := "pg_backend_pid()::int8*32 + CASE WHEN set_config('" + markerGUC + "', '" + marker + "', false) = '" + marker + "' THEN 1 ELSE 17 END"
 	lock := func(lockFn string) string {
 		return "SELECT CASE " + refuse + "WHEN " + lockFn + "(" + list + ")::text = '' THEN " + mark + " END"
 	}
 	try := func(tryFn string) string {
-		return "SELECT CASE " + refuse + "WHEN " + tryFn + "(" + list + ") THEN " + mark + " ELSE pg_backend_pid()*32 END"
+		return "SELECT CASE " + refuse + "WHEN " + tryFn + "(" + list + ") THEN " + mark + " ELSE pg_backend_pid()::int8*32 END"
 	}
 	unlock := func(unlockFn string) string {
 		return "SELECT " + unlockFn + "(" + list + ") AND set_config('" + markerGUC + "', '', false) = ''"
