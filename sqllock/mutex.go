@@ -269,8 +269,9 @@ func (m *Mutex) push(h *hold) {
 // bounds the release round trip; if ctx is already done or ends first, the
 // connection is discarded instead, which ends the session and so releases
 // the lock: Unlock(context.WithoutCancel(ctx)) in a defer is the usual
-// form. In no case does a connection that may still hold the lock return to
-// the pool.
+// form, and a context that never ends is bounded by the keep-alive timeout.
+// In no case does a connection that may still hold the lock return to the
+// pool.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	return m.unlock(ctx, false)
 }
