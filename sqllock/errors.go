@@ -60,6 +60,7 @@ type Error struct {
 	Err  error        // the cause
 }
 
+// Error returns "sqllock: <op> "<name>" <key>: <cause>".
 func (e *Error) Error() string {
 	s := "sqllock: " + e.Op
 	if e.Name != "" {
