@@ -178,7 +178,10 @@ func (e *Election) Leading() bool { return e.leading.Load() }
 
 // Leader reports who leads now, as the server sees it: the session that
 // holds the election's lock, with its pid, application_name and client
-// address. ok is false when no one leads. ctx bounds the query.
+// address. ok is false when no one leads. ctx bounds the query. To tell
+// leaders apart by name, give each process's pool its own
+// application_name (in the connection string, or pgx's RuntimeParams), as
+// withlock does with "withlock:<lock name>".
 func (e *Election) Leader(ctx context.Context) (leader Holder, ok bool, err error) {
 	hs, err := e.m.Holders(ctx)
 	if err != nil {
