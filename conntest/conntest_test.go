@@ -13,10 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
-	"github.com/jackc/pgx/v5/stdlib"
 	"go.uber.org/goleak"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
@@ -37,7 +33,7 @@ func TestRun(t *testing.T) {
 	}{
 		{"libpq", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }},
 		{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }},
-		{"pgxCancelRequest", openPgxCancelRequest},
+		{"pgxCancelRequest", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxCancelRequest) }},
 		{"gorm", openGorm},
 		{"pgbouncerSession", func(t *testing.T) *sql.DB { return openBouncer(t, "session") }},
 		{"pgxSmallPool", func(t *testing.T) *sql.DB {
@@ -53,22 +49,6 @@ func TestRun(t *testing.T) {
 			t.Logf("suite took %v", time.Since(start))
 		})
 	}
-}
-
-// openPgxCancelRequest opens pgx's stdlib with a context watcher that
-// cancels a running query by a cancel request instead of closing the
-// connection.
-func openPgxCancelRequest(t *testing.T) *sql.DB {
-	cfg, err := pgx.ParseConfig(pgtest.DSN(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: time.Second}
-	}
-	db := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { _ = db.Close() })
-	return db
 }
 
 // openGorm returns the *sql.DB under a gorm.DB.

@@ -11,10 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -78,16 +74,10 @@ func faultOpen(t *testing.T, driver, dsn string) *sql.DB {
 	return db
 }
 
-// faultOpenPgxCancelRequest is openPgxCancelRequest on any DSN.
+// faultOpenPgxCancelRequest is faultOpen for pgtest.PgxCancelRequest.
 func faultOpenPgxCancelRequest(t *testing.T, dsn string) *sql.DB {
 	t.Helper()
-	cfg, err := pgx.ParseConfig(dsn)
-	require.NoError(t, err)
-	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, CancelRequestDelay: 0, DeadlineDelay: time.Second}
-	}
-	db := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { db.Close() })
+	db := pgtest.OpenPgxCancelRequest(t, dsn)
 	faultPing(t, db)
 	return db
 }

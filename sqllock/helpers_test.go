@@ -6,10 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -31,20 +27,7 @@ var setups = []struct {
 }{
 	{"pq", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }},
 	{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }},
-	{"pgx-cancelrequest", openPgxCancelRequest},
-}
-
-// openPgxCancelRequest opens pgx configured to send a cancel request on a
-// cancelled context and keep the connection, instead of closing it.
-func openPgxCancelRequest(t *testing.T) *sql.DB {
-	cfg, err := pgx.ParseConfig(pgtest.DSN(t))
-	require.NoError(t, err)
-	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, CancelRequestDelay: 0, DeadlineDelay: time.Second}
-	}
-	db := stdlib.OpenDB(*cfg)
-	t.Cleanup(func() { db.Close() })
-	return db
+	{"pgx-cancelrequest", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxCancelRequest) }},
 }
 
 // eachDriver runs f as a parallel subtest on every driver setup.

@@ -35,8 +35,11 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
-	_ "github.com/lib/pq"              // registers the "postgres" database/sql driver
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/jackc/pgx/v5/stdlib" // also registers the "pgx" database/sql driver
+	_ "github.com/lib/pq"            // registers the "postgres" database/sql driver
 )
 
 // EnvConnectionString is the environment variable that, when set, holds the
@@ -190,24 +193,45 @@ func Drivers() []string {
 // server at all skips it as DSN does.
 func DB(tb testing.TB, driver string) *sql.DB {
 	tb.Helper()
-	known := false
-	for _, d := range Drivers() {
-		known = known || d == driver
+	var db *sql.DB
+	switch driver {
+	case PgxCancelRequest:
+		db = OpenPgxCancelRequest(tb, DSN(tb))
+	case "pgx", "postgres":
+		var err error
+		if db, err = sql.Open(driver, DSN(tb)); err != nil {
+			tb.Fatalf("pgtest: sql.Open(%q): %v", driver, err)
+		}
+		tb.Cleanup(func() { _ = db.Close() })
+	default:
+		tb.Fatalf("pgtest: unknown driver %q; want one of %q or %q", driver, Drivers(), PgxCancelRequest)
 	}
-	if !known {
-		tb.Fatalf("pgtest: unknown driver %q; want one of %q", driver, Drivers())
-	}
-	dsn := DSN(tb)
-	db, err := sql.Open(driver, dsn)
-	if err != nil {
-		tb.Fatalf("pgtest: sql.Open(%q): %v", driver, err)
-	}
-	tb.Cleanup(func() { _ = db.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
 		tb.Fatalf("pgtest: ping with driver %q: %v", driver, err)
 	}
+	return db
+}
+
+// PgxCancelRequest names, for [DB], pgx's stdlib configured with
+// pgconn.CancelRequestContextWatcherHandler: a cancelled context sends the
+// server a cancel request and keeps the connection, instead of closing it.
+const PgxCancelRequest = "pgx-cancelrequest"
+
+// OpenPgxCancelRequest opens dsn as [PgxCancelRequest] describes, closed
+// when the test ends. It does not ping.
+func OpenPgxCancelRequest(tb testing.TB, dsn string) *sql.DB {
+	tb.Helper()
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		tb.Fatalf("pgtest: parsing %q: %v", dsn, err)
+	}
+	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: time.Second}
+	}
+	db := stdlib.OpenDB(*cfg)
+	tb.Cleanup(func() { _ = db.Close() })
 	return db
 }
 
