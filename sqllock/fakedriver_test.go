@@ -42,6 +42,19 @@ func (f *fakeConn) QueryContext(ctx context.Context, q string, _ []driver.NamedV
 	return &fakeRows{vals: vals}, nil
 }
 
+// ExecContext runs the test's function too: an unlock statement's answer
+// true is one row (released), false none.
+func (f *fakeConn) ExecContext(ctx context.Context, q string, _ []driver.NamedValue) (driver.Result, error) {
+	vals, err := f.c.query(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if len(vals) == 1 && vals[0] == false {
+		return driver.RowsAffected(0), nil
+	}
+	return driver.RowsAffected(1), nil
+}
+
 type fakeRows struct {
 	vals []driver.Value
 	done bool
@@ -165,7 +178,7 @@ func TestKeepAliveLoad(t *testing.T) {
 		case q == probeSQL:
 			probes.Add(1)
 			return []driver.Value{int64(7)}, nil
-		case strings.HasPrefix(q, "SELECT pg_advisory_unlock("):
+		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
 			return []driver.Value{true}, nil
 		}
 		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
@@ -225,7 +238,7 @@ func TestFakeDoneDescribesLiveLock(t *testing.T) {
 			return nil, errors.New("terminating connection due to administrator command")
 		case q == probeSQL:
 			return []driver.Value{int64(7)}, nil
-		case strings.HasPrefix(q, "SELECT pg_advisory_unlock("):
+		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
 			return []driver.Value{true}, nil
 		}
 		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil

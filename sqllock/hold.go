@@ -11,8 +11,9 @@ import (
 )
 
 // A hold is one granted lock: the pinned connection whose session owns it,
-// and the keep-alive that watches that session. The keep-alive is a timer,
-// not a goroutine: each tick probes the connection and re-arms the timer.
+// and the keep-alive that watches that session. The keep-alive is an entry
+// in the Locker's scheduler, not a goroutine: each tick probes the
+// connection and schedules the next one.
 //
 // The connection has one user at a time: whoever holds the connSem token,
 // a tick's probe or the release. A release that cannot get the token before
@@ -28,7 +29,14 @@ type hold struct {
 	acquired time.Time // when the lock was granted; set only with observers
 
 	connSem chan struct{} // capacity 1: holding a token means using conn
-	timer   *time.Timer   // the next keep-alive tick; nil without keep-alive
+
+	// The hold's entry in the Locker's scheduler, guarded by its mutex.
+	slot    int       // index in the scheduler's list; -1 when not scheduled
+	due     time.Time // when the entry runs
+	dueKind int       // dueProbe or dueRelease
+	// releaseCancel ends a release's context when its bound passes; set
+	// before the dueRelease entry is scheduled.
+	releaseCancel context.CancelFunc
 
 	mu         sync.Mutex
 	stopped    bool // release has begun: no more probes
@@ -41,13 +49,9 @@ type hold struct {
 
 func (m *Mutex) newHold(conn *sql.Conn, shared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
 	h := &hold{m: m, shared: shared, conn: conn, pid: pid, acquired: acquired, onLost: onLost,
-		connSem: make(chan struct{}, 1)}
+		connSem: make(chan struct{}, 1), slot: -1}
 	if m.l.cfg.interval > 0 {
-		// Under the token, which tick takes first: a tick never sees the
-		// field unset, however short the interval.
-		h.connSem <- struct{}{}
-		h.timer = time.AfterFunc(m.l.cfg.interval, h.tick)
-		<-h.connSem
+		m.l.sched.schedule(h, time.Now().Add(m.l.cfg.interval), dueProbe)
 	}
 	return h
 }
@@ -117,8 +121,17 @@ func (h *hold) closeDone() {
 	}
 }
 
-// tick is one keep-alive round: probe the session, then re-arm the timer
-// for one interval after the probe was sent, unless the release has begun
+// run does the work of the hold's scheduler entry.
+func (h *hold) run(kind int) {
+	if kind == dueRelease {
+		h.releaseCancel()
+		return
+	}
+	h.tick()
+}
+
+// tick is one keep-alive round: probe the session, then schedule the next
+// probe one interval after this one was sent, unless the release has begun
 // or the probe failed. Scheduling from the send time bounds detection: a
 // session that answered a probe sent at t is found dead by
 // t + max(interval, timeout) + timeout at the latest (see LossBound).
@@ -147,12 +160,13 @@ func (h *hold) tick() {
 		}
 		return
 	}
+	// Under mu, so that a release, which sets stopped and then cancels the
+	// entry, never finds a probe scheduled after it began.
 	h.mu.Lock()
-	stopped = h.stopped // release sets it before stopping the timer
-	h.mu.Unlock()
-	if !stopped {
-		h.timer.Reset(max(0, h.m.l.cfg.interval-time.Since(sent)))
+	if !h.stopped {
+		h.m.l.sched.schedule(h, sent.Add(h.m.l.cfg.interval), dueProbe)
 	}
+	h.mu.Unlock()
 	h.giveBack()
 }
 
@@ -229,12 +243,23 @@ func (h *hold) err() error {
 // done, the connection is discarded without a query and release reports
 // success, since closing the session releases the lock.
 func (h *hold) release(ctx context.Context) error {
+	h.mu.Lock()
+	h.stopped = true
+	h.mu.Unlock()
+	h.m.l.sched.cancel(h) // the next probe, if any
 	if ctx.Done() == nil {
 		// A context that never ends (context.WithoutCancel in a defer)
-		// still gets a bound: past it, the connection is discarded.
+		// still gets a bound: past it, the connection is discarded. The
+		// bound is a scheduler entry rather than context.WithTimeout,
+		// whose timer would cost a thread wake-up on every Unlock.
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.m.l.cfg.timeout)
-		defer cancel()
+		ctx, cancel = context.WithCancel(ctx)
+		h.releaseCancel = cancel
+		h.m.l.sched.schedule(h, time.Now().Add(h.m.l.cfg.timeout), dueRelease)
+		defer func() {
+			h.m.l.sched.cancel(h)
+			cancel()
+		}()
 	}
 	err := h.releaseConn(ctx)
 	switch {
@@ -255,12 +280,6 @@ func (h *hold) observeEnd(kind EventKind, err error) {
 }
 
 func (h *hold) releaseConn(ctx context.Context) error {
-	h.mu.Lock()
-	h.stopped = true
-	h.mu.Unlock()
-	if h.timer != nil {
-		h.timer.Stop()
-	}
 	// Take the connection from the keep-alive, waiting for a probe in
 	// flight, but no longer than ctx allows.
 	select {
@@ -303,8 +322,7 @@ func (h *hold) releaseConn(ctx context.Context) error {
 	if h.shared {
 		q = h.m.q.unlockShared
 	}
-	var released bool
-	abandoned, err := h.m.l.queryRow(ctx, h.conn, q, h.m.q.args, &released)
+	rows, abandoned, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.args)
 	switch {
 	case abandoned:
 		// ctx ended first; the connection is discarded when the driver
@@ -317,7 +335,12 @@ func (h *hold) releaseConn(ctx context.Context) error {
 	case err != nil:
 		discard(h.conn)
 		return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: unlock failed, session discarded: %w", ErrLockLost, err)}
-	case !released:
+	case rows < 0:
+		// The driver does not report row counts: whether the unlock found
+		// the lock is unknown, so the session goes, and the lock with it.
+		discard(h.conn)
+		return nil
+	case rows == 0:
 		discard(h.conn)
 		return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key,
 			Err: fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", ErrLockLost, h.pid)}

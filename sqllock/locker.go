@@ -21,6 +21,7 @@ type Locker struct {
 	cfg           config
 	placeholders  bool
 	boundsContext bool // the driver returns on time when a context ends (pgx)
+	sched         scheduler
 }
 
 // New returns a Locker over db. Options are applied in order.

@@ -52,12 +52,19 @@ func tryRow(granted bool, pid int64) *sqlmock.Rows {
 	return sqlmock.NewRows([]string{"answer"}).AddRow(answer)
 }
 
-func boolRow(b bool) *sqlmock.Rows { return sqlmock.NewRows([]string{"b"}).AddRow(b) }
+// unlocked is an unlock statement's answer: one row if it released the
+// lock, none if the session did not hold it.
+func unlocked(released bool) driver.Result {
+	if released {
+		return sqlmock.NewResult(0, 1)
+	}
+	return sqlmock.NewResult(0, 0)
+}
 
 func TestMockLockUnlockSQL(t *testing.T) {
 	l, mock := newMock(t)
 	mock.ExpectQuery(lockSQL).WithoutArgs().WillReturnRows(pidRow(7, false))
-	mock.ExpectQuery(unlockSQL).WithoutArgs().WillReturnRows(boolRow(true))
+	mock.ExpectExec(unlockSQL).WithoutArgs().WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	require.NoError(t, mu.Unlock(t.Context()))
@@ -67,7 +74,7 @@ func TestMockSharedAndPairSQL(t *testing.T) {
 	l, mock := newMock(t)
 	q := buildQueries(keyspace.Pair(1, -2), false, false)
 	mock.ExpectQuery(q.tryShared).WillReturnRows(tryRow(true, 7))
-	mock.ExpectQuery(q.unlockShared).WillReturnRows(boolRow(true))
+	mock.ExpectExec(q.unlockShared).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(1, -2))
 	ok, err := mu.TryLockShared(t.Context())
 	require.NoError(t, err)
@@ -79,7 +86,7 @@ func TestMockPlaceholderSQL(t *testing.T) {
 	l, mock := newMock(t, withPlaceholders(true))
 	q := buildQueries(keyspace.Pair(3, 4), true, false)
 	mock.ExpectQuery(q.lockShared).WithArgs(int64(3), int64(4)).WillReturnRows(pidRow(7, false))
-	mock.ExpectQuery(q.unlockShared).WithArgs(int64(3), int64(4)).WillReturnRows(boolRow(true))
+	mock.ExpectExec(q.unlockShared).WithArgs(int64(3), int64(4)).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(3, 4))
 	require.NoError(t, mu.LockShared(t.Context()))
 	require.NoError(t, mu.UnlockShared(t.Context()))
@@ -111,7 +118,7 @@ func TestMockDriverErrorDiscardsConnection(t *testing.T) {
 func TestMockUnlockFalseIsLoss(t *testing.T) {
 	l, mock := newMock(t)
 	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
-	mock.ExpectQuery(unlockSQL).WillReturnRows(boolRow(false))
+	mock.ExpectExec(unlockSQL).WillReturnResult(unlocked(false))
 	mock.ExpectClose()
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -124,7 +131,7 @@ func TestMockUnlockFalseIsLoss(t *testing.T) {
 func TestMockUnlockErrorIsLoss(t *testing.T) {
 	l, mock := newMock(t)
 	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
-	mock.ExpectQuery(unlockSQL).WillReturnError(driver.ErrBadConn)
+	mock.ExpectExec(unlockSQL).WillReturnError(driver.ErrBadConn)
 	mock.ExpectClose()
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -142,7 +149,7 @@ func TestMockStandbyRefused(t *testing.T) {
 	q := buildQueries(keyspace.Int64(42), false, true)
 	assert.NotContains(t, q.lock, "pg_is_in_recovery", "allowed standbys keep their locks")
 	mock.ExpectQuery(q.lock).WillReturnRows(pidRow(7, false)) // the statement does not even ask
-	mock.ExpectQuery(q.unlock).WillReturnRows(boolRow(true))
+	mock.ExpectExec(q.unlock).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	require.NoError(t, mu.Unlock(t.Context()))
@@ -165,7 +172,7 @@ func TestMockKeepAliveSeesOtherBackend(t *testing.T) {
 func TestMockWithLockReleasesOnError(t *testing.T) {
 	l, mock := newMock(t)
 	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
-	mock.ExpectQuery(unlockSQL).WillReturnRows(boolRow(true))
+	mock.ExpectExec(unlockSQL).WillReturnResult(unlocked(true))
 	boom := errors.New("boom")
 	err := l.MutexKey(keyspace.Int64(42)).WithLock(t.Context(), func(context.Context) error { return boom })
 	require.Same(t, boom, err, "fn's error comes back as is")
@@ -238,7 +245,7 @@ func TestMockPoolExhaustedHonoursContext(t *testing.T) {
 	l, mock := newMock(t)
 	l.db.SetMaxOpenConns(1)
 	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
-	mock.ExpectQuery(unlockSQL).WillReturnRows(boolRow(true))
+	mock.ExpectExec(unlockSQL).WillReturnResult(unlocked(true))
 	a, b := l.MutexKey(keyspace.Int64(42)), l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, a.Lock(t.Context()))
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)

@@ -306,9 +306,11 @@ func (m *Mutex) unlock(ctx context.Context, shared bool) error {
 		}
 		return m.fail(op, ErrNotHeld)
 	}
+	// Shift rather than reslice, so that the next push reuses the array.
 	h := (*list)[0]
-	(*list)[0] = nil
-	*list = (*list)[1:]
+	n := copy(*list, (*list)[1:])
+	(*list)[n] = nil
+	*list = (*list)[:n]
 	m.mu.Unlock()
 	return h.release(ctx)
 }
@@ -420,11 +422,9 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	if err != nil || h == nil {
 		return false, err
 	}
-	release := func() error {
-		rctx, stop := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
-		defer stop()
-		return h.release(rctx)
-	}
+	// A context that never ends gets the keep-alive timeout as its bound
+	// (see hold.release).
+	release := func() error { return h.release(context.WithoutCancel(ctx)) }
 	returned := false
 	defer func() {
 		if !returned { // fn panicked or called runtime.Goexit

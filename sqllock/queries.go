@@ -15,7 +15,7 @@ import (
 type queries struct {
 	lock, lockShared     string // -> one integer: pid*32 + flags (see buildQueries)
 	try, tryShared       string // -> the same
-	unlock, unlockShared string // -> released (and marker cleared)
+	unlock, unlockShared string // -> one row if released (and marker cleared), else none
 	args                 []any  // bind parameters, or nil with literals
 	keyList              string // the key as SQL arguments: "42", "1,2" or "$1,$2"
 }
@@ -72,8 +72,11 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 	try := func(tryFn string) string {
 		return "SELECT CASE " + refuse + "WHEN " + tryFn + "(" + list + ") THEN " + mark + " ELSE pg_backend_pid()::int8*32 END"
 	}
+	// The unlock answers with its row count, which Exec reports without
+	// reading rows: one row if the lock was released and the marker
+	// cleared, none otherwise.
 	unlock := func(unlockFn string) string {
-		return "SELECT " + unlockFn + "(" + list + ") AND set_config('" + markerGUC + "', '', false) = ''"
+		return "SELECT 1 WHERE " + unlockFn + "(" + list + ") AND set_config('" + markerGUC + "', '', false) = ''"
 	}
 	return queries{
 		lock:         lock("pg_advisory_lock"),
