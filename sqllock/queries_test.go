@@ -17,12 +17,12 @@ func TestBuildQueries(t *testing.T) {
 		nargs        int
 	}{
 		{keyspace.Int64(-5), false,
-			"SELECT CASE WHEN current_setting('sqllock.held', true) <> '' THEN pg_backend_pid()::int8*32 + 4 WHEN pg_is_in_recovery() THEN pg_backend_pid()::int8*32 + 2 WHEN pg_advisory_lock(-5)::text = '' THEN pg_backend_pid()::int8*32 + CASE WHEN set_config('sqllock.held', 'int64(-5)', false) = 'int64(-5)' THEN 1 ELSE 17 END END",
-			"SELECT CASE WHEN current_setting('sqllock.held', true) <> '' THEN pg_backend_pid()::int8*32 + 4 WHEN pg_is_in_recovery() THEN pg_backend_pid()::int8*32 + 2 WHEN pg_try_advisory_lock(-5) THEN pg_backend_pid()::int8*32 + CASE WHEN set_config('sqllock.held', 'int64(-5)', false) = 'int64(-5)' THEN 1 ELSE 17 END ELSE pg_backend_pid()::int8*32 END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN current_setting('sqllock.held', true) <> '' THEN 4 WHEN pg_is_in_recovery() THEN 2 WHEN pg_advisory_lock(-5) IS NOT NULL THEN CASE WHEN set_config('sqllock.held', 'int64(-5)', false) = 'int64(-5)' THEN 1 ELSE 17 END END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN current_setting('sqllock.held', true) <> '' THEN 4 WHEN pg_is_in_recovery() THEN 2 WHEN pg_try_advisory_lock(-5) THEN CASE WHEN set_config('sqllock.held', 'int64(-5)', false) = 'int64(-5)' THEN 1 ELSE 17 END ELSE 0 END",
 			"SELECT 1 WHERE pg_advisory_unlock(-5) AND set_config('sqllock.held', '', false) = ''", 0},
 		{keyspace.Pair(-2147483648, 7), true,
-			"SELECT CASE WHEN current_setting('sqllock.held', true) <> '' THEN pg_backend_pid()::int8*32 + 4 WHEN pg_is_in_recovery() THEN pg_backend_pid()::int8*32 + 2 WHEN pg_advisory_lock($1,$2)::text = '' THEN pg_backend_pid()::int8*32 + CASE WHEN set_config('sqllock.held', 'pair(-2147483648,7)', false) = 'pair(-2147483648,7)' THEN 1 ELSE 17 END END",
-			"SELECT CASE WHEN current_setting('sqllock.held', true) <> '' THEN pg_backend_pid()::int8*32 + 4 WHEN pg_is_in_recovery() THEN pg_backend_pid()::int8*32 + 2 WHEN pg_try_advisory_lock($1,$2) THEN pg_backend_pid()::int8*32 + CASE WHEN set_config('sqllock.held', 'pair(-2147483648,7)', false) = 'pair(-2147483648,7)' THEN 1 ELSE 17 END ELSE pg_backend_pid()::int8*32 END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN current_setting('sqllock.held', true) <> '' THEN 4 WHEN pg_is_in_recovery() THEN 2 WHEN pg_advisory_lock($1,$2) IS NOT NULL THEN CASE WHEN set_config('sqllock.held', 'pair(-2147483648,7)', false) = 'pair(-2147483648,7)' THEN 1 ELSE 17 END END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN current_setting('sqllock.held', true) <> '' THEN 4 WHEN pg_is_in_recovery() THEN 2 WHEN pg_try_advisory_lock($1,$2) THEN CASE WHEN set_config('sqllock.held', 'pair(-2147483648,7)', false) = 'pair(-2147483648,7)' THEN 1 ELSE 17 END ELSE 0 END",
 			"SELECT 1 WHERE pg_advisory_unlock($1,$2) AND set_config('sqllock.held', '', false) = ''", 2},
 	}
 	for _, tt := range tests {
