@@ -32,9 +32,11 @@ lint:
 	@echo "lint: ok"
 
 ## bench: the benchmarks, library against hand-written SQL on the same driver, with ratios
+## (BENCHCOUNT runs, each a fresh process; see internal/benchrun and docs/benchmarks.md)
 BENCHCOUNT ?= 6
+BENCH      ?= .
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) -timeout 30m ./sqllock | tee bench.txt
+	$(GO) run ./internal/benchrun -count $(BENCHCOUNT) -bench '$(BENCH)' -o bench.txt
 	$(GO) run golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da bench.txt || true
 	$(GO) run ./internal/benchratio bench.txt
 

@@ -3,6 +3,7 @@ package sqllock_test
 import (
 	"context"
 	"database/sql"
+	"flag"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +19,22 @@ import (
 // hand-written database/sql code on a pinned *sql.Conn ("ref"), in the same
 // run. "floor" is one SELECT 1 on a pinned connection: one round trip.
 // Compare with benchstat; make bench prints the ratios.
+
+var refFirst = flag.Bool("reffirst", false, "benchmarks: run each scenario's reference before the library (make bench alternates)")
+
+// libRef runs a scenario's two sub-benchmarks, the library's first unless
+// -reffirst is set. make bench alternates the order between runs, so that
+// neither side always meets the process, the pool or the server in the
+// same state.
+func libRef(b *testing.B, lib, ref func(b *testing.B)) {
+	if *refFirst {
+		b.Run("impl=ref", ref)
+		b.Run("impl=lib", lib)
+		return
+	}
+	b.Run("impl=lib", lib)
+	b.Run("impl=ref", ref)
+}
 
 func benchDrivers(b *testing.B, f func(b *testing.B, db *sql.DB)) {
 	for _, d := range []string{"pq", "pgx"} {
@@ -96,7 +113,7 @@ func BenchmarkLockUnlock(b *testing.B) {
 		ctx := context.Background()
 		k := benchKey(b)
 		n, _ := k.Int64()
-		b.Run("impl=lib", func(b *testing.B) {
+		libRef(b, func(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
 			defer reportCPU(b)()
@@ -104,8 +121,7 @@ func BenchmarkLockUnlock(b *testing.B) {
 				check(b, mu.Lock(ctx))
 				check(b, mu.Unlock(ctx))
 			}
-		})
-		b.Run("impl=ref", func(b *testing.B) {
+		}, func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
 			defer reportCPU(b)()
@@ -124,7 +140,7 @@ func BenchmarkTryLockContended(b *testing.B) {
 		holder := sqllock.New(db).MutexKey(k)
 		check(b, holder.Lock(ctx))
 		defer holder.Unlock(ctx)
-		b.Run("impl=lib", func(b *testing.B) {
+		libRef(b, func(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
 			defer reportCPU(b)()
@@ -135,8 +151,7 @@ func BenchmarkTryLockContended(b *testing.B) {
 					b.Fatal("TryLock succeeded on a held key")
 				}
 			}
-		})
-		b.Run("impl=ref", func(b *testing.B) {
+		}, func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
 			defer reportCPU(b)()
@@ -157,15 +172,14 @@ func BenchmarkWithLock(b *testing.B) {
 		k := benchKey(b)
 		n, _ := k.Int64()
 		noop := func(context.Context) error { return nil }
-		b.Run("impl=lib", func(b *testing.B) {
+		libRef(b, func(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.ReportAllocs()
 			defer reportCPU(b)()
 			for b.Loop() {
 				check(b, mu.WithLock(ctx, noop))
 			}
-		})
-		b.Run("impl=ref", func(b *testing.B) {
+		}, func(b *testing.B) {
 			c := pin(b, db)
 			b.ReportAllocs()
 			defer reportCPU(b)()
@@ -210,13 +224,12 @@ func BenchmarkHandoff(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 		}
-		b.Run("impl=lib", func(b *testing.B) {
+		libRef(b, func(b *testing.B) {
 			l := sqllock.New(db)
 			m0, m1 := l.MutexKey(k), l.MutexKey(k)
 			run(b, [2]func() error{func() error { return m0.Lock(ctx) }, func() error { return m1.Lock(ctx) }},
 				[2]func() error{func() error { return m0.Unlock(ctx) }, func() error { return m1.Unlock(ctx) }})
-		})
-		b.Run("impl=ref", func(b *testing.B) {
+		}, func(b *testing.B) {
 			c0, c1 := pin(b, db), pin(b, db)
 			lk := func(c *sql.Conn) func() error {
 				return func() error { _, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n); return err }
@@ -252,7 +265,7 @@ func BenchmarkParallel(b *testing.B) {
 		ctx := context.Background()
 		base := benchKey(b)
 		bn, _ := base.Int64()
-		b.Run("impl=lib", func(b *testing.B) {
+		libRef(b, func(b *testing.B) {
 			l := sqllock.New(db)
 			var next atomic.Int64
 			b.SetParallelism(8)
@@ -265,8 +278,7 @@ func BenchmarkParallel(b *testing.B) {
 					check(b, mu.Unlock(ctx))
 				}
 			})
-		})
-		b.Run("impl=ref", func(b *testing.B) {
+		}, func(b *testing.B) {
 			var next atomic.Int64
 			b.SetParallelism(8)
 			b.ReportAllocs()
@@ -291,7 +303,7 @@ func BenchmarkShared(b *testing.B) {
 		ctx := context.Background()
 		k := benchKey(b)
 		n, _ := k.Int64()
-		b.Run("impl=lib", func(b *testing.B) {
+		libRef(b, func(b *testing.B) {
 			mu := sqllock.New(db).MutexKey(k)
 			b.SetParallelism(8)
 			b.ReportAllocs()
@@ -302,8 +314,7 @@ func BenchmarkShared(b *testing.B) {
 					check(b, mu.UnlockShared(ctx))
 				}
 			})
-		})
-		b.Run("impl=ref", func(b *testing.B) {
+		}, func(b *testing.B) {
 			b.SetParallelism(8)
 			b.ReportAllocs()
 			defer reportCPU(b)()

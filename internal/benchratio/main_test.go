@@ -35,3 +35,21 @@ func TestParseAndReport(t *testing.T) {
 		t.Errorf("report lacks LockUnlock:\n%s", out.String())
 	}
 }
+
+// Ratios pair the i-th samples, which benchrun takes in one process, so a
+// machine that drifts between runs does not skew them; with unequal counts
+// they fall back to the ratio of the medians.
+func TestPairedRatio(t *testing.T) {
+	r := results{
+		"a": {"ns/op": {100, 300, 200}},
+		"b": {"ns/op": {95, 280, 210}},
+		"c": {"ns/op": {100, 200}},
+	}
+	// Pairs: 1.053, 1.071, 0.952 -> median 1.053; medians 200/210 = 0.952.
+	if got := r.ratio("a", "b", "ns/op"); got < 1.052 || got > 1.053 {
+		t.Errorf("paired ratio = %v, want 100/95", got)
+	}
+	if got := r.ratio("a", "c", "ns/op"); got != 200.0/150 {
+		t.Errorf("ratio with unequal counts = %v, want the ratio of the medians %v", got, 200.0/150)
+	}
+}

@@ -88,6 +88,30 @@ func NewCluster(tb testing.TB, settings ...string) *Cluster {
 	return c
 }
 
+// StartCluster starts a dedicated throwaway cluster, as [NewCluster] does,
+// for programs outside tests (make bench). The caller must call Destroy.
+func StartCluster(settings ...string) (*Cluster, error) {
+	conf, err := parseSettings(settings)
+	if err != nil {
+		return nil, err
+	}
+	return startCluster(conf)
+}
+
+// Destroy stops the server at once and removes the cluster's files.
+func (c *Cluster) Destroy() error { return c.destroy() }
+
+// PID returns the process ID of the cluster's postmaster, the parent of
+// every backend, read from its postmaster.pid file.
+func (c *Cluster) PID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	return strconv.Atoi(strings.TrimSpace(first))
+}
+
 // DSN returns the URL-form connection string of the cluster's "postgres"
 // database as the "postgres" superuser, usable with both the "pgx" and
 // "postgres" (lib/pq) drivers.

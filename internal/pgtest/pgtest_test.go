@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -360,5 +361,36 @@ func TestNewClusterBadSetting(t *testing.T) {
 	f := call(t, func(tb testing.TB) { NewCluster(tb, "no_equals_sign") })
 	if !strings.Contains(f.fatal, "bad setting") {
 		t.Errorf("NewCluster with a bad setting: Fatalf %q, Skipf %q", f.fatal, f.skip)
+	}
+}
+
+// StartCluster is NewCluster for programs: the caller destroys it. PID is
+// the parent of its backends.
+func TestStartCluster(t *testing.T) {
+	requireCluster(t)
+	t.Parallel()
+	c, err := StartCluster("autovacuum=off")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := open(t, "pgx", c.DSN())
+	backend := queryInt(t, db, "SELECT pg_backend_pid()")
+	pid, err := c.PID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", backend)); err == nil {
+		// pid (comm) state ppid ...; comm may hold spaces, so split after ')'.
+		rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
+		if f := strings.Fields(rest); len(f) < 2 || f[1] != strconv.Itoa(pid) {
+			t.Errorf("PID() = %d, but backend %d has parent %v", pid, backend, f[1:2])
+		}
+	}
+	db.Close()
+	if err := c.Destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(c.Dir()); !os.IsNotExist(err) {
+		t.Errorf("Destroy left %s: %v", c.Dir(), err)
 	}
 }
