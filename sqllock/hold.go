@@ -246,8 +246,9 @@ func (h *hold) release(ctx context.Context) error {
 	h.mu.Lock()
 	h.stopped = true
 	h.mu.Unlock()
-	h.m.l.sched.cancel(h) // the next probe, if any
-	if ctx.Done() == nil {
+	if ctx.Done() != nil {
+		h.m.l.sched.cancel(h) // the next probe, if any
+	} else {
 		// A context that never ends (context.WithoutCancel in a defer)
 		// still gets a bound: past it, the connection is discarded. The
 		// bound is a scheduler entry rather than context.WithTimeout,
@@ -255,6 +256,7 @@ func (h *hold) release(ctx context.Context) error {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		h.releaseCancel = cancel
+		// Replaces the next probe's entry, if any.
 		h.m.l.sched.schedule(h, time.Now().Add(h.m.l.cfg.timeout), dueRelease)
 		defer func() {
 			h.m.l.sched.cancel(h)
