@@ -56,9 +56,10 @@
 // Session locks need a session: a pooler in transaction mode (PgBouncer's
 // pool_mode=transaction) hands consecutive statements to different server
 // sessions, and the locks then neither exclude nor release. sqllock marks
-// each session that holds one of its locks (a custom setting, in the same
-// round trip as the lock); a lock that lands on a session already marked
-// takes nothing and fails with [ErrSharedSession]. The keep-alive also
+// each server session with a token of the client connection that first
+// locked on it (a custom setting, in the same round trip as the lock); a
+// lock that lands on a session marked by another connection takes nothing
+// and fails with [ErrSharedSession]. The keep-alive also
 // notices a change of backend. Behind such a pooler, use transaction-scoped
 // locks: [Mutex.LockTx] and friends, released at commit or rollback. A hot
 // standby grants advisory locks that exclude nobody on the primary; sqllock

@@ -26,9 +26,9 @@ var (
 	ErrStandby = errors.New("sqllock: server is a standby in recovery; its advisory locks exclude nobody on the primary")
 
 	// ErrSharedSession reports a lock refused because its server session
-	// was already in use by another client: a pooler in transaction or
-	// statement mode (PgBouncer pool_mode=transaction) sits between client
-	// and server. Session-level locks cannot work there: they neither
+	// was already used for a lock by another client connection: a pooler
+	// in transaction or statement mode (PgBouncer pool_mode=transaction)
+	// sits between client and server. Session-level locks cannot work there: they neither
 	// exclude nor release reliably. Use transaction-scoped locks
 	// ([Mutex.LockTx]) or connect to the server, or to a session-mode pooler.
 	ErrSharedSession = errors.New("sqllock: server session shared with another client; a transaction-mode pooler breaks session locks (use LockTx)")

@@ -4,6 +4,9 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,7 +21,7 @@ import (
 // and the keep-alive off, unless opts say otherwise.
 func newMock(t *testing.T, opts ...Option) (*Locker, sqlmock.Sqlmock) {
 	t.Helper()
-	db, mock, err := sqlmock.New(sqlmock.QueryMatcherOption(sqlmock.QueryMatcherEqual))
+	db, mock, err := sqlmock.New(sqlmock.QueryMatcherOption(tokenBlindEqual))
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		db.Close()
@@ -31,9 +34,39 @@ func newMock(t *testing.T, opts ...Option) (*Locker, sqlmock.Sqlmock) {
 // The SQL for key 42; TestBuildQueries pins its exact text.
 var (
 	q42       = buildQueries(keyspace.Int64(42), false, false)
-	lockSQL   = q42.lock
+	lockSQL   = sqlText(q42.lock)
 	unlockSQL = q42.unlock
 )
+
+// tokenRE matches an owner token written into SQL text.
+var tokenRE = regexp.MustCompile(`'[0-9a-f]{16}-[0-9a-z]+'`)
+
+// sqlText is s's text as the mock sees it: with literals, its owner token
+// reads 'TOKEN' (see tokenBlindEqual).
+func sqlText(s *lockStmt) string {
+	if s.parts == nil {
+		return s.text
+	}
+	return strings.Join(s.parts, "TOKEN")
+}
+
+// tokenBlindEqual matches SQL exactly, but for the owner token, which
+// depends on the driver connection's address: a well-formed token in the
+// actual SQL matches 'TOKEN' in the expected.
+var tokenBlindEqual = sqlmock.QueryMatcherFunc(func(expected, actual string) error {
+	if got := tokenRE.ReplaceAllString(actual, "'TOKEN'"); got != expected {
+		return fmt.Errorf("SQL %q does not equal %q", actual, expected)
+	}
+	return nil
+})
+
+// ownerTokenArg matches an owner token passed as a bind parameter.
+type ownerTokenArg struct{}
+
+func (ownerTokenArg) Match(v driver.Value) bool {
+	s, ok := v.(string)
+	return ok && tokenRE.MatchString("'"+s+"'")
+}
 
 // pidRow is a lock statement's answer: granted, by backend pid.
 func pidRow(pid int64, standby bool) *sqlmock.Rows {
@@ -73,7 +106,7 @@ func TestMockLockUnlockSQL(t *testing.T) {
 func TestMockSharedAndPairSQL(t *testing.T) {
 	l, mock := newMock(t)
 	q := buildQueries(keyspace.Pair(1, -2), false, false)
-	mock.ExpectQuery(q.tryShared).WillReturnRows(tryRow(true, 7))
+	mock.ExpectQuery(sqlText(q.tryShared)).WillReturnRows(tryRow(true, 7))
 	mock.ExpectExec(q.unlockShared).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(1, -2))
 	ok, err := mu.TryLockShared(t.Context())
@@ -85,7 +118,7 @@ func TestMockSharedAndPairSQL(t *testing.T) {
 func TestMockPlaceholderSQL(t *testing.T) {
 	l, mock := newMock(t, withPlaceholders(true))
 	q := buildQueries(keyspace.Pair(3, 4), true, false)
-	mock.ExpectQuery(q.lockShared).WithArgs(int64(3), int64(4)).WillReturnRows(pidRow(7, false))
+	mock.ExpectQuery(sqlText(q.lockShared)).WithArgs(int64(3), int64(4), ownerTokenArg{}).WillReturnRows(pidRow(7, false))
 	mock.ExpectExec(q.unlockShared).WithArgs(int64(3), int64(4)).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(3, 4))
 	require.NoError(t, mu.LockShared(t.Context()))
@@ -94,7 +127,7 @@ func TestMockPlaceholderSQL(t *testing.T) {
 
 func TestMockTryLockContended(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery(q42.try).WillReturnRows(tryRow(false, 7))
+	mock.ExpectQuery(sqlText(q42.try)).WillReturnRows(tryRow(false, 7))
 	ok, err := l.MutexKey(keyspace.Int64(42)).TryLock(t.Context())
 	require.NoError(t, err)
 	assert.False(t, ok, "contention is not an error")
@@ -147,8 +180,8 @@ func TestMockStandbyRefused(t *testing.T) {
 
 	l, mock = newMock(t, WithAllowStandby(true))
 	q := buildQueries(keyspace.Int64(42), false, true)
-	assert.NotContains(t, q.lock, "pg_is_in_recovery", "allowed standbys keep their locks")
-	mock.ExpectQuery(q.lock).WillReturnRows(pidRow(7, false)) // the statement does not even ask
+	assert.NotContains(t, sqlText(q.lock), "pg_is_in_recovery", "allowed standbys keep their locks")
+	mock.ExpectQuery(sqlText(q.lock)).WillReturnRows(pidRow(7, false)) // the statement does not even ask
 	mock.ExpectExec(q.unlock).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -263,5 +296,5 @@ func TestMockSharedSessionRefused(t *testing.T) {
 	mock.ExpectClose()
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, ErrSharedSession)
-	assert.Contains(t, err.Error(), "session 7 already holds another client's sqllock lock")
+	assert.Contains(t, err.Error(), "session 7 belongs to another client connection")
 }

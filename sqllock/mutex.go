@@ -89,7 +89,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if m.err != nil {
 		return nil, m.fail(op, m.err)
 	}
-	var q string
+	var q *lockStmt
 	switch {
 	case try && shared:
 		q = m.q.tryShared
@@ -121,7 +121,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	case answer&flagShared != 0:
 		// Nothing was taken. The session belongs to another client too.
 		discard(conn)
-		return nil, m.fail(op, fmt.Errorf("%w: server session %d already holds another client's sqllock lock", ErrSharedSession, pid))
+		return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection (it carries another connection's sqllock owner token)", ErrSharedSession, pid))
 	case answer&flagStandby != 0:
 		// Nothing was taken: the connection is clean.
 		if err := conn.Close(); err != nil {
@@ -150,14 +150,15 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 // With an error, conn is the connection the caller must discard, or nil
 // when nothing is left to discard (no connection, or one abandoned to a
 // statement still running).
-func (m *Mutex) lockStatement(ctx context.Context, q string, dest []any) (*sql.Conn, error) {
+func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt, dest []any) (*sql.Conn, error) {
 	retries := -1
 	for {
 		conn, err := m.l.db.Conn(ctx)
 		if err != nil {
 			return nil, err
 		}
-		abandoned, err := m.l.queryRow(ctx, conn, q, m.q.args, dest...)
+		text, args := q.forConn(m.q.args, connAddr(conn))
+		abandoned, err := m.l.queryRow(ctx, conn, text, args, dest...)
 		switch {
 		case abandoned:
 			return nil, err

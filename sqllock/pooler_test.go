@@ -11,17 +11,20 @@ import (
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
-// bouncerDrivers opens a pool through b with each driver. pgx's default
-// named prepared statements do not survive transaction pooling in
-// PgBouncer before 1.21, so pgx uses the simple protocol there, as its users
-// behind such a pooler must.
-func eachBouncerDriver(t *testing.T, b *pgtest.Bouncer, f func(t *testing.T, db *sql.DB)) {
+// eachBouncerDriver opens a pool with each driver through a PgBouncer of
+// its own (pool mode and size as given), so that each driver meets server
+// sessions that no other client has marked. pgx's default named prepared
+// statements do not survive transaction pooling in PgBouncer before 1.21,
+// so pgx uses the simple protocol there, as its users behind such a pooler
+// must.
+func eachBouncerDriver(t *testing.T, poolMode string, poolSize int, f func(t *testing.T, db *sql.DB)) {
 	t.Helper()
 	for _, d := range []struct{ name, driver, params string }{
 		{"pq", "postgres", ""},
 		{"pgx", "pgx", "&default_query_exec_mode=simple_protocol"},
 	} {
 		t.Run(d.name, func(t *testing.T) {
+			b := pgtest.NewBouncer(t, poolMode, poolSize)
 			db, err := sql.Open(d.driver, b.DSN()+d.params)
 			require.NoError(t, err)
 			t.Cleanup(func() { db.Close() })
@@ -32,8 +35,7 @@ func eachBouncerDriver(t *testing.T, b *pgtest.Bouncer, f func(t *testing.T, db 
 
 func TestPgBouncerSessionMode(t *testing.T) {
 	t.Parallel()
-	b := pgtest.NewBouncer(t, "session", 4)
-	eachBouncerDriver(t, b, func(t *testing.T, db *sql.DB) {
+	eachBouncerDriver(t, "session", 4, func(t *testing.T, db *sql.DB) {
 		l := sqllock.New(db)
 		a, other := l.Mutex(t.Name()), l.Mutex(t.Name())
 		require.NoError(t, a.Lock(t.Context()))
@@ -53,8 +55,7 @@ func TestPgBouncerSessionMode(t *testing.T) {
 // PostgreSQL's re-entrancy would grant it: sqllock must refuse it.
 func TestPgBouncerTransactionModeDetected(t *testing.T) {
 	t.Parallel()
-	b := pgtest.NewBouncer(t, "transaction", 1)
-	eachBouncerDriver(t, b, func(t *testing.T, db *sql.DB) {
+	eachBouncerDriver(t, "transaction", 1, func(t *testing.T, db *sql.DB) {
 		l := sqllock.New(db)
 		a, other := l.Mutex(t.Name()), l.Mutex(t.Name())
 		require.NoError(t, a.Lock(t.Context()))
@@ -77,8 +78,7 @@ func TestPgBouncerTransactionModeDetected(t *testing.T) {
 
 func TestPgBouncerTransactionLocks(t *testing.T) {
 	t.Parallel()
-	b := pgtest.NewBouncer(t, "transaction", 3)
-	eachBouncerDriver(t, b, func(t *testing.T, db *sql.DB) {
+	eachBouncerDriver(t, "transaction", 3, func(t *testing.T, db *sql.DB) {
 		l := sqllock.New(db)
 		a, other := l.Mutex(t.Name()), l.Mutex(t.Name())
 		tx1, err := db.BeginTx(t.Context(), nil)
