@@ -20,20 +20,29 @@ import (
 // run. "floor" is one SELECT 1 on a pinned connection: one round trip.
 // Compare with benchstat; make bench prints the ratios.
 
-var refFirst = flag.Bool("reffirst", false, "benchmarks: run each scenario's reference before the library (make bench alternates)")
+var (
+	refFirst = flag.Bool("reffirst", false, "benchmarks: run each scenario's reference before the library (make bench alternates)")
+	rounds   = flag.Int("rounds", 1, "benchmarks: measure each scenario's library and reference this many times, alternating")
+)
 
 // libRef runs a scenario's two sub-benchmarks, the library's first unless
-// -reffirst is set. make bench alternates the order between runs, so that
-// neither side always meets the process, the pool or the server in the
-// same state.
+// -reffirst is set, -rounds times, swapping the order each round. A
+// ratio is taken from the two samples of one round, measured back to back:
+// on a machine whose speed drifts from one second to the next, the closer
+// the two sides of a ratio are in time, the less the drift weighs in it.
+// Repeated rounds appear as name#01, name#02, ... (internal/benchrun
+// strips the suffix).
 func libRef(b *testing.B, lib, ref func(b *testing.B)) {
+	first, second := lib, ref
+	firstName, secondName := "impl=lib", "impl=ref"
 	if *refFirst {
-		b.Run("impl=ref", ref)
-		b.Run("impl=lib", lib)
-		return
+		first, second, firstName, secondName = second, first, secondName, firstName
 	}
-	b.Run("impl=lib", lib)
-	b.Run("impl=ref", ref)
+	for range max(*rounds, 1) {
+		b.Run(firstName, first)
+		b.Run(secondName, second)
+		first, second, firstName, secondName = second, first, secondName, firstName
+	}
 }
 
 func benchDrivers(b *testing.B, f func(b *testing.B, db *sql.DB)) {
@@ -96,16 +105,19 @@ func cpuTime() time.Duration {
 }
 
 func BenchmarkFloor(b *testing.B) {
-	benchDrivers(b, func(b *testing.B, db *sql.DB) {
-		c := pin(b, db)
-		ctx := context.Background()
-		b.ReportAllocs()
-		defer reportCPU(b)()
-		var one int
-		for b.Loop() {
-			check(b, c.QueryRowContext(ctx, "SELECT 1").Scan(&one))
-		}
-	})
+	// As many samples as the scenarios' rounds, so that each pairs with one.
+	for range max(*rounds, 1) {
+		benchDrivers(b, func(b *testing.B, db *sql.DB) {
+			c := pin(b, db)
+			ctx := context.Background()
+			b.ReportAllocs()
+			defer reportCPU(b)()
+			var one int
+			for b.Loop() {
+				check(b, c.QueryRowContext(ctx, "SELECT 1").Scan(&one))
+			}
+		})
+	}
 }
 
 func BenchmarkLockUnlock(b *testing.B) {

@@ -24,6 +24,7 @@ type hold struct {
 	m        *Mutex
 	shared   bool
 	conn     *sql.Conn
+	dc       any   // conn's driver connection, for fireBound
 	pid      int64 // backend that owns the lock
 	onLost   func(error)
 	acquired time.Time // when the lock was granted; set only with observers
@@ -35,20 +36,23 @@ type hold struct {
 	due     time.Time // when the entry runs
 	dueKind int       // dueProbe or dueRelease
 	// releaseCancel ends a release's context when its bound passes; set
-	// before the dueRelease entry is scheduled.
+	// before the dueRelease entry is scheduled. Nil when the bound is
+	// enforced on the socket instead (see fireBound).
 	releaseCancel context.CancelFunc
 
 	mu         sync.Mutex
 	stopped    bool // release has begun: no more probes
 	orphaned   bool // release gave up waiting: the probe in flight must discard conn
+	unlocking  bool // the release's unlock statement is running on conn
+	boundPast  bool // the release's bound has passed (socket bound only)
 	ended      bool
 	lost       error         // *Error wrapping ErrLockLost once lost
 	done       chan struct{} // made on demand by doneChan; closed when the hold ends
 	doneClosed bool
 }
 
-func (m *Mutex) newHold(conn *sql.Conn, shared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
-	h := &hold{m: m, shared: shared, conn: conn, pid: pid, acquired: acquired, onLost: onLost,
+func (m *Mutex) newHold(conn *sql.Conn, dc any, shared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
+	h := &hold{m: m, shared: shared, conn: conn, dc: dc, pid: pid, acquired: acquired, onLost: onLost,
 		connSem: make(chan struct{}, 1), slot: -1}
 	if m.l.cfg.interval > 0 {
 		m.l.sched.schedule(h, time.Now().Add(m.l.cfg.interval), dueProbe)
@@ -123,11 +127,31 @@ func (h *hold) closeDone() {
 
 // run does the work of the hold's scheduler entry.
 func (h *hold) run(kind int) {
-	if kind == dueRelease {
+	switch {
+	case kind != dueRelease:
+		h.tick()
+	case h.releaseCancel != nil:
 		h.releaseCancel()
-		return
+	default:
+		h.fireBound()
 	}
-	h.tick()
+}
+
+// fireBound ends a release whose bound has passed, when the bound is kept
+// on the connection's socket (see socketBound): an unlock statement still
+// running gets a read deadline in the past, so that the driver returns at
+// once, with an error, and the release discards the connection; a release
+// still waiting for a keep-alive probe finds the bound passed when the
+// probe ends, and discards the connection without an unlock.
+func (h *hold) fireBound() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.boundPast = true
+	if h.unlocking {
+		if nc := driverSocket(h.dc); nc != nil {
+			_ = nc.SetDeadline(time.Unix(1, 0))
+		}
+	}
 }
 
 // tick is one keep-alive round: probe the session, then schedule the next
@@ -246,17 +270,26 @@ func (h *hold) release(ctx context.Context) error {
 	h.mu.Lock()
 	h.stopped = true
 	h.mu.Unlock()
-	if ctx.Done() != nil {
+	// A context that never ends (context.WithoutCancel in a defer) still
+	// gets a bound: past it, the connection is discarded. The bound is a
+	// scheduler entry rather than context.WithTimeout, whose timer would
+	// cost a thread wake-up on every Unlock. Each entry replaces the next
+	// probe's, if any.
+	switch {
+	case ctx.Done() != nil:
 		h.m.l.sched.cancel(h) // the next probe, if any
-	} else {
-		// A context that never ends (context.WithoutCancel in a defer)
-		// still gets a bound: past it, the connection is discarded. The
-		// bound is a scheduler entry rather than context.WithTimeout,
-		// whose timer would cost a thread wake-up on every Unlock.
+	case h.m.l.socketBound(h.dc):
+		// The entry closes in on the socket (see fireBound): the unlock
+		// runs with a context the driver need not watch, which spares it
+		// a cancellable context and the watch on it (nine allocations,
+		// with pgx).
+		h.m.l.sched.schedule(h, time.Now().Add(h.m.l.cfg.timeout), dueRelease)
+		defer h.m.l.sched.cancel(h)
+	default:
+		// The entry cancels the unlock's context.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		h.releaseCancel = cancel
-		// Replaces the next probe's entry, if any.
 		h.m.l.sched.schedule(h, time.Now().Add(h.m.l.cfg.timeout), dueRelease)
 		defer func() {
 			h.m.l.sched.cancel(h)
@@ -305,8 +338,13 @@ func (h *hold) releaseConn(ctx context.Context) error {
 		}
 	}
 	defer func() { <-h.connSem }()
+	// End the hold (as h.end does) and, unless the bound has passed or
+	// ctx has ended, mark the unlock as running, in one critical section.
 	h.mu.Lock()
 	lost, ended := h.lost, h.ended
+	unlock := !ended && !h.boundPast && ctx.Err() == nil
+	h.ended = true
+	h.unlocking = unlock
 	h.mu.Unlock()
 	if ended {
 		if lost == nil {
@@ -314,9 +352,8 @@ func (h *hold) releaseConn(ctx context.Context) error {
 		}
 		return lost
 	}
-	h.end(nil)
-
-	if ctx.Err() != nil {
+	h.closeDone()
+	if !unlock {
 		discard(h.conn)
 		return nil
 	}
@@ -325,7 +362,17 @@ func (h *hold) releaseConn(ctx context.Context) error {
 		q = h.m.q.unlockShared
 	}
 	rows, abandoned, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.args)
+	h.mu.Lock()
+	h.unlocking = false
+	past := h.boundPast
+	h.mu.Unlock()
 	switch {
+	case past:
+		// The bound passed while the unlock ran: its socket may have a
+		// deadline in the past, so the connection goes, and the lock with
+		// its session if the unlock did not release it.
+		discard(h.conn)
+		return nil
 	case abandoned:
 		// ctx ended first; the connection is discarded when the driver
 		// returns, ending the session and the lock with it.

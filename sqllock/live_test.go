@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"math/rand/v2"
+	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -168,6 +170,21 @@ func TestCancelTorture(t *testing.T) {
 	}
 	eachDriver(t, func(t *testing.T, db *sql.DB) {
 		db.SetMaxOpenConns(12)
+		// Open the connections the attempts start with: a new session can
+		// take longer than most deadlines here (25 ms on an idle 2-core
+		// machine, several times that under the race detector), and a
+		// cancelled attempt discards its connection, so a cold pool could
+		// see every attempt time out in the dial.
+		db.SetMaxIdleConns(12)
+		warm := make([]*sql.Conn, 6)
+		for i := range warm {
+			c, err := db.Conn(t.Context())
+			require.NoError(t, err)
+			warm[i] = c
+		}
+		for _, c := range warm {
+			require.NoError(t, c.Close())
+		}
 		l := sqllock.New(db)
 		key := keyspace.SHA256Int64.Key(t.Name())
 		var wg sync.WaitGroup
@@ -179,7 +196,13 @@ func TestCancelTorture(t *testing.T) {
 			wg.Go(func() {
 				defer func() { <-sem }()
 				m := l.MutexKey(key)
-				ctx, cancel := context.WithTimeout(t.Context(), time.Duration(1+rand.IntN(100000))*time.Microsecond)
+				wait := time.Duration(1+rand.IntN(100000)) * time.Microsecond
+				if i%4 == 1 {
+					// Long enough to dial a session and queue: these get
+					// the lock, so that cancels race grants and releases.
+					wait = time.Second + wait
+				}
+				ctx, cancel := context.WithTimeout(t.Context(), wait)
 				defer cancel()
 				var err error
 				if i%3 == 0 {
@@ -496,5 +519,27 @@ func TestTryWithLock(t *testing.T) {
 		assert.True(t, ran)
 		waitRows(t, db, mu.Key(), 0, 0)
 		assert.Equal(t, 0, inUse(db))
+	})
+}
+
+// The release bound of a context that never ends is kept on the socket
+// under pgx (sqllock reaches it through pgx's accessors), and by cancelling
+// the unlock's context under lib/pq, whose socket is out of reach.
+func TestReleaseBoundSocket(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		conn, err := db.Conn(t.Context())
+		require.NoError(t, err)
+		defer conn.Close()
+		nc := sqllock.DriverSocket(conn)
+		if strings.HasPrefix(t.Name(), "TestReleaseBoundSocket/pgx") {
+			require.NotNil(t, nc, "pgx's socket")
+			if local, ok := nc.LocalAddr().(*net.TCPAddr); ok {
+				var port int
+				require.NoError(t, conn.QueryRowContext(t.Context(), "SELECT inet_client_port()").Scan(&port))
+				assert.Equal(t, port, local.Port, "the socket is this connection's")
+			}
+		} else {
+			assert.Nil(t, nc, "lib/pq's socket is out of reach")
+		}
 	})
 }

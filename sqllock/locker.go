@@ -3,6 +3,7 @@ package sqllock
 import (
 	"database/sql"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
@@ -20,7 +21,8 @@ type Locker struct {
 	db            *sql.DB
 	cfg           config
 	placeholders  bool
-	boundsContext bool // the driver returns on time when a context ends (pgx)
+	boundsContext bool         // the driver returns on time when a context ends (pgx)
+	socket        atomic.Int32 // socketUnknown, socketYes or socketNo (see socketBound)
 	sched         scheduler
 }
 

@@ -102,7 +102,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	}
 	var answer int64
 	dest := []any{&answer}
-	conn, err := m.lockStatement(ctx, q, dest)
+	conn, dc, err := m.lockStatement(ctx, q, dest)
 	if err != nil {
 		if conn != nil {
 			// The lock may or may not have been granted before the error (a
@@ -138,7 +138,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if timed {
 		acquired = time.Now()
 	}
-	return m.newHold(conn, shared, pid, acquired, onLost), nil
+	return m.newHold(conn, dc, shared, pid, acquired, onLost), nil
 }
 
 // lockStatement takes a connection and runs the lock statement q on it.
@@ -147,30 +147,32 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 // tried on another. Every idle connection may be such a one, after which
 // the pool dials a new one; so the retries are bounded by the idle count.
 //
-// With an error, conn is the connection the caller must discard, or nil
-// when nothing is left to discard (no connection, or one abandoned to a
-// statement still running).
-func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt, dest []any) (*sql.Conn, error) {
+// It returns the connection with its driver connection. With an error,
+// conn is the connection the caller must discard, or nil when nothing is
+// left to discard (no connection, or one abandoned to a statement still
+// running).
+func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt, dest []any) (conn *sql.Conn, dc any, err error) {
 	retries := -1
 	for {
-		conn, err := m.l.db.Conn(ctx)
+		conn, err = m.l.db.Conn(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		text, args := q.forConn(m.q.args, connAddr(conn))
+		addr, dc := driverConn(conn)
+		text, args := q.forConn(m.q.args, addr)
 		abandoned, err := m.l.queryRow(ctx, conn, text, args, dest...)
 		switch {
 		case abandoned:
-			return nil, err
+			return nil, nil, err
 		case err == nil || ctx.Err() != nil || !deadSession(err):
-			return conn, err
+			return conn, dc, err
 		}
 		discard(conn)
 		if retries < 0 {
 			retries = m.l.db.Stats().Idle + 1
 		}
 		if retries == 0 {
-			return nil, err
+			return nil, nil, err
 		}
 		retries--
 	}

@@ -39,7 +39,7 @@ type lockStmt struct {
 // An ownedStmt is a lockStmt made for one driver connection. Its args are
 // shared by concurrent calls, which only read them.
 type ownedStmt struct {
-	conn uintptr // the driver connection's address (see connAddr)
+	conn uintptr // the driver connection's address (see driverConn)
 	text string
 	args []any
 }
@@ -181,19 +181,19 @@ var processToken = sync.OnceValue(func() string {
 	return hex.EncodeToString(b[:]) + "-"
 })
 
-// connAddr returns the address of conn's driver connection, which no
-// other live connection of this process shares; 0 for a driver connection
-// that is not a pointer (no known driver), which then shares its owner
-// token with every other such connection of the process.
-func connAddr(conn *sql.Conn) uintptr {
-	var addr uintptr
-	_ = conn.Raw(func(dc any) error {
-		if v := reflect.ValueOf(dc); v.Kind() == reflect.Pointer {
-			addr = v.Pointer()
-		}
+// driverConn returns conn's driver connection and its address, which no
+// other live connection of this process shares; the address is 0 for a
+// driver connection that is not a pointer (no known driver), which then
+// shares its owner token with every other such connection of the process.
+func driverConn(conn *sql.Conn) (addr uintptr, dc any) {
+	_ = conn.Raw(func(c any) error {
+		dc = c
 		return nil
 	})
-	return addr
+	if v := reflect.ValueOf(dc); v.Kind() == reflect.Pointer {
+		addr = v.Pointer()
+	}
+	return addr, dc
 }
 
 // ownerToken returns the owner token of the driver connection at addr:

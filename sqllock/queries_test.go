@@ -59,7 +59,7 @@ func TestOwnerToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ta, tb := ownerToken(connAddr(a)), ownerToken(connAddr(b))
+	ta, tb := ownerToken(addrOf(a)), ownerToken(addrOf(b))
 	if ta == tb || !strings.HasPrefix(ta, processToken()) {
 		t.Errorf("tokens %q and %q: want distinct, with the process token %q", ta, tb, processToken())
 	}
@@ -70,7 +70,7 @@ func TestOwnerToken(t *testing.T) {
 	}
 	defer again.Close()
 	defer b.Close()
-	if got := ownerToken(connAddr(again)); got != ta {
+	if got := ownerToken(addrOf(again)); got != ta {
 		t.Errorf("same driver connection, token %q then %q", ta, got)
 	}
 
@@ -104,4 +104,9 @@ func TestTxQueries(t *testing.T) {
 	if got, want := q.txQuery("pg_try_advisory_xact_lock_shared", true), "SELECT pg_try_advisory_xact_lock_shared($1), pg_is_in_recovery()"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
+}
+
+func addrOf(conn *sql.Conn) uintptr {
+	addr, _ := driverConn(conn)
+	return addr
 }

@@ -54,7 +54,9 @@ func main() {
 // metric's samples, e.g. "ns/op" -> [...].
 type results map[string]map[string][]float64
 
-var lineRE = regexp.MustCompile(`^Benchmark(\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
+// lineRE matches a benchmark line; the name drops the GOMAXPROCS suffix and
+// the round suffix (#01) of a sub-benchmark measured again.
+var lineRE = regexp.MustCompile(`^Benchmark(\S+?)(?:#\d+)?(?:-\d+)?\s+\d+\s+(.*)$`)
 
 func parse(r io.Reader) (results, error) {
 	res := results{}

@@ -7,7 +7,7 @@ import (
 
 const sample = `goos: linux
 BenchmarkFloor/driver=pq-2    	    2000	     100 ns/op	     496 B/op	      13 allocs/op
-BenchmarkFloor/driver=pq-2    	    2000	     300 ns/op	     496 B/op	      13 allocs/op
+BenchmarkFloor/driver=pq#01-2    	    2000	     300 ns/op	     496 B/op	      13 allocs/op
 BenchmarkLockUnlock/driver=pq/impl=lib-2         	    2000	    250 ns/op	 1936 B/op	      41 allocs/op
 BenchmarkLockUnlock/driver=pq/impl=ref-2         	    2000	    300 ns/op	 1488 B/op	      44 allocs/op
 BenchmarkHandoff/driver=pq/impl=lib-2            	    2000	    574150 ns/op	       189.0 p50-µs	       360.0 p99-µs
@@ -20,7 +20,7 @@ func TestParseAndReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got, _ := r.get("Floor/driver=pq", "ns/op"); got != 200 {
-		t.Errorf("median floor = %v, want 200", got)
+		t.Errorf("median floor = %v, want 200 (a round's #01 suffix is one more sample)", got)
 	}
 	if got, _ := r.get("Handoff/driver=pq/impl=lib", "p50-µs"); got != 189 {
 		t.Errorf("p50 = %v, want 189", got)

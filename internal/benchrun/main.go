@@ -2,10 +2,12 @@
 // that keeps a 2-core machine's noise out of the library-vs-reference
 // ratios:
 //
-//   - each of the -count runs is a fresh process that runs every scenario
-//     once, library and reference back to back, so that both sides of a
-//     ratio are measured a second apart, not minutes apart;
-//   - the order of library and reference alternates between runs;
+//   - each of the -count runs is a fresh process that measures every
+//     scenario's library and reference back to back, -rounds times, each
+//     measurement -benchtime long, so that both sides of a ratio are
+//     measured a fraction of a second apart, not minutes apart;
+//   - the order of library and reference alternates between rounds and
+//     between runs;
 //   - unless PG_CONNECTION_STRING names a server, the benchmarks get a
 //     dedicated throwaway cluster, and on a machine with two or more CPUs
 //     the server is pinned to the last CPU and the benchmarks to the
@@ -15,10 +17,11 @@
 // The output, `go test -bench` lines from every run, goes to stdout and to
 // the -o file, for benchstat and benchratio.
 //
-//	go run ./internal/benchrun -count 6 -o bench.txt
+//	go run ./internal/benchrun -count 10 -rounds 5 -o bench.txt
 package main
 
 import (
+	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -42,18 +46,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	count := fs.Int("count", 6, "number of runs (processes); each runs every benchmark once")
 	bench := fs.String("bench", ".", "benchmarks to run (go test -bench)")
-	benchtime := fs.String("benchtime", "", "go test -benchtime for each benchmark (default: go test's)")
+	rounds := fs.Int("rounds", 5, "rounds per run: each scenario's library and reference are measured this many times, alternating")
+	benchtime := fs.String("benchtime", "200ms", "go test -benchtime for each measurement")
 	out := fs.String("o", "bench.txt", "file to write the benchmark output to")
 	pin := fs.Bool("pin", true, "pin server and benchmarks to separate CPUs when the server is our own")
 	pkg := fs.String("pkg", "./sqllock", "package whose benchmarks to run")
 	if err := fs.Parse(args); err != nil {
 		return 64
 	}
-	if *count < 1 {
-		fmt.Fprintln(stderr, "benchrun: -count must be at least 1")
+	if *count < 1 || *rounds < 1 {
+		fmt.Fprintln(stderr, "benchrun: -count and -rounds must be at least 1")
 		return 64
 	}
-	if err := bench1(stdout, stderr, options{*count, *bench, *benchtime, *out, *pin, *pkg}); err != nil {
+	if err := bench1(stdout, stderr, options{*count, *rounds, *bench, *benchtime, *out, *pin, *pkg}); err != nil {
 		fmt.Fprintln(stderr, "benchrun:", err)
 		return 1
 	}
@@ -61,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type options struct {
-	count            int
+	count, rounds    int
 	bench, benchtime string
 	out              string
 	pin              bool
@@ -117,7 +122,7 @@ func bench1(stdout, stderr io.Writer, o options) error {
 	}
 	defer f.Close()
 	for i := range o.count {
-		args := []string{"-test.run", "^$", "-test.bench", o.bench, "-test.benchmem", "-test.count", "1"}
+		args := []string{"-test.run", "^$", "-test.bench", o.bench, "-test.benchmem", "-test.count", "1", "-rounds", strconv.Itoa(o.rounds)}
 		if o.benchtime != "" {
 			args = append(args, "-test.benchtime", o.benchtime)
 		}
@@ -131,13 +136,49 @@ func bench1(stdout, stderr io.Writer, o options) error {
 		cmd := exec.Command(name, args...)
 		cmd.Dir = dir // where go test runs a package's tests
 		cmd.Env = append(os.Environ(), pgtest.EnvConnectionString+"="+dsn, "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
-		cmd.Stdout, cmd.Stderr = io.MultiWriter(stdout, f), stderr
+		cmd.Stderr = stderr
+		pipe, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
 		fmt.Fprintf(stderr, "benchrun: run %d of %d\n", i+1, o.count)
-		if err := cmd.Run(); err != nil {
+		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("run %d: %w", i+1, err)
+		}
+		copyErr := copyRounds(io.MultiWriter(stdout, f), pipe)
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("run %d: %w", i+1, err)
+		}
+		if copyErr != nil {
+			return fmt.Errorf("run %d: %w", i+1, copyErr)
 		}
 	}
 	return f.Close()
+}
+
+// roundSuffix is what the testing package appends to a sub-benchmark run
+// again under the same name: name#01, name#02, ...
+var roundSuffix = regexp.MustCompile(`#\d+`)
+
+// copyRounds copies go test output from r to w line by line, dropping the
+// round suffix from benchmark names, so that benchstat and benchratio see
+// each round as one more sample of the same benchmark.
+func copyRounds(w io.Writer, r io.Reader) error {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "Benchmark") {
+			end := strings.IndexAny(line, " \t")
+			if end < 0 {
+				end = len(line)
+			}
+			line = roundSuffix.ReplaceAllString(line[:end], "") + line[end:]
+		}
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
 }
 
 func placement(clientCPUs string, gomaxprocs int) string {
