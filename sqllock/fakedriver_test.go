@@ -282,3 +282,35 @@ func TestFakeObserverUnlocksOnLoss(t *testing.T) {
 		t.Fatal("Unlock from an observer deadlocked")
 	}
 }
+
+// An answer that is not an integer leaves the lock state unknown: the
+// call fails naming it, and the connection is discarded. NULL is what a
+// try-lock answers when it cannot undo a grant it refused.
+func TestFakeOddLockAnswerDiscards(t *testing.T) {
+	for _, tc := range []struct {
+		answer driver.Value
+		want   string
+	}{
+		{nil, "could not undo the grant"},
+		{true, "answered bool true, not an integer"},
+		{[]byte("x"), "not an integer"},
+	} {
+		l, c := newFake(t, func(context.Context, string) ([]driver.Value, error) {
+			return []driver.Value{tc.answer}, nil
+		}, WithKeepAlive(0, 0))
+		mu := l.MutexKey(keyspace.Int64(42))
+		ok, err := mu.TryLock(t.Context())
+		assert.False(t, ok)
+		assert.ErrorContains(t, err, tc.want)
+		assert.ErrorContains(t, err, "session discarded")
+		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
+	}
+}
+
+func TestLockAnswer(t *testing.T) {
+	for _, v := range []any{int64(7<<lockAnswerShift | flagGranted), []byte("225"), "225"} {
+		n, err := lockAnswer(v)
+		assert.NoError(t, err)
+		assert.Equal(t, int64(225), n, "answer %#v", v)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -100,8 +101,10 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	default:
 		q = m.q.lock
 	}
-	var answer int64
-	dest := []any{&answer}
+	// The answer is scanned as the driver gives it: database/sql converts
+	// into an *int64 by reflection, which costs more than lockAnswer.
+	var raw any
+	dest := []any{&raw}
 	conn, dc, err := m.lockStatement(ctx, q, dest)
 	if err != nil {
 		if conn != nil {
@@ -110,6 +113,12 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 			discard(conn)
 		}
 		return nil, m.fail(op, classify(withCtxErr(ctx, err)))
+	}
+	answer, err := lockAnswer(raw)
+	if err != nil {
+		// Whether the session holds the lock is unknown.
+		discard(conn)
+		return nil, m.fail(op, fmt.Errorf("%w; session discarded", err))
 	}
 	pid := answer >> lockAnswerShift
 	switch {
@@ -176,6 +185,28 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt, dest []any) (con
 		}
 		retries--
 	}
+}
+
+// lockAnswer reads a lock statement's answer (see buildQueries) from what
+// the driver gave.
+func lockAnswer(v any) (int64, error) {
+	switch a := v.(type) {
+	case int64:
+		return a, nil
+	case nil:
+		// Only a try-lock that was granted, refused after, and whose grant
+		// the same statement could not undo answers NULL.
+		return 0, errors.New("the server granted the lock on a session that it then refused, and could not undo the grant")
+	case []byte:
+		if n, err := strconv.ParseInt(string(a), 10, 64); err == nil {
+			return n, nil
+		}
+	case string:
+		if n, err := strconv.ParseInt(a, 10, 64); err == nil {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("the lock statement answered %T %v, not an integer", v, v)
 }
 
 // withCtxErr makes sure an error caused by the context ending wraps the
