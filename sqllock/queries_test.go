@@ -24,8 +24,8 @@ func TestBuildQueries(t *testing.T) {
 			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', 'TOKEN', false)) <> 'TOKEN' THEN 4 WHEN pg_try_advisory_lock(-5) THEN 1 ELSE 0 END",
 			"SELECT 1 WHERE pg_advisory_unlock(-5)", 0},
 		{keyspace.Pair(-2147483648, 7), true,
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text THEN 4 WHEN pg_advisory_lock($1,$2) IS NOT NULL THEN 1 END",
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN NOT pg_try_advisory_lock($1,$2) THEN 0 WHEN pg_is_in_recovery() THEN CASE WHEN pg_advisory_unlock($1,$2) THEN 2 END WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text THEN CASE WHEN pg_advisory_unlock($1,$2) THEN 4 END ELSE 1 END",
+			"SELECT CASE WHEN pg_is_in_recovery() THEN 2 WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text THEN pg_backend_pid()::int8*32 + 4 WHEN pg_advisory_lock($1,$2) IS NOT NULL THEN pg_backend_pid()::int8*32 + 1 END",
+			"SELECT CASE WHEN NOT pg_try_advisory_lock($1,$2) THEN 0 WHEN pg_is_in_recovery() THEN CASE WHEN pg_advisory_unlock($1,$2) THEN 2 END WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text THEN CASE WHEN pg_advisory_unlock($1,$2) THEN pg_backend_pid()::int8*32 + 4 END ELSE pg_backend_pid()::int8*32 + 1 END",
 			"SELECT 1 WHERE pg_advisory_unlock($1,$2)", 2},
 	}
 	for _, tt := range tests {
