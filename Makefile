@@ -33,7 +33,7 @@ lint:
 
 ## bench: the benchmarks, library against hand-written SQL on the same driver, with ratios
 ## (BENCHCOUNT runs, each a fresh process; see internal/benchrun and docs/benchmarks.md)
-BENCHCOUNT ?= 10
+BENCHCOUNT ?= 20
 BENCH      ?= .
 bench:
 	$(GO) run ./internal/benchrun -count $(BENCHCOUNT) -bench '$(BENCH)' -o bench.txt

@@ -17,7 +17,7 @@
 // The output, `go test -bench` lines from every run, goes to stdout and to
 // the -o file, for benchstat and benchratio.
 //
-//	go run ./internal/benchrun -count 10 -rounds 5 -o bench.txt
+//	go run ./internal/benchrun -count 20 -rounds 3 -o bench.txt
 package main
 
 import (
@@ -46,8 +46,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	count := fs.Int("count", 6, "number of runs (processes); each runs every benchmark once")
 	bench := fs.String("bench", ".", "benchmarks to run (go test -bench)")
-	rounds := fs.Int("rounds", 5, "rounds per run: each scenario's library and reference are measured this many times, alternating")
-	benchtime := fs.String("benchtime", "200ms", "go test -benchtime for each measurement")
+	rounds := fs.Int("rounds", 3, "rounds per run: each scenario's library and reference are measured this many times, alternating")
+	benchtime := fs.String("benchtime", "150ms", "go test -benchtime for each measurement")
 	out := fs.String("o", "bench.txt", "file to write the benchmark output to")
 	pin := fs.Bool("pin", true, "pin server and benchmarks to separate CPUs when the server is our own")
 	pkg := fs.String("pkg", "./sqllock", "package whose benchmarks to run")
