@@ -456,9 +456,14 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	if err != nil || h == nil {
 		return false, err
 	}
-	// A context that never ends gets the keep-alive timeout as its bound
-	// (see hold.release).
-	release := func() error { return h.release(context.WithoutCancel(ctx)) }
+	// The release runs under ctx's values but not its cancellation: a
+	// context that never ends gets the keep-alive timeout as its bound
+	// (see hold.release). One that already never ends is used as it is.
+	rctx := ctx
+	if ctx.Done() != nil {
+		rctx = context.WithoutCancel(ctx)
+	}
+	release := func() error { return h.release(rctx) }
 	returned := false
 	defer func() {
 		if !returned { // fn panicked or called runtime.Goexit
