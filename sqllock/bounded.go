@@ -8,29 +8,34 @@ import (
 	"time"
 )
 
-// queryRow runs a one-row statement on conn and scans it into dest, bounded
-// by ctx even where the driver is not: lib/pq answers a cancelled context
-// by sending the server a cancel request and waiting for the server's reply,
-// which on a silent network never comes. pgx bounds its own calls with
-// network deadlines, so with pgx (and with a context that never ends) the
-// statement runs inline.
+// queryAnswer runs a statement that answers one value on conn and returns
+// the value as the driver gives it, bounded by ctx even where the driver is
+// not: lib/pq answers a cancelled context by sending the server a cancel
+// request and waiting for the server's reply, which on a silent network
+// never comes. pgx bounds its own calls with network deadlines, so with pgx
+// (and with a context that never ends) the statement runs inline.
 //
 // When ctx ends and the driver has not returned abandonGrace later,
-// queryRow returns ctx.Err() and abandoned is true:
-// the statement goes on in the background, and its connection is discarded
-// once the driver returns. The caller must not touch dest or conn again.
-func (l *Locker) queryRow(ctx context.Context, conn *sql.Conn, q string, args []any, dest ...any) (abandoned bool, err error) {
+// queryAnswer returns ctx.Err() and abandoned is true: the statement goes
+// on in the background, and its connection is discarded once the driver
+// returns. The caller must not touch conn again.
+func (l *Locker) queryAnswer(ctx context.Context, conn *sql.Conn, q string, args []any) (v any, abandoned bool, err error) {
 	if l.boundsContext || ctx.Done() == nil {
-		return false, conn.QueryRowContext(ctx, q, args...).Scan(dest...)
+		err = conn.QueryRowContext(ctx, q, args...).Scan(&v)
+		return v, false, err
 	}
 	done := make(chan outcome, 1)
-	go func() { done <- outcome{err: conn.QueryRowContext(ctx, q, args...).Scan(dest...)} }()
+	go func() {
+		var r outcome
+		r.err = conn.QueryRowContext(ctx, q, args...).Scan(&r.v)
+		done <- r
+	}()
 	r, abandoned := awaitBounded(ctx, conn, done)
-	return abandoned, r.err
+	return r.v, abandoned, r.err
 }
 
 // execRows runs a statement on conn and returns the number of rows it
-// produced, bounded by ctx as queryRow is. It costs less than queryRow: no
+// produced, bounded by ctx as queryAnswer is. It costs less than queryRow: no
 // rows to read, and database/sql watches the context of a query, but not
 // of an Exec, with a goroutine.
 func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []any) (n int64, abandoned bool, err error) {
@@ -63,7 +68,8 @@ func rowsAffected(res sql.Result, err error) (int64, error) {
 
 // outcome is what a statement run in the background reports.
 type outcome struct {
-	n   int64
+	v   any   // queryAnswer's value
+	n   int64 // execRows's row count
 	err error
 }
 
@@ -93,7 +99,7 @@ func awaitBounded(ctx context.Context, conn *sql.Conn, done chan outcome) (r out
 	}
 }
 
-// abandonGrace is how long queryRow waits, after its context ends, for a
+// abandonGrace is how long queryAnswer and execRows wait, after its context ends, for a
 // driver that does not bound its own calls to return.
 const abandonGrace = 250 * time.Millisecond
 

@@ -228,6 +228,42 @@ func TestFakeUnlockDuringSlowProbe(t *testing.T) {
 		"the probe discards the orphaned connection")
 }
 
+// Unlock with a context that has time left waits for a probe in flight,
+// is woken when the probe gives the connection back, and unlocks as usual:
+// the connection returns to the pool.
+func TestFakeUnlockWaitsForProbe(t *testing.T) {
+	probing, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if q == probeSQL {
+			once.Do(func() { close(probing) })
+			<-unblock
+			return []driver.Value{int64(7)}, nil
+		}
+		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+	}, WithKeepAlive(time.Millisecond, time.Minute))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	<-probing
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- mu.Unlock(ctx) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Unlock returned (%v) while the probe held the connection", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(unblock)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Unlock was not woken when the probe gave the connection back")
+	}
+	assert.Equal(t, int32(0), c.closed.Load(), "the connection went back to the pool")
+}
+
 // After a lock is lost and taken again, Done and Err describe the lock
 // held now, not the lost one.
 func TestFakeDoneDescribesLiveLock(t *testing.T) {

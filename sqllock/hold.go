@@ -15,11 +15,11 @@ import (
 // in the Locker's scheduler, not a goroutine: each tick probes the
 // connection and schedules the next one.
 //
-// The connection has one user at a time: whoever holds the connSem token,
-// a tick's probe or the release. A release that cannot get the token before
-// its context ends leaves the connection orphaned, and the probe in flight
-// discards it when it finishes; the flags and the token's return are
-// decided under mu, so one of the two always ends the connection.
+// The connection has one user at a time: whoever holds connMu, a tick's
+// probe or the release. A release that cannot get it before its context
+// ends leaves the connection orphaned, and the probe in flight discards it
+// when it finishes; the flags and connMu's release are decided under mu,
+// so one of the two always ends the connection.
 type hold struct {
 	m        *Mutex
 	shared   bool
@@ -29,7 +29,11 @@ type hold struct {
 	onLost   func(error)
 	acquired time.Time // when the lock was granted; set only with observers
 
-	connSem chan struct{} // capacity 1: holding a token means using conn
+	// connMu is held by whoever uses conn. connFree, made by a release
+	// that waits for a probe with a context that may end, is closed when
+	// the probe gives conn back; both guarded by mu.
+	connMu   sync.Mutex
+	connFree chan struct{}
 
 	// The hold's entry in the Locker's scheduler, guarded by its mutex.
 	slot    int       // index in the scheduler's list; -1 when not scheduled
@@ -53,23 +57,63 @@ type hold struct {
 
 func (m *Mutex) newHold(conn *sql.Conn, dc any, shared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
 	h := &hold{m: m, shared: shared, conn: conn, dc: dc, pid: pid, acquired: acquired, onLost: onLost,
-		connSem: make(chan struct{}, 1), slot: -1}
+		slot: -1}
 	if m.l.cfg.interval > 0 {
 		m.l.sched.schedule(h, time.Now().Add(m.l.cfg.interval), dueProbe)
 	}
 	return h
 }
 
-// giveBack returns the connection token. If the release gave up waiting
-// for this probe, the connection is discarded first: it ends the session,
-// and with it the lock, which the release promised.
+// giveBack ends a probe's use of the connection. If the release gave up
+// waiting for this probe, the connection is discarded first: it ends the
+// session, and with it the lock, which the release promised.
 func (h *hold) giveBack() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.orphaned {
 		discard(h.conn)
 	}
-	<-h.connSem
+	h.connMu.Unlock()
+	if h.connFree != nil {
+		close(h.connFree)
+		h.connFree = nil
+	}
+}
+
+// takeConn waits until the release may use the connection, or until ctx
+// ends first; then it marks the connection orphaned, for the probe in
+// flight to discard, and reports false.
+func (h *hold) takeConn(ctx context.Context) bool {
+	if h.connMu.TryLock() {
+		return true
+	}
+	if ctx.Done() == nil {
+		h.connMu.Lock() // the probe's own timeout bounds this
+		return true
+	}
+	for {
+		h.mu.Lock()
+		if h.connMu.TryLock() {
+			h.mu.Unlock()
+			return true
+		}
+		if h.connFree == nil {
+			h.connFree = make(chan struct{})
+		}
+		free := h.connFree
+		h.mu.Unlock()
+		select {
+		case <-free:
+		case <-ctx.Done():
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.connMu.TryLock() { // the probe finished meanwhile
+				return true
+			}
+			h.orphaned = true
+			return false
+		}
+	}
 }
 
 func (h *hold) op(base string) string {
@@ -160,7 +204,7 @@ func (h *hold) fireBound() {
 // session that answered a probe sent at t is found dead by
 // t + max(interval, timeout) + timeout at the latest (see LossBound).
 func (h *hold) tick() {
-	h.connSem <- struct{}{}
+	h.connMu.Lock()
 	h.mu.Lock()
 	stopped := h.stopped
 	h.mu.Unlock()
@@ -317,27 +361,16 @@ func (h *hold) observeEnd(kind EventKind, err error) {
 func (h *hold) releaseConn(ctx context.Context) error {
 	// Take the connection from the keep-alive, waiting for a probe in
 	// flight, but no longer than ctx allows.
-	select {
-	case h.connSem <- struct{}{}:
-	case <-ctx.Done():
-		h.mu.Lock()
-		select {
-		case h.connSem <- struct{}{}: // the probe finished meanwhile
-			h.mu.Unlock()
-		default:
-			// The probe will discard the connection when it finishes,
-			// ending the session and the lock with it.
-			h.orphaned = true
-			lost := h.lost
-			h.mu.Unlock()
-			if lost != nil {
-				return lost
-			}
-			h.end(nil)
-			return nil
+	if !h.takeConn(ctx) {
+		// The probe will discard the connection when it finishes,
+		// ending the session and the lock with it.
+		if err := h.err(); errors.Is(err, ErrLockLost) {
+			return err
 		}
+		h.end(nil)
+		return nil
 	}
-	defer func() { <-h.connSem }()
+	defer h.connMu.Unlock()
 	// End the hold (as h.end does) and, unless the bound has passed or
 	// ctx has ended, mark the unlock as running, in one critical section.
 	h.mu.Lock()

@@ -103,9 +103,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	}
 	// The answer is scanned as the driver gives it: database/sql converts
 	// into an *int64 by reflection, which costs more than lockAnswer.
-	var raw any
-	dest := []any{&raw}
-	conn, dc, err := m.lockStatement(ctx, q, dest)
+	raw, conn, dc, err := m.lockStatement(ctx, q)
 	if err != nil {
 		if conn != nil {
 			// The lock may or may not have been granted before the error (a
@@ -156,32 +154,32 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 // tried on another. Every idle connection may be such a one, after which
 // the pool dials a new one; so the retries are bounded by the idle count.
 //
-// It returns the connection with its driver connection. With an error,
-// conn is the connection the caller must discard, or nil when nothing is
-// left to discard (no connection, or one abandoned to a statement still
-// running).
-func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt, dest []any) (conn *sql.Conn, dc any, err error) {
+// It returns the statement's answer, the connection and its driver
+// connection. With an error, conn is the connection the caller must
+// discard, or nil when nothing is left to discard (no connection, or one
+// abandoned to a statement still running).
+func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (answer any, conn *sql.Conn, dc any, err error) {
 	retries := -1
 	for {
 		conn, err = m.l.db.Conn(ctx)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		addr, dc := driverConn(conn)
 		text, args := q.forConn(m.q.args, addr)
-		abandoned, err := m.l.queryRow(ctx, conn, text, args, dest...)
+		answer, abandoned, err := m.l.queryAnswer(ctx, conn, text, args)
 		switch {
 		case abandoned:
-			return nil, nil, err
+			return nil, nil, nil, err
 		case err == nil || ctx.Err() != nil || !deadSession(err):
-			return conn, dc, err
+			return answer, conn, dc, err
 		}
 		discard(conn)
 		if retries < 0 {
 			retries = m.l.db.Stats().Idle + 1
 		}
 		if retries == 0 {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		retries--
 	}
