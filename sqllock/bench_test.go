@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"flag"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -45,16 +46,38 @@ func libRef(b *testing.B, lib, ref func(b *testing.B)) {
 	}
 }
 
-func benchDrivers(b *testing.B, f func(b *testing.B, db *sql.DB)) {
+// benchDrivers runs f on each driver with a pool of at most conns
+// connections, all of them opened before f runs. A scenario that needs one
+// connection gets a pool of one, so that its library side and its
+// reference side talk to the server over the same connection and the same
+// backend, and no difference between two connections or two backends can
+// enter their ratio.
+func benchDrivers(b *testing.B, conns int, f func(b *testing.B, db *sql.DB)) {
 	for _, d := range []string{"pq", "pgx"} {
-		driver := map[string]string{"pq": "postgres", "pgx": "pgx"}[d]
 		b.Run("driver="+d, func(b *testing.B) {
-			db := pgtest.DB(b, driver)
-			db.SetMaxIdleConns(32)
-			warm(b, db, 10)
+			db := pgtest.DB(b, driverName(d))
+			db.SetMaxOpenConns(conns)
+			db.SetMaxIdleConns(conns)
+			warm(b, db, conns)
 			f(b, db)
 		})
 	}
+}
+
+// driverName returns the database/sql driver name for a benchmark's
+// driver=... label.
+func driverName(label string) string {
+	return map[string]string{"pq": "postgres", "pgx": "pgx"}[label]
+}
+
+// otherDB opens a second pool on the benchmark's driver, for a party that
+// must not take the benchmark pool's connection.
+func otherDB(b *testing.B) *sql.DB {
+	label := "pq"
+	if strings.Contains(b.Name(), "driver=pgx") {
+		label = "pgx"
+	}
+	return pgtest.DB(b, driverName(label))
 }
 
 // warm opens n connections in db's pool, so that no benchmark dials one in
@@ -124,7 +147,7 @@ func cpuTime() time.Duration {
 func BenchmarkFloor(b *testing.B) {
 	// As many samples as the scenarios' rounds, so that each pairs with one.
 	for range max(*rounds, 1) {
-		benchDrivers(b, func(b *testing.B, db *sql.DB) {
+		benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
 			c := pin(b, db)
 			ctx := context.Background()
 			b.ReportAllocs()
@@ -138,7 +161,7 @@ func BenchmarkFloor(b *testing.B) {
 }
 
 func BenchmarkLockUnlock(b *testing.B) {
-	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
 		k := benchKey(b)
 		n, _ := k.Int64()
@@ -162,11 +185,13 @@ func BenchmarkLockUnlock(b *testing.B) {
 }
 
 func BenchmarkTryLockContended(b *testing.B) {
-	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
 		k := benchKey(b)
 		n, _ := k.Int64()
-		holder := sqllock.New(db).MutexKey(k)
+		// The holder has a pool of its own: the benchmark pool's one
+		// connection is the contenders'.
+		holder := sqllock.New(otherDB(b)).MutexKey(k)
 		check(b, holder.Lock(ctx))
 		defer holder.Unlock(ctx)
 		libRef(b, func(b *testing.B) {
@@ -196,7 +221,7 @@ func BenchmarkTryLockContended(b *testing.B) {
 }
 
 func BenchmarkWithLock(b *testing.B) {
-	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
 		k := benchKey(b)
 		n, _ := k.Int64()
@@ -226,7 +251,7 @@ func BenchmarkWithLock(b *testing.B) {
 // BenchmarkHandoff measures the latency from the holder's release to the
 // waiter's acquisition, with the waiter already blocked in the server.
 func BenchmarkHandoff(b *testing.B) {
-	benchDrivers(b, func(b *testing.B, db *sql.DB) {
+	benchDrivers(b, 3, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
 		k := benchKey(b)
 		n, _ := k.Int64()
@@ -289,8 +314,7 @@ func waitWaiters(b *testing.B, db *sql.DB, k keyspace.Key, n int) {
 
 // BenchmarkParallel runs 8 goroutines, each locking and unlocking its own key.
 func BenchmarkParallel(b *testing.B) {
-	benchDrivers(b, func(b *testing.B, db *sql.DB) {
-		db.SetMaxOpenConns(16)
+	benchDrivers(b, 16, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
 		base := benchKey(b)
 		bn, _ := base.Int64()
@@ -327,8 +351,7 @@ func BenchmarkParallel(b *testing.B) {
 
 // BenchmarkShared runs 8 goroutines taking and releasing one key in shared mode.
 func BenchmarkShared(b *testing.B) {
-	benchDrivers(b, func(b *testing.B, db *sql.DB) {
-		db.SetMaxOpenConns(16)
+	benchDrivers(b, 16, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()
 		k := benchKey(b)
 		n, _ := k.Int64()
