@@ -201,10 +201,11 @@ func TestKeepAliveLoad(t *testing.T) {
 	assert.Greater(t, got, want*0.5, "the keep-alive is not probing")
 }
 
-// Unlock waits for a keep-alive probe in flight no longer than its context:
-// the probe then discards the connection, ending the session and the lock.
-func TestFakeUnlockDuringSlowProbe(t *testing.T) {
-	probing, unblock := make(chan struct{}), make(chan struct{})
+// lockWithProbeInFlight returns a Mutex holding a lock whose keep-alive
+// probe is in flight, and stays so until unblock is closed.
+func lockWithProbeInFlight(t *testing.T) (mu *Mutex, c *fakeConnector, unblock chan struct{}) {
+	probing := make(chan struct{})
+	unblock = make(chan struct{})
 	var once sync.Once
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		if q == probeSQL {
@@ -214,9 +215,16 @@ func TestFakeUnlockDuringSlowProbe(t *testing.T) {
 		}
 		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
 	}, WithKeepAlive(time.Millisecond, time.Minute))
-	mu := l.MutexKey(keyspace.Int64(42))
+	mu = l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	<-probing
+	return mu, c, unblock
+}
+
+// Unlock waits for a keep-alive probe in flight no longer than its context:
+// the probe then discards the connection, ending the session and the lock.
+func TestFakeUnlockDuringSlowProbe(t *testing.T) {
+	mu, c, unblock := lockWithProbeInFlight(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -232,19 +240,7 @@ func TestFakeUnlockDuringSlowProbe(t *testing.T) {
 // is woken when the probe gives the connection back, and unlocks as usual:
 // the connection returns to the pool.
 func TestFakeUnlockWaitsForProbe(t *testing.T) {
-	probing, unblock := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		if q == probeSQL {
-			once.Do(func() { close(probing) })
-			<-unblock
-			return []driver.Value{int64(7)}, nil
-		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
-	}, WithKeepAlive(time.Millisecond, time.Minute))
-	mu := l.MutexKey(keyspace.Int64(42))
-	require.NoError(t, mu.Lock(t.Context()))
-	<-probing
+	mu, c, unblock := lockWithProbeInFlight(t)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
