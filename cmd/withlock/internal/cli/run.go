@@ -80,24 +80,35 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 			return context.Cause(g.ctx)
 		}
 		log.verbosef("acquired lock %q (%s) after %v", o.lockName, mode, since(begin))
-		reported := make(chan struct{})
-		stop := context.AfterFunc(ctx, func() {
-			defer close(reported)
+		// reportLoss reports a loss that ended ctx, once: when ctx ends, or,
+		// if the command exits first, when it has.
+		reportLoss := func() {
 			cause := context.Cause(ctx)
-			if !errors.Is(cause, sqllock.ErrLockLost) {
+			if !errors.Is(cause, sqllock.ErrLockLost) || lostWhileRunning.Swap(true) {
 				return
 			}
-			lostWhileRunning.Store(true)
 			log.printf("lost lock %q while the command ran: %v", o.lockName, cause)
 			if o.grace > 0 {
 				log.printf("stopping the command: SIGTERM now, SIGKILL after %v", o.grace)
 			} else {
 				log.printf("stopping the command: SIGKILL")
 			}
+		}
+		reported := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			defer close(reported)
+			reportLoss()
 		})
 		defer func() {
 			if !stop() { // the loss report runs: let it finish before the summary
 				<-reported
+				return
+			}
+			// The command may end (stopped because ctx ended) before the
+			// goroutine that cancels ctx has started the report: ctx's
+			// cause is set before the command is told, so read it here.
+			if ctx.Err() != nil {
+				reportLoss()
 			}
 		}()
 		res = c.run(ctx, sigs)
