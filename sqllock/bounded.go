@@ -35,9 +35,9 @@ func (l *Locker) queryAnswer(ctx context.Context, conn *sql.Conn, q string, args
 }
 
 // execRows runs a statement on conn and returns the number of rows it
-// produced, bounded by ctx as queryAnswer is. It costs less than queryRow: no
-// rows to read, and database/sql watches the context of a query, but not
-// of an Exec, with a goroutine.
+// produced, bounded by ctx as queryAnswer is. It costs less than a query:
+// no rows to read, and database/sql watches the context of a query, but
+// not of an Exec, with a goroutine.
 func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []any) (n int64, abandoned bool, err error) {
 	if l.boundsContext || ctx.Done() == nil {
 		n, err = rowsAffected(conn.ExecContext(ctx, q, args...))
@@ -99,8 +99,8 @@ func awaitBounded(ctx context.Context, conn *sql.Conn, done chan outcome) (r out
 	}
 }
 
-// abandonGrace is how long queryAnswer and execRows wait, after its context ends, for a
-// driver that does not bound its own calls to return.
+// abandonGrace is how long queryAnswer and execRows wait, after their
+// context ends, for a driver that does not bound its own calls to return.
 const abandonGrace = 250 * time.Millisecond
 
 // SQLSTATEs of a session the server has ended: a statement that gets one
