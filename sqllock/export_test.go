@@ -9,6 +9,6 @@ import (
 // connection, as the release bound finds it (nil: the bound cancels a
 // context instead).
 func DriverSocket(conn *sql.Conn) net.Conn {
-	_, dc := driverConn(conn)
+	dc := driverConn(conn)
 	return driverSocket(dc)
 }

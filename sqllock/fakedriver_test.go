@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,7 +64,7 @@ type fakeRows struct {
 func (r *fakeRows) Columns() []string { return make([]string, len(r.vals)) }
 func (r *fakeRows) Close() error      { return nil }
 func (r *fakeRows) Next(dest []driver.Value) error {
-	if r.done {
+	if r.done || len(r.vals) == 0 { // no values: no row
 		return io.EOF
 	}
 	r.done = true
@@ -315,15 +316,16 @@ func TestFakeObserverUnlocksOnLoss(t *testing.T) {
 	}
 }
 
-// An answer that is not an integer leaves the lock state unknown: the
-// call fails naming it, and the connection is discarded. NULL is what a
-// try-lock answers when it cannot undo a grant it refused.
+// An answer that makes no sense leaves the lock state unknown: the call
+// fails naming it, and the connection is discarded. That holds for both
+// forms of the statement: the checking form answers an integer, the
+// guarded form a boolean.
 func TestFakeOddLockAnswerDiscards(t *testing.T) {
 	for _, tc := range []struct {
 		answer driver.Value
 		want   string
 	}{
-		{nil, "could not undo the grant"},
+		{nil, "answered <nil> <nil>, not an integer"},
 		{true, "answered bool true, not an integer"},
 		{[]byte("x"), "not an integer"},
 	} {
@@ -334,9 +336,113 @@ func TestFakeOddLockAnswerDiscards(t *testing.T) {
 		ok, err := mu.TryLock(t.Context())
 		assert.False(t, ok)
 		assert.ErrorContains(t, err, tc.want)
-		assert.ErrorContains(t, err, "session discarded")
+		assert.ErrorContains(t, err, "so it is discarded")
 		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
 	}
+	for _, tc := range []struct {
+		answer driver.Value
+		want   string
+	}{
+		{nil, "answered <nil> <nil>, not a boolean"},
+		{int64(1), "answered int64 1, not a boolean"},
+	} {
+		l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+			if strings.Contains(q, " WHERE pg_backend_pid() = ") {
+				return []driver.Value{tc.answer}, nil
+			}
+			return answerAs(q, 7), nil
+		}, WithKeepAlive(0, 0))
+		mu := l.MutexKey(keyspace.Int64(42))
+		require.NoError(t, mu.Lock(t.Context()))
+		require.NoError(t, mu.Unlock(t.Context()))
+		err := mu.Lock(t.Context())
+		assert.ErrorContains(t, err, tc.want)
+		assert.ErrorContains(t, err, "so it is discarded")
+		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
+	}
+}
+
+// answerAs answers lock statement q as a server whose session has backend
+// pid pid would, when it grants every lock: the checking form with the
+// pid and the granted flag, the guarded form true if pid is the one it
+// names, else with no row; and unlocks as released.
+func answerAs(q string, pid int64) []driver.Value {
+	switch {
+	case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock"):
+		return []driver.Value{true}
+	case strings.Contains(q, " WHERE pg_backend_pid() = "):
+		if strings.HasSuffix(q, " = "+strconv.FormatInt(pid, 10)) {
+			return []driver.Value{true}
+		}
+		return nil
+	}
+	return []driver.Value{pid<<lockAnswerShift | flagGranted}
+}
+
+// The first lock on a connection checks its session, and later ones run
+// the guarded form, which names that session's pid. When the connection
+// turns out to lead to another session, the guarded form takes nothing,
+// and the checking form runs on that same connection and verifies the new
+// session.
+func TestFakeGuardedForm(t *testing.T) {
+	var pid atomic.Int64
+	pid.Store(7)
+	var mu sync.Mutex
+	var sent []string
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		mu.Lock()
+		sent = append(sent, q)
+		mu.Unlock()
+		return answerAs(q, pid.Load()), nil
+	}, WithKeepAlive(0, 0))
+	m := l.MutexKey(keyspace.Int64(42))
+	cycle := func() {
+		t.Helper()
+		require.NoError(t, m.Lock(t.Context()))
+		require.NoError(t, m.Unlock(t.Context()))
+	}
+	checking := func(q string) bool { return strings.HasPrefix(q, "SELECT pg_backend_pid()::int8*32 + CASE") }
+	cycle()
+	cycle()
+	pid.Store(8) // a pooler moved the connection to another session
+	cycle()
+	cycle()
+	ok, err := m.TryLock(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, m.Unlock(t.Context()))
+	require.Len(t, sent, 11)
+	assert.True(t, checking(sent[0]), "first lock: %s", sent[0])
+	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[2])
+	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[4], "the guarded form finds another session")
+	assert.True(t, checking(sent[5]), "then the checking form runs: %s", sent[5])
+	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 8", sent[7])
+	assert.Equal(t, "SELECT pg_try_advisory_lock(42) WHERE pg_backend_pid() = 8", sent[9], "a try uses the session the lock verified")
+	assert.Equal(t, int32(0), c.closed.Load(), "no connection was discarded")
+	// Another Mutex of the Locker uses what the first verified.
+	ok, err = l.MutexKey(keyspace.Int64(43)).TryLock(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, "SELECT pg_try_advisory_lock(43) WHERE pg_backend_pid() = 8", sent[len(sent)-1])
+}
+
+// A guarded try that finds the lock taken is not an error, and leaves the
+// connection in the pool.
+func TestFakeGuardedTryContended(t *testing.T) {
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if strings.HasPrefix(q, "SELECT pg_try_advisory_lock(") {
+			return []driver.Value{false}, nil
+		}
+		return answerAs(q, 7), nil
+	}, WithKeepAlive(0, 0))
+	m := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, m.Lock(t.Context()))
+	require.NoError(t, m.Unlock(t.Context()))
+	ok, err := m.TryLock(t.Context())
+	require.NoError(t, err)
+	assert.False(t, ok)
+	assert.Equal(t, int32(0), c.closed.Load())
+	assert.Equal(t, 0, l.db.Stats().InUse)
 }
 
 func TestLockAnswer(t *testing.T) {

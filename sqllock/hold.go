@@ -36,9 +36,9 @@ type hold struct {
 	connFree chan struct{}
 
 	// The hold's entry in the Locker's scheduler, guarded by its mutex.
-	slot    int       // index in the scheduler's list; -1 when not scheduled
-	due     time.Time // when the entry runs
-	dueKind int       // dueProbe or dueRelease
+	slot    int           // index in the scheduler's list; -1 when not scheduled
+	due     time.Duration // when the entry runs (see scheduler.now)
+	dueKind int           // dueProbe or dueRelease
 	// releaseCancel ends a release's context when its bound passes; set
 	// before the dueRelease entry is scheduled. Nil when the bound is
 	// enforced on the socket instead (see fireBound).
@@ -59,7 +59,7 @@ func (m *Mutex) newHold(conn *sql.Conn, dc any, shared bool, pid int64, acquired
 	h := &hold{m: m, shared: shared, conn: conn, dc: dc, pid: pid, acquired: acquired, onLost: onLost,
 		slot: -1}
 	if m.l.cfg.interval > 0 {
-		m.l.sched.schedule(h, time.Now().Add(m.l.cfg.interval), dueProbe)
+		m.l.sched.after(h, m.l.cfg.interval, dueProbe)
 	}
 	return h
 }
@@ -161,6 +161,11 @@ func (h *hold) markEnded(err error) bool {
 func (h *hold) closeDone() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.closeDoneLocked()
+}
+
+// closeDoneLocked is closeDone for a caller that holds h.mu.
+func (h *hold) closeDoneLocked() {
 	if !h.doneClosed {
 		h.doneClosed = true
 		if h.done != nil {
@@ -212,7 +217,7 @@ func (h *hold) tick() {
 		h.giveBack()
 		return
 	}
-	sent := time.Now()
+	sent := h.m.l.sched.now()
 	cause := h.probe(h.m.l.cfg.timeout)
 	if cause != nil {
 		// Record the loss before giving the connection back, so that a
@@ -232,7 +237,7 @@ func (h *hold) tick() {
 	// entry, never finds a probe scheduled after it began.
 	h.mu.Lock()
 	if !h.stopped {
-		h.m.l.sched.schedule(h, sent.Add(h.m.l.cfg.interval), dueProbe)
+		h.m.l.sched.schedule(h, sent+h.m.l.cfg.interval, dueProbe)
 	}
 	h.mu.Unlock()
 	h.giveBack()
@@ -311,9 +316,15 @@ func (h *hold) err() error {
 // done, the connection is discarded without a query and release reports
 // success, since closing the session releases the lock.
 func (h *hold) release(ctx context.Context) error {
-	h.mu.Lock()
-	h.stopped = true
-	h.mu.Unlock()
+	// Usually no probe is using the connection: take it at once, and stop
+	// the keep-alive in releaseConn's one critical section. Otherwise stop
+	// it now, and wait for the probe in releaseConn.
+	haveConn := h.connMu.TryLock()
+	if !haveConn {
+		h.mu.Lock()
+		h.stopped = true
+		h.mu.Unlock()
+	}
 	// A context that never ends (context.WithoutCancel in a defer) still
 	// gets a bound: past it, the connection is discarded. The bound is a
 	// scheduler entry rather than context.WithTimeout, whose timer would
@@ -327,20 +338,20 @@ func (h *hold) release(ctx context.Context) error {
 		// runs with a context the driver need not watch, which spares it
 		// a cancellable context and the watch on it (nine allocations,
 		// with pgx).
-		h.m.l.sched.schedule(h, time.Now().Add(h.m.l.cfg.timeout), dueRelease)
+		h.m.l.sched.after(h, h.m.l.cfg.timeout, dueRelease)
 		defer h.m.l.sched.cancel(h)
 	default:
 		// The entry cancels the unlock's context.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		h.releaseCancel = cancel
-		h.m.l.sched.schedule(h, time.Now().Add(h.m.l.cfg.timeout), dueRelease)
+		h.m.l.sched.after(h, h.m.l.cfg.timeout, dueRelease)
 		defer func() {
 			h.m.l.sched.cancel(h)
 			cancel()
 		}()
 	}
-	err := h.releaseConn(ctx)
+	err := h.releaseConn(ctx, haveConn)
 	switch {
 	case err == nil:
 		h.observeEnd(EventReleased, nil)
@@ -358,10 +369,12 @@ func (h *hold) observeEnd(kind EventKind, err error) {
 	h.m.observe(Event{Kind: kind, Shared: h.shared, Held: time.Since(h.acquired), Err: err})
 }
 
-func (h *hold) releaseConn(ctx context.Context) error {
+// releaseConn unlocks on the connection, taking it from the keep-alive
+// first unless haveConn says the caller did.
+func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 	// Take the connection from the keep-alive, waiting for a probe in
 	// flight, but no longer than ctx allows.
-	if !h.takeConn(ctx) {
+	if !haveConn && !h.takeConn(ctx) {
 		// The probe will discard the connection when it finishes,
 		// ending the session and the lock with it.
 		if err := h.err(); errors.Is(err, ErrLockLost) {
@@ -371,13 +384,18 @@ func (h *hold) releaseConn(ctx context.Context) error {
 		return nil
 	}
 	defer h.connMu.Unlock()
-	// End the hold (as h.end does) and, unless the bound has passed or
-	// ctx has ended, mark the unlock as running, in one critical section.
+	// Stop the keep-alive, end the hold (as h.end does) and, unless the
+	// bound has passed or ctx has ended, mark the unlock as running, in
+	// one critical section.
 	h.mu.Lock()
+	h.stopped = true
 	lost, ended := h.lost, h.ended
 	unlock := !ended && !h.boundPast && ctx.Err() == nil
 	h.ended = true
 	h.unlocking = unlock
+	if !ended {
+		h.closeDoneLocked()
+	}
 	h.mu.Unlock()
 	if ended {
 		if lost == nil {
@@ -385,7 +403,6 @@ func (h *hold) releaseConn(ctx context.Context) error {
 		}
 		return lost
 	}
-	h.closeDone()
 	if !unlock {
 		discard(h.conn)
 		return nil

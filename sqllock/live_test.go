@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
@@ -542,4 +544,68 @@ func TestReleaseBoundSocket(t *testing.T) {
 			assert.Nil(t, nc, "lib/pq's socket is out of reach")
 		}
 	})
+}
+
+// The first lock on a connection verifies its session with the checking
+// form; later locks on it run the guarded form, which names that session's
+// backend, and the server shows that form as the session's last statement
+// while the lock is held. Locks through a verified connection exclude as
+// ever, in both modes.
+func TestGuardedFormLive(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		db.SetMaxOpenConns(1) // every lock on one connection
+		l := sqllock.New(db)
+		mu, try := l.Mutex(t.Name()), l.Mutex(t.Name()+"/try")
+		observer := pgtest.DB(t, "pgx")
+		lastStatement := func(k keyspace.Key) (pid int64, query string) {
+			pid = backendOf(t, observer, k)
+			require.NoError(t, observer.QueryRowContext(t.Context(),
+				"SELECT query FROM pg_stat_activity WHERE pid = $1", pid).Scan(&query))
+			return pid, query
+		}
+		require.NoError(t, mu.Lock(t.Context()))
+		pid, first := lastStatement(mu.Key())
+		assert.Contains(t, first, "current_setting('sqllock.owner'", "the first lock checks the session")
+		require.NoError(t, mu.Unlock(t.Context()))
+
+		require.NoError(t, mu.Lock(t.Context()))
+		again, guarded := lastStatement(mu.Key())
+		assert.Equal(t, pid, again, "one connection, one session")
+		assert.True(t, strings.HasPrefix(guarded, "SELECT pg_advisory_lock("), "guarded form: %s", guarded)
+		assert.True(t, strings.HasSuffix(guarded, fmt.Sprintf("WHERE pg_backend_pid() = %d", pid)), "guarded form: %s", guarded)
+		require.NoError(t, mu.Unlock(t.Context()))
+
+		// A guarded try on the verified connection, against a holder on
+		// another session, finds the lock taken.
+		holder := sqllock.New(observer).Mutex(try.Name())
+		require.NoError(t, holder.Lock(t.Context()))
+		ok, err := try.TryLock(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "a guarded try on a held key fails")
+		require.NoError(t, holder.Unlock(t.Context()))
+		ok, err = try.TryLockShared(t.Context())
+		require.NoError(t, err)
+		assert.True(t, ok)
+		_, shared := lastStatement(try.Key())
+		assert.Equal(t, fmt.Sprintf("SELECT pg_try_advisory_lock_shared(%s) WHERE pg_backend_pid() = %d", keyArgs(db, try.Key()), pid), shared)
+		require.NoError(t, try.UnlockShared(t.Context()))
+		waitRows(t, observer, try.Key(), 0, 0)
+	})
+}
+
+// keyArgs is how k appears in a lock statement sent over db: parameters
+// under pgx, literals under lib/pq.
+func keyArgs(db *sql.DB, k keyspace.Key) string {
+	pgx := strings.Contains(fmt.Sprintf("%T", db.Driver()), "stdlib")
+	if n, ok := k.Int64(); ok {
+		if pgx {
+			return "$1"
+		}
+		return fmt.Sprint(n)
+	}
+	if pgx {
+		return "$1,$2"
+	}
+	a, b, _ := k.Pair()
+	return fmt.Sprintf("%d,%d", a, b)
 }

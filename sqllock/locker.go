@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
@@ -24,6 +25,7 @@ type Locker struct {
 	boundsContext bool         // the driver returns on time when a context ends (pgx)
 	socket        atomic.Int32 // socketUnknown, socketYes or socketNo (see socketBound)
 	sched         scheduler
+	sessions      sessionCache // the sessions that lock statements verified
 }
 
 // New returns a Locker over db. Options are applied in order.
@@ -33,6 +35,7 @@ type Locker struct {
 // for a nil db). New does not touch the network.
 func New(db *sql.DB, opts ...Option) *Locker {
 	l := &Locker{db: db, cfg: defaultConfig()}
+	l.sched.base = time.Now()
 	for _, opt := range opts {
 		if opt == nil {
 			l.cfg.fail(fmt.Errorf("sqllock: nil Option"))

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"weak"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
@@ -101,22 +102,15 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	default:
 		q = m.q.lock
 	}
-	// The answer is scanned as the driver gives it: database/sql converts
-	// into an *int64 by reflection, which costs more than lockAnswer.
-	raw, conn, dc, err := m.lockStatement(ctx, q)
+	answer, conn, dc, err := m.lockStatement(ctx, q)
 	if err != nil {
 		if conn != nil {
 			// The lock may or may not have been granted before the error (a
-			// cancel racing the grant): only ending the session is safe.
+			// cancel racing the grant, an answer that makes no sense): only
+			// ending the session is safe.
 			discard(conn)
 		}
 		return nil, m.fail(op, classify(withCtxErr(ctx, err)))
-	}
-	answer, err := lockAnswer(raw)
-	if err != nil {
-		// Whether the session holds the lock is unknown.
-		discard(conn)
-		return nil, m.fail(op, fmt.Errorf("%w; session discarded", err))
 	}
 	pid := answer >> lockAnswerShift
 	switch {
@@ -154,23 +148,23 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 // tried on another. Every idle connection may be such a one, after which
 // the pool dials a new one; so the retries are bounded by the idle count.
 //
-// It returns the statement's answer, the connection and its driver
-// connection. With an error, conn is the connection the caller must
-// discard, or nil when nothing is left to discard (no connection, or one
-// abandoned to a statement still running).
-func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (answer any, conn *sql.Conn, dc any, err error) {
+// It returns the answer, as the checking form gives it (see
+// buildQueries), the connection and its driver connection. With an error,
+// conn is the connection the caller must discard, or nil when nothing is
+// left to discard (no connection, or one abandoned to a statement still
+// running).
+func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (answer int64, conn *sql.Conn, dc any, err error) {
 	retries := -1
 	for {
 		conn, err = m.l.db.Conn(ctx)
 		if err != nil {
-			return nil, nil, nil, err
+			return 0, nil, nil, err
 		}
-		addr, dc := driverConn(conn)
-		text, args := q.forConn(m.q.args, addr)
-		answer, abandoned, err := m.l.queryAnswer(ctx, conn, text, args)
+		dc = driverConn(conn)
+		answer, abandoned, err := m.runLock(ctx, conn, dc, q)
 		switch {
 		case abandoned:
-			return nil, nil, nil, err
+			return 0, nil, nil, err
 		case err == nil || ctx.Err() != nil || !deadSession(err):
 			return answer, conn, dc, err
 		}
@@ -179,22 +173,74 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (answer any, con
 			retries = m.l.db.Stats().Idle + 1
 		}
 		if retries == 0 {
-			return nil, nil, nil, err
+			return 0, nil, nil, err
 		}
 		retries--
 	}
 }
 
-// lockAnswer reads a lock statement's answer (see buildQueries) from what
-// the driver gave.
+// runLock runs lock statement q on conn, whose driver connection is dc:
+// the guarded form if this Locker verified the connection's session
+// before, else the checking form, which verifies it. A guarded form that
+// finds another session on the connection (a transaction pooler moved it)
+// took nothing; the checking form then runs on the same connection.
+func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, dc any, q *lockStmt) (answer int64, abandoned bool, err error) {
+	p := connPointer(dc)
+	var ref weak.Pointer[byte]
+	if p != nil {
+		var g *guardedStmt
+		if g = q.last.Load(); g == nil || g.conn.Value() != p {
+			ref = weak.Make(p)
+			if pid, ok := m.l.sessions.lookup(ref); ok {
+				g = q.guardedFor(p, ref, pid)
+			} else {
+				g = nil
+			}
+		}
+		if g != nil {
+			v, abandoned, err := m.l.queryAnswer(ctx, conn, g.text, m.q.args)
+			switch {
+			case abandoned:
+				return 0, true, err
+			case err == nil:
+				granted, err := guardedAnswer(v)
+				if granted {
+					return g.pid<<lockAnswerShift | flagGranted, false, err
+				}
+				return g.pid << lockAnswerShift, false, err
+			case !errors.Is(err, sql.ErrNoRows) || ctx.Err() != nil:
+				return 0, false, err
+			}
+			m.l.sessions.forget(g.conn, g.pid)
+			ref = g.conn
+		}
+	}
+	text, args := q.checking(m.q.args, connAddr(dc))
+	v, abandoned, err := m.l.queryAnswer(ctx, conn, text, args)
+	if abandoned || err != nil {
+		return 0, abandoned, err
+	}
+	if answer, err = lockAnswer(v); err != nil {
+		return 0, false, err
+	}
+	if p != nil && answer&(flagStandby|flagShared) == 0 {
+		// Verified: later locks on this connection take the guarded form.
+		if ref == (weak.Pointer[byte]{}) {
+			ref = weak.Make(p)
+		}
+		pid := answer >> lockAnswerShift
+		m.l.sessions.remember(ref, pid)
+		q.guardedFor(p, ref, pid)
+	}
+	return answer, false, nil
+}
+
+// lockAnswer reads a checking lock statement's answer (see buildQueries)
+// from what the driver gave.
 func lockAnswer(v any) (int64, error) {
 	switch a := v.(type) {
 	case int64:
 		return a, nil
-	case nil:
-		// Only a try-lock that was granted, refused after, and whose grant
-		// the same statement could not undo answers NULL.
-		return 0, errors.New("the server granted the lock on a session that it then refused, and could not undo the grant")
 	case []byte:
 		if n, err := strconv.ParseInt(string(a), 10, 64); err == nil {
 			return n, nil
@@ -204,7 +250,25 @@ func lockAnswer(v any) (int64, error) {
 			return n, nil
 		}
 	}
-	return 0, fmt.Errorf("the lock statement answered %T %v, not an integer", v, v)
+	return 0, fmt.Errorf("the lock statement answered %T %v, not an integer: whether the session holds the lock is unknown, so it is discarded", v, v)
+}
+
+// guardedAnswer reads a guarded lock statement's answer: whether the lock
+// was granted.
+func guardedAnswer(v any) (bool, error) {
+	switch a := v.(type) {
+	case bool:
+		return a, nil
+	case []byte:
+		if b, err := strconv.ParseBool(string(a)); err == nil {
+			return b, nil
+		}
+	case string:
+		if b, err := strconv.ParseBool(a); err == nil {
+			return b, nil
+		}
+	}
+	return false, fmt.Errorf("the lock statement answered %T %v, not a boolean: whether the session holds the lock is unknown, so it is discarded", v, v)
 }
 
 // withCtxErr makes sure an error caused by the context ending wraps the

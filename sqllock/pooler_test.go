@@ -98,3 +98,41 @@ func TestPgBouncerTransactionLocks(t *testing.T) {
 		waitRows(t, pgtest.DB(t, "pgx"), a.Key(), 0, 0)
 	})
 }
+
+// Behind a transaction pooler, a client connection's statements reach
+// whichever server session is free. When the session that a connection's
+// first lock verified is busy with another client's transaction, the next
+// lock on that connection reaches another session: its guarded form finds
+// another backend there and takes nothing, and the checking form takes the
+// lock on the session the pooler chose.
+func TestPgBouncerTransactionModeSessionMoves(t *testing.T) {
+	t.Parallel()
+	eachBouncerDriver(t, "transaction", 2, func(t *testing.T, db *sql.DB) {
+		db.SetMaxOpenConns(2)
+		ctx := t.Context()
+		other, err := db.Conn(ctx) // a second client connection, idle for now
+		require.NoError(t, err)
+		defer other.Close()
+		mu := sqllock.New(db).Mutex(t.Name())
+		require.NoError(t, mu.Lock(ctx)) // the first client connection, on server session A
+		direct := pgtest.DB(t, "pgx")
+		first := backendOf(t, direct, mu.Key())
+		require.NoError(t, mu.Unlock(ctx))
+
+		// The other client connection's transaction takes session A, the
+		// only one the pooler has opened.
+		tx, err := other.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		defer tx.Rollback()
+		var busy int64
+		require.NoError(t, tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&busy))
+		require.Equal(t, first, busy, "the pooler reuses its idle session")
+
+		require.NoError(t, mu.Lock(ctx), "the lock moves to the session the pooler chose")
+		assert.NotEqual(t, first, backendOf(t, direct, mu.Key()))
+		held, _ := lockRows(t, direct, mu.Key())
+		assert.Equal(t, 1, held)
+		require.NoError(t, mu.Unlock(ctx))
+		waitRows(t, direct, mu.Key(), 0, 0)
+	})
+}

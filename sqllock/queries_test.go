@@ -3,35 +3,50 @@ package sqllock
 import (
 	"context"
 	"database/sql"
+	"runtime"
 	"strings"
 	"testing"
+	"weak"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
 
 func TestBuildQueries(t *testing.T) {
 	// Pinned texts, checked against PostgreSQL by the live tests: a change
-	// here is a change of wire behaviour.
+	// here is a change of wire behaviour. 'TOKEN' stands for the owner
+	// token, PID for the verified session's backend pid.
+	const foreign = "coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', 'TOKEN', false)) <> 'TOKEN'"
+	const foreignArg = "coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text"
 	tests := []struct {
-		key          keyspace.Key
-		placeholders bool
-		lock, try    string
-		unlock       string
-		nargs        int
+		key                   keyspace.Key
+		placeholders          bool
+		lock, try             string
+		guardedLock, guardTry string
+		unlock                string
+		nargs                 int
 	}{
 		{keyspace.Int64(-5), false,
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', 'TOKEN', false)) <> 'TOKEN' THEN 4 WHEN pg_advisory_lock(-5) IS NOT NULL THEN 1 END",
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', 'TOKEN', false)) <> 'TOKEN' THEN 4 WHEN pg_try_advisory_lock(-5) THEN 1 ELSE 0 END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreign + " THEN 4 WHEN pg_advisory_lock(-5) IS NOT NULL THEN 1 END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreign + " THEN 4 WHEN pg_try_advisory_lock(-5) THEN 1 ELSE 0 END",
+			"SELECT pg_advisory_lock(-5) IS NOT NULL WHERE pg_backend_pid() = PID",
+			"SELECT pg_try_advisory_lock(-5) WHERE pg_backend_pid() = PID",
 			"SELECT 1 WHERE pg_advisory_unlock(-5)", 0},
 		{keyspace.Pair(-2147483648, 7), true,
-			"SELECT CASE WHEN pg_is_in_recovery() THEN 2 WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text THEN pg_backend_pid()::int8*32 + 4 WHEN pg_advisory_lock($1,$2) IS NOT NULL THEN pg_backend_pid()::int8*32 + 1 END",
-			"SELECT CASE WHEN NOT pg_try_advisory_lock($1,$2) THEN 0 WHEN pg_is_in_recovery() THEN CASE WHEN pg_advisory_unlock($1,$2) THEN 2 END WHEN coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text THEN CASE WHEN pg_advisory_unlock($1,$2) THEN pg_backend_pid()::int8*32 + 4 END ELSE pg_backend_pid()::int8*32 + 1 END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreignArg + " THEN 4 WHEN pg_advisory_lock($1,$2) IS NOT NULL THEN 1 END",
+			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreignArg + " THEN 4 WHEN pg_try_advisory_lock($1,$2) THEN 1 ELSE 0 END",
+			"SELECT pg_advisory_lock($1,$2) IS NOT NULL WHERE pg_backend_pid() = PID",
+			"SELECT pg_try_advisory_lock($1,$2) WHERE pg_backend_pid() = PID",
 			"SELECT 1 WHERE pg_advisory_unlock($1,$2)", 2},
 	}
 	for _, tt := range tests {
 		q := buildQueries(tt.key, tt.placeholders, false)
-		lock, try := sqlText(q.lock), sqlText(q.try)
-		for _, c := range []struct{ name, got, want string }{{"lock", lock, tt.lock}, {"try", try, tt.try}, {"unlock", q.unlock, tt.unlock}} {
+		for _, c := range []struct{ name, got, want string }{
+			{"lock", sqlText(q.lock), tt.lock},
+			{"try", sqlText(q.try), tt.try},
+			{"guarded lock", guardedText(q.lock), tt.guardedLock},
+			{"guarded try", guardedText(q.try), tt.guardTry},
+			{"unlock", q.unlock, tt.unlock},
+		} {
 			if c.got != c.want {
 				t.Errorf("buildQueries(%v, %v).%s:\ngot  %s\nwant %s", tt.key, tt.placeholders, c.name, c.got, c.want)
 			}
@@ -39,10 +54,92 @@ func TestBuildQueries(t *testing.T) {
 		if len(q.args) != tt.nargs {
 			t.Errorf("buildQueries(%v, %v): %d args, want %d", tt.key, tt.placeholders, len(q.args), tt.nargs)
 		}
-		if _, args := q.lock.forConn(q.args, 12345); tt.placeholders && (len(args) != tt.nargs+1 || args[tt.nargs] != ownerToken(12345)) {
+		if _, args := q.lock.checking(q.args, 12345); tt.placeholders && (len(args) != tt.nargs+1 || args[tt.nargs] != ownerToken(12345)) {
 			t.Errorf("buildQueries(%v, %v): lock arguments %v, want the key's and the token", tt.key, tt.placeholders, args)
 		}
 	}
+	// Without the standby check.
+	q := buildQueries(keyspace.Int64(1), false, true)
+	if got, want := sqlText(q.lock), "SELECT pg_backend_pid()::int8*32 + CASE WHEN "+foreign+" THEN 4 WHEN pg_advisory_lock(1) IS NOT NULL THEN 1 END"; got != want {
+		t.Errorf("allowing standbys:\ngot  %s\nwant %s", got, want)
+	}
+}
+
+// guardedText is s's guarded form as TestBuildQueries pins it.
+func guardedText(s *lockStmt) string { return strings.Join(s.guarded, "PID") }
+
+// A guarded form is made once per driver connection and session, and made
+// again for another.
+func TestGuardedFor(t *testing.T) {
+	q := buildQueries(keyspace.Int64(9), true, false)
+	a, b := new(int), new(int)
+	pa, pb := connPointer(a), connPointer(b)
+	ra, rb := weak.Make(pa), weak.Make(pb)
+	g1 := q.lock.guardedFor(pa, ra, 100)
+	if want := "SELECT pg_advisory_lock($1) IS NOT NULL WHERE pg_backend_pid() = 100"; g1.text != want {
+		t.Errorf("guarded form %q, want %q", g1.text, want)
+	}
+	if g := q.lock.guardedFor(pa, ra, 100); g != g1 {
+		t.Error("the guarded form was made again for the same connection and session")
+	}
+	if g := q.lock.guardedFor(pa, ra, 101); g == g1 || g.pid != 101 {
+		t.Errorf("another session on the same connection got %+v", g)
+	}
+	if g := q.lock.guardedFor(pb, rb, 101); g.conn != rb {
+		t.Errorf("another connection got %+v", g)
+	}
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(b)
+}
+
+// Only a pointer to a value of nonzero size identifies a driver connection.
+func TestConnPointer(t *testing.T) {
+	type empty struct{}
+	for _, dc := range []any{nil, 7, "conn", (*int)(nil), &empty{}} {
+		if p := connPointer(dc); p != nil {
+			t.Errorf("connPointer(%T) = %p, want nil", dc, p)
+		}
+	}
+	x := new(int64)
+	if p := connPointer(x); p == nil {
+		t.Error("connPointer(*int64) = nil")
+	}
+}
+
+// The cache keeps what it is told per connection, forgets only the pid
+// it is told to, and drops the entries of connections that are gone.
+func TestSessionCache(t *testing.T) {
+	var c sessionCache
+	a := new(int)
+	ra := weak.Make(connPointer(a))
+	c.remember(ra, 7)
+	if pid, ok := c.lookup(ra); !ok || pid != 7 {
+		t.Fatalf("lookup = %d, %v; want 7, true", pid, ok)
+	}
+	c.forget(ra, 8)
+	if _, ok := c.lookup(ra); !ok {
+		t.Error("forget with another pid dropped the entry")
+	}
+	c.forget(ra, 7)
+	if _, ok := c.lookup(ra); ok {
+		t.Error("forget kept the entry")
+	}
+	// Connections that die are pruned as others arrive.
+	for i := range 200 {
+		c.remember(weak.Make(connPointer(new(int))), int64(i))
+	}
+	runtime.GC()
+	for i := range 200 {
+		c.remember(weak.Make(connPointer(new(int))), int64(i))
+	}
+	c.remember(ra, 7)
+	if n := len(c.pids); n > 300 {
+		t.Errorf("%d entries after 400 connections came and went: not pruned", n)
+	}
+	if _, ok := c.lookup(ra); !ok {
+		t.Error("a live connection's entry was pruned")
+	}
+	runtime.KeepAlive(a)
 }
 
 // Each driver connection has its own owner token, the same on every
@@ -75,14 +172,13 @@ func TestOwnerToken(t *testing.T) {
 	}
 
 	q := buildQueries(keyspace.Int64(1), true, false)
-	_, args1 := q.lock.forConn(q.args, 1)
-	_, args2 := q.lock.forConn(q.args, 2)
-	_, args1again := q.lock.forConn(q.args, 1)
-	if args1[1] != ownerToken(1) || args2[1] != ownerToken(2) || args1again[1] != ownerToken(1) || len(q.args) != 1 {
-		t.Errorf("argument slices shared: %v %v %v %v", args1, args2, args1again, q.args)
+	_, args1 := q.lock.checking(q.args, 1)
+	_, args2 := q.lock.checking(q.args, 2)
+	if args1[1] != ownerToken(1) || args2[1] != ownerToken(2) || len(q.args) != 1 {
+		t.Errorf("argument slices shared: %v %v %v", args1, args2, q.args)
 	}
 	ql := buildQueries(keyspace.Int64(1), false, false)
-	if text, _ := ql.lock.forConn(nil, 7); !strings.Contains(text, "'"+ownerToken(7)+"'") {
+	if text, _ := ql.lock.checking(nil, 7); !strings.Contains(text, "'"+ownerToken(7)+"'") {
 		t.Errorf("literal statement lacks the quoted token: %s", text)
 	}
 }
@@ -107,6 +203,5 @@ func TestTxQueries(t *testing.T) {
 }
 
 func addrOf(conn *sql.Conn) uintptr {
-	addr, _ := driverConn(conn)
-	return addr
+	return connAddr(driverConn(conn))
 }

@@ -16,12 +16,22 @@ import (
 // pgx). The shared timer stays armed across locks, so a program that takes
 // and releases locks in a loop re-arms it about once per keep-alive
 // interval instead.
+//
+// Times are offsets from the scheduler's base, read from the monotonic
+// clock only (time.Since), which costs one clock read where time.Now costs
+// two: the lock path reads it twice per Lock+Unlock.
 type scheduler struct {
+	base time.Time // set before first use (see New); due times are offsets from it
+
 	mu    sync.Mutex
-	holds []*hold     // scheduled holds, each at holds[h.slot]
-	timer *time.Timer // made on first use; runs fire
-	at    time.Time   // when timer fires; zero when it is not armed
+	holds []*hold       // scheduled holds, each at holds[h.slot]
+	timer *time.Timer   // made on first use; runs fire
+	at    time.Duration // when timer fires, if armed
+	armed bool
 }
+
+// now returns the scheduler's time: the time elapsed since its base.
+func (s *scheduler) now() time.Duration { return time.Since(s.base) }
 
 // What a scheduled hold is waiting for.
 const (
@@ -29,9 +39,15 @@ const (
 	dueRelease            // the end of its release's bound
 )
 
-// schedule sets h's single entry to run kind at due, replacing any entry
-// it had. The caller must not hold s.mu.
-func (s *scheduler) schedule(h *hold, due time.Time, kind int) {
+// after sets h's single entry to run kind after delay d, replacing any
+// entry it had.
+func (s *scheduler) after(h *hold, d time.Duration, kind int) {
+	s.schedule(h, s.now()+d, kind)
+}
+
+// schedule sets h's single entry to run kind at due (see scheduler.now),
+// replacing any entry it had. The caller must not hold s.mu.
+func (s *scheduler) schedule(h *hold, due time.Duration, kind int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h.due, h.dueKind = due, kind
@@ -39,7 +55,7 @@ func (s *scheduler) schedule(h *hold, due time.Time, kind int) {
 		h.slot = len(s.holds)
 		s.holds = append(s.holds, h)
 	}
-	if s.at.IsZero() || due.Before(s.at) {
+	if !s.armed || due < s.at {
 		s.arm(due)
 	}
 }
@@ -64,13 +80,13 @@ func (s *scheduler) drop(i int) {
 	h.slot = -1
 }
 
-func (s *scheduler) arm(at time.Time) {
-	s.at = at
+func (s *scheduler) arm(at time.Duration) {
+	s.at, s.armed = at, true
 	if s.timer == nil {
-		s.timer = time.AfterFunc(time.Until(at), s.fire)
+		s.timer = time.AfterFunc(at-s.now(), s.fire)
 		return
 	}
-	s.timer.Reset(time.Until(at))
+	s.timer.Reset(at - s.now())
 }
 
 // fire starts every entry that is due, each in its own goroutine (a probe
@@ -80,14 +96,15 @@ func (s *scheduler) arm(at time.Time) {
 // re-arms.
 func (s *scheduler) fire() {
 	s.mu.Lock()
-	now := time.Now()
-	s.at = time.Time{}
-	var next time.Time
+	now := s.now()
+	s.armed = false
+	var next time.Duration
+	found := false
 	for i := 0; i < len(s.holds); {
 		h := s.holds[i]
-		if h.due.After(now) {
-			if next.IsZero() || h.due.Before(next) {
-				next = h.due
+		if h.due > now {
+			if !found || h.due < next {
+				next, found = h.due, true
 			}
 			i++
 			continue
@@ -95,7 +112,7 @@ func (s *scheduler) fire() {
 		s.drop(i)
 		go h.run(h.dueKind)
 	}
-	if !next.IsZero() {
+	if found {
 		s.arm(next)
 	}
 	s.mu.Unlock()

@@ -18,7 +18,7 @@ import (
 // for entries far enough apart; a cancelled entry never runs; a
 // rescheduled one runs at its new time only.
 func TestScheduler(t *testing.T) {
-	var s scheduler
+	s := scheduler{base: time.Now()}
 	var mu sync.Mutex
 	var ran []string
 	done := make(chan struct{}, 8)
@@ -33,13 +33,14 @@ func TestScheduler(t *testing.T) {
 		return h
 	}
 	start := time.Now()
+	at := s.now()
 	a, b, c, d := entry("a"), entry("b"), entry("c"), entry("d")
-	s.schedule(c, start.Add(60*time.Millisecond), dueRelease)
-	s.schedule(a, start.Add(20*time.Millisecond), dueRelease)
-	s.schedule(b, start.Add(40*time.Millisecond), dueRelease)
-	s.schedule(d, start.Add(30*time.Millisecond), dueRelease)
+	s.schedule(c, at+60*time.Millisecond, dueRelease)
+	s.schedule(a, at+20*time.Millisecond, dueRelease)
+	s.after(b, 40*time.Millisecond, dueRelease)
+	s.schedule(d, at+30*time.Millisecond, dueRelease)
 	s.cancel(b)
-	s.schedule(d, start.Add(80*time.Millisecond), dueRelease) // moved, not added twice
+	s.schedule(d, at+80*time.Millisecond, dueRelease) // moved, not added twice
 	for range 3 {
 		select {
 		case <-done:
