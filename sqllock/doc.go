@@ -59,7 +59,9 @@
 // each server session with a token of the client connection that first
 // locked on it (a custom setting, in the same round trip as the lock); a
 // lock that lands on a session marked by another connection takes nothing
-// and fails with [ErrSharedSession]. The keep-alive also
+// and fails with [ErrSharedSession]. Once a connection's session is
+// checked, later locks on that connection take the lock only if they reach
+// the same backend, and check again where they do not. The keep-alive also
 // notices a change of backend. Behind such a pooler, use transaction-scoped
 // locks: [Mutex.LockTx] and friends, released at commit or rollback. A hot
 // standby grants advisory locks that exclude nobody on the primary; sqllock
