@@ -8,56 +8,38 @@ import (
 	"time"
 )
 
-// queryAnswer runs a statement that answers one value on conn and returns
-// the value as the driver gives it, bounded by ctx even where the driver is
-// not: lib/pq answers a cancelled context by sending the server a cancel
-// request and waiting for the server's reply, which on a silent network
-// never comes. pgx bounds its own calls with network deadlines, so with pgx
-// (and with a context that never ends) the statement runs inline.
-//
-// When ctx ends and the driver has not returned abandonGrace later,
-// queryAnswer returns ctx.Err() and abandoned is true: the statement goes
-// on in the background, and its connection is discarded once the driver
-// returns. The caller must not touch conn again.
-func (l *Locker) queryAnswer(ctx context.Context, conn *sql.Conn, q string, args []any) (v any, abandoned bool, err error) {
+// execRows runs statement q on conn's driver connection and returns the
+// number of rows it produced, bounded by ctx as Mutex.runLock is. It costs
+// less than a query: no rows to read.
+func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue) (n int64, abandoned bool, err error) {
 	if l.boundsContext || ctx.Done() == nil {
-		err = conn.QueryRowContext(ctx, q, args...).Scan(&v)
-		return v, false, err
+		r := execRaw(ctx, conn, q, args)
+		return r.n, false, r.err
 	}
 	done := make(chan outcome, 1)
-	go func() {
-		var r outcome
-		r.err = conn.QueryRowContext(ctx, q, args...).Scan(&r.v)
-		done <- r
-	}()
-	r, abandoned := awaitBounded(ctx, conn, done)
-	return r.v, abandoned, r.err
-}
-
-// execRows runs a statement on conn and returns the number of rows it
-// produced, bounded by ctx as queryAnswer is. It costs less than a query:
-// no rows to read, and database/sql watches the context of a query, but
-// not of an Exec, with a goroutine.
-func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []any) (n int64, abandoned bool, err error) {
-	if l.boundsContext || ctx.Done() == nil {
-		n, err = rowsAffected(conn.ExecContext(ctx, q, args...))
-		return n, false, err
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		var r outcome
-		r.n, r.err = rowsAffected(conn.ExecContext(ctx, q, args...))
-		done <- r
-	}()
+	go func() { done <- execRaw(ctx, conn, q, args) }()
 	r, abandoned := awaitBounded(ctx, conn, done)
 	return r.n, abandoned, r.err
 }
 
+func execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue) (r outcome) {
+	if err := conn.Raw(func(dc any) error {
+		r.n, r.err = driverExecRows(ctx, dc, q, args)
+		return nil
+	}); err != nil {
+		r.err = err
+	}
+	return r
+}
+
 // rowsAffected returns the row count of a statement that ran, or -1 if the
 // driver cannot tell it.
-func rowsAffected(res sql.Result, err error) (int64, error) {
+func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (int64, error) {
 	if err != nil {
 		return 0, err
+	}
+	if res == nil {
+		return -1, nil
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
@@ -66,10 +48,10 @@ func rowsAffected(res sql.Result, err error) (int64, error) {
 	return n, nil
 }
 
-// outcome is what a statement run in the background reports.
+// outcome is what a statement reports, from the background or not.
 type outcome struct {
-	v   any   // queryAnswer's value
-	n   int64 // execRows's row count
+	n   int64 // execRows's row count, or runLock's answer
+	dc  any   // runLock's driver connection
 	err error
 }
 

@@ -411,7 +411,7 @@ func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 	if h.shared {
 		q = h.m.q.unlockShared
 	}
-	rows, abandoned, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.args)
+	rows, abandoned, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.named)
 	h.mu.Lock()
 	h.unlocking = false
 	past := h.boundPast

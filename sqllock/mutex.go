@@ -160,8 +160,8 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (answer int64, c
 		if err != nil {
 			return 0, nil, nil, err
 		}
-		dc = driverConn(conn)
-		answer, abandoned, err := m.runLock(ctx, conn, dc, q)
+		var abandoned bool
+		answer, dc, abandoned, err = m.runLock(ctx, conn, q)
 		switch {
 		case abandoned:
 			return 0, nil, nil, err
@@ -179,60 +179,97 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (answer int64, c
 	}
 }
 
-// runLock runs lock statement q on conn, whose driver connection is dc:
-// the guarded form if this Locker verified the connection's session
-// before, else the checking form, which verifies it. A guarded form that
-// finds another session on the connection (a transaction pooler moved it)
-// took nothing; the checking form then runs on the same connection.
-func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, dc any, q *lockStmt) (answer int64, abandoned bool, err error) {
+// runLock runs lock statement q on conn (see lockOn) and returns the
+// answer as the checking form gives it, and conn's driver connection. It
+// is bounded by ctx even where the driver is not: lib/pq answers a
+// cancelled context by sending the server a cancel request and waiting
+// for the server's reply, which on a silent network never comes. pgx
+// bounds its own calls with network deadlines, so with pgx (and with a
+// context that never ends) the statement runs inline.
+//
+// When ctx ends and the driver has not returned abandonGrace later,
+// runLock returns ctx.Err() and abandoned is true: the statement goes on
+// in the background, and its connection is discarded once the driver
+// returns. The caller must not touch conn again.
+func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (answer int64, dc any, abandoned bool, err error) {
+	if m.l.boundsContext || ctx.Done() == nil {
+		r := m.lockRaw(ctx, conn, q)
+		return r.n, r.dc, false, r.err
+	}
+	done := make(chan outcome, 1)
+	go func() { done <- m.lockRaw(ctx, conn, q) }()
+	r, abandoned := awaitBounded(ctx, conn, done)
+	return r.n, r.dc, abandoned, r.err
+}
+
+// lockRaw runs lockOn on conn's driver connection: one conn.Raw finds it
+// and runs the statement.
+func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *lockStmt) (r outcome) {
+	if err := conn.Raw(func(dc any) error {
+		r = m.lockOn(ctx, dc, q)
+		return nil
+	}); err != nil {
+		r.err = err
+	}
+	return r
+}
+
+// lockOn runs lock statement q on driver connection dc: the guarded form
+// if this Locker verified the connection's session before, else the
+// checking form, which verifies it. A guarded form that finds another
+// session on the connection (a transaction pooler moved it) took nothing;
+// the checking form then runs on the same connection. r.n is the answer,
+// as the checking form gives it.
+func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt) (r outcome) {
+	r.dc = dc
 	p := connPointer(dc)
 	var ref weak.Pointer[byte]
 	if p != nil {
-		var g *guardedStmt
-		if g = q.last.Load(); g == nil || g.conn.Value() != p {
+		g := q.last.Load()
+		if g == nil || g.conn.Value() != p {
 			ref = weak.Make(p)
+			g = nil
 			if pid, ok := m.l.sessions.lookup(ref); ok {
 				g = q.guardedFor(p, ref, pid)
-			} else {
-				g = nil
 			}
 		}
 		if g != nil {
-			v, abandoned, err := m.l.queryAnswer(ctx, conn, g.text, m.q.args)
+			v, err := driverQueryValue(ctx, dc, g.text, m.q.named)
 			switch {
-			case abandoned:
-				return 0, true, err
 			case err == nil:
 				granted, err := guardedAnswer(v)
+				r.n, r.err = g.pid<<lockAnswerShift, err
 				if granted {
-					return g.pid<<lockAnswerShift | flagGranted, false, err
+					r.n |= flagGranted
 				}
-				return g.pid << lockAnswerShift, false, err
+				return r
 			case !errors.Is(err, sql.ErrNoRows) || ctx.Err() != nil:
-				return 0, false, err
+				r.err = err
+				return r
 			}
 			m.l.sessions.forget(g.conn, g.pid)
 			ref = g.conn
 		}
 	}
-	text, args := q.checking(m.q.args, connAddr(dc))
-	v, abandoned, err := m.l.queryAnswer(ctx, conn, text, args)
-	if abandoned || err != nil {
-		return 0, abandoned, err
+	text, args := q.checking(m.q.named, connAddr(dc))
+	v, err := driverQueryValue(ctx, dc, text, args)
+	if err == nil {
+		r.n, err = lockAnswer(v)
 	}
-	if answer, err = lockAnswer(v); err != nil {
-		return 0, false, err
+	if err != nil {
+		r.err = err
+		return r
 	}
-	if p != nil && answer&(flagStandby|flagShared) == 0 {
+	if p != nil && r.n&(flagStandby|flagShared) == 0 {
 		// Verified: later locks on this connection take the guarded form.
 		if ref == (weak.Pointer[byte]{}) {
 			ref = weak.Make(p)
 		}
-		pid := answer >> lockAnswerShift
+		pid := r.n >> lockAnswerShift
 		m.l.sessions.remember(ref, pid)
 		q.guardedFor(p, ref, pid)
 	}
-	return answer, false, nil
+	return r
 }
 
 // lockAnswer reads a checking lock statement's answer (see buildQueries)

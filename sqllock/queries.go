@@ -3,6 +3,7 @@ package sqllock
 import (
 	"crypto/rand"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/hex"
 	"reflect"
 	"strconv"
@@ -20,9 +21,10 @@ import (
 type queries struct {
 	lock, lockShared     *lockStmt // see lockStmt
 	try, tryShared       *lockStmt
-	unlock, unlockShared string // -> one row if released, else none
-	args                 []any  // the key as bind parameters, or nil with literals
-	keyList              string // the key as SQL arguments: "42", "1,2" or "$1,$2"
+	unlock, unlockShared string              // -> one row if released, else none
+	args                 []any               // the key as bind parameters, or nil with literals
+	named                []driver.NamedValue // args, as the driver takes them
+	keyList              string              // the key as SQL arguments: "42", "1,2" or "$1,$2"
 }
 
 // A lockStmt is one lock operation in its two forms (see buildQueries):
@@ -55,10 +57,10 @@ type guardedStmt struct {
 
 // checking returns the checking form and its arguments for the driver
 // connection at addr, given the key's arguments.
-func (s *lockStmt) checking(keyArgs []any, addr uintptr) (string, []any) {
+func (s *lockStmt) checking(keyArgs []driver.NamedValue, addr uintptr) (string, []driver.NamedValue) {
 	token := ownerToken(addr)
 	if s.parts == nil {
-		return s.text, append(keyArgs[:len(keyArgs):len(keyArgs)], token)
+		return s.text, append(keyArgs[:len(keyArgs):len(keyArgs)], driver.NamedValue{Ordinal: len(keyArgs) + 1, Value: token})
 	}
 	return strings.Join(s.parts, token), keyArgs
 }
@@ -184,6 +186,7 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 		unlock:       unlock("pg_advisory_unlock"),
 		unlockShared: unlock("pg_advisory_unlock_shared"),
 		args:         args,
+		named:        named(args),
 		keyList:      list,
 	}
 }
@@ -195,15 +198,6 @@ var processToken = sync.OnceValue(func() string {
 	_, _ = rand.Read(b[:]) // never fails on supported platforms
 	return hex.EncodeToString(b[:]) + "-"
 })
-
-// driverConn returns conn's driver connection.
-func driverConn(conn *sql.Conn) (dc any) {
-	_ = conn.Raw(func(c any) error {
-		dc = c
-		return nil
-	})
-	return dc
-}
 
 // connAddr returns the address of driver connection dc, which no other
 // live connection of this process shares; it is 0 for a driver connection

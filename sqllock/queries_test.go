@@ -3,6 +3,7 @@ package sqllock
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"runtime"
 	"strings"
 	"testing"
@@ -54,7 +55,7 @@ func TestBuildQueries(t *testing.T) {
 		if len(q.args) != tt.nargs {
 			t.Errorf("buildQueries(%v, %v): %d args, want %d", tt.key, tt.placeholders, len(q.args), tt.nargs)
 		}
-		if _, args := q.lock.checking(q.args, 12345); tt.placeholders && (len(args) != tt.nargs+1 || args[tt.nargs] != ownerToken(12345)) {
+		if _, args := q.lock.checking(q.named, 12345); tt.placeholders && (len(args) != tt.nargs+1 || args[tt.nargs] != (driver.NamedValue{Ordinal: tt.nargs + 1, Value: ownerToken(12345)})) {
 			t.Errorf("buildQueries(%v, %v): lock arguments %v, want the key's and the token", tt.key, tt.placeholders, args)
 		}
 	}
@@ -172,10 +173,10 @@ func TestOwnerToken(t *testing.T) {
 	}
 
 	q := buildQueries(keyspace.Int64(1), true, false)
-	_, args1 := q.lock.checking(q.args, 1)
-	_, args2 := q.lock.checking(q.args, 2)
-	if args1[1] != ownerToken(1) || args2[1] != ownerToken(2) || len(q.args) != 1 {
-		t.Errorf("argument slices shared: %v %v %v", args1, args2, q.args)
+	_, args1 := q.lock.checking(q.named, 1)
+	_, args2 := q.lock.checking(q.named, 2)
+	if args1[1].Value != ownerToken(1) || args2[1].Value != ownerToken(2) || len(q.named) != 1 {
+		t.Errorf("argument slices shared: %v %v %v", args1, args2, q.named)
 	}
 	ql := buildQueries(keyspace.Int64(1), false, false)
 	if text, _ := ql.lock.checking(nil, 7); !strings.Contains(text, "'"+ownerToken(7)+"'") {
@@ -204,4 +205,13 @@ func TestTxQueries(t *testing.T) {
 
 func addrOf(conn *sql.Conn) uintptr {
 	return connAddr(driverConn(conn))
+}
+
+// driverConn returns conn's driver connection.
+func driverConn(conn *sql.Conn) (dc any) {
+	_ = conn.Raw(func(c any) error {
+		dc = c
+		return nil
+	})
+	return dc
 }

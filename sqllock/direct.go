@@ -1,0 +1,131 @@
+package sqllock
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The lock statements run on the driver connection itself, inside
+// conn.Raw, the way database/sql runs a query on it (QueryerContext, else
+// a prepared statement), without database/sql's bookkeeping around each
+// statement: a Rows and its context watch, the column list, conversion of
+// the answer. Besides costing less, this lets one conn.Raw both find the
+// driver connection and run the statement on it. The keep-alive probe,
+// off the lock path, goes through database/sql.
+
+// driverQueryValue runs query on driver connection dc and returns the
+// first column of its first row, or sql.ErrNoRows when it answers no row.
+// The statement must answer one column.
+func driverQueryValue(ctx context.Context, dc any, query string, args []driver.NamedValue) (any, error) {
+	rows, err := driverQuery(ctx, dc, query, args)
+	if err != nil {
+		return nil, err
+	}
+	dest := make([]driver.Value, 1)
+	err = rows.Next(dest)
+	if cerr := rows.Close(); err == nil || err == io.EOF && cerr != nil {
+		err = cerr
+	}
+	switch {
+	case err == io.EOF:
+		return nil, sql.ErrNoRows
+	case err != nil:
+		return nil, err
+	}
+	return dest[0], nil
+}
+
+// driverQuery starts query on dc as database/sql would.
+func driverQuery(ctx context.Context, dc any, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if q, ok := dc.(driver.QueryerContext); ok {
+		rows, err := q.QueryContext(ctx, query, args)
+		if !errors.Is(err, driver.ErrSkip) {
+			return rows, err
+		}
+	}
+	st, err := prepare(ctx, dc, query)
+	if err != nil {
+		return nil, err
+	}
+	var rows driver.Rows
+	if sq, ok := st.(driver.StmtQueryContext); ok {
+		rows, err = sq.QueryContext(ctx, args)
+	} else {
+		//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtQueryContext
+		rows, err = st.Query(values(args))
+	}
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return stmtRows{rows, st}, nil
+}
+
+// driverExecRows runs query on dc and returns the number of rows it
+// produced, or -1 if the driver cannot tell.
+func driverExecRows(ctx context.Context, dc any, query string, args []driver.NamedValue) (int64, error) {
+	if e, ok := dc.(driver.ExecerContext); ok {
+		res, err := e.ExecContext(ctx, query, args)
+		if !errors.Is(err, driver.ErrSkip) {
+			return rowsAffected(res, err)
+		}
+	}
+	st, err := prepare(ctx, dc, query)
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	if se, ok := st.(driver.StmtExecContext); ok {
+		return rowsAffected(se.ExecContext(ctx, args))
+	}
+	//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtExecContext
+	return rowsAffected(st.Exec(values(args)))
+}
+
+func prepare(ctx context.Context, dc any, query string) (driver.Stmt, error) {
+	switch c := dc.(type) {
+	case driver.ConnPrepareContext:
+		return c.PrepareContext(ctx, query)
+	case driver.Conn:
+		return c.Prepare(query)
+	}
+	return nil, fmt.Errorf("the driver connection %T is not a database/sql/driver.Conn", dc)
+}
+
+func values(args []driver.NamedValue) []driver.Value {
+	vs := make([]driver.Value, len(args))
+	for i, a := range args {
+		vs[i] = a.Value
+	}
+	return vs
+}
+
+// stmtRows closes its statement with its rows.
+type stmtRows struct {
+	driver.Rows
+	st driver.Stmt
+}
+
+func (r stmtRows) Close() error {
+	err := r.Rows.Close()
+	if serr := r.st.Close(); err == nil {
+		err = serr
+	}
+	return err
+}
+
+// named returns args as a statement's parameters $1, $2, ...
+func named(args []any) []driver.NamedValue {
+	if len(args) == 0 {
+		return nil
+	}
+	nv := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		nv[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	return nv
+}
