@@ -34,8 +34,14 @@ var (
 // Repeated rounds appear as name#01, name#02, ... (internal/benchrun
 // strips the suffix).
 func libRef(b *testing.B, lib, ref func(b *testing.B)) {
-	first, second := lib, ref
-	firstName, secondName := "impl=lib", "impl=ref"
+	alternate(b, "impl=lib", lib, "impl=ref", ref)
+}
+
+// alternate is libRef for any two sides, named nameA and nameB: A is the
+// library's side, B the reference's.
+func alternate(b *testing.B, nameA string, a func(b *testing.B), nameB string, bf func(b *testing.B)) {
+	first, second := a, bf
+	firstName, secondName := nameA, nameB
 	if *refFirst {
 		first, second, firstName, secondName = second, first, secondName, firstName
 	}
@@ -379,5 +385,29 @@ func BenchmarkShared(b *testing.B) {
 				}
 			})
 		})
+	})
+}
+
+// BenchmarkKeepAlive measures what the keep-alive costs on the lock path:
+// the library's Lock+Unlock with the keep-alive at its default
+// ("keepalive=on") and off ("keepalive=off"), measured as the other
+// scenarios' two sides are. No probe runs within a cycle: the difference
+// is the probe's scheduler entry, made at Lock and removed at Unlock.
+func BenchmarkKeepAlive(b *testing.B) {
+	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
+		ctx := context.Background()
+		k := benchKey(b)
+		cycle := func(l *sqllock.Locker) func(b *testing.B) {
+			return func(b *testing.B) {
+				mu := l.MutexKey(k)
+				b.ReportAllocs()
+				defer reportCPU(b)()
+				for b.Loop() {
+					check(b, mu.Lock(ctx))
+					check(b, mu.Unlock(ctx))
+				}
+			}
+		}
+		alternate(b, "keepalive=on", cycle(sqllock.New(db)), "keepalive=off", cycle(sqllock.New(db, sqllock.WithKeepAlive(0, 0))))
 	})
 }

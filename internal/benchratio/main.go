@@ -132,15 +132,21 @@ func report(w io.Writer, r results) (failed int) {
 			name     string
 			maxRatio float64 // lib/ref, 0: no target
 			maxFloor float64 // lib/floor, 0: no target
+			lib, ref string  // the two sides' labels, if not impl=lib and impl=ref
 		}{
-			{"LockUnlock", 1.05, 3},
-			{"TryLockContended", 1.05, 1.5},
-			{"WithLock", 1.05, 0},
-			{"Parallel", 1.05, 0},
-			{"Shared", 0, 0},
-			{"Handoff", 0, 0},
+			{name: "LockUnlock", maxRatio: 1.05, maxFloor: 3},
+			{name: "TryLockContended", maxRatio: 1.05, maxFloor: 1.5},
+			{name: "WithLock", maxRatio: 1.05},
+			{name: "Parallel", maxRatio: 1.05},
+			{name: "Shared"},
+			{name: "Handoff"},
+			// The keep-alive's cost on the lock path: none expected.
+			{name: "KeepAlive", lib: "keepalive=on", ref: "keepalive=off"},
 		} {
-			libName, refName := s.name+"/driver="+d+"/impl=lib", s.name+"/driver="+d+"/impl=ref"
+			if s.lib == "" {
+				s.lib, s.ref = "impl=lib", "impl=ref"
+			}
+			libName, refName := s.name+"/driver="+d+"/"+s.lib, s.name+"/driver="+d+"/"+s.ref
 			lib, ok1 := r.get(libName, "ns/op")
 			ref, ok2 := r.get(refName, "ns/op")
 			if !ok1 || !ok2 {
@@ -148,14 +154,17 @@ func report(w io.Writer, r results) (failed int) {
 			}
 			libRef := r.ratio(libName, refName, "ns/op")
 			libFloor := r.ratio(libName, "Floor/driver="+d, "ns/op")
-			la, _ := r.get(s.name+"/driver="+d+"/impl=lib", "allocs/op")
-			ra, _ := r.get(s.name+"/driver="+d+"/impl=ref", "allocs/op")
+			la, _ := r.get(libName, "allocs/op")
+			ra, _ := r.get(refName, "allocs/op")
 			var targets []string
 			if s.maxRatio > 0 {
 				targets = append(targets, fmt.Sprintf("lib/ref ≤ %.2f %s", s.maxRatio, check(libRef <= s.maxRatio)))
 			}
 			if s.maxFloor > 0 {
 				targets = append(targets, fmt.Sprintf("lib/floor ≤ %.1f %s", s.maxFloor, check(libFloor <= s.maxFloor)))
+			}
+			if s.name == "KeepAlive" {
+				targets = append(targets, "keep-alive on / off (none expected)")
 			}
 			if s.name == "Handoff" {
 				lp, _ := r.get(s.name+"/driver="+d+"/impl=lib", "p50-µs")

@@ -12,6 +12,8 @@ BenchmarkLockUnlock/driver=pq/impl=lib-2         	    2000	    250 ns/op	 1936 B
 BenchmarkLockUnlock/driver=pq/impl=ref-2         	    2000	    300 ns/op	 1488 B/op	      44 allocs/op
 BenchmarkHandoff/driver=pq/impl=lib-2            	    2000	    574150 ns/op	       189.0 p50-µs	       360.0 p99-µs
 BenchmarkHandoff/driver=pq/impl=ref-2            	    2000	    599243 ns/op	       211.0 p50-µs	       422.0 p99-µs
+BenchmarkKeepAlive/driver=pq/keepalive=on-2      	    2000	    255 ns/op	 1936 B/op	      41 allocs/op
+BenchmarkKeepAlive/driver=pq/keepalive=off-2     	    2000	    250 ns/op	 1900 B/op	      40 allocs/op
 `
 
 func TestParseAndReport(t *testing.T) {
@@ -33,6 +35,10 @@ func TestParseAndReport(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "LockUnlock") {
 		t.Errorf("report lacks LockUnlock:\n%s", out.String())
+	}
+	// The keep-alive row pairs its own two sides: 255/250.
+	if !strings.Contains(out.String(), "KeepAlive                 0.3        0.2     1.02") {
+		t.Errorf("report lacks the keep-alive's on/off ratio:\n%s", out.String())
 	}
 }
 
