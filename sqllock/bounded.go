@@ -81,7 +81,7 @@ func awaitBounded(ctx context.Context, conn *sql.Conn, done chan outcome) (r out
 	}
 }
 
-// abandonGrace is how long queryAnswer and execRows wait, after their
+// abandonGrace is how long Mutex.runLock and execRows wait, after their
 // context ends, for a driver that does not bound its own calls to return.
 const abandonGrace = 250 * time.Millisecond
 

@@ -17,6 +17,10 @@ import (
 // driver connection and run the statement on it. The keep-alive probe,
 // off the lock path, goes through database/sql.
 
+// The arguments are the key's, built once per Mutex and shared by
+// concurrent calls: int64 and string values, which every driver takes
+// as they are (database/sql/driver.Value), and which no driver modifies.
+
 // driverQueryValue runs query on driver connection dc and returns the
 // first column of its first row, or sql.ErrNoRows when it answers no row.
 // The statement must answer one column.
@@ -51,6 +55,10 @@ func driverQuery(ctx context.Context, dc any, query string, args []driver.NamedV
 	if err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil { // as database/sql does before a call without a context
+		st.Close()
+		return nil, err
+	}
 	var rows driver.Rows
 	if sq, ok := st.(driver.StmtQueryContext); ok {
 		rows, err = sq.QueryContext(ctx, args)
@@ -79,6 +87,9 @@ func driverExecRows(ctx context.Context, dc any, query string, args []driver.Nam
 		return 0, err
 	}
 	defer st.Close()
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
 	if se, ok := st.(driver.StmtExecContext); ok {
 		return rowsAffected(se.ExecContext(ctx, args))
 	}
@@ -87,6 +98,9 @@ func driverExecRows(ctx context.Context, dc any, query string, args []driver.Nam
 }
 
 func prepare(ctx context.Context, dc any, query string) (driver.Stmt, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	switch c := dc.(type) {
 	case driver.ConnPrepareContext:
 		return c.PrepareContext(ctx, query)

@@ -452,3 +452,33 @@ func TestLockAnswer(t *testing.T) {
 		assert.Equal(t, int64(225), n, "answer %#v", v)
 	}
 }
+
+// A connection moved to a session that the checking form refuses leaves no
+// guarded form behind: the next lock on it checks at once, in one round
+// trip, rather than trying the stale guard first.
+func TestFakeRefusedMoveForgetsGuard(t *testing.T) {
+	var standby atomic.Bool
+	var mu sync.Mutex
+	var sent []string
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		mu.Lock()
+		sent = append(sent, q)
+		mu.Unlock()
+		if standby.Load() {
+			if strings.Contains(q, " WHERE pg_backend_pid() = ") {
+				return nil, nil // another session
+			}
+			return []driver.Value{int64(8<<lockAnswerShift | flagStandby)}, nil
+		}
+		return answerAs(q, 7), nil
+	}, WithKeepAlive(0, 0))
+	m := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, m.Lock(t.Context()))
+	require.NoError(t, m.Unlock(t.Context()))
+	standby.Store(true)
+	require.ErrorIs(t, m.Lock(t.Context()), ErrStandby)
+	n := len(sent)
+	require.ErrorIs(t, m.Lock(t.Context()), ErrStandby)
+	require.Len(t, sent, n+1, "one statement for the next lock")
+	assert.True(t, strings.HasPrefix(sent[n], "SELECT pg_backend_pid()::int8*32 + CASE"), "the checking form: %s", sent[n])
+}

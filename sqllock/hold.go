@@ -233,8 +233,11 @@ func (h *hold) tick() {
 		}
 		return
 	}
-	// Under mu, so that a release, which sets stopped and then cancels the
-	// entry, never finds a probe scheduled after it began.
+	// Under mu, so that a release that waits for this probe (it sets
+	// stopped, then replaces or cancels the entry, then takes connMu)
+	// never finds a probe scheduled after it began. A release that took
+	// connMu first sets stopped before it gives connMu back, so this tick,
+	// which holds connMu, cannot be running then.
 	h.mu.Lock()
 	if !h.stopped {
 		h.m.l.sched.schedule(h, sent+h.m.l.cfg.interval, dueProbe)

@@ -247,7 +247,11 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt) (r outcome) {
 				r.err = err
 				return r
 			}
+			// Another session: forget the one verified, here and in this
+			// statement's cache, so that a checking form that refuses
+			// leaves no guarded form to try first next time.
 			m.l.sessions.forget(g.conn, g.pid)
+			q.last.CompareAndSwap(g, nil)
 			ref = g.conn
 		}
 	}

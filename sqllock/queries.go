@@ -50,7 +50,7 @@ type lockStmt struct {
 // A guardedStmt is a lockStmt's guarded form made for one driver
 // connection, whose session has backend pid pid.
 type guardedStmt struct {
-	conn weak.Pointer[byte] // the driver connection (see connRef)
+	conn weak.Pointer[byte] // the driver connection (see connPointer)
 	pid  int64
 	text string
 }
@@ -135,7 +135,7 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 	// (not a standby, carrying this connection's token): it takes the lock
 	// only if the session is still the one verified, by backend pid, and
 	// answers true (granted), false (a try that found the lock taken) or
-	// no row (another session: nothing taken; see Mutex.runLock). The pid
+	// no row (another session: nothing taken; see Mutex.lockOn). The pid
 	// test is a one-time filter, which the server evaluates before the
 	// select list, so it runs first. A session cannot become a standby,
 	// and it keeps this connection's token (another client can take it
