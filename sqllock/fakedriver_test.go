@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -387,14 +388,9 @@ func answerAs(q string, pid int64) []driver.Value {
 func TestFakeGuardedForm(t *testing.T) {
 	var pid atomic.Int64
 	pid.Store(7)
-	var mu sync.Mutex
-	var sent []string
-	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		mu.Lock()
-		sent = append(sent, q)
-		mu.Unlock()
+	l, c, sentFn := newRecordingFake(t, func(q string) ([]driver.Value, error) {
 		return answerAs(q, pid.Load()), nil
-	}, WithKeepAlive(0, 0))
+	})
 	m := l.MutexKey(keyspace.Int64(42))
 	cycle := func() {
 		t.Helper()
@@ -411,6 +407,7 @@ func TestFakeGuardedForm(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.NoError(t, m.Unlock(t.Context()))
+	sent := sentFn()
 	require.Len(t, sent, 11)
 	assert.True(t, checking(sent[0]), "first lock: %s", sent[0])
 	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[2])
@@ -423,6 +420,7 @@ func TestFakeGuardedForm(t *testing.T) {
 	ok, err = l.MutexKey(keyspace.Int64(43)).TryLock(t.Context())
 	require.NoError(t, err)
 	require.True(t, ok)
+	sent = sentFn()
 	assert.Equal(t, "SELECT pg_try_advisory_lock(43) WHERE pg_backend_pid() = 8", sent[len(sent)-1])
 }
 
@@ -458,12 +456,7 @@ func TestLockAnswer(t *testing.T) {
 // trip, rather than trying the stale guard first.
 func TestFakeRefusedMoveForgetsGuard(t *testing.T) {
 	var standby atomic.Bool
-	var mu sync.Mutex
-	var sent []string
-	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		mu.Lock()
-		sent = append(sent, q)
-		mu.Unlock()
+	l, _, sent := newRecordingFake(t, func(q string) ([]driver.Value, error) {
 		if standby.Load() {
 			if strings.Contains(q, " WHERE pg_backend_pid() = ") {
 				return nil, nil // another session
@@ -471,14 +464,33 @@ func TestFakeRefusedMoveForgetsGuard(t *testing.T) {
 			return []driver.Value{int64(8<<lockAnswerShift | flagStandby)}, nil
 		}
 		return answerAs(q, 7), nil
-	}, WithKeepAlive(0, 0))
+	})
 	m := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, m.Lock(t.Context()))
 	require.NoError(t, m.Unlock(t.Context()))
 	standby.Store(true)
 	require.ErrorIs(t, m.Lock(t.Context()), ErrStandby)
-	n := len(sent)
+	n := len(sent())
 	require.ErrorIs(t, m.Lock(t.Context()), ErrStandby)
-	require.Len(t, sent, n+1, "one statement for the next lock")
-	assert.True(t, strings.HasPrefix(sent[n], "SELECT pg_backend_pid()::int8*32 + CASE"), "the checking form: %s", sent[n])
+	require.Len(t, sent(), n+1, "one statement for the next lock")
+	assert.True(t, strings.HasPrefix(sent()[n], "SELECT pg_backend_pid()::int8*32 + CASE"), "the checking form: %s", sent()[n])
+}
+
+// newRecordingFake is newFake, with the keep-alive off, over a driver that
+// answers each statement with answer and records it; sent returns the
+// statements so far, in order.
+func newRecordingFake(t *testing.T, answer func(q string) ([]driver.Value, error)) (l *Locker, c *fakeConnector, sent func() []string) {
+	var mu sync.Mutex
+	var qs []string
+	l, c = newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		mu.Lock()
+		qs = append(qs, q)
+		mu.Unlock()
+		return answer(q)
+	}, WithKeepAlive(0, 0))
+	return l, c, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(qs)
+	}
 }

@@ -84,9 +84,6 @@ func (h *hold) giveBack() {
 // ends first; then it marks the connection orphaned, for the probe in
 // flight to discard, and reports false.
 func (h *hold) takeConn(ctx context.Context) bool {
-	if h.connMu.TryLock() {
-		return true
-	}
 	if ctx.Done() == nil {
 		h.connMu.Lock() // the probe's own timeout bounds this
 		return true
