@@ -6,17 +6,21 @@ STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 BIN         := bin
 MODULE      := $(shell $(GO) list -m)
 
-.PHONY: all test test-short lint bench demo build clean
+.PHONY: all test test-short lint bench demo build clean provision
 
 all: lint test
 
+## provision: install what the tests need beyond Go and PostgreSQL (scripts/provision)
+provision:
+	@scripts/provision
+
 ## test: unit tests, live tests and the conformance suite on lib/pq, pgx and gorm, with -race
-test:
+test: provision
 	$(GO) test -race -shuffle=on -count=1 -timeout 10m ./...
 	$(GO) run ./internal/withpg -- sh -c "cd examples && $(GO) test -race -count=1 -timeout 5m ./..."
 
 ## test-short: the same, with fewer torture iterations
-test-short:
+test-short: provision
 	$(GO) test -race -short -count=1 ./...
 
 ## lint: gofmt, go vet, staticcheck, and sqllock/keyspace import only the standard library

@@ -31,7 +31,7 @@ func NewBouncer(tb testing.TB, poolMode string, poolSize int) *Bouncer {
 	if err != nil {
 		exe = "/usr/sbin/pgbouncer"
 		if _, serr := os.Stat(exe); serr != nil {
-			skipOrFatal(tb, "pgtest: pgbouncer is not installed (apt-get install pgbouncer): %v", err)
+			skipOrFatal(tb, "pgtest: pgbouncer is not installed (make provision, or apt-get install pgbouncer): %v", err)
 		}
 	}
 	target, err := url.Parse(DSN(tb))
