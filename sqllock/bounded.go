@@ -5,20 +5,24 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"io"
+	"net"
+	"syscall"
 	"time"
 )
 
 // execRows runs statement q on conn's driver connection and returns the
 // number of rows it produced, bounded by ctx as Mutex.runLock is. It costs
-// less than a query: no rows to read.
-func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue) (n int64, abandoned bool, err error) {
+// less than a query: no rows to read. If the statement is abandoned,
+// onAbandon runs once the driver returns.
+func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, onAbandon func()) (n int64, abandoned bool, err error) {
 	if l.boundsContext || ctx.Done() == nil {
 		r := execRaw(ctx, conn, q, args)
 		return r.n, false, r.err
 	}
 	done := make(chan outcome, 1)
 	go func() { done <- execRaw(ctx, conn, q, args) }()
-	r, abandoned := awaitBounded(ctx, conn, done)
+	r, abandoned := awaitBounded(ctx, done, func(outcome) { onAbandon() })
 	return r.n, abandoned, r.err
 }
 
@@ -50,22 +54,25 @@ func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (in
 
 // outcome is what a statement reports, from the background or not.
 type outcome struct {
-	n   int64 // execRows's row count, or runLock's answer
-	dc  any   // runLock's driver connection
+	n   int64 // execRows's row count, or lockOn's flags
+	pid int64 // lockOn: the session's backend pid, once known
+	ran bool  // lockOn: a lock statement was sent
+	dc  any   // lockOn's driver connection
 	err error
 }
 
 // awaitBounded waits for a statement running in the background to report on
 // done, or for ctx to end and abandonGrace to pass after it; then abandoned
-// is true, and conn is discarded once the statement returns.
-func awaitBounded(ctx context.Context, conn *sql.Conn, done chan outcome) (r outcome, abandoned bool) {
+// is true, and onAbandon runs with the statement's outcome once it
+// returns: it must end the connection's session.
+func awaitBounded(ctx context.Context, done chan outcome, onAbandon func(outcome)) (r outcome, abandoned bool) {
 	select {
 	case r := <-done:
 		return r, false
 	case <-ctx.Done():
 	}
 	// A live server answers the driver's cancel request within a round trip
-	// or two; wait that long so the connection is settled (and discarded by
+	// or two; wait that long so the connection is settled (and ended by
 	// the caller) before returning. Only a silent network outlasts this.
 	t := time.NewTimer(abandonGrace)
 	defer t.Stop()
@@ -73,10 +80,7 @@ func awaitBounded(ctx context.Context, conn *sql.Conn, done chan outcome) (r out
 	case r := <-done:
 		return r, false
 	case <-t.C:
-		go func() {
-			<-done
-			discard(conn)
-		}()
+		go func() { onAbandon(<-done) }()
 		return outcome{err: ctx.Err()}, true
 	}
 }
@@ -94,12 +98,21 @@ var deadSessionStates = map[string]bool{
 	"57P05": true, // idle_session_timeout
 }
 
-// deadSession reports whether err says that the pooled connection's session
-// was already gone when the statement was sent, so that taking another
-// connection is safe and right.
+// deadSession reports whether err says that the connection's session is
+// gone, or its socket broken, so that whatever a statement on it took
+// ends with the session, and taking another connection is right: the
+// driver's ErrBadConn, a SQLSTATE of a session the server ended, or a
+// network error other than a timeout (lib/pq reports a reset connection
+// as a *net.OpError, pgx a closed one as io.ErrUnexpectedEOF). A timeout
+// is not: a driver's read timeout (bun's pgdriver has one) can fire while
+// the session waits, alive, for a lock.
 func deadSession(err error) bool {
-	if errors.Is(err, driver.ErrBadConn) {
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
 		return true
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok {
+		return !ne.Timeout()
 	}
 	var se interface{ SQLState() string }
 	return errors.As(err, &se) && deadSessionStates[se.SQLState()]

@@ -33,6 +33,15 @@ var (
 	// ([Mutex.LockTx]) or connect to the server, or to a session-mode pooler.
 	ErrSharedSession = errors.New("sqllock: server session shared with another client; a transaction-mode pooler breaks session locks (use LockTx)")
 
+	// ErrNotReleased reports that sqllock gave up on a session that may
+	// hold the lock (a release or a grant that got no answer, a session
+	// that could not be reached) and could not confirm, within the
+	// keep-alive timeout, that the server ended it: the lock may be held
+	// until the server notices the session is gone (see the server's
+	// tcp_keepalives_* and idle_session_timeout settings). The caller does
+	// not hold the lock either way.
+	ErrNotReleased = errors.New("sqllock: release not confirmed: the abandoned session may hold the lock until the server ends it")
+
 	// ErrDeadlock reports that the server's deadlock detector (SQLSTATE
 	// 40P01) chose this lock request as the victim of a lock-order cycle.
 	// The request holds nothing; retry it, ideally after releasing other

@@ -80,18 +80,34 @@ func newFake(t *testing.T, query func(ctx context.Context, q string) ([]driver.V
 	return New(db, append([]Option{withPlaceholders(false)}, opts...)...), c
 }
 
-// A grant that arrives after the context ended must not leave a lock on a
-// pooled connection (lib/pq closes such connections behind our back).
-func TestFakeGrantRacingCancelDiscards(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		cancel() // the context ends while the grant travels back
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
-	}, WithKeepAlive(0, 0))
-	err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
-	require.ErrorIs(t, err, context.Canceled)
-	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
-		"the connection is discarded")
+// A grant that arrives after the context ended is undone: the caller
+// holds nothing, so the lock is released on its connection, which goes
+// back to the pool. If that release is not confirmed, the session is
+// ended instead, and looked for on the server.
+func TestFakeGrantRacingCancelUndone(t *testing.T) {
+	for _, released := range []bool{true, false} {
+		ctx, cancel := context.WithCancel(t.Context())
+		l, c, sent := newRecordingFake(t, func(q string) ([]driver.Value, error) {
+			if strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock") {
+				return []driver.Value{released}, nil
+			}
+			if strings.HasPrefix(q, "SELECT pg_advisory_lock(") {
+				cancel() // the context ends while the grant travels back
+			}
+			return answerAs(q, 7), nil
+		})
+		err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
+		require.ErrorIs(t, err, context.Canceled)
+		qs := sent()
+		if released {
+			assert.Equal(t, "SELECT 1 WHERE pg_advisory_unlock(42)", qs[len(qs)-1], "the grant is undone")
+			assert.Equal(t, int32(0), c.closed.Load(), "the connection goes back to the pool")
+			assert.Equal(t, 1, l.db.Stats().Idle)
+		} else {
+			assert.True(t, strings.HasPrefix(qs[len(qs)-1], "SELECT pg_terminate_backend"), "the session is looked for: %q", qs)
+			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+		}
+	}
 }
 
 // A driver hung on a dead network, ignoring its context, must not hide a
@@ -103,7 +119,7 @@ func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
 			<-unblock // ignores ctx, as lib/pq can on a dead network
 			return []driver.Value{int64(7)}, nil
 		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+		return answerAs(q, 7), nil
 	}, WithKeepAlive(time.Millisecond, 20*time.Millisecond))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -128,7 +144,7 @@ func TestFakeLockBoundedWithHungDriver(t *testing.T) {
 	unblock := make(chan struct{})
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		<-unblock // ignores ctx
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+		return answerAs(q, 7), nil
 	}, WithKeepAlive(0, 0))
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 	defer cancel()
@@ -148,11 +164,11 @@ func TestFakeDeadPooledSessionRetried(t *testing.T) {
 		if calls.Add(1) == 1 {
 			return nil, driver.ErrBadConn
 		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+		return answerAs(q, 7), nil
 	}, WithKeepAlive(0, 0))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
-	assert.Equal(t, int32(2), calls.Load())
+	assert.Equal(t, int32(3), calls.Load(), "a failed session check, then a check and a lock")
 	assert.Equal(t, int32(1), c.closed.Load(), "the dead connection is discarded")
 }
 
@@ -183,7 +199,7 @@ func TestKeepAliveLoad(t *testing.T) {
 		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
 			return []driver.Value{true}, nil
 		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+		return answerAs(q, 7), nil
 	}, WithKeepAlive(interval, time.Second))
 	mus := make([]*Mutex, held)
 	for i := range mus {
@@ -205,7 +221,7 @@ func TestKeepAliveLoad(t *testing.T) {
 
 // lockWithProbeInFlight returns a Mutex holding a lock whose keep-alive
 // probe is in flight, and stays so until unblock is closed.
-func lockWithProbeInFlight(t *testing.T) (mu *Mutex, c *fakeConnector, unblock chan struct{}) {
+func lockWithProbeInFlight(t *testing.T, timeout time.Duration) (mu *Mutex, c *fakeConnector, unblock chan struct{}) {
 	probing := make(chan struct{})
 	unblock = make(chan struct{})
 	var once sync.Once
@@ -215,34 +231,35 @@ func lockWithProbeInFlight(t *testing.T) (mu *Mutex, c *fakeConnector, unblock c
 			<-unblock
 			return []driver.Value{int64(7)}, nil
 		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
-	}, WithKeepAlive(time.Millisecond, time.Minute))
+		return answerAs(q, 7), nil
+	}, WithKeepAlive(time.Millisecond, timeout))
 	mu = l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	<-probing
 	return mu, c, unblock
 }
 
-// Unlock waits for a keep-alive probe in flight no longer than its context:
-// the probe then discards the connection, ending the session and the lock.
+// Unlock waits for a keep-alive probe in flight, whatever its context:
+// the probe's own timeout bounds the wait. A probe that gets no answer in
+// time loses the lock, and ends the session once the driver returns.
 func TestFakeUnlockDuringSlowProbe(t *testing.T) {
-	mu, c, unblock := lockWithProbeInFlight(t)
+	mu, c, unblock := lockWithProbeInFlight(t, 100*time.Millisecond)
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	require.NoError(t, mu.Unlock(ctx), "the release is assured by discarding the connection")
-	assert.Less(t, time.Since(start), time.Second)
+	require.ErrorIs(t, mu.Unlock(ctx), ErrLockLost, "the probe got no answer")
+	assert.Less(t, time.Since(start), 5*time.Second)
 	assert.Equal(t, int32(0), c.closed.Load())
 	close(unblock)
 	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
-		"the probe discards the orphaned connection")
+		"the probe's goroutine ends the session")
 }
 
 // Unlock with a context that has time left waits for a probe in flight,
 // is woken when the probe gives the connection back, and unlocks as usual:
 // the connection returns to the pool.
 func TestFakeUnlockWaitsForProbe(t *testing.T) {
-	mu, c, unblock := lockWithProbeInFlight(t)
+	mu, c, unblock := lockWithProbeInFlight(t, time.Minute)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	done := make(chan error, 1)
@@ -275,7 +292,7 @@ func TestFakeDoneDescribesLiveLock(t *testing.T) {
 		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
 			return []driver.Value{true}, nil
 		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+		return answerAs(q, 7), nil
 	}, WithKeepAlive(time.Millisecond, time.Second))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -305,7 +322,7 @@ func TestFakeObserverUnlocksOnLoss(t *testing.T) {
 		if q == probeSQL {
 			return nil, errors.New("server closed the connection")
 		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+		return answerAs(q, 7), nil
 	}, WithKeepAlive(time.Millisecond, time.Second), WithObserver(obs))
 	mu = l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -317,10 +334,10 @@ func TestFakeObserverUnlocksOnLoss(t *testing.T) {
 	}
 }
 
-// An answer that makes no sense leaves the lock state unknown: the call
-// fails naming it, and the connection is discarded. That holds for both
-// forms of the statement: the checking form answers an integer, the
-// guarded form a boolean.
+// An answer that makes no sense fails the call, naming it, and the
+// connection is discarded: a session check's (an integer), which took
+// nothing, and a guarded lock statement's (a boolean), which leaves the
+// lock state unknown, so the session is also looked for on the server.
 func TestFakeOddLockAnswerDiscards(t *testing.T) {
 	for _, tc := range []struct {
 		answer driver.Value
@@ -337,7 +354,7 @@ func TestFakeOddLockAnswerDiscards(t *testing.T) {
 		ok, err := mu.TryLock(t.Context())
 		assert.False(t, ok)
 		assert.ErrorContains(t, err, tc.want)
-		assert.ErrorContains(t, err, "so it is discarded")
+		assert.ErrorContains(t, err, "the session is discarded")
 		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
 	}
 	for _, tc := range []struct {
@@ -347,44 +364,49 @@ func TestFakeOddLockAnswerDiscards(t *testing.T) {
 		{nil, "answered <nil> <nil>, not a boolean"},
 		{int64(1), "answered int64 1, not a boolean"},
 	} {
-		l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		l, c, sent := newRecordingFake(t, func(q string) ([]driver.Value, error) {
 			if strings.Contains(q, " WHERE pg_backend_pid() = ") {
 				return []driver.Value{tc.answer}, nil
 			}
 			return answerAs(q, 7), nil
-		}, WithKeepAlive(0, 0))
+		})
 		mu := l.MutexKey(keyspace.Int64(42))
-		require.NoError(t, mu.Lock(t.Context()))
-		require.NoError(t, mu.Unlock(t.Context()))
 		err := mu.Lock(t.Context())
 		assert.ErrorContains(t, err, tc.want)
 		assert.ErrorContains(t, err, "so it is discarded")
 		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
+		qs := sent()
+		assert.True(t, strings.HasPrefix(qs[len(qs)-1], "SELECT pg_terminate_backend"), "the session is looked for: %q", qs)
 	}
 }
 
-// answerAs answers lock statement q as a server whose session has backend
-// pid pid would, when it grants every lock: the checking form with the
-// pid and the granted flag, the guarded form true if pid is the one it
-// names, else with no row; and unlocks as released.
+// answerAs answers statement q as a server whose session has backend pid
+// pid would, when it grants every lock: the verify statement with the pid,
+// the guarded form true if pid is the one it names, else with no row;
+// unlocks as released, the keep-alive with pid, and the look for a
+// session to end with no row (it is gone).
 func answerAs(q string, pid int64) []driver.Value {
 	switch {
 	case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock"):
 		return []driver.Value{true}
+	case q == probeSQL:
+		return []driver.Value{pid}
+	case strings.HasPrefix(q, "SELECT pg_terminate_backend"):
+		return nil
 	case strings.Contains(q, " WHERE pg_backend_pid() = "):
 		if strings.HasSuffix(q, " = "+strconv.FormatInt(pid, 10)) {
 			return []driver.Value{true}
 		}
 		return nil
 	}
-	return []driver.Value{pid<<lockAnswerShift | flagGranted}
+	return []driver.Value{pid << lockAnswerShift}
 }
 
-// The first lock on a connection checks its session, and later ones run
-// the guarded form, which names that session's pid. When the connection
-// turns out to lead to another session, the guarded form takes nothing,
-// and the checking form runs on that same connection and verifies the new
-// session.
+// The first lock on a connection verifies its session, and every lock
+// runs the guarded form, which names that session's pid. When the
+// connection turns out to lead to another session, the guarded form takes
+// nothing, and the new session is verified and the lock taken there, on
+// the same connection.
 func TestFakeGuardedForm(t *testing.T) {
 	var pid atomic.Int64
 	pid.Store(7)
@@ -397,7 +419,7 @@ func TestFakeGuardedForm(t *testing.T) {
 		require.NoError(t, m.Lock(t.Context()))
 		require.NoError(t, m.Unlock(t.Context()))
 	}
-	checking := func(q string) bool { return strings.HasPrefix(q, "SELECT pg_backend_pid()::int8*32 + CASE") }
+	verify := func(q string) bool { return strings.HasPrefix(q, "SELECT pg_backend_pid()::int8*32 + CASE") }
 	cycle()
 	cycle()
 	pid.Store(8) // a pooler moved the connection to another session
@@ -408,13 +430,15 @@ func TestFakeGuardedForm(t *testing.T) {
 	require.True(t, ok)
 	require.NoError(t, m.Unlock(t.Context()))
 	sent := sentFn()
-	require.Len(t, sent, 11)
-	assert.True(t, checking(sent[0]), "first lock: %s", sent[0])
-	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[2])
-	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[4], "the guarded form finds another session")
-	assert.True(t, checking(sent[5]), "then the checking form runs: %s", sent[5])
+	require.Len(t, sent, 13)
+	assert.True(t, verify(sent[0]), "first lock: %s", sent[0])
+	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[1])
+	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[3], "the second lock needs no check")
+	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 7", sent[5], "the guarded form finds another session")
+	assert.True(t, verify(sent[6]), "then the session check runs: %s", sent[6])
 	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 8", sent[7])
-	assert.Equal(t, "SELECT pg_try_advisory_lock(42) WHERE pg_backend_pid() = 8", sent[9], "a try uses the session the lock verified")
+	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 8", sent[9])
+	assert.Equal(t, "SELECT pg_try_advisory_lock(42) WHERE pg_backend_pid() = 8", sent[11], "a try uses the session the lock verified")
 	assert.Equal(t, int32(0), c.closed.Load(), "no connection was discarded")
 	// Another Mutex of the Locker uses what the first verified.
 	ok, err = l.MutexKey(keyspace.Int64(43)).TryLock(t.Context())
@@ -451,7 +475,7 @@ func TestLockAnswer(t *testing.T) {
 	}
 }
 
-// A connection moved to a session that the checking form refuses leaves no
+// A connection moved to a session that the check refuses leaves no
 // guarded form behind: the next lock on it checks at once, in one round
 // trip, rather than trying the stale guard first.
 func TestFakeRefusedMoveForgetsGuard(t *testing.T) {
@@ -473,7 +497,7 @@ func TestFakeRefusedMoveForgetsGuard(t *testing.T) {
 	n := len(sent())
 	require.ErrorIs(t, m.Lock(t.Context()), ErrStandby)
 	require.Len(t, sent(), n+1, "one statement for the next lock")
-	assert.True(t, strings.HasPrefix(sent()[n], "SELECT pg_backend_pid()::int8*32 + CASE"), "the checking form: %s", sent()[n])
+	assert.True(t, strings.HasPrefix(sent()[n], "SELECT pg_backend_pid()::int8*32 + CASE"), "the session check: %s", sent()[n])
 }
 
 // newRecordingFake is newFake, with the keep-alive off, over a driver that

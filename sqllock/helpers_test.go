@@ -28,6 +28,7 @@ var setups = []struct {
 	{"pq", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }},
 	{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }},
 	{"pgx-cancelrequest", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxCancelRequest) }},
+	{"pgx-poolbridge", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxPoolBridge) }},
 }
 
 // eachDriver runs f as a parallel subtest on every driver setup.

@@ -3,7 +3,6 @@ package sqllock
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"sync"
@@ -16,10 +15,8 @@ import (
 // connection and schedules the next one.
 //
 // The connection has one user at a time: whoever holds connMu, a tick's
-// probe or the release. A release that cannot get it before its context
-// ends leaves the connection orphaned, and the probe in flight discards it
-// when it finishes; the flags and connMu's release are decided under mu,
-// so one of the two always ends the connection.
+// probe or the release. A release waits for a probe in flight, which its
+// own timeout bounds.
 type hold struct {
 	m        *Mutex
 	shared   bool
@@ -29,11 +26,7 @@ type hold struct {
 	onLost   func(error)
 	acquired time.Time // when the lock was granted; set only with observers
 
-	// connMu is held by whoever uses conn. connFree, made by a release
-	// that waits for a probe with a context that may end, is closed when
-	// the probe gives conn back; both guarded by mu.
-	connMu   sync.Mutex
-	connFree chan struct{}
+	connMu sync.Mutex // held by whoever uses conn
 
 	// The hold's entry in the Locker's scheduler, guarded by its mutex.
 	slot    int           // index in the scheduler's list; -1 when not scheduled
@@ -46,7 +39,6 @@ type hold struct {
 
 	mu         sync.Mutex
 	stopped    bool // release has begun: no more probes
-	orphaned   bool // release gave up waiting: the probe in flight must discard conn
 	unlocking  bool // the release's unlock statement is running on conn
 	boundPast  bool // the release's bound has passed (socket bound only)
 	ended      bool
@@ -62,55 +54,6 @@ func (m *Mutex) newHold(conn *sql.Conn, dc any, shared bool, pid int64, acquired
 		m.l.sched.after(h, m.l.cfg.interval, dueProbe)
 	}
 	return h
-}
-
-// giveBack ends a probe's use of the connection. If the release gave up
-// waiting for this probe, the connection is discarded first: it ends the
-// session, and with it the lock, which the release promised.
-func (h *hold) giveBack() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.orphaned {
-		discard(h.conn)
-	}
-	h.connMu.Unlock()
-	if h.connFree != nil {
-		close(h.connFree)
-		h.connFree = nil
-	}
-}
-
-// takeConn waits until the release may use the connection, or until ctx
-// ends first; then it marks the connection orphaned, for the probe in
-// flight to discard, and reports false.
-func (h *hold) takeConn(ctx context.Context) bool {
-	if ctx.Done() == nil {
-		h.connMu.Lock() // the probe's own timeout bounds this
-		return true
-	}
-	for {
-		h.mu.Lock()
-		if h.connMu.TryLock() {
-			h.mu.Unlock()
-			return true
-		}
-		if h.connFree == nil {
-			h.connFree = make(chan struct{})
-		}
-		free := h.connFree
-		h.mu.Unlock()
-		select {
-		case <-free:
-		case <-ctx.Done():
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			if h.connMu.TryLock() { // the probe finished meanwhile
-				return true
-			}
-			h.orphaned = true
-			return false
-		}
-	}
 }
 
 func (h *hold) op(base string) string {
@@ -132,16 +75,6 @@ func (h *hold) doneChan() <-chan struct{} {
 		h.done = make(chan struct{})
 	}
 	return h.done
-}
-
-// end marks the hold ended, with err if it was lost, and closes its Done
-// channel; it reports false if it had already ended.
-func (h *hold) end(err error) bool {
-	if !h.markEnded(err) {
-		return false
-	}
-	h.closeDone()
-	return true
 }
 
 // markEnded records the end without closing Done yet.
@@ -211,19 +144,26 @@ func (h *hold) tick() {
 	stopped := h.stopped
 	h.mu.Unlock()
 	if stopped {
-		h.giveBack()
+		h.connMu.Unlock()
 		return
 	}
 	sent := h.m.l.sched.now()
 	cause := h.probe(h.m.l.cfg.timeout)
 	if cause != nil {
-		// Record the loss before giving the connection back, so that a
-		// release waiting for it sees the loss; tell observers and the
-		// holder after, so that they may call Unlock; close Done last, so
-		// that whoever watches it finds the observers told.
+		// Record the loss first, so that a release waiting for the
+		// connection sees it; make sure the session is gone (see
+		// endSession: one query on another connection, unless the probe
+		// was abandoned, whose goroutine does it) before giving the
+		// connection back, so that an Unlock waiting for it returns once
+		// the server shows the lock gone; then tell observers and the
+		// holder, who may call Unlock; close Done last, so that whoever
+		// watches it finds the observers told.
 		err := h.lostErr(cause)
 		first := h.markEnded(err)
-		h.giveBack()
+		if !errors.Is(cause, errProbeAbandoned) {
+			_ = h.m.l.endSession(h.conn, h.pid, h.m.key)
+		}
+		h.connMu.Unlock()
 		if first {
 			h.notifyLost(err)
 			h.closeDone()
@@ -240,14 +180,15 @@ func (h *hold) tick() {
 		h.m.l.sched.schedule(h, sent+h.m.l.cfg.interval, dueProbe)
 	}
 	h.mu.Unlock()
-	h.giveBack()
+	h.connMu.Unlock()
 }
 
 // probe runs the keep-alive query. A driver may not return on a dead
 // network even when its context ends (lib/pq waits for the server to
 // answer a cancel request), so the wait is bounded here, not by the driver.
 // A probe abandoned that way owns the connection until the driver returns,
-// then discards it.
+// then ends its session; it reports errProbeAbandoned. Any other failure
+// leaves the session for the caller to end.
 func (h *hold) probe(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	type result struct {
@@ -267,22 +208,24 @@ func (h *hold) probe(timeout time.Duration) error {
 		cancel()
 		switch {
 		case r.err != nil:
-			discard(h.conn)
 			return fmt.Errorf("keep-alive query failed: %w", r.err)
 		case r.pid != h.pid:
-			discard(h.conn)
 			return fmt.Errorf("keep-alive reached backend %d, but backend %d took the lock: a transaction pooler between client and server breaks session locks", r.pid, h.pid)
 		}
 		return nil
 	case <-timer.C:
 		go func() {
 			<-ch
-			discard(h.conn)
+			_ = h.m.l.endSession(h.conn, h.pid, h.m.key)
 		}()
 		cancel()
-		return fmt.Errorf("keep-alive got no answer within %v", timeout)
+		return fmt.Errorf("keep-alive got no answer within %v: %w", timeout, errProbeAbandoned)
 	}
 }
+
+// errProbeAbandoned marks a probe that got no answer in time: its
+// goroutine ends the session when the driver returns.
+var errProbeAbandoned = errors.New("the session is ended when the driver returns")
 
 func (h *hold) lostErr(cause error) error {
 	return &Error{Op: h.op("hold"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: %w", ErrLockLost, cause)}
@@ -311,11 +254,16 @@ func (h *hold) err() error {
 
 // release unlocks and returns the connection to the pool. Whatever goes
 // wrong, the lock does not outlive the call: when the unlock cannot be
-// confirmed, the connection is discarded, which ends the session and with
-// it every lock it held. ctx bounds the unlock query; if ctx is already
-// done, the connection is discarded without a query and release reports
-// success, since closing the session releases the lock.
+// confirmed, the session is ended and its end confirmed on the server
+// (see Locker.endSession), or the call says it could not be. ctx bounds
+// the unlock query; a ctx that is already done is not a reason to leave
+// the lock to a discarded connection, whose Close may not end the
+// session: the unlock then runs under ctx's values with the keep-alive
+// timeout as its bound, as for a ctx that never ends.
 func (h *hold) release(ctx context.Context) error {
+	if ctx.Err() != nil {
+		ctx = context.WithoutCancel(ctx)
+	}
 	// Usually no probe is using the connection: take it at once, and stop
 	// the keep-alive in releaseConn's one critical section. Otherwise stop
 	// it now, and wait for the probe in releaseConn.
@@ -373,15 +321,9 @@ func (h *hold) observeEnd(kind EventKind, err error) {
 // first unless haveConn says the caller did.
 func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 	// Take the connection from the keep-alive, waiting for a probe in
-	// flight, but no longer than ctx allows.
-	if !haveConn && !h.takeConn(ctx) {
-		// The probe will discard the connection when it finishes,
-		// ending the session and the lock with it.
-		if err := h.err(); errors.Is(err, ErrLockLost) {
-			return err
-		}
-		h.end(nil)
-		return nil
+	// flight: its own timeout bounds it.
+	if !haveConn {
+		h.connMu.Lock()
 	}
 	defer h.connMu.Unlock()
 	// Stop the keep-alive, end the hold (as h.end does) and, unless the
@@ -399,19 +341,18 @@ func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 	h.mu.Unlock()
 	if ended {
 		if lost == nil {
-			lost = &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: ErrNotHeld}
+			lost = h.unlockErr(ErrNotHeld)
 		}
 		return lost
 	}
 	if !unlock {
-		discard(h.conn)
-		return nil
+		return h.endSession()
 	}
 	q := h.m.q.unlock
 	if h.shared {
 		q = h.m.q.unlockShared
 	}
-	rows, abandoned, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.named)
+	rows, abandoned, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.named, func() { _ = h.m.l.endSession(h.conn, h.pid, h.m.key) })
 	h.mu.Lock()
 	h.unlocking = false
 	past := h.boundPast
@@ -419,42 +360,46 @@ func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 	switch {
 	case past:
 		// The bound passed while the unlock ran: its socket may have a
-		// deadline in the past, so the connection goes, and the lock with
-		// its session if the unlock did not release it.
-		discard(h.conn)
-		return nil
+		// deadline in the past, so the session goes, and the lock with
+		// it if the unlock did not release it.
+		return h.endSession()
 	case abandoned:
-		// ctx ended first; the connection is discarded when the driver
-		// returns, ending the session and the lock with it.
-		return nil
+		// ctx ended first, and the driver has not returned: the session
+		// is ended when it does.
+		return h.unlockErr(fmt.Errorf("%w: the unlock got no answer before its context ended (%w); the session is ended when the driver returns", ErrNotReleased, ctx.Err()))
 	case err != nil && ctx.Err() != nil:
 		// Cancelled mid-query: the session goes, and the lock with it.
-		discard(h.conn)
-		return nil
+		return h.endSession()
 	case err != nil:
-		discard(h.conn)
-		return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: unlock failed, session discarded: %w", ErrLockLost, err)}
+		if serr := h.m.l.endSession(h.conn, h.pid, h.m.key); serr != nil {
+			return h.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
+		}
+		return h.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", ErrLockLost, err))
 	case rows < 0:
 		// The driver does not report row counts: whether the unlock found
 		// the lock is unknown, so the session goes, and the lock with it.
-		discard(h.conn)
-		return nil
+		return h.endSession()
 	case rows == 0:
-		discard(h.conn)
-		return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key,
-			Err: fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", ErrLockLost, h.pid)}
+		if serr := h.m.l.endSession(h.conn, h.pid, h.m.key); serr != nil {
+			return h.unlockErr(serr)
+		}
+		return h.unlockErr(fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", ErrLockLost, h.pid))
 	}
 	if err := h.conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
-		return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: err}
+		return h.unlockErr(err)
 	}
 	return nil
 }
 
-// discard closes conn's session instead of returning it to the pool:
-// Conn.Raw returning driver.ErrBadConn makes database/sql close the driver
-// connection. It is the only safe end for a connection whose lock state is
-// unknown.
-func discard(conn *sql.Conn) {
-	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-	_ = conn.Close()
+// endSession ends the hold's session (see Locker.endSession) and reports
+// a failure to confirm it as the unlock's error.
+func (h *hold) endSession() error {
+	if err := h.m.l.endSession(h.conn, h.pid, h.m.key); err != nil {
+		return h.unlockErr(err)
+	}
+	return nil
+}
+
+func (h *hold) unlockErr(err error) error {
+	return &Error{Op: h.op("unlock"), Name: h.m.name, Key: h.m.key, Err: err}
 }

@@ -234,9 +234,10 @@ func TestCancelTorture(t *testing.T) {
 		t.Logf("%d attempts: %d granted, %d cancelled", attempts, granted, cancelled)
 		assert.NotZero(t, granted, "the torture must grant some locks")
 		assert.NotZero(t, cancelled, "the torture must cancel some waits")
-		// Orphaned waiters of connections closed mid-wait may still be
-		// granted and exit; wait until the key is free.
-		waitRows(t, db, key, 0, 0)
+		// Every call has returned: no session holds or waits for the key,
+		// not even a waiter whose connection was closed mid-wait.
+		held, waiting := lockRows(t, db, key)
+		assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting}, "pg_locks right after the torture: held, waiting")
 		assert.Equal(t, 0, inUse(db))
 		last := l.MutexKey(key)
 		ok, err := last.TryLock(t.Context())
@@ -350,7 +351,8 @@ func TestUnlockWithCancelledContextReleases(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
 		require.NoError(t, mu.Unlock(ctx))
-		waitRows(t, db, mu.Key(), 0, 0)
+		held, waiting := lockRows(t, db, mu.Key())
+		assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting}, "pg_locks right after Unlock: held, waiting")
 		assert.Equal(t, 0, inUse(db))
 	})
 }
@@ -546,11 +548,10 @@ func TestReleaseBoundSocket(t *testing.T) {
 	})
 }
 
-// The first lock on a connection verifies its session with the checking
-// form; later locks on it run the guarded form, which names that session's
-// backend, and the server shows that form as the session's last statement
-// while the lock is held. Locks through a verified connection exclude as
-// ever, in both modes.
+// The first lock on a connection verifies its session; every lock runs
+// the guarded form, which names that session's backend, and the server
+// shows that form as the session's last statement while the lock is held.
+// Locks through a verified connection exclude as ever, in both modes.
 func TestGuardedFormLive(t *testing.T) {
 	eachDriver(t, func(t *testing.T, db *sql.DB) {
 		db.SetMaxOpenConns(1) // every lock on one connection
@@ -565,7 +566,7 @@ func TestGuardedFormLive(t *testing.T) {
 		}
 		require.NoError(t, mu.Lock(t.Context()))
 		pid, first := lastStatement(mu.Key())
-		assert.Contains(t, first, "current_setting('sqllock.owner'", "the first lock checks the session")
+		assert.True(t, strings.HasPrefix(first, "SELECT pg_advisory_lock("), "guarded form: %s", first)
 		require.NoError(t, mu.Unlock(t.Context()))
 
 		require.NoError(t, mu.Lock(t.Context()))

@@ -25,7 +25,8 @@ type Locker struct {
 	boundsContext bool         // the driver returns on time when a context ends (pgx)
 	socket        atomic.Int32 // socketUnknown, socketYes or socketNo (see socketBound)
 	sched         scheduler
-	sessions      sessionCache // the sessions that lock statements verified
+	verify        *verifyStmt  // checks a session before the first lock on it
+	sessions      sessionCache // the sessions that verify statements verified
 }
 
 // New returns a Locker over db. Options are applied in order.
@@ -53,6 +54,7 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	if l.cfg.placeholders != nil {
 		l.placeholders = *l.cfg.placeholders
 	}
+	l.verify = buildVerify(l.placeholders, l.cfg.allowStandby)
 	return l
 }
 
@@ -98,7 +100,7 @@ func (l *Locker) MutexKey(k keyspace.Key) *Mutex {
 
 func (l *Locker) mutex(m *Mutex, k keyspace.Key) *Mutex {
 	m.key = k
-	m.q = buildQueries(k, l.placeholders, l.cfg.allowStandby)
+	m.q = buildQueries(k, l.placeholders)
 	return m
 }
 

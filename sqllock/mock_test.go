@@ -28,26 +28,29 @@ func newMock(t *testing.T, opts ...Option) (*Locker, sqlmock.Sqlmock) {
 		assert.NoError(t, mock.ExpectationsWereMet())
 	})
 	db.SetMaxIdleConns(1)
+	// sqlmock forgets its connection once every database/sql connection
+	// to it has closed: one held for the test's life lets a discarded
+	// connection be followed by a new one, as endSession needs.
+	keep, err := db.Conn(t.Context())
+	require.NoError(t, err)
+	t.Cleanup(func() { keep.Close() })
 	return New(db, append([]Option{WithKeepAlive(0, 0)}, opts...)...), mock
 }
 
-// The SQL for key 42; TestBuildQueries pins its exact text.
+// The SQL for key 42; TestBuildQueries and TestBuildVerify pin its exact
+// text.
 var (
-	q42       = buildQueries(keyspace.Int64(42), false, false)
-	lockSQL   = sqlText(q42.lock)
+	q42       = buildQueries(keyspace.Int64(42), false)
+	verifySQL = verifyText(buildVerify(false, false))
 	unlockSQL = q42.unlock
 )
 
 // tokenRE matches an owner token written into SQL text.
 var tokenRE = regexp.MustCompile(`'[0-9a-f]{16}-[0-9a-z]+'`)
 
-// sqlText is s's text as the mock sees it: with literals, its owner token
-// reads 'TOKEN' (see tokenBlindEqual).
-func sqlText(s *lockStmt) string {
-	if s.parts == nil {
-		return s.text
-	}
-	return strings.Join(s.parts, "TOKEN")
+// guardedSQL is s's guarded form for the session of backend pid.
+func guardedSQL(s *lockStmt, pid int64) string {
+	return strings.Join(s.guarded, fmt.Sprint(pid))
 }
 
 // tokenBlindEqual matches SQL exactly, but for the owner token, which
@@ -68,21 +71,15 @@ func (ownerTokenArg) Match(v driver.Value) bool {
 	return ok && tokenRE.MatchString("'"+s+"'")
 }
 
-// pidRow is a lock statement's answer: granted, by backend pid.
-func pidRow(pid int64, standby bool) *sqlmock.Rows {
-	answer := pid<<lockAnswerShift | flagGranted
-	if standby {
-		answer |= flagStandby
-	}
-	return sqlmock.NewRows([]string{"answer"}).AddRow(answer)
+// verified is the verify statement's answer for a session of backend pid
+// with the given refusal flags.
+func verified(pid, flags int64) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"answer"}).AddRow(pid<<lockAnswerShift | flags)
 }
 
-func tryRow(granted bool, pid int64) *sqlmock.Rows {
-	answer := pid << lockAnswerShift
-	if granted {
-		answer |= flagGranted
-	}
-	return sqlmock.NewRows([]string{"answer"}).AddRow(answer)
+// granted is a guarded lock statement's answer.
+func granted(ok bool) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"granted"}).AddRow(ok)
 }
 
 // unlocked is an unlock statement's answer: one row if it released the
@@ -94,19 +91,39 @@ func unlocked(released bool) driver.Result {
 	return sqlmock.NewResult(0, 0)
 }
 
+// expectLock expects a first lock of key 42 on a new connection: the
+// verify statement, then the guarded form, granted.
+func expectLock(mock sqlmock.Sqlmock, pid int64) {
+	mock.ExpectQuery(verifySQL).WithoutArgs().WillReturnRows(verified(pid, 0))
+	mock.ExpectQuery(guardedSQL(q42.lock, pid)).WithoutArgs().WillReturnRows(granted(true))
+}
+
+// expectEnded expects a discarded connection, then the look in pg_locks
+// for backend pid with key 42, which finds it gone.
+func expectEnded(mock sqlmock.Sqlmock, pid int64) {
+	mock.ExpectClose()
+	mock.ExpectQuery(terminateSQL).WithArgs(pid, int64(0), int64(42), int64(1), sqlmock.AnyArg()).
+		WillReturnRows(sqlmock.NewRows([]string{"pg_terminate_backend"}))
+}
+
 func TestMockLockUnlockSQL(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery(lockSQL).WithoutArgs().WillReturnRows(pidRow(7, false))
+	expectLock(mock, 7)
+	mock.ExpectExec(unlockSQL).WithoutArgs().WillReturnResult(unlocked(true))
+	mock.ExpectQuery(guardedSQL(q42.lock, 7)).WithoutArgs().WillReturnRows(granted(true))
 	mock.ExpectExec(unlockSQL).WithoutArgs().WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
-	require.NoError(t, mu.Lock(t.Context()))
-	require.NoError(t, mu.Unlock(t.Context()))
+	for range 2 { // the second lock needs no verify
+		require.NoError(t, mu.Lock(t.Context()))
+		require.NoError(t, mu.Unlock(t.Context()))
+	}
 }
 
 func TestMockSharedAndPairSQL(t *testing.T) {
 	l, mock := newMock(t)
-	q := buildQueries(keyspace.Pair(1, -2), false, false)
-	mock.ExpectQuery(sqlText(q.tryShared)).WillReturnRows(tryRow(true, 7))
+	q := buildQueries(keyspace.Pair(1, -2), false)
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
+	mock.ExpectQuery(guardedSQL(q.tryShared, 7)).WillReturnRows(granted(true))
 	mock.ExpectExec(q.unlockShared).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(1, -2))
 	ok, err := mu.TryLockShared(t.Context())
@@ -117,8 +134,9 @@ func TestMockSharedAndPairSQL(t *testing.T) {
 
 func TestMockPlaceholderSQL(t *testing.T) {
 	l, mock := newMock(t, withPlaceholders(true))
-	q := buildQueries(keyspace.Pair(3, 4), true, false)
-	mock.ExpectQuery(sqlText(q.lockShared)).WithArgs(int64(3), int64(4), ownerTokenArg{}).WillReturnRows(pidRow(7, false))
+	q := buildQueries(keyspace.Pair(3, 4), true)
+	mock.ExpectQuery(verifyText(buildVerify(true, false))).WithArgs(ownerTokenArg{}).WillReturnRows(verified(7, 0))
+	mock.ExpectQuery(guardedSQL(q.lockShared, 7)).WithArgs(int64(3), int64(4)).WillReturnRows(granted(true))
 	mock.ExpectExec(q.unlockShared).WithArgs(int64(3), int64(4)).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(3, 4))
 	require.NoError(t, mu.LockShared(t.Context()))
@@ -127,32 +145,69 @@ func TestMockPlaceholderSQL(t *testing.T) {
 
 func TestMockTryLockContended(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery(sqlText(q42.try)).WillReturnRows(tryRow(false, 7))
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
+	mock.ExpectQuery(guardedSQL(q42.try, 7)).WillReturnRows(granted(false))
 	ok, err := l.MutexKey(keyspace.Int64(42)).TryLock(t.Context())
 	require.NoError(t, err)
 	assert.False(t, ok, "contention is not an error")
 }
 
-func TestMockDriverErrorDiscardsConnection(t *testing.T) {
+// A lock statement that fails leaves the lock state unknown: the session
+// is discarded and looked for in pg_locks. A verify statement that fails
+// took nothing: the connection is discarded alone.
+func TestMockDriverErrorEndsSession(t *testing.T) {
+	boom := errors.New("protocol confusion")
+	t.Run("lock", func(t *testing.T) {
+		l, mock := newMock(t)
+		mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
+		mock.ExpectQuery(guardedSQL(q42.lock, 7)).WillReturnError(boom)
+		expectEnded(mock, 7)
+		err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
+		require.ErrorIs(t, err, boom)
+		var e *Error
+		require.ErrorAs(t, err, &e)
+		assert.Equal(t, "lock", e.Op)
+		assert.Equal(t, keyspace.Int64(42), e.Key)
+		assert.Equal(t, `sqllock: lock int64(42): protocol confusion`, err.Error())
+	})
+	t.Run("verify", func(t *testing.T) {
+		l, mock := newMock(t)
+		mock.ExpectQuery(verifySQL).WillReturnError(boom)
+		mock.ExpectClose()
+		require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), boom)
+	})
+}
+
+// A session that the pg_locks look finds still holding the lock is
+// terminated, and one that cannot be is reported: the call fails with
+// ErrNotReleased rather than returning as if the lock were gone.
+func TestMockEndSessionTerminates(t *testing.T) {
+	boom := errors.New("protocol confusion")
 	l, mock := newMock(t)
-	boom := errors.New("connection reset")
-	mock.ExpectQuery(lockSQL).WillReturnError(boom)
-	mock.ExpectClose() // the connection is discarded, not pooled
-	mu := l.MutexKey(keyspace.Int64(42))
-	err := mu.Lock(t.Context())
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
+	mock.ExpectQuery(guardedSQL(q42.lock, 7)).WillReturnError(boom)
+	mock.ExpectClose()
+	mock.ExpectQuery(terminateSQL).WithArgs(int64(7), int64(0), int64(42), int64(1), sqlmock.AnyArg()).
+		WillReturnRows(sqlmock.NewRows([]string{"pg_terminate_backend"}).AddRow(true))
+	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), boom)
+
+	denied := errors.New("permission denied to terminate process")
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(8, 0))
+	mock.ExpectQuery(guardedSQL(q42.lock, 8)).WillReturnError(boom)
+	mock.ExpectClose()
+	mock.ExpectQuery(terminateSQL).WithArgs(int64(8), int64(0), int64(42), int64(1), sqlmock.AnyArg()).WillReturnError(denied)
+	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, boom)
-	var e *Error
-	require.ErrorAs(t, err, &e)
-	assert.Equal(t, "lock", e.Op)
-	assert.Equal(t, keyspace.Int64(42), e.Key)
-	assert.Equal(t, `sqllock: lock int64(42): connection reset`, err.Error())
+	require.ErrorIs(t, err, ErrNotReleased)
+	require.ErrorIs(t, err, denied)
+	assert.Contains(t, err.Error(), "backend 8")
 }
 
 func TestMockUnlockFalseIsLoss(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	expectLock(mock, 7)
 	mock.ExpectExec(unlockSQL).WillReturnResult(unlocked(false))
-	mock.ExpectClose()
+	expectEnded(mock, 7)
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	err := mu.Unlock(t.Context())
@@ -163,26 +218,42 @@ func TestMockUnlockFalseIsLoss(t *testing.T) {
 
 func TestMockUnlockErrorIsLoss(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	expectLock(mock, 7)
 	mock.ExpectExec(unlockSQL).WillReturnError(driver.ErrBadConn)
-	mock.ExpectClose()
+	expectEnded(mock, 7)
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrLockLost)
 }
 
+// Unlock with a context that already ended still unlocks, bounded by the
+// keep-alive timeout, and keeps the connection: leaving the lock to a
+// discarded connection relies on the driver's Close ending the session.
+func TestMockUnlockEndedContextStillUnlocks(t *testing.T) {
+	l, mock := newMock(t)
+	expectLock(mock, 7)
+	mock.ExpectExec(unlockSQL).WillReturnResult(unlocked(true))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	require.NoError(t, mu.Unlock(ctx))
+	assert.Equal(t, 1, l.db.Stats().Idle, "the connection went back to the pool")
+}
+
 func TestMockStandbyRefused(t *testing.T) {
 	l, mock := newMock(t)
-	// The statement takes nothing in recovery, so the connection is clean
-	// and goes back to the pool.
-	mock.ExpectQuery(lockSQL).WillReturnRows(sqlmock.NewRows([]string{"answer"}).AddRow(int64(7<<lockAnswerShift | flagStandby)))
+	// The verify statement marks nothing in recovery and no lock is
+	// tried, so the connection is clean and goes back to the pool.
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, flagStandby))
 	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), ErrStandby)
 
 	l, mock = newMock(t, WithAllowStandby(true))
-	q := buildQueries(keyspace.Int64(42), false, true)
-	assert.NotContains(t, sqlText(q.lock), "pg_is_in_recovery", "allowed standbys keep their locks")
-	mock.ExpectQuery(sqlText(q.lock)).WillReturnRows(pidRow(7, false)) // the statement does not even ask
-	mock.ExpectExec(q.unlock).WillReturnResult(unlocked(true))
+	v := verifyText(buildVerify(false, true))
+	assert.NotContains(t, v, "pg_is_in_recovery", "allowed standbys keep their locks")
+	mock.ExpectQuery(v).WillReturnRows(verified(7, 0)) // the statement does not even ask
+	mock.ExpectQuery(guardedSQL(q42.lock, 7)).WillReturnRows(granted(true))
+	mock.ExpectExec(q42.unlock).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	require.NoError(t, mu.Unlock(t.Context()))
@@ -190,9 +261,9 @@ func TestMockStandbyRefused(t *testing.T) {
 
 func TestMockKeepAliveSeesOtherBackend(t *testing.T) {
 	l, mock := newMock(t, WithKeepAlive(time.Millisecond, time.Second))
-	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	expectLock(mock, 7)
 	mock.ExpectQuery(probeSQL).WillReturnRows(sqlmock.NewRows([]string{"pid"}).AddRow(8))
-	mock.ExpectClose()
+	expectEnded(mock, 7)
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	<-mu.Done()
@@ -204,7 +275,7 @@ func TestMockKeepAliveSeesOtherBackend(t *testing.T) {
 
 func TestMockWithLockReleasesOnError(t *testing.T) {
 	l, mock := newMock(t)
-	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	expectLock(mock, 7)
 	mock.ExpectExec(unlockSQL).WillReturnResult(unlocked(true))
 	boom := errors.New("boom")
 	err := l.MutexKey(keyspace.Int64(42)).WithLock(t.Context(), func(context.Context) error { return boom })
@@ -276,8 +347,8 @@ func TestMockStickyErrors(t *testing.T) {
 
 func TestMockPoolExhaustedHonoursContext(t *testing.T) {
 	l, mock := newMock(t)
-	l.db.SetMaxOpenConns(1)
-	mock.ExpectQuery(lockSQL).WillReturnRows(pidRow(7, false))
+	l.db.SetMaxOpenConns(2) // one is newMock's
+	expectLock(mock, 7)
 	mock.ExpectExec(unlockSQL).WillReturnResult(unlocked(true))
 	a, b := l.MutexKey(keyspace.Int64(42)), l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, a.Lock(t.Context()))
@@ -289,10 +360,9 @@ func TestMockPoolExhaustedHonoursContext(t *testing.T) {
 
 func TestMockSharedSessionRefused(t *testing.T) {
 	l, mock := newMock(t)
-	// The session already carries another client's marker: the statement
-	// took nothing, and sqllock must refuse and discard.
-	mock.ExpectQuery(lockSQL).WillReturnRows(
-		sqlmock.NewRows([]string{"answer"}).AddRow(int64(7<<lockAnswerShift | flagShared)))
+	// The session already carries another client's marker: no lock is
+	// tried, and sqllock must refuse and discard.
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, flagShared))
 	mock.ExpectClose()
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, ErrSharedSession)

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"weak"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
@@ -102,36 +101,45 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	default:
 		q = m.q.lock
 	}
-	answer, conn, dc, err := m.lockStatement(ctx, q)
+	r, conn, err := m.lockStatement(ctx, q)
 	if err != nil {
+		cause := classify(withCtxErr(ctx, err))
 		if conn != nil {
 			// The lock may or may not have been granted before the error (a
 			// cancel racing the grant, an answer that makes no sense): only
 			// ending the session is safe.
-			discard(conn)
+			if serr := m.l.endSession(conn, r.pid, m.key); serr != nil {
+				cause = fmt.Errorf("%w (%w)", cause, serr)
+			}
 		}
-		return nil, m.fail(op, classify(withCtxErr(ctx, err)))
+		return nil, m.fail(op, cause)
 	}
-	pid := answer >> lockAnswerShift
 	switch {
-	case ctx.Err() != nil:
-		// Granted, but the context ended meanwhile. lib/pq then closes the
-		// connection behind our back; a lock on it would be lost silently.
-		discard(conn)
-		return nil, m.fail(op, ctx.Err())
-	case answer&flagShared != 0:
+	case r.n&flagShared != 0:
 		// Nothing was taken. The session belongs to another client too.
-		discard(conn)
-		return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection (it carries another connection's sqllock owner token)", ErrSharedSession, pid))
-	case answer&flagStandby != 0:
+		m.l.discard(conn)
+		return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection (it carries another connection's sqllock owner token)", ErrSharedSession, r.pid))
+	case r.n&flagStandby != 0:
 		// Nothing was taken: the connection is clean.
 		if err := conn.Close(); err != nil {
-			discard(conn)
+			m.l.discard(conn)
 		}
 		return nil, m.fail(op, ErrStandby)
-	case answer&flagGranted == 0:
+	case ctx.Err() != nil:
+		// The answer came, but the context ended meanwhile: the caller
+		// holds nothing, so a grant is undone.
+		cerr := ctx.Err()
+		if r.n&flagGranted != 0 {
+			if err := m.undo(conn, r.pid, shared); err != nil {
+				return nil, m.fail(op, fmt.Errorf("%w (%w)", cerr, err))
+			}
+		} else if err := conn.Close(); err != nil {
+			m.l.discard(conn)
+		}
+		return nil, m.fail(op, cerr)
+	case r.n&flagGranted == 0:
 		if err := conn.Close(); err != nil {
-			discard(conn)
+			m.l.discard(conn)
 		}
 		return nil, nil
 	}
@@ -139,67 +147,94 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if timed {
 		acquired = time.Now()
 	}
-	return m.newHold(conn, dc, shared, pid, acquired, onLost), nil
+	return m.newHold(conn, r.dc, shared, r.pid, acquired, onLost), nil
+}
+
+// undo releases a lock granted on conn after its caller stopped waiting,
+// bounded by the keep-alive timeout rather than the caller's context, and
+// returns conn to the pool; if the release is not confirmed, the session
+// is ended.
+func (m *Mutex) undo(conn *sql.Conn, pid int64, shared bool) error {
+	q := m.q.unlock
+	if shared {
+		q = m.q.unlockShared
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
+	defer cancel()
+	rows, abandoned, err := m.l.execRows(ctx, conn, q, m.q.named, func() { _ = m.l.endSession(conn, pid, m.key) })
+	switch {
+	case abandoned:
+		return fmt.Errorf("%w: the release of a lock granted after the context ended got no answer within %v", ErrNotReleased, m.l.cfg.timeout)
+	case err != nil || rows != 1:
+		return m.l.endSession(conn, pid, m.key)
+	}
+	if err := conn.Close(); err != nil {
+		m.l.discard(conn)
+	}
+	return nil
 }
 
 // lockStatement takes a connection and runs the lock statement q on it.
 // A pooled connection whose session the server already ended (a restart,
-// idle_session_timeout) held nothing: it is discarded and the statement
-// tried on another. Every idle connection may be such a one, after which
-// the pool dials a new one; so the retries are bounded by the idle count.
+// idle_session_timeout, a broken socket) held nothing: it is discarded
+// and the statement tried on another. Every idle connection may be such a
+// one, after which the pool dials a new one; so the retries are bounded
+// by the idle count.
 //
-// It returns the answer, as the checking form gives it (see
-// buildQueries), the connection and its driver connection. With an error,
-// conn is the connection the caller must discard, or nil when nothing is
-// left to discard (no connection, or one abandoned to a statement still
-// running).
-func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (answer int64, conn *sql.Conn, dc any, err error) {
+// It returns the outcome (see lockOn) and the connection. With an error,
+// conn is the connection the caller must end (see Locker.endSession), or
+// nil when nothing is left to end (no connection, or one abandoned to a
+// statement still running, which ends it when the statement returns).
+func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (r outcome, conn *sql.Conn, err error) {
 	retries := -1
 	for {
 		conn, err = m.l.db.Conn(ctx)
 		if err != nil {
-			return 0, nil, nil, err
+			return outcome{}, nil, err
 		}
 		var abandoned bool
-		answer, dc, abandoned, err = m.runLock(ctx, conn, q)
+		r, abandoned = m.runLock(ctx, conn, q)
 		switch {
 		case abandoned:
-			return 0, nil, nil, err
-		case err == nil || ctx.Err() != nil || !deadSession(err):
-			return answer, conn, dc, err
+			return r, nil, r.err
+		case r.err == nil || ctx.Err() != nil || !deadSession(r.err):
+			return r, conn, r.err
 		}
-		discard(conn)
+		// A lock statement sent on a session that turns out dead took
+		// nothing that outlives the session; endSession proves it.
+		if !r.ran {
+			m.l.discard(conn)
+		} else if err := m.l.endSession(conn, r.pid, m.key); err != nil {
+			return r, nil, fmt.Errorf("%w (%w)", r.err, err)
+		}
 		if retries < 0 {
 			retries = m.l.db.Stats().Idle + 1
 		}
 		if retries == 0 {
-			return 0, nil, nil, err
+			return r, nil, r.err
 		}
 		retries--
 	}
 }
 
-// runLock runs lock statement q on conn (see lockOn) and returns the
-// answer as the checking form gives it, and conn's driver connection. It
-// is bounded by ctx even where the driver is not: lib/pq answers a
-// cancelled context by sending the server a cancel request and waiting
-// for the server's reply, which on a silent network never comes. pgx
-// bounds its own calls with network deadlines, so with pgx (and with a
-// context that never ends) the statement runs inline.
+// runLock runs lock statement q on conn (see lockOn). It is bounded by ctx
+// even where the driver is not: lib/pq answers a cancelled context by
+// sending the server a cancel request and waiting for the server's reply,
+// which on a silent network never comes. pgx bounds its own calls with
+// network deadlines, so with pgx (and with a context that never ends) the
+// statement runs inline.
 //
 // When ctx ends and the driver has not returned abandonGrace later,
 // runLock returns ctx.Err() and abandoned is true: the statement goes on
-// in the background, and its connection is discarded once the driver
-// returns. The caller must not touch conn again.
-func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (answer int64, dc any, abandoned bool, err error) {
+// in the background, and its session is ended once the driver returns.
+// The caller must not touch conn again.
+func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (r outcome, abandoned bool) {
 	if m.l.boundsContext || ctx.Done() == nil {
-		r := m.lockRaw(ctx, conn, q)
-		return r.n, r.dc, false, r.err
+		return m.lockRaw(ctx, conn, q), false
 	}
 	done := make(chan outcome, 1)
 	go func() { done <- m.lockRaw(ctx, conn, q) }()
-	r, abandoned := awaitBounded(ctx, conn, done)
-	return r.n, r.dc, abandoned, r.err
+	return awaitBounded(ctx, done, func(r outcome) { _ = m.l.endSession(conn, r.pid, m.key) })
 }
 
 // lockRaw runs lockOn on conn's driver connection: one conn.Raw finds it
@@ -214,70 +249,50 @@ func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *lockStmt) (r out
 	return r
 }
 
-// lockOn runs lock statement q on driver connection dc: the guarded form
-// if this Locker verified the connection's session before, else the
-// checking form, which verifies it. A guarded form that finds another
-// session on the connection (a transaction pooler moved it) took nothing;
-// the checking form then runs on the same connection. r.n is the answer,
-// as the checking form gives it.
+// lockOn runs lock statement q on driver connection dc, in its guarded
+// form for dc's session, which the Locker verifies first if it has not
+// (see Locker.guarded). A guarded form that finds another session on the
+// connection (a transaction pooler moved it) took nothing: the new
+// session is verified and the lock tried there, once.
+//
+// r.n holds flagGranted, or the verify statement's refusal flags; r.pid is
+// the session's backend pid once known, also with an error; r.ran reports
+// whether a lock statement was sent.
 func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt) (r outcome) {
 	r.dc = dc
-	p := connPointer(dc)
-	var ref weak.Pointer[byte]
-	if p != nil {
-		g := q.last.Load()
-		if g == nil || g.conn.Value() != p {
-			ref = weak.Make(p)
-			g = nil
-			if pid, ok := m.l.sessions.lookup(ref); ok {
-				g = q.guardedFor(p, ref, pid)
+	for moved := false; ; moved = true {
+		g, pid, flags, err := m.l.guarded(ctx, dc, q)
+		r.pid, r.n = pid, flags
+		if err != nil || flags != 0 {
+			r.err = err
+			return r
+		}
+		r.ran = true
+		v, err := driverQueryValue(ctx, dc, g.text, m.q.named)
+		switch {
+		case err == nil:
+			granted, err := guardedAnswer(v)
+			r.err = err
+			if granted {
+				r.n = flagGranted
 			}
+			return r
+		case !errors.Is(err, sql.ErrNoRows) || ctx.Err() != nil:
+			r.err = err
+			return r
+		case moved:
+			r.err = fmt.Errorf("%w: the connection reached another server session with each statement", ErrSharedSession)
+			return r
 		}
-		if g != nil {
-			v, err := driverQueryValue(ctx, dc, g.text, m.q.named)
-			switch {
-			case err == nil:
-				granted, err := guardedAnswer(v)
-				r.n, r.err = g.pid<<lockAnswerShift, err
-				if granted {
-					r.n |= flagGranted
-				}
-				return r
-			case !errors.Is(err, sql.ErrNoRows) || ctx.Err() != nil:
-				r.err = err
-				return r
-			}
-			// Another session: forget the one verified, here and in this
-			// statement's cache, so that a checking form that refuses
-			// leaves no guarded form to try first next time.
-			m.l.sessions.forget(g.conn, g.pid)
-			q.last.CompareAndSwap(g, nil)
-			ref = g.conn
-		}
+		// Another session, and nothing taken: forget the one verified,
+		// here and in this statement's cache.
+		m.l.sessions.forget(g.conn, g.pid)
+		q.last.CompareAndSwap(g, nil)
 	}
-	text, args := q.checking(m.q.named, connAddr(dc))
-	v, err := driverQueryValue(ctx, dc, text, args)
-	if err == nil {
-		r.n, err = lockAnswer(v)
-	}
-	if err != nil {
-		r.err = err
-		return r
-	}
-	if p != nil && r.n&(flagStandby|flagShared) == 0 {
-		// Verified: later locks on this connection take the guarded form.
-		if ref == (weak.Pointer[byte]{}) {
-			ref = weak.Make(p)
-		}
-		pid := r.n >> lockAnswerShift
-		m.l.sessions.remember(ref, pid)
-		q.guardedFor(p, ref, pid)
-	}
-	return r
 }
 
-// lockAnswer reads a checking lock statement's answer (see buildQueries)
-// from what the driver gave.
+// lockAnswer reads the verify statement's answer (see buildVerify) from
+// what the driver gave.
 func lockAnswer(v any) (int64, error) {
 	switch a := v.(type) {
 	case int64:
@@ -291,7 +306,7 @@ func lockAnswer(v any) (int64, error) {
 			return n, nil
 		}
 	}
-	return 0, fmt.Errorf("the lock statement answered %T %v, not an integer: whether the session holds the lock is unknown, so it is discarded", v, v)
+	return 0, fmt.Errorf("the session check answered %T %v, not an integer: the session is discarded", v, v)
 }
 
 // guardedAnswer reads a guarded lock statement's answer: whether the lock

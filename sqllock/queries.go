@@ -27,18 +27,9 @@ type queries struct {
 	keyList              string              // the key as SQL arguments: "42", "1,2" or "$1,$2"
 }
 
-// A lockStmt is one lock operation in its two forms (see buildQueries):
-// the checking form, for a session that the Locker has not verified, and
-// the guarded form, for one it has.
+// A lockStmt is one lock operation in its guarded form (see buildQueries),
+// split where the verified session's backend pid goes.
 type lockStmt struct {
-	// The checking form, which carries the owner token of the connection
-	// it runs on (see ownerGUC): as one more bind parameter in text, or
-	// written into the text between parts.
-	text  string
-	parts []string
-
-	// The guarded form, split where the verified session's backend pid
-	// goes.
 	guarded []string
 
 	// The guarded form as last made for a driver connection: the pool
@@ -50,30 +41,76 @@ type lockStmt struct {
 // A guardedStmt is a lockStmt's guarded form made for one driver
 // connection, whose session has backend pid pid.
 type guardedStmt struct {
-	conn weak.Pointer[byte] // the driver connection (see connPointer)
+	conn weak.Pointer[byte] // the driver connection (see connPointer); zero when it has none
 	pid  int64
 	text string
 }
 
-// checking returns the checking form and its arguments for the driver
-// connection at addr, given the key's arguments.
-func (s *lockStmt) checking(keyArgs []driver.NamedValue, addr uintptr) (string, []driver.NamedValue) {
-	token := ownerToken(addr)
-	if s.parts == nil {
-		return s.text, append(keyArgs[:len(keyArgs):len(keyArgs)], driver.NamedValue{Ordinal: len(keyArgs) + 1, Value: token})
-	}
-	return strings.Join(s.parts, token), keyArgs
-}
-
 // guardedFor returns the guarded form for the driver connection at p,
-// whose reference is ref, and its session's backend pid.
+// whose reference is ref, and its session's backend pid. A connection
+// without a reference (p nil) gets a form made for this call alone.
 func (s *lockStmt) guardedFor(p *byte, ref weak.Pointer[byte], pid int64) *guardedStmt {
+	if p == nil {
+		return &guardedStmt{pid: pid, text: strings.Join(s.guarded, strconv.FormatInt(pid, 10))}
+	}
 	if g := s.last.Load(); g != nil && g.pid == pid && g.conn.Value() == p {
 		return g
 	}
 	g := &guardedStmt{conn: ref, pid: pid, text: strings.Join(s.guarded, strconv.FormatInt(pid, 10))}
 	s.last.Store(g)
 	return g
+}
+
+// A verifyStmt checks a server session before the first lock a Locker
+// takes on it (see buildVerify). It carries the owner token of the
+// session's client connection: as a bind parameter, or written into the
+// text between parts.
+type verifyStmt struct {
+	text  string
+	parts []string
+}
+
+// statement returns the verify statement and its arguments for the
+// session owned by the client connection at addr (see sessionOwner).
+func (s *verifyStmt) statement(addr uintptr) (string, []driver.NamedValue) {
+	token := ownerToken(addr)
+	if s.parts == nil {
+		return s.text, []driver.NamedValue{{Ordinal: 1, Value: token}}
+	}
+	return strings.Join(s.parts, token), nil
+}
+
+// buildVerify builds the statement that verifies a server session before
+// the first lock on it. It answers with one integer (one column keeps the
+// drivers' per-column work off the path): the backend pid, for the
+// keep-alive, the guarded lock statements and the settling of an
+// abandoned session, times 32, plus these flags:
+//
+//	2  refused: the server is a standby in recovery, whose locks
+//	   exclude nobody (unless standbys are allowed)
+//	4  refused: the session carries another client connection's owner
+//	   token (see ownerGUC)
+//
+// A session without a token (new, or reset by DISCARD ALL) gets this
+// connection's. CASE evaluates its branches in order, and only the branch
+// taken, so a standby is not marked. It takes no lock: a lock is taken
+// only on a session whose pid is known, so that a session abandoned in an
+// unknown state can always be found on the server (see Locker.endSession).
+func buildVerify(placeholders, allowStandby bool) *verifyStmt {
+	token := "'" + tokenMark + "'"
+	if placeholders {
+		token = "$1::text"
+	}
+	foreign := "coalesce(nullif(current_setting('" + ownerGUC + "', true), ''), set_config('" + ownerGUC + "', " + token + ", false)) <> " + token
+	refuse := ""
+	if !allowStandby {
+		refuse = "WHEN pg_is_in_recovery() THEN 2 "
+	}
+	text := "SELECT pg_backend_pid()::int8*32 + CASE " + refuse + "WHEN " + foreign + " THEN 4 ELSE 0 END"
+	if placeholders {
+		return &verifyStmt{text: text}
+	}
+	return &verifyStmt{parts: strings.Split(text, tokenMark)}
 }
 
 // probeSQL is the keep-alive query: it proves the session is alive and
@@ -96,7 +133,7 @@ const ownerGUC = "sqllock.owner"
 // backend pid.
 const tokenMark = "\x00"
 
-func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
+func buildQueries(k keyspace.Key, placeholders bool) queries {
 	var list string
 	var args []any
 	if n, ok := k.Int64(); ok {
@@ -111,67 +148,28 @@ func buildQueries(k keyspace.Key, placeholders, allowStandby bool) queries {
 			list, args = "$1,$2", []any{int64(a), int64(b)}
 		}
 	}
-	// A lock takes one statement, in one of two forms.
-	//
-	// The checking form runs on a session that this Locker has not seen
-	// before (the first lock on each pooled connection). It answers with
-	// one integer (one column keeps the drivers' per-column work off the
-	// path): the backend pid, for the keep-alive and the guarded form,
-	// times 32, plus these flags:
-	//
-	//	1  granted
-	//	2  refused: the server is a standby in recovery, whose locks
-	//	   exclude nobody (unless standbys are allowed)
-	//	4  refused: the session carries another client connection's owner
-	//	   token (see ownerGUC)
-	//
-	// A session without a token (new, or reset by DISCARD ALL) gets this
-	// connection's. CASE evaluates its branches in order, and only the
-	// branch taken, so nothing is taken on a refused session. A try that
-	// finds the lock taken answers pid*32: the session is verified all the
-	// same.
-	//
-	// The guarded form runs on a session that a checking form verified
-	// (not a standby, carrying this connection's token): it takes the lock
-	// only if the session is still the one verified, by backend pid, and
-	// answers true (granted), false (a try that found the lock taken) or
-	// no row (another session: nothing taken; see Mutex.lockOn). The pid
-	// test is a one-time filter, which the server evaluates before the
-	// select list, so it runs first. A session cannot become a standby,
-	// and it keeps this connection's token (another client can take it
-	// only after something resets the session's settings: DISCARD ALL,
-	// which also drops the session's locks, or RESET ALL, sent through a
+	// A lock runs on a session that the Locker verified (see
+	// buildVerify), in the guarded form: it takes the lock only if the
+	// session is still the one verified, by backend pid, and answers true
+	// (granted), false (a try that found the lock taken) or no row
+	// (another session: nothing taken; see Mutex.lockOn). The pid test is
+	// a one-time filter, which the server evaluates before the select
+	// list, so it runs first. A session cannot become a standby, and it
+	// keeps this connection's token (another client can take it only
+	// after something resets the session's settings: DISCARD ALL, which
+	// also drops the session's locks, or RESET ALL, sent through a
 	// transaction pooler, under which session locks do not hold anyway);
-	// so the guarded form refuses what the checking form would. It costs the server little more than a bare pg_advisory_lock, where the
-	// checking form's expressions cost it several microseconds per lock
-	// (measured: up to 20% more time per Lock+Unlock with pgx on this
-	// project's benchmark machine).
-	token := "'" + tokenMark + "'"
-	if placeholders {
-		token = "$" + strconv.Itoa(len(args)+1) + "::text"
-	}
-	foreign := "coalesce(nullif(current_setting('" + ownerGUC + "', true), ''), set_config('" + ownerGUC + "', " + token + ", false)) <> " + token
-	refuse := ""
-	if !allowStandby {
-		refuse = "WHEN pg_is_in_recovery() THEN 2 "
-	}
-	checking := func(take, otherwise string) *lockStmt {
-		text := "SELECT pg_backend_pid()::int8*32 + CASE " + refuse + "WHEN " + foreign + " THEN 4 WHEN " + take + " THEN 1" + otherwise + " END"
-		if placeholders {
-			return &lockStmt{text: text}
-		}
-		return &lockStmt{parts: strings.Split(text, tokenMark)}
-	}
+	// so the guarded form refuses what the verify statement would. It
+	// costs the server little more than a bare pg_advisory_lock, where the
+	// verify statement's expressions cost it several microseconds (up to
+	// 20% more time per Lock+Unlock with pgx on this project's benchmark
+	// machine), which is why they run once per session.
 	guard := " WHERE pg_backend_pid() = " + tokenMark
 	lock := func(lockFn string) *lockStmt {
-		s := checking(lockFn+"("+list+") IS NOT NULL", "")
-		s.guarded = strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, tokenMark)
-		return s
+		return &lockStmt{guarded: strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, tokenMark)}
 	}
 	try := func(tryFn string) *lockStmt {
-		s := checking(tryFn+"("+list+")", " ELSE 0")
-		s.guarded = strings.Split("SELECT "+tryFn+"("+list+")"+guard, tokenMark)
-		return s
+		return &lockStmt{guarded: strings.Split("SELECT "+tryFn+"("+list+")"+guard, tokenMark)}
 	}
 	// The unlock answers with its row count, which Exec reports without
 	// reading rows: one row if the lock was released, none otherwise.
@@ -231,7 +229,8 @@ func isPgx(db *sql.DB) bool {
 	return strings.HasPrefix(t.PkgPath(), "github.com/jackc/pgx/") && strings.HasSuffix(t.PkgPath(), "/stdlib")
 }
 
-// Flags of the lock statements' answer (see buildQueries).
+// Flags of the verify statement's answer (see buildVerify); flagGranted
+// marks a granted lock in an outcome.
 const (
 	flagGranted     = 1
 	flagStandby     = 2

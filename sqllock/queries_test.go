@@ -14,36 +14,27 @@ import (
 
 func TestBuildQueries(t *testing.T) {
 	// Pinned texts, checked against PostgreSQL by the live tests: a change
-	// here is a change of wire behaviour. 'TOKEN' stands for the owner
-	// token, PID for the verified session's backend pid.
-	const foreign = "coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', 'TOKEN', false)) <> 'TOKEN'"
-	const foreignArg = "coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $3::text, false)) <> $3::text"
+	// here is a change of wire behaviour. PID stands for the verified
+	// session's backend pid.
 	tests := []struct {
 		key                   keyspace.Key
 		placeholders          bool
-		lock, try             string
 		guardedLock, guardTry string
 		unlock                string
 		nargs                 int
 	}{
 		{keyspace.Int64(-5), false,
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreign + " THEN 4 WHEN pg_advisory_lock(-5) IS NOT NULL THEN 1 END",
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreign + " THEN 4 WHEN pg_try_advisory_lock(-5) THEN 1 ELSE 0 END",
 			"SELECT pg_advisory_lock(-5) IS NOT NULL WHERE pg_backend_pid() = PID",
 			"SELECT pg_try_advisory_lock(-5) WHERE pg_backend_pid() = PID",
 			"SELECT 1 WHERE pg_advisory_unlock(-5)", 0},
 		{keyspace.Pair(-2147483648, 7), true,
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreignArg + " THEN 4 WHEN pg_advisory_lock($1,$2) IS NOT NULL THEN 1 END",
-			"SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreignArg + " THEN 4 WHEN pg_try_advisory_lock($1,$2) THEN 1 ELSE 0 END",
 			"SELECT pg_advisory_lock($1,$2) IS NOT NULL WHERE pg_backend_pid() = PID",
 			"SELECT pg_try_advisory_lock($1,$2) WHERE pg_backend_pid() = PID",
 			"SELECT 1 WHERE pg_advisory_unlock($1,$2)", 2},
 	}
 	for _, tt := range tests {
-		q := buildQueries(tt.key, tt.placeholders, false)
+		q := buildQueries(tt.key, tt.placeholders)
 		for _, c := range []struct{ name, got, want string }{
-			{"lock", sqlText(q.lock), tt.lock},
-			{"try", sqlText(q.try), tt.try},
 			{"guarded lock", guardedText(q.lock), tt.guardedLock},
 			{"guarded try", guardedText(q.try), tt.guardTry},
 			{"unlock", q.unlock, tt.unlock},
@@ -55,15 +46,41 @@ func TestBuildQueries(t *testing.T) {
 		if len(q.args) != tt.nargs {
 			t.Errorf("buildQueries(%v, %v): %d args, want %d", tt.key, tt.placeholders, len(q.args), tt.nargs)
 		}
-		if _, args := q.lock.checking(q.named, 12345); tt.placeholders && (len(args) != tt.nargs+1 || args[tt.nargs] != (driver.NamedValue{Ordinal: tt.nargs + 1, Value: ownerToken(12345)})) {
-			t.Errorf("buildQueries(%v, %v): lock arguments %v, want the key's and the token", tt.key, tt.placeholders, args)
+	}
+}
+
+func TestBuildVerify(t *testing.T) {
+	const foreign = "coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', 'TOKEN', false)) <> 'TOKEN'"
+	const foreignArg = "coalesce(nullif(current_setting('sqllock.owner', true), ''), set_config('sqllock.owner', $1::text, false)) <> $1::text"
+	for _, tt := range []struct {
+		placeholders, allowStandby bool
+		want                       string
+	}{
+		{false, false, "SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreign + " THEN 4 ELSE 0 END"},
+		{true, false, "SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreignArg + " THEN 4 ELSE 0 END"},
+		{false, true, "SELECT pg_backend_pid()::int8*32 + CASE WHEN " + foreign + " THEN 4 ELSE 0 END"},
+	} {
+		v := buildVerify(tt.placeholders, tt.allowStandby)
+		if got := verifyText(v); got != tt.want {
+			t.Errorf("buildVerify(%v, %v):\ngot  %s\nwant %s", tt.placeholders, tt.allowStandby, got, tt.want)
+		}
+		text, args := v.statement(12345)
+		switch {
+		case tt.placeholders && (len(args) != 1 || args[0] != (driver.NamedValue{Ordinal: 1, Value: ownerToken(12345)})):
+			t.Errorf("buildVerify(%v, %v): arguments %v, want the token", tt.placeholders, tt.allowStandby, args)
+		case !tt.placeholders && !strings.Contains(text, "'"+ownerToken(12345)+"'"):
+			t.Errorf("literal statement lacks the quoted token: %s", text)
 		}
 	}
-	// Without the standby check.
-	q := buildQueries(keyspace.Int64(1), false, true)
-	if got, want := sqlText(q.lock), "SELECT pg_backend_pid()::int8*32 + CASE WHEN "+foreign+" THEN 4 WHEN pg_advisory_lock(1) IS NOT NULL THEN 1 END"; got != want {
-		t.Errorf("allowing standbys:\ngot  %s\nwant %s", got, want)
+}
+
+// verifyText is v's text as the tests pin it: with literals, its owner
+// token reads 'TOKEN'.
+func verifyText(v *verifyStmt) string {
+	if v.parts == nil {
+		return v.text
 	}
+	return strings.Join(v.parts, "TOKEN")
 }
 
 // guardedText is s's guarded form as TestBuildQueries pins it.
@@ -72,7 +89,7 @@ func guardedText(s *lockStmt) string { return strings.Join(s.guarded, "PID") }
 // A guarded form is made once per driver connection and session, and made
 // again for another.
 func TestGuardedFor(t *testing.T) {
-	q := buildQueries(keyspace.Int64(9), true, false)
+	q := buildQueries(keyspace.Int64(9), true)
 	a, b := new(int), new(int)
 	pa, pb := connPointer(a), connPointer(b)
 	ra, rb := weak.Make(pa), weak.Make(pb)
@@ -113,7 +130,7 @@ func TestSessionCache(t *testing.T) {
 	var c sessionCache
 	a := new(int)
 	ra := weak.Make(connPointer(a))
-	c.remember(ra, 7)
+	c.remember(ra, weak.Pointer[byte]{}, 7)
 	if pid, ok := c.lookup(ra); !ok || pid != 7 {
 		t.Fatalf("lookup = %d, %v; want 7, true", pid, ok)
 	}
@@ -127,20 +144,34 @@ func TestSessionCache(t *testing.T) {
 	}
 	// Connections that die are pruned as others arrive.
 	for i := range 200 {
-		c.remember(weak.Make(connPointer(new(int))), int64(i))
+		c.remember(weak.Make(connPointer(new(int))), weak.Pointer[byte]{}, int64(i))
 	}
 	runtime.GC()
 	for i := range 200 {
-		c.remember(weak.Make(connPointer(new(int))), int64(i))
+		c.remember(weak.Make(connPointer(new(int))), weak.Pointer[byte]{}, int64(i))
 	}
-	c.remember(ra, 7)
-	if n := len(c.pids); n > 300 {
+	c.remember(ra, weak.Pointer[byte]{}, 7)
+	if n := len(c.entries); n > 300 {
 		t.Errorf("%d entries after 400 connections came and went: not pruned", n)
 	}
 	if _, ok := c.lookup(ra); !ok {
 		t.Error("a live connection's entry was pruned")
 	}
+	// A wrapper's entry names its session's owner, which a new wrapper
+	// over the same session finds; forgetting the wrapper forgets both.
+	w, o := new(int), new(int)
+	rw, ro := weak.Make(connPointer(w)), weak.Make(connPointer(o))
+	c.remember(rw, ro, 9)
+	if pid, ok := c.lookup(ro); !ok || pid != 9 {
+		t.Errorf("owner lookup = %d, %v; want 9, true", pid, ok)
+	}
+	c.forget(rw, 9)
+	if _, ok := c.lookup(ro); ok {
+		t.Error("forgetting a wrapper kept its owner's entry")
+	}
 	runtime.KeepAlive(a)
+	runtime.KeepAlive(w)
+	runtime.KeepAlive(o)
 }
 
 // Each driver connection has its own owner token, the same on every
@@ -172,15 +203,11 @@ func TestOwnerToken(t *testing.T) {
 		t.Errorf("same driver connection, token %q then %q", ta, got)
 	}
 
-	q := buildQueries(keyspace.Int64(1), true, false)
-	_, args1 := q.lock.checking(q.named, 1)
-	_, args2 := q.lock.checking(q.named, 2)
-	if args1[1].Value != ownerToken(1) || args2[1].Value != ownerToken(2) || len(q.named) != 1 {
-		t.Errorf("argument slices shared: %v %v %v", args1, args2, q.named)
-	}
-	ql := buildQueries(keyspace.Int64(1), false, false)
-	if text, _ := ql.lock.checking(nil, 7); !strings.Contains(text, "'"+ownerToken(7)+"'") {
-		t.Errorf("literal statement lacks the quoted token: %s", text)
+	v := buildVerify(true, false)
+	_, args1 := v.statement(1)
+	_, args2 := v.statement(2)
+	if args1[0].Value != ownerToken(1) || args2[0].Value != ownerToken(2) {
+		t.Errorf("argument slices shared: %v %v", args1, args2)
 	}
 }
 
@@ -193,11 +220,11 @@ func TestWithPlaceholdersOverridesDetection(t *testing.T) {
 }
 
 func TestTxQueries(t *testing.T) {
-	q := buildQueries(keyspace.Pair(1, 2), false, false)
+	q := buildQueries(keyspace.Pair(1, 2), false)
 	if got, want := q.txQuery("pg_advisory_xact_lock", false), "SELECT pg_is_in_recovery() FROM pg_advisory_xact_lock(1,2)"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
-	q = buildQueries(keyspace.Int64(5), true, false)
+	q = buildQueries(keyspace.Int64(5), true)
 	if got, want := q.txQuery("pg_try_advisory_xact_lock_shared", true), "SELECT pg_try_advisory_xact_lock_shared($1), pg_is_in_recovery()"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}

@@ -75,7 +75,7 @@ func TestFakeUnlockBackgroundIsBounded(t *testing.T) {
 			<-ctx.Done() // a silent network, under a driver that honours its context
 			return nil, ctx.Err()
 		}
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+		return answerAs(q, 7), nil
 	}, WithKeepAlive(0, timeout))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))

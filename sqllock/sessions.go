@@ -1,60 +1,141 @@
 package sqllock
 
 import (
+	"context"
 	"reflect"
 	"sync"
 	"weak"
 )
 
 // A sessionCache remembers, for each driver connection of the pool, the
-// backend pid of the session that a checking lock statement verified on
-// it (see buildQueries), so that later locks on that connection run the
-// guarded form. A Locker has one.
+// backend pid of the session that the verify statement (see buildVerify)
+// verified on it, so that locks on that connection run the guarded form
+// at once. A Locker has one.
 //
 // Entries are keyed by a weak reference to the driver connection, which
 // neither keeps a closed connection alive nor matches a new connection
-// that happens to be allocated at a closed one's address. Entries of
+// that happens to be allocated at a closed one's address. When the driver
+// connection is a wrapper or a pool bridge's per-checkout connection (see
+// sessionOwner), the object that owns the session is remembered too, so
+// that the next wrapper over the same session finds it. Entries of
 // connections that are gone are dropped as new ones arrive.
 type sessionCache struct {
-	mu    sync.RWMutex
-	pids  map[weak.Pointer[byte]]int64
-	limit int // prune when the map reaches this size
+	mu      sync.RWMutex
+	entries map[weak.Pointer[byte]]sessionEntry
+	limit   int // prune when the map reaches this size
+}
+
+type sessionEntry struct {
+	pid   int64
+	owner weak.Pointer[byte] // the session's owner, when it is not the key itself
 }
 
 // lookup returns the pid verified on the driver connection ref, if any.
 func (c *sessionCache) lookup(ref weak.Pointer[byte]) (int64, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	pid, ok := c.pids[ref]
-	return pid, ok
+	e, ok := c.entries[ref]
+	return e.pid, ok
 }
 
-// remember records pid as verified on the driver connection ref.
-func (c *sessionCache) remember(ref weak.Pointer[byte], pid int64) {
+// remember records pid as verified on the driver connection ref, whose
+// session's owner is owner (the zero reference when ref is its own).
+func (c *sessionCache) remember(ref, owner weak.Pointer[byte], pid int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pids == nil {
-		c.pids = make(map[weak.Pointer[byte]]int64)
+	if c.entries == nil {
+		c.entries = make(map[weak.Pointer[byte]]sessionEntry)
 	}
-	if len(c.pids) >= c.limit {
-		for r := range c.pids {
+	if len(c.entries) >= c.limit {
+		for r := range c.entries {
 			if r.Value() == nil {
-				delete(c.pids, r)
+				delete(c.entries, r)
 			}
 		}
-		c.limit = max(64, 2*len(c.pids))
+		c.limit = max(64, 2*len(c.entries))
 	}
-	c.pids[ref] = pid
+	c.entries[ref] = sessionEntry{pid: pid, owner: owner}
+	if owner != (weak.Pointer[byte]{}) {
+		c.entries[owner] = sessionEntry{pid: pid}
+	}
 }
 
-// forget drops the entry of the driver connection ref if it still says
-// pid: the connection's session is no longer that one.
+// forget drops the entry of the driver connection ref, and of its
+// session's owner, if it still says pid: the connection's session is no
+// longer that one.
 func (c *sessionCache) forget(ref weak.Pointer[byte], pid int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pids[ref] == pid {
-		delete(c.pids, ref)
+	e, ok := c.entries[ref]
+	if !ok || e.pid != pid {
+		return
 	}
+	delete(c.entries, ref)
+	if o, ok := c.entries[e.owner]; ok && e.owner != (weak.Pointer[byte]{}) && o.pid == pid {
+		delete(c.entries, e.owner)
+	}
+}
+
+// drop forgets driver connection dc and its session's owner, whose
+// session is being ended.
+func (c *sessionCache) drop(dc any) {
+	p := connPointer(dc)
+	refs := []*byte{p}
+	if op := connPointer(sessionOwner(dc)); op != p {
+		refs = append(refs, op)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range refs {
+		if p != nil {
+			delete(c.entries, weak.Make(p))
+		}
+	}
+}
+
+// guarded returns lock statement q's guarded form for the session of
+// driver connection dc, verifying that session first unless this Locker
+// already did. A session the verify statement refuses yields no statement
+// and the refusal's flags (flagStandby, flagShared). pid is the session's
+// backend pid once known, even with an error.
+func (l *Locker) guarded(ctx context.Context, dc any, q *lockStmt) (g *guardedStmt, pid, flags int64, err error) {
+	p := connPointer(dc)
+	var ref, owner weak.Pointer[byte]
+	if p != nil {
+		if g := q.last.Load(); g != nil && g.conn.Value() == p {
+			return g, g.pid, 0, nil
+		}
+		ref = weak.Make(p)
+		if pid, ok := l.sessions.lookup(ref); ok {
+			return q.guardedFor(p, ref, pid), pid, 0, nil
+		}
+	}
+	o := sessionOwner(dc)
+	if op := connPointer(o); op != nil && op != p {
+		owner = weak.Make(op)
+		if pid, ok := l.sessions.lookup(owner); ok && p != nil {
+			// A new wrapper over a session verified before.
+			l.sessions.remember(ref, owner, pid)
+			return q.guardedFor(p, ref, pid), pid, 0, nil
+		}
+	}
+	text, args := l.verify.statement(connAddr(o))
+	v, err := driverQueryValue(ctx, dc, text, args)
+	var n int64
+	if err == nil {
+		n, err = lockAnswer(v)
+	}
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	pid, flags = n>>lockAnswerShift, n&(flagStandby|flagShared)
+	if flags != 0 {
+		return nil, pid, flags, nil
+	}
+	if p != nil {
+		l.sessions.remember(ref, owner, pid)
+	}
+	return q.guardedFor(p, ref, pid), pid, 0, nil
 }
 
 // connPointer returns driver connection dc as a pointer to its first byte,

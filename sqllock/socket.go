@@ -34,19 +34,20 @@ const (
 	socketNo
 )
 
-// driverSocket returns the network connection under a pgx stdlib driver
-// connection, or nil for any other driver. It goes through pgx's exported
-// accessors, stdlib.Conn.Conn, pgx.Conn.PgConn and pgconn.PgConn.Conn, by
-// reflection, since sqllock imports only the standard library; each one
-// only reads a field that is set when the connection opens, so it may run
-// while the connection is busy. A read deadline set on that socket is how
-// pgx itself ends a statement whose context is cancelled.
+// driverSocket returns the network connection under a pgx connection
+// (see sessionOwner: under pgx's stdlib.Conn, and any wrappers that expose
+// what they wrap), or nil for any other driver. It goes through pgx's
+// exported accessors, stdlib.Conn.Conn, pgx.Conn.PgConn and
+// pgconn.PgConn.Conn, by reflection, since sqllock imports only the
+// standard library; each one only reads a field that is set when the
+// connection opens, so it may run while the connection is busy. A read
+// deadline set on that socket is how pgx itself ends a statement whose
+// context is cancelled.
 //
 // The method names are constants so that the linker can still drop unused
 // methods from a program.
 func driverSocket(dc any) net.Conn {
-	v := call0(reflect.ValueOf(dc), "Conn")
-	v = call0(v, "PgConn")
+	v := call0(reflect.ValueOf(sessionOwner(dc)), "PgConn")
 	v = call0(v, "Conn")
 	if !v.IsValid() {
 		return nil

@@ -60,8 +60,8 @@ func (s *socketConn) ExecContext(ctx context.Context, q string, args []driver.Na
 func TestFakeReleaseBoundOnSocket(t *testing.T) {
 	const bound = 100 * time.Millisecond
 	c := &socketConnector{}
-	c.query = func(context.Context, string) ([]driver.Value, error) {
-		return []driver.Value{int64(7<<lockAnswerShift | flagGranted)}, nil
+	c.query = func(_ context.Context, q string) ([]driver.Value, error) {
+		return answerAs(q, 7), nil
 	}
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { db.Close() })

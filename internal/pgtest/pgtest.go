@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -38,6 +39,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib" // also registers the "pgx" database/sql driver
 	_ "github.com/lib/pq"            // registers the "postgres" database/sql driver
 )
@@ -197,6 +199,8 @@ func DB(tb testing.TB, driver string) *sql.DB {
 	switch driver {
 	case PgxCancelRequest:
 		db = OpenPgxCancelRequest(tb, DSN(tb))
+	case PgxPoolBridge:
+		db = OpenPgxPoolBridge(tb, DSN(tb))
 	case "pgx", "postgres":
 		var err error
 		if db, err = sql.Open(driver, DSN(tb)); err != nil {
@@ -204,7 +208,7 @@ func DB(tb testing.TB, driver string) *sql.DB {
 		}
 		tb.Cleanup(func() { _ = db.Close() })
 	default:
-		tb.Fatalf("pgtest: unknown driver %q; want one of %q or %q", driver, Drivers(), PgxCancelRequest)
+		tb.Fatalf("pgtest: unknown driver %q; want one of %q, %q or %q", driver, Drivers(), PgxCancelRequest, PgxPoolBridge)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
 	defer cancel()
@@ -232,6 +236,40 @@ func OpenPgxCancelRequest(tb testing.TB, dsn string) *sql.DB {
 	}
 	db := stdlib.OpenDB(*cfg)
 	tb.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// PgxPoolBridge names, for [DB], pgx's pool bridge: a pgxpool.Pool handed
+// to database/sql with stdlib.OpenDBFromPool, as applications built on
+// pgxpool do for libraries that want a *sql.DB. Closing a database/sql
+// connection hands the pgx connection back to pgxpool: its server session,
+// and anything it holds, lives on.
+const PgxPoolBridge = "pgx-poolbridge"
+
+// OpenPgxPoolBridge opens dsn as [PgxPoolBridge] describes; the pool and
+// the *sql.DB are closed when the test ends. It does not ping. Unless dsn
+// sets pool_max_conns, the pool may open 20 connections: pgxpool's default
+// (four on this machine) is fewer than a test holding three locks, waiting
+// for a fourth and querying pg_locks needs, and database/sql's own limits
+// do not apply to the connections behind the bridge.
+func OpenPgxPoolBridge(tb testing.TB, dsn string) *sql.DB {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		tb.Fatalf("pgtest: pgxpool.ParseConfig(%q): %v", dsn, err)
+	}
+	if !strings.Contains(dsn, "pool_max_conns") {
+		cfg.MaxConns = 20
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		tb.Fatalf("pgtest: pgxpool.NewWithConfig(%q): %v", dsn, err)
+	}
+	db := stdlib.OpenDBFromPool(pool)
+	tb.Cleanup(func() {
+		_ = db.Close()
+		pool.Close()
+	})
 	return db
 }
 
