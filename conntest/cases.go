@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -43,6 +44,16 @@ var cases = []testCase{
 		"CancelWhileWaiting",
 		withSource("cancelling Lock's context ends the wait promptly with context.Canceled and leaves no lock, waiter or busy connection"),
 		cancelWhileWaiting,
+	},
+	{
+		"UnlockCancelled",
+		withSource("Unlock with an already cancelled context still releases the lock: pg_locks is clean the moment it returns, and the next lock is granted"),
+		unlockCancelled,
+	},
+	{
+		"CancelStorm",
+		withSource("Lock and Unlock under random short deadlines, with the lock held elsewhere or free: after every call returns, pg_locks shows only the locks still held"),
+		cancelStorm,
 	},
 	{
 		"LossDetected",
@@ -217,16 +228,90 @@ func cancelWhileWaiting(t *testing.T, e *env) {
 		t.Errorf("Mutex.Err() of the cancelled waiter = %v, want %v", err, sqllock.ErrNotHeld)
 	}
 	e.checkInUse(e.baseline+1, "after the cancelled Lock returned, with the holder's lock still held")
+	if rows := e.locks(k); len(rows) != 1 || !rows[0].granted {
+		t.Fatalf("pg_locks for %v right after the cancelled Lock returned: got %v, want only the holder: the cancelled wait left its session waiting in the server; %s",
+			k, rows, discarded)
+	}
 	e.must("Unlock of a held lock", holder.Unlock)
-	if rows, ok := e.waitFree(k); !ok {
-		t.Fatalf("pg_locks for %v %v after the waiter was cancelled and the holder unlocked: got %v, want no session holding or waiting: the cancelled wait left a session behind that holds or waits for the lock",
-			k, settleTimeout, rows)
+	if rows := e.locks(k); len(rows) != 0 {
+		t.Fatalf("pg_locks for %v right after the holder unlocked: got %v, want no session holding or waiting: the cancelled wait left a session behind that got the lock; %s",
+			k, rows, discarded)
 	}
 	if !e.try("TryLock", probe.TryLock) {
 		t.Fatalf("TryLock after the waiter was cancelled and the holder unlocked = false, want true")
 	}
 	e.must("Unlock of a held lock", probe.Unlock)
 	e.checkInUse(e.baseline, "after the check released everything")
+}
+
+func unlockCancelled(t *testing.T, e *env) {
+	m, probe := e.mutex(), e.mutex()
+	k := m.Key()
+	e.must("Lock of a free lock", m.Lock)
+	cancelled, cancel := context.WithCancel(e.ctx)
+	cancel()
+	err := e.doCtx(cancelled, "Unlock with a cancelled context", m.Unlock)
+	if rows := e.locks(k); len(rows) != 0 {
+		t.Fatalf("pg_locks for %v right after Unlock with a cancelled context returned %v: got %v, want no session holding or waiting: the lock outlived its release; %s",
+			k, err, rows, discarded)
+	}
+	if err != nil {
+		t.Logf("Unlock with a cancelled context: %v (the lock is released)", err)
+	}
+	if !e.try("TryLock", probe.TryLock) {
+		t.Fatalf("TryLock after Unlock with a cancelled context = false, want true")
+	}
+	e.must("Unlock of a held lock", probe.Unlock)
+	e.checkInUse(e.baseline, "after the check released everything")
+}
+
+// stormRounds is how many Lock and Unlock calls CancelStorm cancels.
+const stormRounds = 40
+
+func cancelStorm(t *testing.T, e *env) {
+	holder := e.mutex()
+	k := holder.Key()
+	held := false
+	var ended, granted int
+	for round := range stormRounds {
+		if want := round%4 < 2; want != held {
+			if want {
+				e.must("Lock of a free lock", holder.Lock)
+			} else {
+				e.must("Unlock of a held lock", holder.Unlock)
+			}
+			held = want
+		}
+		m := e.mutex()
+		deadline := func() time.Duration { return time.Duration(rand.Int64N(int64(3 * time.Millisecond))) }
+		err := e.doWithin(deadline(), "Lock under a short deadline", m.Lock)
+		switch {
+		case err == nil && held:
+			t.Fatalf("round %d: Lock = nil while another session holds %v, want it to wait: the lock did not exclude a second session; %s", round, k, pooler)
+		case err == nil:
+			granted++
+			err = e.doWithin(deadline(), "Unlock under a short deadline", m.Unlock)
+		}
+		if err != nil {
+			ended++
+		}
+		// Whatever each call returned, the server shows exactly the
+		// holder's lock, at once: nothing the storm touched lingers.
+		rows := e.locks(k)
+		if held && (len(rows) != 1 || !rows[0].granted) || !held && len(rows) != 0 {
+			want := "none"
+			if held {
+				want = "only the holder's"
+			}
+			t.Fatalf("round %d: pg_locks for %v right after a call under a short deadline returned %v: got %v, want %s: a cancelled call left a lock or a wait behind; %s",
+				round, k, err, rows, want, discarded)
+		}
+	}
+	if held {
+		e.must("Unlock of a held lock", holder.Unlock)
+	}
+	t.Logf("%d rounds: %d locks granted (then unlocked or cancelled), %d calls cut short by their deadline", stormRounds, granted, ended)
+	e.checkInUse(e.baseline, "after the storm")
 }
 
 // sqlState is what pgx's and lib/pq's server errors have in common.

@@ -6,11 +6,17 @@
 // sqllock takes each lock as a session-level advisory lock on a [sql.Conn]
 // of its own. The lock is only as good as the session under it: every
 // statement on that Conn must reach the same server session for as long as
-// the Conn is held, cancelling a statement must interrupt it, and discarding
-// the connection must end the session. Direct connections with
-// github.com/lib/pq or github.com/jackc/pgx/v5/stdlib (including gorm's
-// db.DB()) and session-mode poolers provide all of that; transaction- and
-// statement-mode poolers do not. [Run] proves it for your setup, with real
+// the Conn is held, and cancelling a statement must interrupt it. When a
+// call gives up on a session whose lock state it cannot know (a cancelled
+// wait or unlock), sqllock closes the connection and then ends the session
+// on the server if it still holds or waits for the lock, whatever the
+// driver's Close does; that needs the session's backend to be the one
+// pg_backend_pid() named when the lock was taken. Direct connections with
+// github.com/lib/pq or github.com/jackc/pgx/v5/stdlib (also behind gorm,
+// sqlx, bun or instrumentation wrappers), pgx's pool bridge
+// (stdlib.OpenDBFromPool) and session-mode poolers provide all of that;
+// transaction- and statement-mode poolers do not. docs/drivers.md lists the
+// setups proven so. [Run] proves it for your setup, with real
 // locks on your server, the way [testing/fstest.TestFS] proves a file
 // system.
 //
@@ -36,7 +42,13 @@
 //     pg_locks) gets the lock when the holder unlocks.
 //   - CancelWhileWaiting: cancelling Lock's context ends the wait promptly
 //     with an error wrapping [context.Canceled], and leaves no lock, waiter
-//     or busy connection behind.
+//     or busy connection behind: pg_locks shows only the holder the moment
+//     Lock returns.
+//   - UnlockCancelled: Unlock with an already cancelled context still
+//     releases the lock: pg_locks shows nothing the moment it returns.
+//   - CancelStorm: Lock and Unlock under random deadlines of up to 3ms,
+//     with the lock held by another session or free; after every call
+//     returns, pg_locks shows exactly the locks still held, at once.
 //   - LossDetected: terminating the holder's backend (pg_terminate_backend)
 //     closes [sqllock.Mutex.Done], and Err and Unlock report
 //     [sqllock.ErrLockLost].
@@ -111,6 +123,12 @@ const (
 const pooler = "a pooler in transaction or statement mode (PgBouncer pool_mode=transaction, or a proxy that " +
 	"multiplexes sessions) between client and server breaks session-level advisory locks: connect directly " +
 	"or through a session-mode pool"
+
+// discarded explains the usual cause of a lock that outlives a cancelled
+// call.
+const discarded = "sqllock ends such a session on the server (pg_terminate_backend), and that failed, or the session it " +
+	"terminated was not the one holding the lock: a driver or pool bridge (pgx's stdlib.OpenDBFromPool, a wrapper) " +
+	"that hands one database/sql connection different server sessions, or a pooler, breaks session locks"
 
 // Run checks that db (driver, DSN and any pooler between) gives sqllock the
 // session semantics it needs. Each check is a subtest. Typical use:

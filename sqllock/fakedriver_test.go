@@ -104,7 +104,7 @@ func TestFakeGrantRacingCancelUndone(t *testing.T) {
 			assert.Equal(t, int32(0), c.closed.Load(), "the connection goes back to the pool")
 			assert.Equal(t, 1, l.db.Stats().Idle)
 		} else {
-			assert.True(t, strings.HasPrefix(qs[len(qs)-1], "SELECT pg_terminate_backend"), "the session is looked for: %q", qs)
+			assert.True(t, qs[len(qs)-1] == lookSQL, "the session is looked for: %q", qs)
 			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
 		}
 	}
@@ -376,7 +376,7 @@ func TestFakeOddLockAnswerDiscards(t *testing.T) {
 		assert.ErrorContains(t, err, "so it is discarded")
 		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
 		qs := sent()
-		assert.True(t, strings.HasPrefix(qs[len(qs)-1], "SELECT pg_terminate_backend"), "the session is looked for: %q", qs)
+		assert.True(t, qs[len(qs)-1] == lookSQL, "the session is looked for: %q", qs)
 	}
 }
 
@@ -391,7 +391,7 @@ func answerAs(q string, pid int64) []driver.Value {
 		return []driver.Value{true}
 	case q == probeSQL:
 		return []driver.Value{pid}
-	case strings.HasPrefix(q, "SELECT pg_terminate_backend"):
+	case q == lookSQL, strings.HasPrefix(q, "SELECT pg_terminate_backend"):
 		return nil
 	case strings.Contains(q, " WHERE pg_backend_pid() = "):
 		if strings.HasSuffix(q, " = "+strconv.FormatInt(pid, 10)) {

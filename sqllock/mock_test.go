@@ -102,8 +102,8 @@ func expectLock(mock sqlmock.Sqlmock, pid int64) {
 // for backend pid with key 42, which finds it gone.
 func expectEnded(mock sqlmock.Sqlmock, pid int64) {
 	mock.ExpectClose()
-	mock.ExpectQuery(terminateSQL).WithArgs(pid, int64(0), int64(42), int64(1), sqlmock.AnyArg()).
-		WillReturnRows(sqlmock.NewRows([]string{"pg_terminate_backend"}))
+	mock.ExpectQuery(lookSQL).WithArgs(pid, int64(0), int64(42), int64(1)).
+		WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}))
 }
 
 func TestMockLockUnlockSQL(t *testing.T) {
@@ -187,14 +187,20 @@ func TestMockEndSessionTerminates(t *testing.T) {
 	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
 	mock.ExpectQuery(guardedSQL(q42.lock, 7)).WillReturnError(boom)
 	mock.ExpectClose()
+	look := func(pid int64) *sqlmock.ExpectedQuery {
+		return mock.ExpectQuery(lookSQL).WithArgs(pid, int64(0), int64(42), int64(1))
+	}
+	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}).AddRow("active", true))
 	mock.ExpectQuery(terminateSQL).WithArgs(int64(7), int64(0), int64(42), int64(1), sqlmock.AnyArg()).
 		WillReturnRows(sqlmock.NewRows([]string{"pg_terminate_backend"}).AddRow(true))
+	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}))
 	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), boom)
 
 	denied := errors.New("permission denied to terminate process")
 	mock.ExpectQuery(verifySQL).WillReturnRows(verified(8, 0))
 	mock.ExpectQuery(guardedSQL(q42.lock, 8)).WillReturnError(boom)
 	mock.ExpectClose()
+	look(8).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}).AddRow("idle", true))
 	mock.ExpectQuery(terminateSQL).WithArgs(int64(8), int64(0), int64(42), int64(1), sqlmock.AnyArg()).WillReturnError(denied)
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, boom)

@@ -60,6 +60,14 @@ func (l *Locker) endSession(conn *sql.Conn, pid int64, k keyspace.Key) error {
 	return nil
 }
 
+// lookSQL reports how backend $1 stands towards the advisory lock ($2,
+// $3, $4): no row once it has exited; else its state in pg_stat_activity
+// ("active" while it runs a statement, NULL where the role may not see it)
+// and whether it holds or waits for the lock.
+const lookSQL = `SELECT a.state, EXISTS (SELECT 1 FROM pg_locks l
+	WHERE l.locktype = 'advisory' AND l.pid = a.pid AND l.classid = $2 AND l.objid = $3 AND l.objsubid = $4)
+FROM pg_stat_activity a WHERE a.pid = $1 AND a.pid <> pg_backend_pid()`
+
 // terminateSQL terminates the backend $1 if it holds or waits for the
 // advisory lock ($2, $3, $4) (see keyspace.Key.LockTag), and waits up to
 // $5 milliseconds for it to exit. It answers one row per lock entry found:
@@ -74,33 +82,76 @@ const terminateSQL13 = `SELECT pg_terminate_backend(pid) FROM pg_locks
 WHERE locktype = 'advisory' AND pid = $1 AND classid = $2 AND objid = $3 AND objsubid = $4
 	AND pid <> pg_backend_pid()`
 
-// terminate ends backend pid if it holds or waits for lock k, on a
-// connection of the pool, and returns once pg_locks no longer shows it
-// there, or ctx ends.
+// idleGrace is how long terminate watches a backend that is idle without
+// the lock before it takes that as settled. A statement the client sent
+// before it let go may still be on its way (through a pooler, two hops);
+// a backend whose client is gone exits as soon as it reads the end of its
+// input, so on a direct connection the wait ends sooner, with the backend.
+// Only a session a pooler keeps (PgBouncer in session mode returns an idle
+// server connection to its pool, after DISCARD ALL has released its locks)
+// costs the whole grace.
+const idleGrace = 25 * time.Millisecond
+
+// terminate settles backend pid's part in lock k, on a connection of the
+// pool, after the client has let go of its session: it returns once the
+// backend has exited, or stayed idle without the lock for idleGrace,
+// terminating it whenever it holds or waits for the lock; or when ctx
+// ends, with an error. A statement still running there (state active) is
+// waited for: it may yet take the lock.
 func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error {
 	c, o, s := k.LockTag()
-	wait := time.Until(deadlineOr(ctx, time.Now().Add(l.cfg.timeout))).Milliseconds()
 	args := []any{pid, int64(c), int64(o), int64(s)}
-	for poll := time.Millisecond; ; poll = min(2*poll, 100*time.Millisecond) {
-		found, exited, err := l.terminateOnce(ctx, terminateSQL, append(args, max(wait, 1)))
-		if undefinedFunction(err) {
-			found, _, err = l.terminateOnce(ctx, terminateSQL13, args)
-			exited = false
-		}
+	var idleSince time.Time
+	poll := time.Millisecond
+	for {
+		state, holds, alive, err := l.look(ctx, args)
 		switch {
 		case err != nil:
 			return err
-		case !found || exited:
+		case !alive:
+			return nil
+		case holds:
+			idleSince = time.Time{}
+			if err := l.terminateHolder(ctx, args); err != nil {
+				return err
+			}
+			continue
+		case state == "active" || state == "fastpath function call":
+			idleSince = time.Time{}
+		case idleSince.IsZero():
+			idleSince = time.Now()
+		case time.Since(idleSince) >= idleGrace:
 			return nil
 		}
-		// Terminated, not yet exited (PostgreSQL 13, or a backend slow to
-		// go): look again.
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("it still held or waited for the lock when the keep-alive timeout passed: %w", ctx.Err())
+			return fmt.Errorf("it still held, waited for or ran a statement towards the lock when the keep-alive timeout passed: %w", ctx.Err())
 		case <-time.After(poll):
 		}
+		poll = min(2*poll, 10*time.Millisecond)
 	}
+}
+
+// look runs lookSQL.
+func (l *Locker) look(ctx context.Context, args []any) (state string, holds, alive bool, err error) {
+	var st sql.NullString
+	err = l.db.QueryRowContext(ctx, lookSQL, args...).Scan(&st, &holds)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, false, nil
+	}
+	return st.String, holds, err == nil, err
+}
+
+// terminateHolder terminates the backend of args if it holds or waits for
+// the lock, and waits for it to exit where the server can (PostgreSQL 14
+// and later); terminate's next look sees the rest.
+func (l *Locker) terminateHolder(ctx context.Context, args []any) error {
+	wait := time.Until(deadlineOr(ctx, time.Now().Add(l.cfg.timeout))).Milliseconds()
+	_, _, err := l.terminateOnce(ctx, terminateSQL, append(args, max(wait, 1)))
+	if undefinedFunction(err) {
+		_, _, err = l.terminateOnce(ctx, terminateSQL13, args)
+	}
+	return err
 }
 
 // terminateOnce runs one termination statement and reports whether it

@@ -105,8 +105,14 @@ logfile = %s
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	tb.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
+		select {
+		case err := <-exited:
+			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			tb.Errorf("pgtest: pgbouncer exited while the test ran: %v\n%s", err, log)
+		default:
+			_ = cmd.Process.Kill()
+			<-exited
+		}
 	})
 
 	b := &Bouncer{
