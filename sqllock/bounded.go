@@ -5,25 +5,32 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
 
 // execRows runs statement q on conn's driver connection and returns the
 // number of rows it produced, bounded by ctx as Mutex.runLock is. It costs
-// less than a query: no rows to read. If the statement is abandoned,
-// onAbandon runs once the driver returns.
-func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, onAbandon func()) (n int64, abandoned bool, err error) {
+// less than a query: no rows to read. q runs in the session of backend pid
+// and concerns lock k: if ctx ends and the driver does not return, that
+// backend is ended on the server (see Locker.awaitBounded). If the
+// statement is abandoned all the same, onAbandon runs once the driver
+// returns; settleErr says why the session could not be ended.
+func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
 	if l.boundsContext || ctx.Done() == nil {
 		r := execRaw(ctx, conn, q, args)
-		return r.n, false, r.err
+		return r.n, false, nil, r.err
 	}
 	done := make(chan outcome, 1)
 	go func() { done <- execRaw(ctx, conn, q, args) }()
-	r, abandoned := awaitBounded(ctx, done, func(outcome) { onAbandon() })
-	return r.n, abandoned, r.err
+	settle := func(ctx context.Context) error { return l.terminate(ctx, pid, k) }
+	r, abandoned, settleErr := l.awaitBounded(ctx, done, settle, func(outcome) { onAbandon() })
+	return r.n, abandoned, settleErr, r.err
 }
 
 func execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue) (r outcome) {
@@ -61,29 +68,58 @@ type outcome struct {
 	err error
 }
 
-// awaitBounded waits for a statement running in the background to report on
-// done, or for ctx to end and abandonGrace to pass after it; then abandoned
-// is true, and onAbandon runs with the statement's outcome once it
-// returns: it must end the connection's session.
-func awaitBounded(ctx context.Context, done chan outcome, onAbandon func(outcome)) (r outcome, abandoned bool) {
+// awaitBounded waits for a statement running in the background to report
+// on done. If ctx ends first, it gives the driver abandonGrace to return
+// (a live server answers a driver's cancel request within a round trip or
+// two); then it ends the statement's session on the server with settle
+// (pg_terminate_backend from another connection, which also makes the
+// driver's call fail at once), bounded by the keep-alive timeout, and
+// waits as long again for the driver. A driver that still has not
+// returned (a silent network) is abandoned: abandoned is true, settleErr
+// says whether the session was seen to end, and onAbandon runs with the
+// statement's outcome once the driver returns: it must end the
+// connection's session.
+func (l *Locker) awaitBounded(ctx context.Context, done chan outcome, settle func(context.Context) error, onAbandon func(outcome)) (r outcome, abandoned bool, settleErr error) {
 	select {
 	case r := <-done:
-		return r, false
+		return r, false, nil
 	case <-ctx.Done():
 	}
-	// A live server answers the driver's cancel request within a round trip
-	// or two; wait that long so the connection is settled (and ended by
-	// the caller) before returning. Only a silent network outlasts this.
 	t := time.NewTimer(abandonGrace)
 	defer t.Stop()
 	select {
 	case r := <-done:
-		return r, false
+		return r, false, nil
 	case <-t.C:
-		go func() { onAbandon(<-done) }()
-		return outcome{err: ctx.Err()}, true
 	}
+	sctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.timeout, settleBound))
+	defer cancel()
+	// Settle in the background, so that a settle whose own queries hang
+	// is bounded too; but wait for it even once the driver returns, so
+	// that nothing the call started outlives it.
+	settled := make(chan error, 1)
+	go func() { settled <- settle(sctx) }()
+	select {
+	case settleErr = <-settled:
+	case <-sctx.Done():
+		settleErr = fmt.Errorf("no answer from the server within %v", min(l.cfg.timeout, settleBound))
+	}
+	if settleErr == nil {
+		select {
+		case r := <-done:
+			return r, false, nil
+		case <-sctx.Done():
+		}
+	}
+	go func() { onAbandon(<-done) }()
+	return outcome{err: ctx.Err()}, true, settleErr
 }
+
+// settleBound caps how long awaitBounded spends ending an abandoned
+// statement's session, beyond the keep-alive timeout that also bounds it:
+// a call whose context has ended returns within abandonGrace plus this,
+// even on a silent network, saying whether the session was seen to end.
+const settleBound = 500 * time.Millisecond
 
 // abandonGrace is how long Mutex.runLock and execRows wait, after their
 // context ends, for a driver that does not bound its own calls to return.

@@ -138,22 +138,39 @@ func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
 }
 
 // A lock statement that the driver does not return from when its context
-// ends (lib/pq on a silent network) is bounded by sqllock: Lock returns at
-// the deadline, and the connection is discarded once the driver returns.
+// ends (lib/pq on a silent network, bun's pgdriver) is bounded by sqllock:
+// Lock returns soon after the deadline, having ended the session on the
+// server, or saying that it could not (the server never answers), and the
+// connection is discarded once the driver returns.
 func TestFakeLockBoundedWithHungDriver(t *testing.T) {
-	unblock := make(chan struct{})
-	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		<-unblock // ignores ctx
-		return answerAs(q, 7), nil
-	}, WithKeepAlive(0, 0))
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-	assert.Less(t, time.Since(start), time.Second)
-	close(unblock)
-	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond)
+	for _, tc := range []struct {
+		name         string
+		serverAnswer bool // the look and the termination get answers
+	}{{"server answers", true}, {"silent network", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			unblock := make(chan struct{})
+			l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+				isLock := strings.Contains(q, " WHERE pg_backend_pid() = ")
+				if isLock || (!tc.serverAnswer && q == lookSQL) {
+					<-unblock // ignores ctx
+				}
+				return answerAs(q, 7), nil
+			}, WithKeepAlive(0, 0))
+			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			err := l.MutexKey(keyspace.Int64(42)).Lock(ctx)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			if tc.serverAnswer {
+				require.NotErrorIs(t, err, ErrNotReleased)
+			} else {
+				require.ErrorIs(t, err, ErrNotReleased)
+			}
+			assert.Less(t, time.Since(start), abandonGrace+settleBound+time.Second)
+			close(unblock)
+			require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond)
+		})
+	}
 }
 
 // A pooled connection whose session the server ended fails its statement

@@ -352,7 +352,7 @@ func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 	if h.shared {
 		q = h.m.q.unlockShared
 	}
-	rows, abandoned, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.named, func() { _ = h.m.l.endSession(h.conn, h.pid, h.m.key) })
+	rows, abandoned, settleErr, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.named, h.pid, h.m.key, func() { _ = h.m.l.endSession(h.conn, h.pid, h.m.key) })
 	h.mu.Lock()
 	h.unlocking = false
 	past := h.boundPast
@@ -363,11 +363,16 @@ func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 		// deadline in the past, so the session goes, and the lock with
 		// it if the unlock did not release it.
 		return h.endSession()
+	case abandoned && settleErr != nil:
+		// ctx ended first, the driver has not returned, and the server
+		// could not be told to end the session: it is ended when the
+		// driver returns.
+		return h.unlockErr(fmt.Errorf("%w: the unlock got no answer before its context ended (%w), and ending its session failed: %w", ErrNotReleased, ctx.Err(), settleErr))
 	case abandoned:
-		// ctx ended first, and the driver has not returned: the session
-		// is ended when it does.
-		return h.unlockErr(fmt.Errorf("%w: the unlock got no answer before its context ended (%w); the session is ended when the driver returns", ErrNotReleased, ctx.Err()))
-	case err != nil && ctx.Err() != nil:
+		// The server ended the session, and the lock with it; the driver
+		// has yet to notice, and the connection is discarded when it does.
+		return nil
+	case err != nil && ctxEnded(ctx):
 		// Cancelled mid-query: the session goes, and the lock with it.
 		return h.endSession()
 	case err != nil:

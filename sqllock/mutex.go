@@ -161,10 +161,12 @@ func (m *Mutex) undo(conn *sql.Conn, pid int64, shared bool) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 	defer cancel()
-	rows, abandoned, err := m.l.execRows(ctx, conn, q, m.q.named, func() { _ = m.l.endSession(conn, pid, m.key) })
+	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, m.q.named, pid, m.key, func() { _ = m.l.endSession(conn, pid, m.key) })
 	switch {
+	case abandoned && settleErr != nil:
+		return fmt.Errorf("%w: the release of a lock granted after the context ended got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
 	case abandoned:
-		return fmt.Errorf("%w: the release of a lock granted after the context ended got no answer within %v", ErrNotReleased, m.l.cfg.timeout)
+		return nil // the session ended on the server; the driver has yet to notice
 	case err != nil || rows != 1:
 		return m.l.endSession(conn, pid, m.key)
 	}
@@ -193,11 +195,14 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (r outcome, conn
 			return outcome{}, nil, err
 		}
 		var abandoned bool
-		r, abandoned = m.runLock(ctx, conn, q)
+		var settleErr error
+		r, abandoned, settleErr = m.runLock(ctx, conn, q)
 		switch {
+		case abandoned && settleErr != nil:
+			return r, nil, fmt.Errorf("%w (%w: backend %d: %w)", r.err, ErrNotReleased, r.pid, settleErr)
 		case abandoned:
 			return r, nil, r.err
-		case r.err == nil || ctx.Err() != nil || !deadSession(r.err):
+		case r.err == nil || ctxEnded(ctx) || !deadSession(r.err):
 			return r, conn, r.err
 		}
 		// A lock statement sent on a session that turns out dead took
@@ -220,28 +225,75 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (r outcome, conn
 // runLock runs lock statement q on conn (see lockOn). It is bounded by ctx
 // even where the driver is not: lib/pq answers a cancelled context by
 // sending the server a cancel request and waiting for the server's reply,
-// which on a silent network never comes. pgx bounds its own calls with
-// network deadlines, so with pgx (and with a context that never ends) the
+// which on a silent network never comes, and bun's pgdriver does not
+// interrupt the statement at all. pgx bounds its own calls with network
+// deadlines, so with pgx (and with a context that never ends) the
 // statement runs inline.
 //
-// When ctx ends and the driver has not returned abandonGrace later,
-// runLock returns ctx.Err() and abandoned is true: the statement goes on
-// in the background, and its session is ended once the driver returns.
-// The caller must not touch conn again.
-func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (r outcome, abandoned bool) {
+// Otherwise, when ctx ends and the driver has not returned abandonGrace
+// later, the session the lock statement went to is ended on the server
+// (see Locker.awaitBounded), and a statement not yet sent is never sent.
+// If the driver still does not return, runLock returns ctx.Err() and
+// abandoned is true: the statement goes on in the background, and its
+// session is ended once the driver returns. The caller must not touch
+// conn again.
+func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (r outcome, abandoned bool, settleErr error) {
 	if m.l.boundsContext || ctx.Done() == nil {
-		return m.lockRaw(ctx, conn, q), false
+		return m.lockRaw(ctx, conn, q, nil), false, nil
 	}
+	var f inFlight
 	done := make(chan outcome, 1)
-	go func() { done <- m.lockRaw(ctx, conn, q) }()
-	return awaitBounded(ctx, done, func(r outcome) { _ = m.l.endSession(conn, r.pid, m.key) })
+	go func() { done <- m.lockRaw(ctx, conn, q, &f) }()
+	settle := func(sctx context.Context) error {
+		if pid := f.close(); pid != 0 {
+			return m.l.terminate(sctx, pid, m.key)
+		}
+		return nil
+	}
+	r, abandoned, settleErr = m.l.awaitBounded(ctx, done, settle, func(r outcome) { _ = m.l.endSession(conn, r.pid, m.key) })
+	if abandoned {
+		r.pid = f.close()
+	}
+	return r, abandoned, settleErr
+}
+
+// inFlight tells runLock which session a lock statement running in the
+// background went to, and stops one not yet sent. A nil *inFlight (the
+// statement runs inline) lets every statement go.
+type inFlight struct {
+	mu     sync.Mutex
+	pid    int64
+	closed bool
+}
+
+// send records that a lock statement is about to go to backend pid, and
+// reports false if runLock has given up on it: it must not be sent.
+func (f *inFlight) send(pid int64) bool {
+	if f == nil {
+		return true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.pid = pid
+	return true
+}
+
+// close stops later sends and returns the backend of the last one, or 0.
+func (f *inFlight) close() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return f.pid
 }
 
 // lockRaw runs lockOn on conn's driver connection: one conn.Raw finds it
 // and runs the statement.
-func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *lockStmt) (r outcome) {
+func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *lockStmt, f *inFlight) (r outcome) {
 	if err := conn.Raw(func(dc any) error {
-		r = m.lockOn(ctx, dc, q)
+		r = m.lockOn(ctx, dc, q, f)
 		return nil
 	}); err != nil {
 		r.err = err
@@ -258,13 +310,17 @@ func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *lockStmt) (r out
 // r.n holds flagGranted, or the verify statement's refusal flags; r.pid is
 // the session's backend pid once known, also with an error; r.ran reports
 // whether a lock statement was sent.
-func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt) (r outcome) {
+func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r outcome) {
 	r.dc = dc
 	for moved := false; ; moved = true {
 		g, pid, flags, err := m.l.guarded(ctx, dc, q)
 		r.pid, r.n = pid, flags
 		if err != nil || flags != 0 {
 			r.err = err
+			return r
+		}
+		if !f.send(pid) {
+			r.err = withCtxErr(ctx, context.Cause(ctx))
 			return r
 		}
 		r.ran = true
@@ -277,7 +333,7 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt) (r outcome) {
 				r.n = flagGranted
 			}
 			return r
-		case !errors.Is(err, sql.ErrNoRows) || ctx.Err() != nil:
+		case !errors.Is(err, sql.ErrNoRows) || ctxEnded(ctx):
 			r.err = err
 			return r
 		case moved:
@@ -332,17 +388,25 @@ func guardedAnswer(v any) (bool, error) {
 // 57014 error, which does not.
 func withCtxErr(ctx context.Context, err error) error {
 	cerr := ctx.Err()
-	if cerr == nil {
-		// A driver's network deadline, taken from ctx, can fire a moment
-		// before ctx's own timer does.
-		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-			cerr = context.DeadlineExceeded
-		}
+	if cerr == nil && ctxEnded(ctx) {
+		cerr = context.DeadlineExceeded
 	}
 	if cerr != nil && !errors.Is(err, cerr) {
 		return fmt.Errorf("%w: %w", cerr, err)
 	}
 	return err
+}
+
+// ctxEnded reports whether ctx has ended, or reached its deadline: a
+// driver's network deadline, taken from ctx (pgx, bun's pgdriver), can
+// fire a moment before ctx's own timer does, and its error (an i/o
+// timeout) is then the context's doing.
+func ctxEnded(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // Lock waits until it holds the lock exclusively, or until ctx ends. The

@@ -214,19 +214,54 @@ func ownerToken(addr uintptr) string {
 	return processToken() + strconv.FormatUint(uint64(addr), 36)
 }
 
-// isPgx reports whether db's driver is pgx's stdlib. It prepares and caches
-// statements per connection, so one SQL text per operation with the key as
-// parameters is one round trip; and it bounds every call by network
-// deadlines when its context ends.
+// isPgx reports whether db's driver is pgx's stdlib, directly or under
+// wrappers that keep the driver they wrap in a field (otelsql, sqlhooks,
+// sqlmw and the like). pgx prepares and caches statements per connection,
+// so one SQL text per operation with the key as parameters is one round
+// trip, where a key in the text would be one prepared statement per key;
+// and it bounds every call by network deadlines when its context ends.
 func isPgx(db *sql.DB) bool {
-	t := reflect.TypeOf(db.Driver())
-	if t == nil {
+	return holdsPgxDriver(reflect.ValueOf(db.Driver()), maxUnwrap)
+}
+
+// holdsPgxDriver reports whether v is, or holds within depth levels of
+// pointers, interfaces and struct fields, a value of a type from pgx's
+// stdlib package. Unexported fields are read for their types only.
+func holdsPgxDriver(v reflect.Value, depth int) bool {
+	for v.IsValid() && (v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface) {
+		if v.IsNil() {
+			return false
+		}
+		if isPgxStdlib(v.Type()) {
+			return true
+		}
+		v = v.Elem()
+	}
+	if !v.IsValid() {
 		return false
 	}
+	if isPgxStdlib(v.Type()) {
+		return true
+	}
+	if v.Kind() != reflect.Struct || depth == 0 {
+		return false
+	}
+	for i := range v.NumField() {
+		if f := v.Field(i); f.Kind() == reflect.Interface || f.Kind() == reflect.Pointer || f.Kind() == reflect.Struct {
+			if holdsPgxDriver(f, depth-1) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isPgxStdlib(t reflect.Type) bool {
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	return strings.HasPrefix(t.PkgPath(), "github.com/jackc/pgx/") && strings.HasSuffix(t.PkgPath(), "/stdlib")
+	p := t.PkgPath()
+	return strings.HasPrefix(p, "github.com/jackc/pgx/") && strings.HasSuffix(p, "/stdlib")
 }
 
 // Flags of the verify statement's answer (see buildVerify); flagGranted

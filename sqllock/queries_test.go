@@ -9,6 +9,9 @@ import (
 	"testing"
 	"weak"
 
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/lib/pq"
+
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
 
@@ -241,4 +244,44 @@ func driverConn(conn *sql.Conn) (dc any) {
 		return nil
 	})
 	return dc
+}
+
+// Wrappers as instrumentation libraries write them: otelsql keeps the
+// driver it wraps in an unexported field, sqlhooks embeds it.
+type (
+	fieldWrapper  struct{ wrapped driver.Driver }
+	embedWrapper  struct{ driver.Driver }
+	wrapConnector struct{ d driver.Driver }
+)
+
+func (w fieldWrapper) Open(name string) (driver.Conn, error) { return w.wrapped.Open(name) }
+
+func (c wrapConnector) Connect(context.Context) (driver.Conn, error) { return nil, driver.ErrBadConn }
+func (c wrapConnector) Driver() driver.Driver                        { return c.d }
+
+// pgx is recognised under wrappers, so that they do not silently turn its
+// one statement per operation into one prepared statement per key.
+func TestIsPgxUnderWrappers(t *testing.T) {
+	pgx := stdlib.GetDefaultDriver()
+	for _, tc := range []struct {
+		name string
+		d    driver.Driver
+		want bool
+	}{
+		{"pgx", pgx, true},
+		{"field", fieldWrapper{pgx}, true},
+		{"embedded", embedWrapper{pgx}, true},
+		{"pointer to nested", &fieldWrapper{embedWrapper{pgx}}, true},
+		{"lib/pq", &pq.Driver{}, false},
+		{"wrapped lib/pq", fieldWrapper{&pq.Driver{}}, false},
+		{"nil inside", fieldWrapper{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := sql.OpenDB(wrapConnector{tc.d})
+			defer db.Close()
+			if got := isPgx(db); got != tc.want {
+				t.Errorf("isPgx(%T) = %v, want %v", tc.d, got, tc.want)
+			}
+		})
+	}
 }
