@@ -662,7 +662,8 @@ func testBadUsage(t *testing.T, e *e2e) {
 		want string
 	}{
 		{[]string{"name", "make"}, "missing -- before the command"},
-		{[]string{"--wait", "name", "--", "true"}, "flag provided but not defined: -wait"},
+		{[]string{"--bogus", "name", "--", "true"}, "unknown flag --bogus"},
+		{[]string{"stat", "name"}, "did you mean withlock status name?"},
 		{nil, "no lock name"},
 	} {
 		code, stdout, stderr := e.run(t, nil, tc.args...)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,14 +27,15 @@ type statusOptions struct {
 }
 
 // parseStatus parses the arguments after "status": <lockName> and flags, in
-// any order. It returns flag.ErrHelp for -h and --help.
+// any order. It returns errHelp for -h and --help.
 func parseStatus(args []string) (*statusOptions, error) {
-	o := &statusOptions{}
-	fs := newFlagSet("withlock status")
-	fs.StringVar(&o.db, "db", "", "")
-	fs.StringVar(&o.keyspace, "keyspace", defaultScheme, "")
-	fs.BoolVar(&o.json, "json", false, "")
-	positional, err := parseArgs(fs, args)
+	o := &statusOptions{keyspace: defaultScheme}
+	fs := newFlags("withlock status")
+	fs.stringVar(&o.db, "db")
+	fs.stringVar(&o.keyspace, "keyspace")
+	fs.boolVar(&o.json, "json")
+	fs.helpFlag()
+	positional, err := fs.parse(args)
 	switch {
 	case err != nil:
 		return nil, err
@@ -75,7 +75,7 @@ Exit status: 0 when the lock is free, 1 when it is held, 64 for bad usage,
 func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger) int {
 	o, err := parseStatus(args)
 	switch {
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errHelp):
 		fmt.Fprint(stdout, statusHelp)
 		return ExitOK
 	case err != nil:
