@@ -16,9 +16,18 @@ type Holder struct {
 	Granted         bool      // holds the lock; false while waiting for it
 	ApplicationName string    // the session's application_name
 	ClientAddr      string    // client address, empty for a Unix socket
-	BackendStart    time.Time // when the session began
-	WaitStart       time.Time // when it began waiting; zero if it never waited (PostgreSQL 14+)
-	StateChange     time.Time // pg_stat_activity.state_change: its last change between active and idle (a held lock's keep-alive moves it)
+	BackendStart    time.Time // when the session began, not when it took the lock
+	WaitStart       time.Time // when it began waiting; zero if it holds the lock, and before PostgreSQL 14
+
+	// State is the session's pg_stat_activity.state: "active" (running a
+	// statement, as a waiter is), "idle", "idle in transaction", and so on;
+	// empty when the server does not show it (another user's session
+	// without the pg_read_all_stats role). StateChange is when the session
+	// last entered that state: for an idle holder, the end of its last
+	// statement (a held lock's keep-alive moves it), not when it took the
+	// lock, which PostgreSQL does not record.
+	State       string
+	StateChange time.Time
 }
 
 // holdersSQL lists every session holding or waiting for one key. Keys
@@ -27,7 +36,8 @@ type Holder struct {
 // before. pid is NULL for a lock of a prepared transaction.
 const holdersSQL = `SELECT COALESCE(l.pid, 0), l.mode = 'ShareLock', l.granted,
 	COALESCE(a.application_name, ''), COALESCE(host(a.client_addr), ''),
-	a.backend_start, (to_jsonb(l) ->> 'waitstart')::timestamptz, a.state_change
+	a.backend_start, (to_jsonb(l) ->> 'waitstart')::timestamptz, a.state_change,
+	COALESCE(a.state, '')
 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 	AND l.classid = $1 AND l.objid = $2 AND l.objsubid = $3
@@ -63,7 +73,7 @@ func holders(ctx context.Context, db *sql.DB, k keyspace.Key) ([]Holder, error) 
 	for rows.Next() {
 		var h Holder
 		var start, wait, since sql.NullTime
-		if err := rows.Scan(&h.PID, &h.Shared, &h.Granted, &h.ApplicationName, &h.ClientAddr, &start, &wait, &since); err != nil {
+		if err := rows.Scan(&h.PID, &h.Shared, &h.Granted, &h.ApplicationName, &h.ClientAddr, &start, &wait, &since, &h.State); err != nil {
 			return nil, err
 		}
 		h.BackendStart, h.WaitStart, h.StateChange = start.Time, wait.Time, since.Time

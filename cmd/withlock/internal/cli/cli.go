@@ -9,7 +9,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -34,12 +33,17 @@ const (
 // called once per process: it handles the process's signals while it runs.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	log := &logger{w: stderr, r: newRedactor(args)}
-	if len(args) > 0 && args[0] == "status" && !slices.Contains(args, "--") {
-		return runStatus(ctx, args[1:], stdout, log)
+	if len(args) > 0 && !slices.Contains(args, "--") {
+		switch sub := nearest(args[0], subcommands); {
+		case args[0] == "status":
+			return runStatus(ctx, args[1:], stdout, log)
+		case sub != "" && !strings.HasPrefix(args[0], "-"):
+			return usageError(log, subcommandError(args, args[0]))
+		}
 	}
 	o, err := parseRun(args)
 	switch {
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errHelp):
 		fmt.Fprint(stdout, help())
 		return ExitOK
 	case err != nil:
@@ -50,6 +54,39 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	log.verbose = o.verbose
 	return run(ctx, o, stdin, stdout, stderr, log)
+}
+
+// subcommands are the words that, first on the command line, select
+// another form than the run form.
+var subcommands = []string{"status"}
+
+// subcommandError is the error for a run-form command line without "--"
+// whose first argument, word, is or nearly is a subcommand: a misspelt or
+// misplaced "status". It suggests the command line meant, the subcommand
+// first.
+func subcommandError(args []string, word string) error {
+	sub := nearest(word, subcommands)
+	meant := []string{"withlock", sub}
+	skipped := false
+	for _, a := range args {
+		if a == word && !skipped {
+			skipped = true
+			continue
+		}
+		meant = append(meant, shellQuote(a))
+	}
+	if word == sub {
+		return fmt.Errorf("%s must come first: did you mean %s?", sub, strings.Join(meant, " "))
+	}
+	return fmt.Errorf("unknown command %q: did you mean %s? (to run a command under lock %q, put -- before the command)", word, strings.Join(meant, " "), word)
+}
+
+// shellQuote quotes s for sh(1) if it needs quoting.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=.,:/@%+") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // usageError reports bad usage and returns ExitUsage.
@@ -77,77 +114,45 @@ type runOptions struct {
 	command  []string
 }
 
-// newFlagSet returns a flag set that reports errors to its caller only.
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	return fs
-}
-
 // runFlags binds the flags of the run form to o. Long and short names share
 // one variable. The help text is written by hand in help; a test checks
 // that it names every flag.
-func runFlags(o *runOptions) *flag.FlagSet {
-	fs := newFlagSet("withlock")
-	fs.StringVar(&o.db, "db", "", "")
-	for _, n := range []string{"n", "try"} {
-		fs.BoolVar(&o.try, n, false, "")
-	}
-	for _, n := range []string{"w", "timeout"} {
-		fs.DurationVar(&o.timeout, n, 0, "")
-	}
-	for _, n := range []string{"s", "shared"} {
-		fs.BoolVar(&o.shared, n, false, "")
-	}
-	for _, n := range []string{"E", "conflict-exit-code"} {
-		fs.IntVar(&o.conflictCode, n, ExitConflict, "")
-	}
-	for _, n := range []string{"v", "verbose"} {
-		fs.BoolVar(&o.verbose, n, false, "")
-	}
-	fs.StringVar(&o.keyspace, "keyspace", defaultScheme, "")
-	fs.DurationVar(&o.keepAlive, "keepalive", defaultKeepAlive, "")
-	fs.DurationVar(&o.grace, "grace", defaultGrace, "")
-	fs.BoolVar(&o.version, "version", false, "")
+func runFlags(o *runOptions) *flagSet {
+	fs := newFlags("withlock")
+	fs.stringVar(&o.db, "db")
+	fs.boolVar(&o.try, "n", "try")
+	fs.durationVar(&o.timeout, "w", "wait", "timeout")
+	fs.boolVar(&o.shared, "s", "shared")
+	fs.intVar(&o.conflictCode, "E", "conflict-exit-code")
+	fs.boolVar(&o.verbose, "v", "verbose")
+	fs.stringVar(&o.keyspace, "keyspace")
+	fs.durationVar(&o.keepAlive, "keepalive")
+	fs.durationVar(&o.grace, "grace")
+	fs.boolVar(&o.version, "version")
+	fs.helpFlag()
 	return fs
 }
 
-// parseArgs parses flags anywhere among args and returns the other
-// arguments, in order. args must not contain "--".
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return positional, nil
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
-	}
-}
-
 // parseRun parses and checks a command line of the run form:
-// [flags] <lockName> [flags] -- <command> [args...]. It returns
-// flag.ErrHelp for -h and --help.
+// [flags] <lockName> [flags] -- <command> [args...]. It returns errHelp
+// for -h and --help.
 func parseRun(args []string) (*runOptions, error) {
-	o := &runOptions{}
+	o := &runOptions{conflictCode: ExitConflict, keyspace: defaultScheme, keepAlive: defaultKeepAlive, grace: defaultGrace}
 	fs := runFlags(o)
 	before, command, hasSep := cutArgs(args)
-	positional, err := parseArgs(fs, before)
+	positional, err := fs.parse(before)
 	if err != nil {
 		return nil, err
 	}
 	if o.version {
 		return o, nil
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	try, _, _ := fs.given("try")
+	wait, _, waits := fs.given("timeout")
 
 	switch {
+	case len(positional) > 0 && !hasSep && nearest(positional[0], subcommands) != "":
+		return nil, subcommandError(args, positional[0])
 	case len(positional) > 1 && !hasSep:
 		return nil, fmt.Errorf("missing -- before the command: withlock [flags] %s -- %s", positional[0], strings.Join(positional[1:], " "))
 	case len(positional) > 1:
@@ -158,16 +163,18 @@ func parseRun(args []string) (*runOptions, error) {
 		return nil, fmt.Errorf("missing -- and the command to run: withlock [flags] %s -- <command> [args...]", positional[0])
 	case len(command) == 0 || command[0] == "":
 		return nil, errors.New("no command after --")
-	case o.try && (set["w"] || set["timeout"]):
-		return nil, errors.New("--try and --timeout cannot be combined: --try does not wait at all")
-	case (set["w"] || set["timeout"]) && o.timeout <= 0:
-		return nil, fmt.Errorf("--timeout must be positive, not %v; use --try not to wait", o.timeout)
+	case o.try && waits:
+		return nil, fmt.Errorf("%s and %s cannot be combined: %s does not wait at all", try, wait, try)
+	}
+	switch {
+	case waits && o.timeout <= 0:
+		return nil, fs.invalid("timeout", "must be positive; use -n not to wait")
 	case o.conflictCode < 0 || o.conflictCode > 255:
-		return nil, fmt.Errorf("--conflict-exit-code must be between 0 and 255, not %d", o.conflictCode)
+		return nil, fs.invalid("conflict-exit-code", "must be between 0 and 255")
 	case o.keepAlive <= 0:
-		return nil, fmt.Errorf("--keepalive must be positive, not %v: without it a lost lock goes unnoticed while the command runs", o.keepAlive)
+		return nil, fs.invalid("keepalive", "must be positive: without it a lost lock goes unnoticed while the command runs")
 	case o.grace < 0:
-		return nil, fmt.Errorf("--grace must not be negative, not %v", o.grace)
+		return nil, fs.invalid("grace", "must not be negative")
 	}
 	o.lockName, o.command = positional[0], command
 	if o.scheme, err = lookupScheme(o.keyspace); err != nil {
@@ -201,7 +208,9 @@ shares the database. It waits for the lock (unless --try or --timeout say
 otherwise), runs the command directly (no shell) with the same stdin, stdout,
 stderr and environment, releases the lock as soon as the command exits, and
 exits with the command's status. Flags may come before or after lockName;
-everything after -- is the command.
+everything after -- is the command. Short flags combine as in flock(1):
+-nv is -n -v, and -vw 5 is -v -w 5. Durations are seconds (5, 0.5) or Go
+durations (500ms, 2m, 1h30m).
 
 Flags:
       --db <connectionString>   the database (default: $PG_CONNECTION_STRING,
@@ -209,18 +218,19 @@ Flags:
                                 PGHOST, PGUSER, PGPASSWORD, PGDATABASE, ...)
   -n, --try                     do not wait: if the lock is taken, exit at
                                 once with the conflict code
-  -w, --timeout <duration>      wait at most this long (500ms, 30s, 5m), then
-                                exit with the conflict code
+  -w, --wait, --timeout <time>  wait at most this long (5, 0.5, 500ms, 2m),
+                                then exit with the conflict code
   -s, --shared                  take the lock in shared mode: shared holders
                                 run together, exclusive ones alone
   -E, --conflict-exit-code <n>  exit status when the lock is not acquired
                                 (default 75)
   -v, --verbose                 report waiting, acquiring and releasing on
-                                stderr
+                                stderr, and who holds the lock when it is
+                                not acquired
       --keyspace <name>         how lockName becomes a key (default node):
-` + indent(schemeHelp(), "      ") + `      --keepalive <duration>    check the lock's session this often while the
+` + indent(schemeHelp(), "      ") + `      --keepalive <time>        check the lock's session this often while the
                                 command runs (default 2s)
-      --grace <duration>        after a lost lock, time between SIGTERM and
+      --grace <time>            after a lost lock, time between SIGTERM and
                                 SIGKILL to the command; 0 kills at once
                                 (default 10s)
   -h, --help                    show this help
@@ -241,7 +251,7 @@ Exit status:
 Examples:
   withlock dbmigration -- ./migrate up
   withlock -n -E 0 nightly-report -- ./report.sh     # cron on many hosts
-  withlock -w 30s -v deploy -- make deploy
+  withlock -vw 30 deploy -- make deploy
   withlock status dbmigration --json
 `
 }

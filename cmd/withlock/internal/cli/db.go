@@ -206,8 +206,10 @@ func maskDSN(dsn string) (safe string, secrets []string) {
 }
 
 // newRedactor returns a redactor that knows the connection strings withlock
-// may print: every --db value in args (found before flag parsing, so that
-// even flag errors are masked), PG_CONNECTION_STRING, DATABASE_URL and
+// may print: every --db value in args, and every other argument before "--"
+// that holds a password, found before flag parsing so that even usage
+// errors (a misplaced or misspelt --db, a connection string given to
+// another flag) are masked; then PG_CONNECTION_STRING, DATABASE_URL and
 // PGPASSWORD.
 func newRedactor(args []string) *redactor {
 	r := &redactor{}
@@ -215,6 +217,7 @@ func newRedactor(args []string) *redactor {
 		if a == "--" {
 			break
 		}
+		r.addDSN(embeddedDSN(a))
 		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		if !strings.HasPrefix(a, "-") || name != "db" {
 			continue
@@ -231,6 +234,30 @@ func newRedactor(args []string) *redactor {
 	r.addSecret(os.Getenv("PGPASSWORD"))
 	return r
 }
+
+// embeddedDSN returns the part of a command-line argument that may be a
+// connection string holding a password: from a URL's scheme on (so that
+// "-wpostgres://u:pw@h" and "--timeout=postgres://..." count), else the
+// whole argument (keyword/value passwords are found anywhere). It returns
+// "" when there is no password to find.
+func embeddedDSN(arg string) string {
+	if i := strings.Index(arg, "://"); i > 0 {
+		j := i
+		for j > 0 && strings.ContainsRune("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-", rune(arg[j-1])) {
+			j--
+		}
+		for j < i && !isLetter(arg[j]) { // a scheme starts with a letter
+			j++
+		}
+		arg = arg[j:]
+	}
+	if _, secrets := maskDSN(arg); len(secrets) == 0 {
+		return ""
+	}
+	return arg
+}
+
+func isLetter(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // uniq removes repeated strings, keeping the first of each.
 func uniq(ss []string) []string {

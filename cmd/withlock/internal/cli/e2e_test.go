@@ -412,9 +412,15 @@ func testTryConflict(t *testing.T, e *e2e) {
 		}
 		assertNotExist(t, marker)
 	}
-	code, _, stderr := e.run(t, nil, "-n", "-v", e.dbFlag(), name, "--", "touch", marker)
-	if code != ExitConflict || !strings.Contains(stderr, "is taken; not waiting (--try)") {
-		t.Errorf("withlock -n -v: exit status %d, stderr %q; want %d and a reason", code, stderr, ExitConflict)
+	for _, flags := range [][]string{{"-n", "-v"}, {"-nv"}} {
+		code, _, stderr := e.run(t, nil, args(flags, e.dbFlag(), name, "--", "touch", marker)...)
+		if code != ExitConflict || !strings.Contains(stderr, "is taken; not waiting (--try)") {
+			t.Errorf("withlock %s: exit status %d, stderr %q; want %d and a reason", flags, code, stderr, ExitConflict)
+		}
+		// Who holds it, as status says.
+		if !strings.Contains(stderr, "withlock:   held by pid ") || !strings.Contains(stderr, ", session since ") {
+			t.Errorf("withlock %s: stderr %q, want the holder's pid and session start", flags, stderr)
+		}
 	}
 	release()
 	if code, _, stderr := e.run(t, nil, "-n", e.dbFlag(), name, "--", "touch", marker); code != 0 {
@@ -442,6 +448,12 @@ func testTimeout(t *testing.T, e *e2e) {
 		}
 		assertNotExist(t, marker)
 	}
+	// With -v, and the timeout in seconds, it says who holds the lock.
+	code, _, stderr := e.run(t, nil, "-vw", "0.5", e.dbFlag(), name, "--", "touch", marker)
+	if code != ExitConflict || !strings.Contains(stderr, "gave up waiting") || !strings.Contains(stderr, "withlock:   held by pid ") {
+		t.Errorf("withlock -vw 0.5: exit status %d, stderr %q; want %d, the reason and the holder", code, stderr, ExitConflict)
+	}
+	assertNotExist(t, marker)
 	// The abandoned wait was cancelled in the server: no backend stays
 	// queued for the lock.
 	e.waitSessions(t, name, 0, 0, 5*time.Second)
@@ -662,7 +674,8 @@ func testBadUsage(t *testing.T, e *e2e) {
 		want string
 	}{
 		{[]string{"name", "make"}, "missing -- before the command"},
-		{[]string{"--wait", "name", "--", "true"}, "flag provided but not defined: -wait"},
+		{[]string{"--bogus", "name", "--", "true"}, "unknown flag --bogus"},
+		{[]string{"stat", "name"}, "did you mean withlock status name?"},
 		{nil, "no lock name"},
 	} {
 		code, stdout, stderr := e.run(t, nil, tc.args...)
@@ -816,8 +829,11 @@ func testStatus(t *testing.T, e *e2e) {
 	for _, want := range []string{
 		"held exclusively",
 		fmt.Sprintf("held by pid %d (exclusive, withlock:%s)", holder, name),
+		", session since ",
 		"1 session waiting",
 		fmt.Sprintf("waiting pid %d", waiter),
+		", waiting since ", // PostgreSQL 14+
+		", active since ",  // the waiter's lock statement
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output %q, want it to contain %q", out, want)
@@ -831,8 +847,11 @@ func testStatus(t *testing.T, e *e2e) {
 	if h := st.Holders[0]; h.PID != int64(holder) || h.ApplicationName != "withlock:"+name || h.Mode != "exclusive" || h.BackendStart == nil {
 		t.Errorf("holder %+v, want pid %d and application_name withlock:%s", h, holder, name)
 	}
-	if w := st.Waiters[0]; w.PID != int64(waiter) || w.WaitStart == nil {
-		t.Errorf("waiter %+v, want pid %d with a wait start", w, waiter)
+	if h := st.Holders[0]; h.State == "" || h.StateChange == nil {
+		t.Errorf("holder %+v, want its state and when it entered it", h)
+	}
+	if w := st.Waiters[0]; w.PID != int64(waiter) || w.WaitStart == nil || w.State != "active" || w.StateChange == nil {
+		t.Errorf("waiter %+v, want pid %d, active, with a wait start and state change", w, waiter)
 	}
 
 	a.release(t)

@@ -144,9 +144,13 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	if !g.hasEntered() {
 		if o.try && !acquired && lockErr == nil {
 			log.verbosef("lock %q is taken; not waiting (--try); nothing ran", o.lockName)
+			reportHolders(g.ctx, mu, o, log)
 			return o.conflictCode
 		}
 		if code, ok := gaveUp(g, o, log); ok {
+			if errors.Is(context.Cause(g.ctx), errWaitTimeout) {
+				reportHolders(g.ctx, mu, o, log)
+			}
 			return code
 		}
 		log.printf("could not take lock %q: %v", o.lockName, lockErr)

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
@@ -28,14 +28,15 @@ type statusOptions struct {
 }
 
 // parseStatus parses the arguments after "status": <lockName> and flags, in
-// any order. It returns flag.ErrHelp for -h and --help.
+// any order. It returns errHelp for -h and --help.
 func parseStatus(args []string) (*statusOptions, error) {
-	o := &statusOptions{}
-	fs := newFlagSet("withlock status")
-	fs.StringVar(&o.db, "db", "", "")
-	fs.StringVar(&o.keyspace, "keyspace", defaultScheme, "")
-	fs.BoolVar(&o.json, "json", false, "")
-	positional, err := parseArgs(fs, args)
+	o := &statusOptions{keyspace: defaultScheme}
+	fs := newFlags("withlock status")
+	fs.stringVar(&o.db, "db")
+	fs.stringVar(&o.keyspace, "keyspace")
+	fs.boolVar(&o.json, "json")
+	fs.helpFlag()
+	positional, err := fs.parse(args)
 	switch {
 	case err != nil:
 		return nil, err
@@ -59,8 +60,12 @@ const statusHelp = `Usage:
   withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]
 
 Prints whether the lock is held, in which mode (exclusive or shared) and by
-which sessions (pid, application_name, client address, session start), and
-how many sessions wait for it. Only sessions of the same database count.
+which sessions (pid, application_name, client address), and which sessions
+wait for it. Only sessions of the same database count. Each session shows
+the times the server knows: "session since" (when it connected), "idle
+since" or "active since" (its last change of state) and, for waiters on
+PostgreSQL 14 and later, "waiting since". The server does not record when a
+lock was taken.
 
 Flags:
   --db <connectionString>  the database, as for withlock
@@ -75,7 +80,7 @@ Exit status: 0 when the lock is free, 1 when it is held, 64 for bad usage,
 func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger) int {
 	o, err := parseStatus(args)
 	switch {
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errHelp):
 		fmt.Fprint(stdout, statusHelp)
 		return ExitOK
 	case err != nil:
@@ -104,7 +109,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger
 		return ExitUnavailable
 	}
 
-	st := newLockStatus(o, mu, hs)
+	st := newLockStatus(o.lockName, o.scheme.name, mu.Key(), hs)
 	var out string
 	if o.json {
 		b, err := json.MarshalIndent(st, "", "  ")
@@ -135,7 +140,10 @@ type lockStatus struct {
 	Waiters  []sessionStatus `json:"waiters"`        // those sessions, longest waiting first
 }
 
-// sessionStatus is one session that holds or waits for the lock.
+// sessionStatus is one session that holds or waits for the lock. The
+// server records when a session began, when it last changed state and,
+// from PostgreSQL 14 on, when a waiter began waiting, but not when a lock
+// was granted: the text form labels each time for what it is.
 type sessionStatus struct {
 	PID             int64      `json:"pid"`                     // backend process id
 	Mode            string     `json:"mode"`                    // "exclusive" or "shared"
@@ -143,18 +151,22 @@ type sessionStatus struct {
 	ClientAddr      string     `json:"client_addr"`             // empty for a Unix socket, or when not visible
 	BackendStart    *time.Time `json:"backend_start,omitempty"` // when the session began
 	WaitStart       *time.Time `json:"wait_start,omitempty"`    // when a waiter began waiting (PostgreSQL 14+)
-	StateChange     *time.Time `json:"state_change,omitempty"`  // last change of the session's state
+	State           string     `json:"state,omitempty"`         // pg_stat_activity.state: "idle", "active", ...
+	StateChange     *time.Time `json:"state_change,omitempty"`  // when the session entered State
 }
 
-func newLockStatus(o *statusOptions, mu *sqllock.Mutex, hs []sqllock.Holder) *lockStatus {
+// newLockStatus builds the status of the lock called name, in keyspace
+// scheme, from its holders and waiters.
+func newLockStatus(name, scheme string, key keyspace.Key, hs []sqllock.Holder) *lockStatus {
 	st := &lockStatus{
-		Lock: o.lockName, Keyspace: o.scheme.name, Key: mu.Key().String(),
+		Lock: name, Keyspace: scheme, Key: key.String(),
 		Holders: []sessionStatus{}, Waiters: []sessionStatus{},
 	}
 	for _, h := range hs {
 		s := sessionStatus{
 			PID: h.PID, Mode: modeName(h.Shared), ApplicationName: h.ApplicationName, ClientAddr: h.ClientAddr,
-			BackendStart: timePtr(h.BackendStart), WaitStart: timePtr(h.WaitStart), StateChange: timePtr(h.StateChange),
+			BackendStart: timePtr(h.BackendStart), WaitStart: timePtr(h.WaitStart),
+			State: h.State, StateChange: timePtr(h.StateChange),
 		}
 		if h.Granted {
 			st.Holders = append(st.Holders, s)
@@ -195,21 +207,35 @@ func (st *lockStatus) text(now time.Time) string {
 	default:
 		b.WriteString("held exclusively\n")
 	}
-	for _, s := range st.Holders {
-		b.WriteString(s.text("held by", now, s.BackendStart, "session started"))
+	for _, line := range st.sessionLines(now) {
+		b.WriteString(line + "\n")
 	}
-	if st.Waiting > 0 {
-		fmt.Fprintf(&b, "%s waiting\n", plural(st.Waiting, "session"))
-		for _, s := range st.Waiters {
-			b.WriteString(s.text("waiting", now, s.WaitStart, "waiting since"))
-		}
-	} else {
+	if st.Waiting == 0 {
 		b.WriteString("no session waiting\n")
 	}
 	return b.String()
 }
 
-func (s sessionStatus) text(what string, now time.Time, when *time.Time, label string) string {
+// sessionLines describes the holders, one line each, then the number of
+// waiters and each waiter, longest waiting first.
+func (st *lockStatus) sessionLines(now time.Time) []string {
+	var lines []string
+	for _, s := range st.Holders {
+		lines = append(lines, s.text("held by", now))
+	}
+	if st.Waiting > 0 {
+		lines = append(lines, plural(st.Waiting, "session")+" waiting")
+		for _, s := range st.Waiters {
+			lines = append(lines, s.text("waiting", now))
+		}
+	}
+	return lines
+}
+
+// text describes one session: who it is, then each time the server knows,
+// labelled for what it is. A holder's times are never when it took the
+// lock: PostgreSQL does not record that.
+func (s sessionStatus) text(what string, now time.Time) string {
 	app := s.ApplicationName
 	if app == "" {
 		app = "(no application_name)"
@@ -219,10 +245,17 @@ func (s sessionStatus) text(what string, now time.Time, when *time.Time, label s
 		client = "local socket"
 	}
 	line := fmt.Sprintf("  %s pid %d (%s, %s) from %s", what, s.PID, s.Mode, app, client)
-	if when != nil {
-		line += fmt.Sprintf(", %s %s (%v ago)", label, when.Local().Format(time.RFC3339), now.Sub(*when).Round(time.Second))
+	at := func(label string, t *time.Time) {
+		if t != nil {
+			line += fmt.Sprintf(", %s since %s (%v ago)", label, t.Local().Format(time.RFC3339), now.Sub(*t).Round(time.Second))
+		}
 	}
-	return line + "\n"
+	at("waiting", s.WaitStart)
+	at("session", s.BackendStart)
+	if s.State != "" {
+		at(s.State, s.StateChange)
+	}
+	return line
 }
 
 func plural(n int, noun string) string {
