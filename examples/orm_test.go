@@ -3,7 +3,6 @@ package examples_test
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -87,12 +86,10 @@ func Example_gormLockTx() {
 	// works behind a transaction-mode pooler such as PgBouncer. It pins no
 	// connection beyond the transaction's own.
 	err = gdb.Transaction(func(tx *gorm.DB) error {
-		sqlTx, ok := tx.Statement.ConnPool.(*sql.Tx)
-		if !ok {
-			return errors.New("gorm transaction is not a *sql.Tx")
-		}
+		// tx.Statement.ConnPool is the transaction under gorm: a *sql.Tx,
+		// or a *gorm.PreparedStmtTX with PrepareStmt (Example_gormPrepareStmtLockTx).
 		ctx := context.Background()
-		if err := mu.LockTx(ctx, sqlTx); err != nil {
+		if err := mu.LockTx(ctx, tx.Statement.ConnPool); err != nil {
 			return err
 		}
 		fmt.Println("invoice 42 locked until commit")
@@ -102,7 +99,7 @@ func Example_gormLockTx() {
 			return err
 		}
 		defer other.Rollback()
-		ok, err = mu.TryLockTx(ctx, other)
+		ok, err := mu.TryLockTx(ctx, other)
 		fmt.Println("another transaction got it:", ok, err)
 		return tx.Exec("SELECT 1").Error // the work, through gorm's tx
 	})
@@ -112,6 +109,82 @@ func Example_gormLockTx() {
 	// Output:
 	// invoice 42 locked until commit
 	// another transaction got it: false <nil>
+}
+
+func Example_gormPrepareStmtLockTx() {
+	gdb, err := gorm.Open(postgres.Open(os.Getenv("PG_CONNECTION_STRING")), &gorm.Config{
+		PrepareStmt: true,           // transactions are *gorm.PreparedStmtTX, not *sql.Tx
+		Logger:      logger.Discard, // keep this example's output its own
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	db, err := gdb.DB()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	mu := sqllock.New(db).Mutex("examples/gorm/invoice-43")
+	err = gdb.Transaction(func(tx *gorm.DB) error {
+		fmt.Printf("gorm's transaction: %T\n", tx.Statement.ConnPool)
+		if err := mu.LockTx(context.Background(), tx.Statement.ConnPool); err != nil {
+			return err
+		}
+		fmt.Println("invoice 43 locked until commit")
+		return tx.Exec("SELECT 1").Error
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// gorm's transaction: *gorm.PreparedStmtTX
+	// invoice 43 locked until commit
+}
+
+func Example_sqlxLockTx() {
+	sdb, err := sqlx.Open("pgx", os.Getenv("PG_CONNECTION_STRING"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sdb.Close()
+	mu := sqllock.New(sdb.DB).Mutex("examples/sqlx/invoice-44")
+	ctx := context.Background()
+	tx, err := sdb.BeginTxx(ctx, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tx.Rollback()
+	// A *sqlx.Tx is a transaction lock's Tx as it is.
+	if err := mu.LockTx(ctx, tx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("invoice 44 locked until commit")
+	if err := tx.Commit(); err != nil { // releases the lock
+		log.Fatal(err)
+	}
+	// Output: invoice 44 locked until commit
+}
+
+func Example_bunLockTx() {
+	sqldb, err := sql.Open("pgx", os.Getenv("PG_CONNECTION_STRING"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	bdb := bun.NewDB(sqldb, pgdialect.New())
+	defer bdb.Close()
+	mu := sqllock.New(bdb.DB).Mutex("examples/bun/invoice-45")
+	err = bdb.RunInTx(context.Background(), nil, func(ctx context.Context, tx bun.Tx) error {
+		// A bun.Tx is a transaction lock's Tx as it is.
+		if err := mu.LockTx(ctx, tx); err != nil {
+			return err
+		}
+		fmt.Println("invoice 45 locked until commit")
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output: invoice 45 locked until commit
 }
 
 func Example_sqlx() {

@@ -42,6 +42,12 @@ var (
 	// not hold the lock either way.
 	ErrNotReleased = errors.New("sqllock: release not confirmed: the abandoned session may hold the lock until the server ends it")
 
+	// ErrNotInTransaction reports a transaction-scoped lock call (LockTx
+	// and friends) given something that runs its statement outside an
+	// explicit transaction, such as a *sql.DB: the lock would be released
+	// as soon as it was taken.
+	ErrNotInTransaction = errors.New("sqllock: transaction-scoped lock needs an open transaction")
+
 	// ErrDeadlock reports that the server's deadlock detector (SQLSTATE
 	// 40P01) chose this lock request as the victim of a lock-order cycle.
 	// The request holds nothing; retry it, ideally after releasing other

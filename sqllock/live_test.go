@@ -610,3 +610,66 @@ func keyArgs(db *sql.DB, k keyspace.Key) string {
 	a, b, _ := k.Pair()
 	return fmt.Sprintf("%d,%d", a, b)
 }
+
+// outsideTx runs each statement in a transaction of its own, as a
+// wrapper over a *sql.DB would when mistaken for a transaction.
+type outsideTx struct{ db *sql.DB }
+
+func (o outsideTx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	return o.db.QueryRowContext(ctx, q, args...)
+}
+
+// insideTx wraps a *sql.Tx, as ORMs' transaction types do; hiddenTx
+// hides it, so that sqllock checks the lock outlived its statement.
+type (
+	insideTx struct{ *sql.Tx }
+	hiddenTx struct{ tx *sql.Tx }
+)
+
+func (h hiddenTx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	return h.tx.QueryRowContext(ctx, q, args...)
+}
+
+// The transaction locks take what ORMs hand out over a *sql.Tx, and refuse
+// anything whose statement would run outside the transaction, which would
+// release the lock as soon as it was taken.
+func TestTransactionLocksTakeWrappersRefuseNonTransactions(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		mu := l.Mutex(t.Name())
+		conn, err := db.Conn(t.Context())
+		require.NoError(t, err)
+		defer conn.Close()
+		for _, tc := range []struct {
+			name string
+			tx   sqllock.Tx
+		}{{"*sql.DB", db}, {"*sql.Conn", conn}, {"wrapper over a *sql.DB", outsideTx{db}}} {
+			err := mu.LockTx(t.Context(), tc.tx)
+			require.ErrorIs(t, err, sqllock.ErrNotInTransaction, tc.name)
+			assert.Contains(t, err.Error(), t.Name(), "the error names the lock")
+			ok, err := mu.TryLockSharedTx(t.Context(), tc.tx)
+			require.ErrorIs(t, err, sqllock.ErrNotInTransaction, tc.name)
+			assert.False(t, ok)
+		}
+		var nilTx *sql.Tx
+		require.ErrorContains(t, mu.LockTx(t.Context(), nilTx), "nil transaction")
+		require.ErrorContains(t, mu.LockTx(t.Context(), nil), "nil transaction")
+
+		for _, wrap := range []func(*sql.Tx) sqllock.Tx{
+			func(tx *sql.Tx) sqllock.Tx { return insideTx{tx} },
+			func(tx *sql.Tx) sqllock.Tx { return hiddenTx{tx} },
+		} {
+			tx, err := db.BeginTx(t.Context(), nil)
+			require.NoError(t, err)
+			require.NoError(t, mu.LockTx(t.Context(), wrap(tx)))
+			ok, err := mu.TryLockTx(t.Context(), wrap(tx))
+			require.NoError(t, err)
+			assert.True(t, ok, "transaction locks are re-entrant within the transaction")
+			held, _ := lockRows(t, db, mu.Key())
+			assert.Equal(t, 1, held, "the wrapped transaction holds the lock")
+			require.NoError(t, tx.Rollback())
+			held, waiting := lockRows(t, db, mu.Key())
+			assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting})
+		}
+	})
+}
