@@ -14,9 +14,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"gorm.io/driver/postgres"
-	"gorm.io/gorm"
-	"gorm.io/gorm/logger"
 
 	"github.com/advisorylock/go-advisory-lock/conntest"
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
@@ -34,7 +31,6 @@ func TestRun(t *testing.T) {
 		{"libpq", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }},
 		{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }},
 		{"pgxCancelRequest", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxCancelRequest) }},
-		{"gorm", openGorm},
 		{"pgbouncerSession", func(t *testing.T) *sql.DB { return openBouncer(t, "pgx", "session") }},
 		{"pgxSmallPool", func(t *testing.T) *sql.DB {
 			db := pgtest.DB(t, "pgx")
@@ -49,20 +45,6 @@ func TestRun(t *testing.T) {
 			t.Logf("suite took %v", time.Since(start))
 		})
 	}
-}
-
-// openGorm returns the *sql.DB under a gorm.DB.
-func openGorm(t *testing.T) *sql.DB {
-	gdb, err := gorm.Open(postgres.Open(pgtest.DSN(t)), &gorm.Config{Logger: logger.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db, err := gdb.DB()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	return db
 }
 
 // openBouncer opens driver through a real PgBouncer in the given pool mode.

@@ -42,6 +42,13 @@ var (
 	// not hold the lock either way.
 	ErrNotReleased = errors.New("sqllock: release not confirmed: the abandoned session may hold the lock until the server ends it")
 
+	// ErrDriverTimeout reports a lock wait that the driver's own network
+	// timeout ended before the call's context did: bun's pgdriver, for
+	// one, gives up on any read after 10s (pgdriver.WithReadTimeout).
+	// Nothing is left held or waiting; to wait longer, raise the driver's
+	// timeout above the longest wait, or bound waits by the context alone.
+	ErrDriverTimeout = errors.New("sqllock: the driver's own network timeout ended the wait before the context did (bun's pgdriver: WithReadTimeout)")
+
 	// ErrNotInTransaction reports a transaction-scoped lock call (LockTx
 	// and friends) given something that runs its statement outside an
 	// explicit transaction, such as a *sql.DB: the lock would be released

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"time"
@@ -104,6 +105,9 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	r, conn, err := m.lockStatement(ctx, q)
 	if err != nil {
 		cause := classify(withCtxErr(ctx, err))
+		if driverTimeout(ctx, err) {
+			cause = fmt.Errorf("%w: %w", ErrDriverTimeout, err)
+		}
 		if conn != nil {
 			// The lock may or may not have been granted before the error (a
 			// cancel racing the grant, an answer that makes no sense): only
@@ -395,6 +399,14 @@ func withCtxErr(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", cerr, err)
 	}
 	return err
+}
+
+// driverTimeout reports whether err is a network timeout that ctx did not
+// cause: the driver's own read or write timeout (bun's pgdriver has a 10s
+// read timeout by default) ended the statement.
+func driverTimeout(ctx context.Context, err error) bool {
+	var ne net.Error
+	return !ctxEnded(ctx) && errors.As(err, &ne) && ne.Timeout()
 }
 
 // ctxEnded reports whether ctx has ended, or reached its deadline: a
