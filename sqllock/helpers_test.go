@@ -3,6 +3,8 @@ package sqllock_test
 import (
 	"context"
 	"database/sql"
+	"flag"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -16,6 +18,13 @@ import (
 
 func TestMain(m *testing.M) {
 	_ = pgtest.ExportEnv() // for the examples; tests report a missing server themselves
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		// Benchmarks run on pools of one connection, whose first lock
+		// warns that the pool is full (see WithLogger): keep their output
+		// to results.
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
 	// No goroutine outlives its lock: keep-alives and abandoned probes end.
 	pgtest.Main(m, func() error { return goleak.Find() })
 }

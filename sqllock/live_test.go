@@ -1,10 +1,12 @@
 package sqllock_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -672,4 +674,96 @@ func TestTransactionLocksTakeWrappersRefuseNonTransactions(t *testing.T) {
 			assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting})
 		}
 	})
+}
+
+// Inside WithLock's function, the Mutex describes the lock it holds, as
+// after Lock: Done open, Err nil; afterwards, Done closed and ErrNotHeld.
+func TestDoneAndErrInsideWithLock(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		mu := sqllock.New(db).Mutex(t.Name())
+		inside := func(ctx context.Context) error {
+			select {
+			case <-mu.Done():
+				t.Errorf("Done closed inside fn (Err: %v), want open while the lock is held", mu.Err())
+			default:
+			}
+			assert.NoError(t, mu.Err(), "Err inside fn")
+			return nil
+		}
+		require.NoError(t, mu.WithLock(t.Context(), inside))
+		ok, err := mu.TryWithLock(t.Context(), inside)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.NoError(t, mu.WithLockShared(t.Context(), inside))
+		select {
+		case <-mu.Done():
+		default:
+			t.Error("Done open after WithLock returned, want closed")
+		}
+		require.ErrorIs(t, mu.Err(), sqllock.ErrNotHeld)
+		require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrNotHeld, "WithLock's hold is gone from the Mutex")
+	})
+}
+
+// A Lock that picks a pooled connection whose session the server has just
+// ended retries on another connection, whatever error the driver gives
+// for it: lib/pq's "connection reset by peer" and pgx's "unexpected EOF"
+// failed such Locks before (issue 14: 104 of 150 rounds on lib/pq).
+func TestLockRetriesDeadPooledSession(t *testing.T) {
+	rounds := 100
+	if testing.Short() {
+		rounds = 30
+	}
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		db.SetMaxIdleConns(1)
+		l := sqllock.New(db)
+		admin := pgtest.DB(t, "pgx")
+		for round := range rounds {
+			mu := l.Mutex(t.Name())
+			require.NoError(t, mu.Lock(t.Context()), "round %d: first Lock", round)
+			pid := backendOf(t, admin, mu.Key())
+			require.NoError(t, mu.Unlock(t.Context()))
+			terminate(t, admin, pid) // the pooled connection's session ends
+			time.Sleep(time.Duration(rand.IntN(800)) * time.Microsecond)
+			require.NoError(t, mu.Lock(t.Context()), "round %d: Lock after the pooled session %d was terminated", round, pid)
+			require.NoError(t, mu.Unlock(t.Context()))
+		}
+	})
+}
+
+// A lock that fills the pool says so, once: any other query on the pool
+// would wait for a connection until its context ends.
+func TestPoolFilledByLocksWarnsOnce(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		var buf syncBuffer
+		logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		db.SetMaxOpenConns(1)
+		mu := sqllock.New(db, sqllock.WithLogger(logger)).Mutex(t.Name())
+		for range 3 {
+			require.NoError(t, mu.Lock(t.Context()))
+			require.NoError(t, mu.Unlock(t.Context()))
+		}
+		out := buf.String()
+		assert.Equal(t, 1, strings.Count(out, "held locks fill the connection pool"), "one warning per Locker: %s", out)
+		assert.Contains(t, out, "max_open_conns=1")
+		assert.Contains(t, out, t.Name(), "the warning names the lock")
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -15,7 +15,8 @@ import (
 //
 // Each held lock pins one connection of the pool until it is released, so
 // the pool's SetMaxOpenConns must leave room for every lock held at once
-// plus the application's other queries.
+// plus the application's other queries. A lock that leaves the pool full
+// logs a warning, once per Locker (see [WithLogger]).
 //
 // A Locker is safe for concurrent use by multiple goroutines.
 type Locker struct {
@@ -27,6 +28,8 @@ type Locker struct {
 	sched         scheduler
 	verify        *verifyStmt  // checks a session before the first lock on it
 	sessions      sessionCache // the sessions that verify statements verified
+
+	warnedPoolFull atomic.Bool // see warnPoolFull
 }
 
 // New returns a Locker over db. Options are applied in order.

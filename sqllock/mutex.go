@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -151,7 +152,9 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if timed {
 		acquired = time.Now()
 	}
-	return m.newHold(conn, r.dc, shared, r.pid, acquired, onLost), nil
+	h := m.newHold(conn, r.dc, shared, r.pid, acquired, onLost)
+	m.warnPoolFull()
+	return h, nil
 }
 
 // undo releases a lock granted on conn after its caller stopped waiting,
@@ -489,17 +492,34 @@ func (m *Mutex) push(h *hold) {
 	m.mu.Unlock()
 }
 
+// remove takes h off the Mutex's holds, if it is still there.
+func (m *Mutex) remove(h *hold) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	list := &m.excl
+	if h.shared {
+		list = &m.shared
+	}
+	if i := slices.Index(*list, h); i >= 0 {
+		*list = slices.Delete(*list, i, i+1)
+	}
+}
+
 // Unlock releases the exclusive lock taken by Lock or TryLock, and returns
 // its connection to the pool.
 //
 // It returns an error wrapping [ErrNotHeld] if this Mutex holds no exclusive
-// lock, and one wrapping [ErrLockLost] if the lock was lost while held. ctx
-// bounds the release round trip; if ctx is already done or ends first, the
-// connection is discarded instead, which ends the session and so releases
-// the lock: Unlock(context.WithoutCancel(ctx)) in a defer is the usual
-// form, and a context that never ends is bounded by the keep-alive timeout.
-// In no case does a connection that may still hold the lock return to the
-// pool.
+// lock, and one wrapping [ErrLockLost] if the lock was lost while held.
+//
+// ctx bounds the unlock statement, not the release: with a context that is
+// already done, Unlock still sends the unlock, bounded by the keep-alive
+// timeout. If the statement fails or ctx cuts it short, the session is
+// ended instead, on the server if need be, which releases the lock. Either
+// way Unlock returns nil only once the server no longer shows the lock
+// held, and an error wrapping [ErrNotReleased] if it could not confirm
+// that within the keep-alive timeout (the server unreachable). A
+// connection that may still hold the lock never returns to the pool.
+// Unlock(context.WithoutCancel(ctx)) in a defer is the usual form.
 func (m *Mutex) Unlock(ctx context.Context) error {
 	return m.unlock(ctx, false)
 }
@@ -657,7 +677,13 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	if ctx.Done() != nil {
 		rctx = context.WithoutCancel(ctx)
 	}
-	release := func() error { return h.release(rctx) }
+	// Registered while fn runs, so that Done and Err describe it inside
+	// fn as after Lock.
+	m.push(h)
+	release := func() error {
+		m.remove(h)
+		return h.release(rctx)
+	}
 	returned := false
 	defer func() {
 		if !returned { // fn panicked or called runtime.Goexit

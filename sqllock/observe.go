@@ -78,11 +78,15 @@ func WithObserver(o Observer) Option {
 // WithLogger logs lock events to l: acquisitions (with the wait) and
 // releases (with the hold time) at Debug, contention at Debug, failures at
 // Info, and losses at Warn. Off by default. A nil l is ignored.
+//
+// One warning is logged whatever the options: when a lock leaves no free
+// connection in the pool (SetMaxOpenConns(1) with one lock held), at Warn,
+// once per Locker, to l if given, else to [slog.Default].
 func WithLogger(l *slog.Logger) Option {
 	if l == nil {
 		return func(*config) {}
 	}
-	return WithObserver(ObserverFunc(func(e Event) {
+	observe := WithObserver(ObserverFunc(func(e Event) {
 		level := slog.LevelDebug
 		switch e.Kind {
 		case EventFailed:
@@ -106,6 +110,10 @@ func WithLogger(l *slog.Logger) Option {
 		}
 		l.LogAttrs(ctx, level, "sqllock: lock "+e.Kind.String(), attrs...)
 	}))
+	return func(c *config) {
+		observe(c)
+		c.logger = l
+	}
 }
 
 // observe sends e to the Locker's observers.

@@ -2,6 +2,7 @@ package sqllock
 
 import (
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -29,7 +30,8 @@ type config struct {
 	allowStandby bool
 	placeholders *bool // nil: decided from the driver
 	observers    []Observer
-	err          error // first invalid option
+	logger       *slog.Logger // WithLogger's; warnings go there, else to slog.Default()
+	err          error        // first invalid option
 }
 
 func defaultConfig() config {
