@@ -14,10 +14,12 @@ all: lint test
 provision:
 	@scripts/provision
 
-## test: unit tests, live tests and the conformance suite on lib/pq, pgx and gorm, with -race
+## test: unit tests, live tests and the conformance suite on lib/pq, pgx and gorm, with -race;
+## then interop/: withlock against the real golang-migrate, goose, Rails, django-pglocks and Node clients
 test: provision
 	$(GO) test -race -shuffle=on -count=1 -timeout 10m ./...
 	$(GO) run ./internal/withpg -- sh -c "cd examples && $(GO) test -race -count=1 -timeout 5m ./..."
+	$(GO) run ./internal/withpg -- sh -c "cd interop && $(GO) test -count=1 -timeout 5m ./... && cd gooselegacy && $(GO) test -count=1 -timeout 5m ./..."
 
 ## test-short: the same, with fewer torture iterations
 test-short: provision
@@ -28,6 +30,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd examples && $(GO) vet ./...
+	cd interop && $(GO) vet ./... && cd harness && $(GO) vet ./... && cd ../gooselegacy && $(GO) vet ./...
 	$(STATICCHECK) ./...
 	@for pkg in ./sqllock ./keyspace; do \
 		ext=$$($(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' $$pkg | grep -v '^$(MODULE)'); \
