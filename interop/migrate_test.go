@@ -21,18 +21,12 @@ func TestGolangMigrateWithInstance(t *testing.T) {
 	const ks = "golang-migrate"
 	t.Run("MigrateHolds", func(t *testing.T) {
 		db := harness.NewDB(t)
-		drv, err := postgres.WithInstance(db.SQL, &postgres.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		drv := withInstance(t, db)
 		checkDriverHolds(t, db, ks, drv)
 	})
 	t.Run("WithlockHolds", func(t *testing.T) {
 		db := harness.NewDB(t)
-		drv, err := postgres.WithInstance(db.SQL, &postgres.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		drv := withInstance(t, db)
 		release := db.HoldWithlock(t, ks, db.Name)
 		locked := make(chan error, 1)
 		go func() { locked <- drv.Lock() }()
@@ -94,6 +88,19 @@ func TestGolangMigrateURL(t *testing.T) {
 			t.Fatalf("the migration did not run: %v", err)
 		}
 	})
+}
+
+// withInstance opens the postgres driver with postgres.WithInstance on a
+// pool of its own, closed (with the driver's session and any lock it holds)
+// when the test ends.
+func withInstance(t *testing.T, db *harness.DB) database.Driver {
+	t.Helper()
+	drv, err := postgres.WithInstance(db.Open(t), &postgres.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { drv.Close() })
+	return drv
 }
 
 // checkDriverHolds locks drv and checks that withlock -n then exits 75,

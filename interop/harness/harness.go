@@ -116,7 +116,7 @@ func RequireCommand(t testing.TB, what, install string, cmd ...string) {
 
 // DB is the test binary's own database, created on first use and dropped
 // when the tests end. Tests that use it run one at a time and release every
-// lock they take.
+// lock they take, even when they fail (see [DB.Open]).
 type DB struct {
 	Name string  // the database name
 	DSN  string  // a postgres:// URL for it, with sslmode=disable
@@ -185,6 +185,20 @@ func createDB() (*DB, func() error, error) {
 		return err
 	}
 	return db, drop, nil
+}
+
+// Open returns a pool of its own on db, closed when the test ends. Give
+// each lock client its own pool: closing it ends the client's sessions, so
+// a test that fails while a client holds a lock cannot leave the lock to the
+// next test.
+func (db *DB) Open(t testing.TB) *sql.DB {
+	t.Helper()
+	pool, err := sql.Open("pgx", db.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	return pool
 }
 
 // TryWithlock runs `withlock -n --keyspace ks name -- true` on db and
@@ -367,7 +381,7 @@ func CheckSessionLocker(t *testing.T, ks string, holder, quick SessionLocker) {
 
 	t.Run("GooseHolds", func(t *testing.T) {
 		db := NewDB(t)
-		conn, err := db.SQL.Conn(ctx)
+		conn, err := db.Open(t).Conn(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -391,7 +405,7 @@ func CheckSessionLocker(t *testing.T, ks string, holder, quick SessionLocker) {
 		db := NewDB(t)
 		release := db.HoldWithlock(t, ks, "any name")
 		db.WantHeld(t, key)
-		conn, err := db.SQL.Conn(ctx)
+		conn, err := db.Open(t).Conn(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
