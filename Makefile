@@ -14,11 +14,13 @@ all: lint test
 provision:
 	@scripts/provision
 
-## test: unit tests, live tests, the conformance suite and the driver matrix (drivers/), with -race
+## test: unit tests, live tests and the conformance suite, with -race; then the driver matrix
+## (drivers/) and interop/: withlock against the real golang-migrate, goose, Rails, django-pglocks and Node clients
 test: provision
 	$(GO) test -race -shuffle=on -count=1 -timeout 10m ./...
 	$(GO) run ./internal/withpg -- sh -c "cd examples && $(GO) test -race -count=1 -timeout 5m ./..."
 	$(GO) run ./internal/withpg -- sh -c "cd drivers && $(GO) test -race -count=1 -parallel 4 -timeout 10m ./..."
+	$(GO) run ./internal/withpg -- sh -c "cd interop && $(GO) test -count=1 -timeout 5m ./... && cd gooselegacy && $(GO) test -count=1 -timeout 5m ./..."
 
 ## test-short: the same, with fewer torture iterations
 test-short: provision
@@ -30,6 +32,7 @@ lint:
 	$(GO) vet ./...
 	cd examples && $(GO) vet ./...
 	cd drivers && $(GO) vet ./...
+	cd interop && $(GO) vet ./... && cd harness && $(GO) vet ./... && cd ../gooselegacy && $(GO) vet ./...
 	$(STATICCHECK) ./...
 	@for pkg in ./sqllock ./keyspace; do \
 		ext=$$($(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' $$pkg | grep -v '^$(MODULE)'); \

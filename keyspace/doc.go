@@ -38,9 +38,12 @@
 //     with_advisory_lock.
 //   - [RailsMigrations]: the lock Ruby on Rails holds while migrating; the
 //     lock name is the database name.
-//   - [GolangMigrate]: golang-migrate; the lock name is the database name.
+//   - [GolangMigrate] and [GolangMigrateURL]: golang-migrate's driver opened
+//     with postgres.WithInstance, and opened from a URL (the migrate command,
+//     migrate.New); the lock name is the database name.
 //   - [Goose] and [GooseLegacy]: pressly/goose's one fixed key.
 //   - [DjangoPGLock]: the Python package django-pglock.
+//   - [DjangoPGLocks]: the Python package django-pglocks, a different one.
 //   - [Pals]: the Python package pals.
 //
 // [Lookup] finds any of them by a stable name such as "sqlx" or
@@ -57,8 +60,9 @@
 //     a billion at 190,000 names, even odds at about 5 billion.
 //   - 40 bits ([NodeLegacy], whose two integers share 3 digest bytes): even
 //     odds at about 1.2 million names.
-//   - 32 bits ([RailsMigrations], [GolangMigrate], [Scoped] within one
-//     namespace): even odds at about 77,000 names.
+//   - 32 bits ([RailsMigrations], [GolangMigrate], [GolangMigrateURL],
+//     [DjangoPGLocks], [Scoped] within one namespace): even odds at about
+//     77,000 names.
 //   - 31 bits ([WithAdvisoryLock], per prefix): even odds at about 55,000.
 //   - [Goose] and [GooseLegacy] map every name to one key by design.
 //   - [ExplicitInt64] and [ExplicitPair] never collide: the name is the key.

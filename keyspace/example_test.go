@@ -64,13 +64,24 @@ func ExampleRailsMigrations() {
 }
 
 func ExampleGolangMigrate() {
-	// The vector in golang-migrate's tests: a database name alone.
+	// The vectors in golang-migrate's tests: a database name alone, and
+	// with one additional name.
 	fmt.Println(keyspace.GolangMigrate().Key("database_name"))
-	// The postgres driver with its default migrations table.
+	fmt.Println(keyspace.GolangMigrate("schema_name_1").Key("database_name"))
+	// The postgres driver with its default migrations table, opened with
+	// postgres.WithInstance on the database myapp_production.
 	fmt.Println(keyspace.GolangMigrate("public", "schema_migrations").Key("myapp_production"))
 	// Output:
 	// int64(1764327054)
-	// int64(1940748036)
+	// int64(2453313553)
+	// int64(2363960938)
+}
+
+func ExampleGolangMigrateURL() {
+	// The lock `migrate -database postgres://host/myapp_production up` holds:
+	// the driver hashes the URL's path, "/myapp_production".
+	fmt.Println(keyspace.GolangMigrateURL("public", "schema_migrations").Key("myapp_production"))
+	// Output: int64(3684552294)
 }
 
 func ExampleGoose() {
@@ -86,6 +97,16 @@ func ExampleDjangoPGLock() {
 	classid, objid, _ := k.LockTag()
 	fmt.Println(k, classid, objid)
 	// Output: int64(1054880662928880172) 245608543 3125670444
+}
+
+func ExampleDjangoPGLocks() {
+	// django_pglocks.advisory_lock("dbmigration"), and a name whose CRC-32
+	// has its top bit set, so its key is negative.
+	fmt.Println(keyspace.DjangoPGLocks.Key("dbmigration"))
+	fmt.Println(keyspace.DjangoPGLocks.Key("myapp_production"))
+	// Output:
+	// int64(2072846711)
+	// int64(-120378861)
 }
 
 func ExamplePals() {
@@ -123,5 +144,5 @@ func ExampleLookup() {
 
 func ExampleNames() {
 	fmt.Println(strings.Join(keyspace.Names(), " "))
-	// Output: django-pglock golang-migrate goose goose-legacy int64 node node-legacy pair rails-migrations sha256-int64 sqlx with-advisory-lock
+	// Output: django-pglock django-pglocks golang-migrate golang-migrate-url goose goose-legacy int64 node node-legacy pair rails-migrations sha256-int64 sqlx with-advisory-lock
 }

@@ -122,6 +122,8 @@ func FuzzStrategies(f *testing.F) {
 		"RailsMigrations":       keyspace.RailsMigrations,
 		"GolangMigrate()":       keyspace.GolangMigrate(),
 		"GolangMigrate(public)": keyspace.GolangMigrate("public", "schema_migrations"),
+		"GolangMigrateURL()":    keyspace.GolangMigrateURL(),
+		"DjangoPGLocks":         keyspace.DjangoPGLocks,
 		"Goose":                 keyspace.Goose,
 		"GooseLegacy":           keyspace.GooseLegacy,
 		"DjangoPGLock":          keyspace.DjangoPGLock,
@@ -179,6 +181,12 @@ func checkRanges(t *testing.T, name string) {
 	}
 	if n, _ := keyspace.GolangMigrate("s", "t").Key(name).Int64(); n < 0 || n > math.MaxUint32 {
 		t.Fatalf("GolangMigrate.Key(%q) = %d: outside [0, 2³²)", name, n)
+	}
+	if n, _ := keyspace.GolangMigrateURL("s", "t").Key(name).Int64(); n < 0 || n > math.MaxUint32 {
+		t.Fatalf("GolangMigrateURL.Key(%q) = %d: outside [0, 2³²)", name, n)
+	}
+	if n, _ := keyspace.DjangoPGLocks.Key(name).Int64(); n < math.MinInt32 || n > math.MaxInt32 {
+		t.Fatalf("DjangoPGLocks.Key(%q) = %d: outside the int32 range", name, n)
 	}
 	if n, _ := keyspace.RailsMigrations.Key(name).Int64(); n < 0 || n%2053462845 != 0 {
 		t.Fatalf("RailsMigrations.Key(%q) = %d: not a non-negative multiple of the salt", name, n)

@@ -5,35 +5,53 @@ import "hash/crc32"
 // golangMigrateSalt is advisoryLockIdSalt in golang-migrate's database/util.go.
 const golangMigrateSalt = 1486364155
 
-// GolangMigrate returns the scheme of golang-migrate/migrate v4,
-// database.GenerateAdvisoryLockId(databaseName, additionalNames...) in
-// database/util.go: the lock name is the database name; it and the
-// additional names are joined with NUL bytes, and the key is
-// uint32(crc32(joined) × 1486364155), wrapping at 32 bits, in the bigint
-// space (0 ≤ key < 2³²). The database name comes first:
+// GolangMigrate returns the scheme of golang-migrate/migrate v4 (v4.1.0
+// through v4.20.1), database.GenerateAdvisoryLockId(databaseName,
+// additionalNames...) in database/util.go: the lock name is the database
+// name; the additional names, then the database name, are joined with NUL
+// bytes, and the key is uint32(crc32(joined) × 1486364155), wrapping at 32
+// bits, in the bigint space (0 ≤ key < 2³²). The database name comes last:
 //
-//	crc32("dbname\x00schema\x00table")
+//	crc32("schema\x00table\x00dbname")
 //
 // The postgres driver passes the migrations table's schema and name, so
 // GolangMigrate("public", "schema_migrations") contends with migrate using
-// its default table in a database whose current_schema() is public. Older
-// releases passed only the schema (GolangMigrate("public")), and releases
-// before multi-schema support (late 2018) passed nothing (GolangMigrate()).
-// GolangMigrate() maps "database_name" to 1764327054, the value
-// golang-migrate's own test asserts.
+// its default table in a database whose current_schema() is public, for a
+// driver opened with postgres.WithInstance, which hashes current_database().
+// The migrate command and migrate.New open the driver from a URL and hash
+// the URL's path, "/dbname", instead: see [GolangMigrateURL].
+//
+// golang-migrate's own test (database/util_test.go) asserts that
+// GolangMigrate() maps "database_name" to 1764327054 and
+// GolangMigrate("schema_name_1") maps it to 2453313553.
 //
 // Keys carry 32 bits of the names: even odds of some collision at about
 // 77,000 databases.
 func GolangMigrate(additionalNames ...string) Strategy {
-	extra := make([][]byte, len(additionalNames))
-	for i, n := range additionalNames {
-		extra[i] = append([]byte{0}, n...)
+	return golangMigrate("", additionalNames)
+}
+
+// GolangMigrateURL is [GolangMigrate] for golang-migrate opened from a URL,
+// as the migrate command and migrate.New open it: the postgres driver's Open
+// passes the URL's path, "/dbname" with its slash, as the database name. The
+// lock name is still the database name, without the slash:
+// GolangMigrateURL(additionalNames...).Key("db") is
+// GolangMigrate(additionalNames...).Key("/db").
+func GolangMigrateURL(additionalNames ...string) Strategy {
+	return golangMigrate("/", additionalNames)
+}
+
+// golangMigrate hashes the additional names, NUL after each, then dbPrefix
+// and the lock name.
+func golangMigrate(dbPrefix string, additionalNames []string) Strategy {
+	var head []byte
+	for _, n := range additionalNames {
+		head = append(append(head, n...), 0)
 	}
+	head = append(head, dbPrefix...)
+	start := crc32.ChecksumIEEE(head)
 	return Func(func(database string) Key {
-		sum := crc32.ChecksumIEEE([]byte(database))
-		for _, b := range extra {
-			sum = crc32.Update(sum, crc32.IEEETable, b)
-		}
+		sum := crc32.Update(start, crc32.IEEETable, []byte(database))
 		return Int64(int64(sum * golangMigrateSalt))
 	})
 }

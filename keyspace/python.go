@@ -4,6 +4,7 @@ import (
 	"crypto/fips140"
 	"crypto/sha1"
 	"encoding/binary"
+	"hash/crc32"
 )
 
 // DjangoPGLock is the scheme of the Python package django-pglock
@@ -42,4 +43,21 @@ func Pals(app string) Strategy {
 		d := sha1.Sum([]byte(prefix + name))
 		return Int64(int64(binary.LittleEndian.Uint64(d[:8])))
 	})
+}
+
+// DjangoPGLocks is the scheme of the Python package django-pglocks
+// (Xof/django-pglocks 1.0.4, django_pglocks/__init__.py, advisory_lock; not
+// [DjangoPGLock]): zlib's CRC-32 of the name's UTF-8 bytes, read as a signed
+// int32, locked as one bigint with pg_advisory_lock(bigint). A name whose
+// CRC-32 has its top bit set gets a negative key: "dbmigration" (CRC-32
+// 2072846711) is int64(2072846711), "myapp_production" (CRC-32 4174588435)
+// is int64(-120378861). Tuple and integer lock ids are not hashed: lock them
+// with [Pair] and [Int64].
+//
+// Keys carry 32 bits of the name: even odds of some collision at about
+// 77,000 names.
+var DjangoPGLocks Strategy = Func(djangoPGLocksKey)
+
+func djangoPGLocksKey(name string) Key {
+	return Int64(int64(int32(crc32.ChecksumIEEE([]byte(name)))))
 }

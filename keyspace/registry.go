@@ -33,9 +33,11 @@ func strategies() map[string]func() (Strategy, error) {
 		"with-advisory-lock": WithAdvisoryLockFromEnv,
 		"rails-migrations":   fixed(Func(railsMigrationsKey)),
 		"golang-migrate":     fixed(GolangMigrate("public", "schema_migrations")),
+		"golang-migrate-url": fixed(GolangMigrateURL("public", "schema_migrations")),
 		"goose":              fixed(Func(gooseKey)),
 		"goose-legacy":       fixed(Func(gooseLegacyKey)),
 		"django-pglock":      fixed(Func(sha256Int64Key)),
+		"django-pglocks":     fixed(Func(djangoPGLocksKey)),
 		"int64":              fixed(Func(explicitInt64Key)),
 		"pair":               fixed(Func(explicitPairKey)),
 	}
@@ -58,10 +60,14 @@ func Names() []string {
 //	                    prefix is read from the environment during Lookup
 //	rails-migrations    RailsMigrations; the lock name is the database name
 //	golang-migrate      GolangMigrate("public", "schema_migrations"); the
-//	                    lock name is the database name
+//	                    lock name is the database name (postgres.WithInstance)
+//	golang-migrate-url  GolangMigrateURL("public", "schema_migrations"); the
+//	                    lock name is the database name in the URL (the
+//	                    migrate command, migrate.New)
 //	goose               Goose (goose v3.26+; one key for every name)
 //	goose-legacy        GooseLegacy (goose v3.15.1 to v3.25)
 //	django-pglock       DjangoPGLock (the same keys as sha256-int64)
+//	django-pglocks      DjangoPGLocks (Python django-pglocks, signed CRC-32)
 //	int64               ExplicitInt64; the lock name is a bigint key, "42"
 //	pair                ExplicitPair; the lock name is a pair key, "1,-2"
 //	pals:<app>          Pals(app) (Python pals, Locker(app_name=app))

@@ -11,7 +11,7 @@ import (
 
 // The stable names the CLI and configuration files rely on.
 var stableNames = []string{
-	"django-pglock", "golang-migrate", "goose", "goose-legacy", "int64", "node",
+	"django-pglock", "django-pglocks", "golang-migrate", "golang-migrate-url", "goose", "goose-legacy", "int64", "node",
 	"node-legacy", "pair", "rails-migrations", "sha256-int64", "sqlx", "with-advisory-lock",
 }
 
@@ -46,9 +46,11 @@ func TestLookup(t *testing.T) {
 		{"with-advisory-lock", keyspace.WithAdvisoryLock(0)},
 		{"rails-migrations", keyspace.RailsMigrations},
 		{"golang-migrate", keyspace.GolangMigrate("public", "schema_migrations")},
+		{"golang-migrate-url", keyspace.GolangMigrateURL("public", "schema_migrations")},
 		{"goose", keyspace.Goose},
 		{"goose-legacy", keyspace.GooseLegacy},
 		{"django-pglock", keyspace.DjangoPGLock},
+		{"django-pglocks", keyspace.DjangoPGLocks},
 		{"int64", keyspace.ExplicitInt64},
 		{"pair", keyspace.ExplicitPair},
 		{"pals:myapp", keyspace.Pals("myapp")},

@@ -33,12 +33,27 @@ func TestPublishedVectors(t *testing.T) {
 		// pglock/tests/test_core.py: advisory_id("hello") == (245608543, 3125670444).
 		{"django-pglock tests", keyspace.DjangoPGLock, "hello", keyspace.Int64(245608543<<32 | 3125670444)},
 
-		// database/util_test.go, TestGenerateAdvisoryLockId.
+		// database/util_test.go, TestGenerateAdvisoryLockId, v4.20.1.
 		{"golang-migrate tests", keyspace.GolangMigrate(), "database_name", keyspace.Int64(1764327054)},
-		{"golang-migrate tests", keyspace.GolangMigrate("schema_name_1"), "database_name", keyspace.Int64(3244152297)},
-		{"golang-migrate tests", keyspace.GolangMigrate("schema_name_2"), "database_name", keyspace.Int64(810103531)},
-		// The postgres driver's default table, computed with CPython's zlib.
-		{"golang-migrate via CPython zlib", keyspace.GolangMigrate("public", "schema_migrations"), "myapp_production", keyspace.Int64(1940748036)},
+		{"golang-migrate tests", keyspace.GolangMigrate("schema_name_1"), "database_name", keyspace.Int64(2453313553)},
+		{"golang-migrate tests", keyspace.GolangMigrate("schema_name_2"), "database_name", keyspace.Int64(235207038)},
+		{"golang-migrate tests", keyspace.GolangMigrate("schema_name_1", "schema_name_2"), "database_name", keyspace.Int64(3743845847)},
+		// The postgres driver's default table: GenerateAdvisoryLockId of
+		// v4.20.1, called in Go (and proven live in interop/).
+		{"golang-migrate v4.20.1", keyspace.GolangMigrate("public", "schema_migrations"), "myapp_production", keyspace.Int64(2363960938)},
+		{"golang-migrate v4.20.1", keyspace.GolangMigrate("public", "schema_migrations"), "dbmigration", keyspace.Int64(2243019527)},
+		// Opened from a URL, the database name is the URL's path, "/db".
+		{"golang-migrate v4.20.1", keyspace.GolangMigrateURL("public", "schema_migrations"), "myapp_production", keyspace.Int64(3684552294)},
+		{"golang-migrate v4.20.1", keyspace.GolangMigrateURL("public", "schema_migrations"), "dbmigration", keyspace.Int64(1959751763)},
+		{"golang-migrate v4.20.1", keyspace.GolangMigrateURL(), "database_name", keyspace.GolangMigrate().Key("/database_name")},
+
+		// django_pglocks/__init__.py 1.0.4, advisory_lock's conversion run
+		// in CPython: top bit clear, then set.
+		{"django-pglocks via CPython", keyspace.DjangoPGLocks, "dbmigration", keyspace.Int64(2072846711)},
+		{"django-pglocks via CPython", keyspace.DjangoPGLocks, "hello", keyspace.Int64(907060870)},
+		{"django-pglocks via CPython", keyspace.DjangoPGLocks, "", keyspace.Int64(0)},
+		{"django-pglocks via CPython", keyspace.DjangoPGLocks, "myapp_production", keyspace.Int64(-120378861)},
+		{"django-pglocks via CPython", keyspace.DjangoPGLocks, "日本語", keyspace.Int64(-1475652891)},
 
 		// with_advisory_lock issue #84: lock_id #=> [2116437524, 0] for "user-#{user.id}", user 1.
 		{"with_advisory_lock issue 84", keyspace.WithAdvisoryLock(0), "user-1", keyspace.Pair(2116437524, 0)},
@@ -112,6 +127,29 @@ func TestDjangoPGLockIsSHA256Int64(t *testing.T) {
 	}
 }
 
+// GolangMigrateURL hashes the URL's path: "/" and the database name.
+func TestGolangMigrateURL(t *testing.T) {
+	for _, extra := range [][]string{nil, {"public"}, {"public", "schema_migrations"}, {"a", "", "b"}} {
+		for _, db := range []string{"", "db", "/db", "日本語"} {
+			got, want := keyspace.GolangMigrateURL(extra...).Key(db), keyspace.GolangMigrate(extra...).Key("/"+db)
+			if got != want {
+				t.Errorf("GolangMigrateURL(%q).Key(%q) = %v, want GolangMigrate's key of %q, %v", extra, db, got, "/"+db, want)
+			}
+		}
+	}
+}
+
+// DjangoPGLocks is the CRC-32 as a signed int32, widened to a bigint.
+func TestDjangoPGLocksSign(t *testing.T) {
+	for _, name := range []string{"", "dbmigration", "myapp_production", "日本語", "\xff"} {
+		n, ok := keyspace.DjangoPGLocks.Key(name).Int64()
+		crc := crc32.ChecksumIEEE([]byte(name))
+		if !ok || n < math.MinInt32 || n > math.MaxInt32 || uint32(n) != crc || (n < 0) != (crc >= 1<<31) {
+			t.Errorf("DjangoPGLocks.Key(%q) = %d, %v: want crc32 %d as a signed int32", name, n, ok, crc)
+		}
+	}
+}
+
 // Rails keys are the salt times a CRC-32, which never overflows int64.
 func TestRailsMigrationsRange(t *testing.T) {
 	const salt = 2053462845 // and salt × (2³²−1) < 2⁶³
@@ -128,7 +166,7 @@ func TestGolangMigrateCopiesNames(t *testing.T) {
 	names := []string{"schema_name_1"}
 	s := keyspace.GolangMigrate(names...)
 	names[0] = "schema_name_2"
-	if got, want := s.Key("database_name"), keyspace.Int64(3244152297); got != want {
+	if got, want := s.Key("database_name"), keyspace.Int64(2453313553); got != want {
 		t.Errorf("after changing the caller's slice: Key = %v, want %v", got, want)
 	}
 }

@@ -80,7 +80,7 @@ func TestMainCodes(t *testing.T) {
 		{"zero keepalive", []string{"--keepalive", "0", "name", "--", "true"}, ExitUsage, "", `invalid value "0" for --keepalive: must be positive`},
 		{"negative grace", []string{"--grace", "-1s", "name", "--", "true"}, ExitUsage, "", `invalid value "-1s" for --grace: must not be negative`},
 		{"unknown keyspace", []string{"--keyspace", "crc32", "name", "--", "true"}, ExitUsage, "",
-			`unknown keyspace "crc32": valid keyspaces are django-pglock, golang-migrate, goose`},
+			`unknown keyspace "crc32": valid keyspaces are django-pglock, django-pglocks, golang-migrate, golang-migrate-url, goose`},
 		{"int64 keyspace, bad name", []string{"--keyspace", "int64", "nightly", "--", "true"}, ExitUsage, "", `lock name "nightly" is not a bigint key`},
 		{"int64 keyspace, pair name", []string{"--keyspace", "int64", "1,2", "--", "true"}, ExitUsage, "", "not a bigint key"},
 		{"pair keyspace, int name", []string{"--keyspace", "pair", "42", "--", "true"}, ExitUsage, "", "not an int pair"},

@@ -1,0 +1,24 @@
+module github.com/advisorylock/go-advisory-lock/interop/gooselegacy
+
+go 1.26.0
+
+require (
+	github.com/advisorylock/go-advisory-lock v0.0.0-00010101000000-000000000000
+	github.com/advisorylock/go-advisory-lock/interop/harness v0.0.0-00010101000000-000000000000
+	github.com/pressly/goose/v3 v3.25.0
+)
+
+require (
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/pgx/v5 v5.13.0 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
+	github.com/sethvargo/go-retry v0.5.0 // indirect
+	golang.org/x/sync v0.25.0 // indirect
+	golang.org/x/text v0.44.0 // indirect
+)
+
+replace (
+	github.com/advisorylock/go-advisory-lock => ../../
+	github.com/advisorylock/go-advisory-lock/interop/harness => ../harness
+)
