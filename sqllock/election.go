@@ -2,6 +2,7 @@ package sqllock
 
 import (
 	"context"
+	"log/slog"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -96,7 +97,14 @@ func (l *Locker) Election(name string, opts ...ElectionOption) *Election {
 // process becomes leader. The campaign waits in the server (no polling): a
 // contender gets the lock the moment the old leader's lock is released or
 // its session ends, then waits the takeover delay (see [WithTakeoverDelay])
-// before running fn.
+// before running fn. So does the very first leader, even when nobody led
+// before: the server keeps no history of advisory locks, so a leader whose
+// session died a moment ago (and whose fn may still run until its
+// keep-alive notices) looks exactly like no leader at all. With the default
+// keep-alive that is 10s; Run logs it, at Info, when the wait starts.
+// Shorten it with [WithKeepAlive] on every contender's Locker (the delay
+// follows the loss bound), or drop it with WithTakeoverDelay(0) where a
+// brief overlap is harmless (a development loop).
 //
 // fn's context is cancelled when leadership is lost (its cause wraps
 // [ErrLockLost]) or when ctx ends; fn should return promptly then. When fn
@@ -123,6 +131,7 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) 
 		led := false
 		err := e.m.WithLock(ctx, func(ctx context.Context) error {
 			if e.delay > 0 {
+				e.logDelay()
 				t := time.NewTimer(e.delay)
 				select {
 				case <-ctx.Done(): // lost during the delay, or Run's ctx ended
@@ -164,6 +173,19 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) 
 			delay = min(delay*2, e.max)
 		}
 	}
+}
+
+// logDelay says, at Info, that this process won the lock and waits the
+// takeover delay before it leads: without it, a first run looks stuck.
+// It goes to the Locker's logger (WithLogger), else to slog.Default().
+func (e *Election) logDelay() {
+	logger := e.m.l.cfg.logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger.LogAttrs(context.Background(), slog.LevelInfo,
+		"sqllock: election won; waiting the takeover delay before leading, so that a leader that lost its session has noticed and stopped (WithTakeoverDelay; it follows WithKeepAlive)",
+		slog.String("lock", e.m.name), slog.Duration("delay", e.delay))
 }
 
 func (e *Election) notify(leading bool, err error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -99,5 +100,23 @@ func TestElectionHandOver(t *testing.T) {
 		assert.Equal(t, []bool{true, false, true, false, true, false}, states)
 		mu.Unlock()
 		require.ErrorIs(t, e.Run(ctx, nil), sqllock.ErrNilFunc)
+	})
+}
+
+// The takeover delay, which the first leader waits too, is logged when it
+// starts, so that a first run does not look stuck.
+func TestElectionLogsTakeoverDelay(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		var buf syncBuffer
+		logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		e := sqllock.New(db, sqllock.WithLogger(logger)).Election(t.Name(), sqllock.WithTakeoverDelay(30*time.Millisecond))
+		ctx, cancel := context.WithCancel(t.Context())
+		err := e.Run(ctx, func(context.Context) error {
+			cancel()
+			return nil
+		})
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Contains(t, buf.String(), "waiting the takeover delay")
+		assert.Contains(t, buf.String(), "delay=30ms")
 	})
 }

@@ -42,6 +42,12 @@ var (
 	// not hold the lock either way.
 	ErrNotReleased = errors.New("sqllock: release not confirmed: the abandoned session may hold the lock until the server ends it")
 
+	// ErrNotAcquired reports that WithLock, WithLockShared or TryWithLock
+	// did not get the lock (the wait ended, the connection failed, the
+	// session was refused), so fn did not run. It tells a failed wait from
+	// an error that fn returned, which WithLock returns as fn returned it.
+	ErrNotAcquired = errors.New("sqllock: lock not acquired, fn did not run")
+
 	// ErrDriverTimeout reports a lock wait that the driver's own network
 	// timeout ended before the call's context did: bun's pgdriver, for
 	// one, gives up on any read after 10s (pgdriver.WithReadTimeout).

@@ -170,3 +170,30 @@ func ExampleLocker_Election() {
 	// leading: the only clock process
 	// context canceled
 }
+
+// Wait at most a moment for the lock, then run a job that may take longer:
+// MaxWait bounds the wait alone, and ErrNotAcquired tells a failed wait
+// from the job's own failure.
+func ExampleMaxWait() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db)
+	other := locker.Mutex("example/maxwait")
+	if err := other.Lock(context.Background()); err != nil { // someone else is running the job
+		log.Fatal(err)
+	}
+	defer other.Unlock(context.Background())
+
+	job := func(ctx context.Context) error {
+		fmt.Println("running the job")
+		return nil
+	}
+	err := locker.Mutex("example/maxwait").WithLock(context.Background(), job, sqllock.MaxWait(100*time.Millisecond))
+	switch {
+	case errors.Is(err, sqllock.ErrNotAcquired) && errors.Is(err, context.DeadlineExceeded):
+		fmt.Println("someone else is running it; skipped")
+	case err != nil:
+		log.Fatal(err) // the job failed, or the lock was lost while it ran
+	}
+	// Output: someone else is running it; skipped
+}

@@ -767,3 +767,50 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// MaxWait bounds the wait alone: fn runs past it, and a wait that ends is
+// an ErrNotAcquired error naming the lock, distinct from fn's errors.
+func TestWithLockMaxWait(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		holder, mu := l.Mutex(t.Name()), l.Mutex(t.Name())
+		require.NoError(t, holder.Lock(t.Context()))
+		ran := false
+		start := time.Now()
+		err := mu.WithLock(t.Context(), func(context.Context) error { ran = true; return nil }, sqllock.MaxWait(50*time.Millisecond))
+		assert.False(t, ran, "fn ran without the lock")
+		require.ErrorIs(t, err, sqllock.ErrNotAcquired)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		var se *sqllock.Error
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, "withlock", se.Op)
+		assert.Contains(t, err.Error(), t.Name())
+		assert.Less(t, time.Since(start), 5*time.Second)
+		held, waiting := lockRows(t, db, holder.Key())
+		assert.Equal(t, [2]int{1, 0}, [2]int{held, waiting}, "the bounded wait left nothing waiting")
+		require.NoError(t, holder.Unlock(t.Context()))
+
+		// Granted: fn outlives the wait bound, its context untouched.
+		err = mu.WithLock(t.Context(), func(ctx context.Context) error {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("fn's context ended: %w", context.Cause(ctx))
+			case <-time.After(150 * time.Millisecond):
+			}
+			return nil
+		}, sqllock.MaxWait(50*time.Millisecond))
+		require.NoError(t, err)
+
+		// fn's own failure is not ErrNotAcquired.
+		boom := errors.New("job failed")
+		err = mu.WithLock(t.Context(), func(context.Context) error { return boom }, sqllock.MaxWait(time.Second))
+		require.ErrorIs(t, err, boom)
+		require.NotErrorIs(t, err, sqllock.ErrNotAcquired)
+
+		err = mu.WithLock(t.Context(), func(context.Context) error { return nil }, sqllock.MaxWait(0))
+		require.ErrorContains(t, err, "MaxWait(0s)")
+		assert.Contains(t, err.Error(), t.Name())
+		err = mu.WithLock(t.Context(), func(context.Context) error { return nil }, nil)
+		require.ErrorContains(t, err, "nil WithLockOption")
+	})
+}

@@ -625,22 +625,25 @@ func (m *Mutex) Err() error {
 // however fn ends: by returning nil, by returning an error (which WithLock
 // returns), or by panicking (WithLock releases, then the panic goes on).
 //
-// ctx bounds the wait for the lock and is the parent of fn's context. If the
-// lock is lost while fn runs, fn's context is cancelled with a cause wrapping
-// [ErrLockLost] (see [context.Cause]), and WithLock returns an error wrapping
-// ErrLockLost even if fn returned nil. fn should stop its work when its
-// context ends.
+// ctx bounds the wait for the lock and is the parent of fn's context; to
+// bound the wait alone, add [MaxWait]. If the lock is not acquired, fn does
+// not run and WithLock returns an error wrapping [ErrNotAcquired] (and the
+// cause: ctx.Err() for a wait that ended). If the lock is lost while fn
+// runs, fn's context is cancelled with a cause wrapping [ErrLockLost] (see
+// [context.Cause]), and WithLock returns an error wrapping ErrLockLost even
+// if fn returned nil. fn should stop its work when its context ends. An
+// error fn returns comes back as fn returned it.
 //
 // The release does not depend on ctx: it is bounded by the keep-alive
 // timeout, after which the connection is discarded, ending the session.
-func (m *Mutex) WithLock(ctx context.Context, fn func(ctx context.Context) error) error {
-	_, err := m.withLock(ctx, false, false, fn)
+func (m *Mutex) WithLock(ctx context.Context, fn func(ctx context.Context) error, opts ...WithLockOption) error {
+	_, err := m.withLock(ctx, false, false, fn, opts)
 	return err
 }
 
 // WithLockShared is [Mutex.WithLock] in shared mode.
-func (m *Mutex) WithLockShared(ctx context.Context, fn func(ctx context.Context) error) error {
-	_, err := m.withLock(ctx, true, false, fn)
+func (m *Mutex) WithLockShared(ctx context.Context, fn func(ctx context.Context) error, opts ...WithLockOption) error {
+	_, err := m.withLock(ctx, true, false, fn, opts)
 	return err
 }
 
@@ -648,15 +651,15 @@ func (m *Mutex) WithLockShared(ctx context.Context, fn func(ctx context.Context)
 // elsewhere it returns (false, nil) at once and does not run fn. Otherwise
 // it runs fn as WithLock does and returns true with WithLock's error.
 func (m *Mutex) TryWithLock(ctx context.Context, fn func(ctx context.Context) error) (bool, error) {
-	return m.withLock(ctx, false, true, fn)
+	return m.withLock(ctx, false, true, fn, nil)
 }
 
 // TryWithLockShared is [Mutex.TryWithLock] in shared mode.
 func (m *Mutex) TryWithLockShared(ctx context.Context, fn func(ctx context.Context) error) (bool, error) {
-	return m.withLock(ctx, true, true, fn)
+	return m.withLock(ctx, true, true, fn, nil)
 }
 
-func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.Context) error) (bool, error) {
+func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.Context) error, opts []WithLockOption) (bool, error) {
 	op := opName("withlock", shared)
 	if fn == nil {
 		return false, m.fail(op, ErrNilFunc)
@@ -664,11 +667,30 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	if ctx == nil {
 		return false, m.fail(op, ErrNilContext)
 	}
+	var cfg withLockConfig
+	for _, opt := range opts {
+		if opt == nil {
+			return false, m.fail(op, errors.New("sqllock: nil WithLockOption"))
+		}
+		opt(&cfg)
+	}
+	if cfg.err != nil {
+		return false, m.fail(op, cfg.err)
+	}
+	wctx := ctx
+	if cfg.maxWait > 0 {
+		var cancelWait context.CancelFunc
+		wctx, cancelWait = context.WithTimeout(ctx, cfg.maxWait)
+		defer cancelWait()
+	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	h, err := m.acquire(ctx, shared, try, cancel)
-	if err != nil || h == nil {
-		return false, err
+	h, err := m.acquire(wctx, shared, try, cancel)
+	if err != nil {
+		return false, m.fail(op, fmt.Errorf("%w: %w", ErrNotAcquired, unwrapOwn(err)))
+	}
+	if h == nil {
+		return false, nil
 	}
 	// The release runs under ctx's values but not its cancellation: a
 	// context that never ends gets the keep-alive timeout as its bound
