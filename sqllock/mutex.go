@@ -587,13 +587,10 @@ func (m *Mutex) oldest() *hold {
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// Done returns a channel that is closed when the lock this Mutex holds ends,
-// whether released or lost, as a context's Done channel is; [Mutex.Err] then
-// says which. It describes the oldest exclusive lock this Mutex still
-// holds, else its oldest shared one; when every lock it took was lost (and
-// not yet unlocked), the oldest of those; with no lock at all it returns a
-// closed channel.
-// Capture the channel right after Lock:
+// Done returns a channel that is closed when the lock this Mutex holds
+// ends, as a context's Done channel is: when it is lost (its session died)
+// or released. [Mutex.Err] then says which. Capture it right after Lock, or
+// call it inside WithLock's function:
 //
 //	if err := mu.Lock(ctx); err != nil { ... }
 //	lost := mu.Done()
@@ -601,6 +598,11 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 //	case <-lost:     // mu.Err() wraps ErrLockLost: stop working
 //	case <-workDone:
 //	}
+//
+// With no lock held it returns a closed channel. A Mutex that holds several
+// locks at once (a lock and shared locks, say) describes one of them: the
+// oldest exclusive lock still held, else the oldest shared one; when all
+// were lost and none is unlocked yet, the oldest of those.
 func (m *Mutex) Done() <-chan struct{} {
 	if h := m.oldest(); h != nil {
 		return h.doneChan()
