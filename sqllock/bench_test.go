@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"flag"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -118,13 +119,56 @@ func check(b *testing.B, err error) {
 	}
 }
 
-// refCycle is the hand-written reference: lock and unlock key n with
-// parameters on a pinned connection, in the given mode ("" or "_shared").
-func refCycle(b *testing.B, ctx context.Context, c *sql.Conn, mode string, n int64) {
-	var ok bool
-	_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock"+mode+"($1)", n)
+// refSQL is the fastest hand-written SQL a user of the benchmark's driver
+// writes for key n: with pgx, the key as a parameter ($1), which pgx
+// prepares once per connection; with lib/pq, the key written into the
+// text, built once, which lib/pq sends as a simple query in one round trip
+// (with a parameter it would take two: Parse/Describe, then Bind/Execute).
+type refSQL struct {
+	lockQ, unlockQ, tryQ string
+	args                 []any
+}
+
+// newRef returns b's reference statements for key n, in the given mode (""
+// or "_shared").
+func newRef(b *testing.B, mode string, n int64) refSQL {
+	if strings.Contains(b.Name(), "driver=pq") {
+		k := strconv.FormatInt(n, 10)
+		return refSQL{
+			lockQ:   "SELECT pg_advisory_lock" + mode + "(" + k + ")",
+			unlockQ: "SELECT pg_advisory_unlock" + mode + "(" + k + ")",
+			tryQ:    "SELECT pg_try_advisory_lock" + mode + "(" + k + ")",
+		}
+	}
+	return refSQL{
+		lockQ:   "SELECT pg_advisory_lock" + mode + "($1)",
+		unlockQ: "SELECT pg_advisory_unlock" + mode + "($1)",
+		tryQ:    "SELECT pg_try_advisory_lock" + mode + "($1)",
+		args:    []any{n},
+	}
+}
+
+func (r refSQL) lock(b *testing.B, ctx context.Context, c *sql.Conn) {
+	_, err := c.ExecContext(ctx, r.lockQ, r.args...)
 	check(b, err)
-	check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock"+mode+"($1)", n).Scan(&ok))
+}
+
+func (r refSQL) unlock(b *testing.B, ctx context.Context, c *sql.Conn) {
+	var ok bool
+	check(b, c.QueryRowContext(ctx, r.unlockQ, r.args...).Scan(&ok))
+}
+
+func (r refSQL) try(b *testing.B, ctx context.Context, c *sql.Conn) bool {
+	var ok bool
+	check(b, c.QueryRowContext(ctx, r.tryQ, r.args...).Scan(&ok))
+	return ok
+}
+
+// refCycle is the hand-written reference: lock and unlock on a pinned
+// connection.
+func refCycle(b *testing.B, ctx context.Context, c *sql.Conn, r refSQL) {
+	r.lock(b, ctx, c)
+	r.unlock(b, ctx, c)
 }
 
 func benchKey(b *testing.B) keyspace.Key { return keyspace.SHA256Int64.Key(b.Name()) }
@@ -181,10 +225,11 @@ func BenchmarkLockUnlock(b *testing.B) {
 			}
 		}, func(b *testing.B) {
 			c := pin(b, db)
+			r := newRef(b, "", n)
 			b.ReportAllocs()
 			defer reportCPU(b)()
 			for b.Loop() {
-				refCycle(b, ctx, c, "", n)
+				refCycle(b, ctx, c, r)
 			}
 		})
 	})
@@ -213,12 +258,11 @@ func BenchmarkTryLockContended(b *testing.B) {
 			}
 		}, func(b *testing.B) {
 			c := pin(b, db)
+			r := newRef(b, "", n)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			var ok bool
 			for b.Loop() {
-				check(b, c.QueryRowContext(ctx, "SELECT pg_try_advisory_lock($1)", n).Scan(&ok))
-				if ok {
+				if r.try(b, ctx, c) {
 					b.Fatal("try-lock succeeded on a held key")
 				}
 			}
@@ -241,14 +285,13 @@ func BenchmarkWithLock(b *testing.B) {
 			}
 		}, func(b *testing.B) {
 			c := pin(b, db)
+			r := newRef(b, "", n)
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			var ok bool
 			for b.Loop() {
-				_, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n)
-				check(b, err)
+				r.lock(b, ctx, c)
 				check(b, noop(ctx))
-				check(b, c.QueryRowContext(ctx, "SELECT pg_advisory_unlock($1)", n).Scan(&ok))
+				r.unlock(b, ctx, c)
 			}
 		})
 	})
@@ -291,11 +334,12 @@ func BenchmarkHandoff(b *testing.B) {
 				[2]func() error{func() error { return m0.Unlock(ctx) }, func() error { return m1.Unlock(ctx) }})
 		}, func(b *testing.B) {
 			c0, c1 := pin(b, db), pin(b, db)
+			r := newRef(b, "", n)
 			lk := func(c *sql.Conn) func() error {
-				return func() error { _, err := c.ExecContext(ctx, "SELECT pg_advisory_lock($1)", n); return err }
+				return func() error { _, err := c.ExecContext(ctx, r.lockQ, r.args...); return err }
 			}
 			ul := func(c *sql.Conn) func() error {
-				return func() error { _, err := c.ExecContext(ctx, "SELECT pg_advisory_unlock($1)", n); return err }
+				return func() error { _, err := c.ExecContext(ctx, r.unlockQ, r.args...); return err }
 			}
 			run(b, [2]func() error{lk(c0), lk(c1)}, [2]func() error{ul(c0), ul(c1)})
 		})
@@ -343,12 +387,12 @@ func BenchmarkParallel(b *testing.B) {
 			b.ReportAllocs()
 			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
-				n := bn + next.Add(1)
+				r := newRef(b, "", bn+next.Add(1))
 				c, err := db.Conn(ctx)
 				check(b, err)
 				defer c.Close()
 				for pb.Next() {
-					refCycle(b, ctx, c, "", n)
+					refCycle(b, ctx, c, r)
 				}
 			})
 		})
@@ -377,11 +421,12 @@ func BenchmarkShared(b *testing.B) {
 			b.ReportAllocs()
 			defer reportCPU(b)()
 			b.RunParallel(func(pb *testing.PB) {
+				r := newRef(b, "_shared", n)
 				c, err := db.Conn(ctx)
 				check(b, err)
 				defer c.Close()
 				for pb.Next() {
-					refCycle(b, ctx, c, "_shared", n)
+					refCycle(b, ctx, c, r)
 				}
 			})
 		})

@@ -14,28 +14,33 @@ import (
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
 
-// execRows runs statement q on conn's driver connection and returns the
-// number of rows it produced, bounded by ctx as Mutex.runLock is. It costs
-// less than a query: no rows to read. q runs in the session of backend pid
+// execRows runs statement q on conn's driver connection (as a statement
+// prepared there when prepared: see stmtCache) and returns the number of
+// rows it produced, bounded by ctx as Mutex.runLock is. It costs less than
+// a query: no rows to read. q runs in the session of backend pid
 // and concerns lock k: if ctx ends and the driver does not return, that
 // backend is ended on the server (see Locker.awaitBounded). If the
 // statement is abandoned all the same, onAbandon runs once the driver
 // returns; settleErr says why the session could not be ended.
-func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
+func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
 	if l.boundsContext || ctx.Done() == nil {
-		r := execRaw(ctx, conn, q, args)
+		r := l.execRaw(ctx, conn, q, args, prepared)
 		return r.n, false, nil, r.err
 	}
 	done := make(chan outcome, 1)
-	go func() { done <- execRaw(ctx, conn, q, args) }()
+	go func() { done <- l.execRaw(ctx, conn, q, args, prepared) }()
 	settle := func(ctx context.Context) error { return l.terminate(ctx, pid, k) }
 	r, abandoned, settleErr := l.awaitBounded(ctx, done, settle, func(outcome) { onAbandon() })
 	return r.n, abandoned, settleErr, r.err
 }
 
-func execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue) (r outcome) {
+func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool) (r outcome) {
 	if err := conn.Raw(func(dc any) error {
-		r.n, r.err = driverExecRows(ctx, dc, q, args)
+		if prepared {
+			r.n, r.err = l.stmts.execRows(ctx, dc, q, args)
+		} else {
+			r.n, r.err = driverExecRows(ctx, dc, q, args)
+		}
 		return nil
 	}); err != nil {
 		r.err = err
@@ -61,11 +66,12 @@ func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (in
 
 // outcome is what a statement reports, from the background or not.
 type outcome struct {
-	n   int64 // execRows's row count, or lockOn's flags
-	pid int64 // lockOn: the session's backend pid, once known
-	ran bool  // lockOn: a lock statement was sent
-	dc  any   // lockOn's driver connection
-	err error
+	n        int64 // execRows's row count, or lockOn's flags
+	pid      int64 // lockOn: the session's backend pid, once known
+	ran      bool  // lockOn: a lock statement was sent
+	prepared bool  // lockOn: it was a statement prepared on the connection (see stmtCache)
+	dc       any   // lockOn's driver connection
+	err      error
 }
 
 // awaitBounded waits for a statement running in the background to report

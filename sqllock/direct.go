@@ -29,8 +29,14 @@ func driverQueryValue(ctx context.Context, dc any, query string, args []driver.N
 	if err != nil {
 		return nil, err
 	}
+	return firstValue(rows)
+}
+
+// firstValue reads the first column of the first row of rows and closes
+// them; sql.ErrNoRows when there is no row.
+func firstValue(rows driver.Rows) (any, error) {
 	dest := make([]driver.Value, 1)
-	err = rows.Next(dest)
+	err := rows.Next(dest)
 	if cerr := rows.Close(); err == nil || err == io.EOF && cerr != nil {
 		err = cerr
 	}

@@ -20,6 +20,7 @@ import (
 type hold struct {
 	m        *Mutex
 	shared   bool
+	prepared bool // the lock and its unlock run as statements prepared on conn (see stmtCache)
 	conn     *sql.Conn
 	dc       any   // conn's driver connection, for fireBound
 	pid      int64 // backend that owns the lock
@@ -47,8 +48,8 @@ type hold struct {
 	doneClosed bool
 }
 
-func (m *Mutex) newHold(conn *sql.Conn, dc any, shared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
-	h := &hold{m: m, shared: shared, conn: conn, dc: dc, pid: pid, acquired: acquired, onLost: onLost,
+func (m *Mutex) newHold(conn *sql.Conn, dc any, shared, prepared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
+	h := &hold{m: m, shared: shared, prepared: prepared, conn: conn, dc: dc, pid: pid, acquired: acquired, onLost: onLost,
 		slot: -1}
 	if m.l.cfg.interval > 0 {
 		m.l.sched.after(h, m.l.cfg.interval, dueProbe)
@@ -348,11 +349,8 @@ func (h *hold) releaseConn(ctx context.Context, haveConn bool) error {
 	if !unlock {
 		return h.endSession()
 	}
-	q := h.m.q.unlock
-	if h.shared {
-		q = h.m.q.unlockShared
-	}
-	rows, abandoned, settleErr, err := h.m.l.execRows(ctx, h.conn, q, h.m.q.named, h.pid, h.m.key, func() { _ = h.m.l.endSession(h.conn, h.pid, h.m.key) })
+	q, args := h.m.unlockStatement(h.shared, h.prepared)
+	rows, abandoned, settleErr, err := h.m.l.execRows(ctx, h.conn, q, args, h.prepared, h.pid, h.m.key, func() { _ = h.m.l.endSession(h.conn, h.pid, h.m.key) })
 	h.mu.Lock()
 	h.unlocking = false
 	past := h.boundPast

@@ -22,8 +22,10 @@ import (
 type Locker struct {
 	db            *sql.DB
 	cfg           config
-	placeholders  bool
+	placeholders  bool         // keys are parameters of the lock and unlock statements
+	prepared      bool         // which sqllock prepares per connection (see stmtCache)
 	boundsContext bool         // the driver returns on time when a context ends (pgx)
+	stmts         stmtCache    // the prepared statements, when prepared
 	socket        atomic.Int32 // socketUnknown, socketYes or socketNo (see socketBound)
 	sched         scheduler
 	verify        *verifyStmt  // checks a session before the first lock on it
@@ -52,12 +54,19 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	}
 	if db != nil {
 		l.boundsContext = isPgx(db)
-		l.placeholders = l.boundsContext
+		// pgx prepares and caches by itself; other drivers get their
+		// lock and unlock statements prepared once per connection (see
+		// stmtCache). Both take the key as parameters.
+		l.placeholders = true
+		l.prepared = !l.boundsContext
 	}
 	if l.cfg.placeholders != nil {
 		l.placeholders = *l.cfg.placeholders
+		l.prepared = false
 	}
-	l.verify = buildVerify(l.placeholders, l.cfg.allowStandby)
+	// The verify statement runs once per session: on a driver that does
+	// not cache statements, as a simple query with the token in its text.
+	l.verify = buildVerify(l.placeholders && !l.prepared, l.cfg.allowStandby)
 	return l
 }
 

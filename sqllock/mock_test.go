@@ -34,7 +34,7 @@ func newMock(t *testing.T, opts ...Option) (*Locker, sqlmock.Sqlmock) {
 	keep, err := db.Conn(t.Context())
 	require.NoError(t, err)
 	t.Cleanup(func() { keep.Close() })
-	return New(db, append([]Option{WithKeepAlive(0, 0)}, opts...)...), mock
+	return New(db, append([]Option{WithKeepAlive(0, 0), withPlaceholders(false)}, opts...)...), mock
 }
 
 // The SQL for key 42; TestBuildQueries and TestBuildVerify pin its exact

@@ -3,12 +3,14 @@ package sqllock
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -33,11 +35,38 @@ type Mutex struct {
 	name string
 	key  keyspace.Key
 	q    queries
-	err  error // sticky: the Locker's, or this name's key problem
+	lit  atomic.Pointer[queries] // q with the key written in, for sessions sqllock does not prepare on (see literal)
+	err  error                   // sticky: the Locker's, or this name's key problem
 
 	mu     sync.Mutex
 	excl   []*hold // exclusive holds, oldest first
 	shared []*hold // shared holds, oldest first
+}
+
+// literal returns the Mutex's queries with the key written into the text,
+// for a Locker that prepares its statements (see stmtCache) on a session
+// it may not prepare on: a simple query, one round trip, nothing named.
+// Made on first use.
+func (m *Mutex) literal() *queries {
+	if q := m.lit.Load(); q != nil {
+		return q
+	}
+	q := buildQueries(m.key, false)
+	m.lit.CompareAndSwap(nil, &q)
+	return m.lit.Load()
+}
+
+// unlockStatement returns the unlock statement and its arguments for a
+// hold taken in the given form (prepared: see stmtCache).
+func (m *Mutex) unlockStatement(shared, prepared bool) (string, []driver.NamedValue) {
+	q := &m.q
+	if m.l.prepared && !prepared {
+		q = m.literal()
+	}
+	if shared {
+		return q.unlockShared, q.named
+	}
+	return q.unlock, q.named
 }
 
 // Name returns the lock's name; it is empty for a Mutex made by
@@ -135,7 +164,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		// holds nothing, so a grant is undone.
 		cerr := ctx.Err()
 		if r.n&flagGranted != 0 {
-			if err := m.undo(conn, r.pid, shared); err != nil {
+			if err := m.undo(conn, r.pid, shared, r.prepared); err != nil {
 				return nil, m.fail(op, fmt.Errorf("%w (%w)", cerr, err))
 			}
 		} else if err := conn.Close(); err != nil {
@@ -152,7 +181,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if timed {
 		acquired = time.Now()
 	}
-	h := m.newHold(conn, r.dc, shared, r.pid, acquired, onLost)
+	h := m.newHold(conn, r.dc, shared, r.prepared, r.pid, acquired, onLost)
 	m.warnPoolFull()
 	return h, nil
 }
@@ -161,14 +190,11 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 // bounded by the keep-alive timeout rather than the caller's context, and
 // returns conn to the pool; if the release is not confirmed, the session
 // is ended.
-func (m *Mutex) undo(conn *sql.Conn, pid int64, shared bool) error {
-	q := m.q.unlock
-	if shared {
-		q = m.q.unlockShared
-	}
+func (m *Mutex) undo(conn *sql.Conn, pid int64, shared, prepared bool) error {
+	q, args := m.unlockStatement(shared, prepared)
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 	defer cancel()
-	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, m.q.named, pid, m.key, func() { _ = m.l.endSession(conn, pid, m.key) })
+	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, prepared, pid, m.key, func() { _ = m.l.endSession(conn, pid, m.key) })
 	switch {
 	case abandoned && settleErr != nil:
 		return fmt.Errorf("%w: the release of a lock granted after the context ended got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
@@ -326,12 +352,24 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 			r.err = err
 			return r
 		}
+		args, sent := m.q.named, q
+		r.prepared = m.l.prepared && m.l.stmts.direct(dc, pid)
+		if m.l.prepared && !r.prepared {
+			lq := m.literal()
+			sent, args = lq.stmt(q.kind), lq.named
+			g = sent.guardedFor(connPointer(dc), g.conn, pid)
+		}
 		if !f.send(pid) {
 			r.err = withCtxErr(ctx, context.Cause(ctx))
 			return r
 		}
 		r.ran = true
-		v, err := driverQueryValue(ctx, dc, g.text, m.q.named)
+		var v any
+		if r.prepared {
+			v, err = m.l.stmts.queryValue(ctx, dc, g.text, args)
+		} else {
+			v, err = driverQueryValue(ctx, dc, g.text, args)
+		}
 		switch {
 		case err == nil:
 			granted, err := guardedAnswer(v)
@@ -340,7 +378,7 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 				r.n = flagGranted
 			}
 			return r
-		case !errors.Is(err, sql.ErrNoRows) || ctxEnded(ctx):
+		case !errors.Is(err, sql.ErrNoRows) && !m.l.statementGone(err) || ctxEnded(ctx):
 			r.err = err
 			return r
 		case moved:
@@ -350,8 +388,20 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 		// Another session, and nothing taken: forget the one verified,
 		// here and in this statement's cache.
 		m.l.sessions.forget(g.conn, g.pid)
-		q.last.CompareAndSwap(g, nil)
+		m.l.stmts.drop(dc) // prepared in the session that is gone
+		q.last.Store(nil)
+		sent.last.Store(nil)
 	}
+}
+
+// statementGone reports whether err says that a statement sqllock prepared
+// on the connection does not exist in its session (SQLSTATE 26000): a
+// pooler moved the connection to another session, where the statement
+// never ran, as the guarded form's empty answer says on drivers whose
+// statements are not prepared by sqllock.
+func (l *Locker) statementGone(err error) bool {
+	var se interface{ SQLState() string }
+	return l.prepared && errors.As(err, &se) && se.SQLState() == "26000"
 }
 
 // lockAnswer reads the verify statement's answer (see buildVerify) from

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
@@ -134,5 +135,41 @@ func TestPgBouncerTransactionModeSessionMoves(t *testing.T) {
 		assert.Equal(t, 1, held)
 		require.NoError(t, mu.Unlock(ctx))
 		waitRows(t, direct, mu.Key(), 0, 0)
+	})
+}
+
+// On lib/pq, sqllock prepares its statements once per connection, with the
+// key as parameters, on sessions that are the connection's own; behind a
+// pooler, whose BackendKeyData is not the session's pid, it prepares
+// nothing (a named statement could reach another client's session) and
+// writes the key into the text.
+func TestLibPQPreparesOnDirectSessionsOnly(t *testing.T) {
+	t.Parallel()
+	count := func(t *testing.T, db *sql.DB) int {
+		db.SetMaxOpenConns(1) // the locks and the count on one session
+		l := sqllock.New(db)
+		for i := range 300 {
+			m := l.MutexKey(keyspace.Int64(int64(7_500_000 + i)))
+			require.NoError(t, m.Lock(t.Context()))
+			require.NoError(t, m.Unlock(t.Context()))
+			ok, err := m.TryLockShared(t.Context())
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.NoError(t, m.UnlockShared(t.Context()))
+		}
+		var n int
+		require.NoError(t, db.QueryRowContext(t.Context(), "SELECT count(*) FROM pg_prepared_statements").Scan(&n))
+		return n
+	}
+	t.Run("direct", func(t *testing.T) {
+		n := count(t, pgtest.DB(t, "postgres"))
+		assert.True(t, n >= 4 && n <= 6, "%d prepared statements after 300 keys, want one per operation", n)
+	})
+	t.Run("pgbouncer", func(t *testing.T) {
+		b := pgtest.NewBouncer(t, "session", 2)
+		db, err := sql.Open("postgres", b.DSN())
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+		assert.Equal(t, 0, count(t, db), "behind a pooler nothing is prepared")
 	})
 }

@@ -31,11 +31,36 @@ type queries struct {
 // split where the verified session's backend pid goes.
 type lockStmt struct {
 	guarded []string
+	kind    lockKind
 
 	// The guarded form as last made for a driver connection: the pool
 	// hands a Mutex the same connection again and again, so it is made
 	// once.
 	last atomic.Pointer[guardedStmt]
+}
+
+// lockKind names a lockStmt's operation, so that the same operation can
+// be found in another form of a key's queries.
+type lockKind uint8
+
+const (
+	kindLock lockKind = iota
+	kindLockShared
+	kindTry
+	kindTryShared
+)
+
+// stmt returns q's lock statement of the given kind.
+func (q *queries) stmt(kind lockKind) *lockStmt {
+	switch kind {
+	case kindLockShared:
+		return q.lockShared
+	case kindTry:
+		return q.try
+	case kindTryShared:
+		return q.tryShared
+	}
+	return q.lock
 }
 
 // A guardedStmt is a lockStmt's guarded form made for one driver
@@ -165,11 +190,11 @@ func buildQueries(k keyspace.Key, placeholders bool) queries {
 	// 20% more time per Lock+Unlock with pgx on this project's benchmark
 	// machine), which is why they run once per session.
 	guard := " WHERE pg_backend_pid() = " + tokenMark
-	lock := func(lockFn string) *lockStmt {
-		return &lockStmt{guarded: strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, tokenMark)}
+	lock := func(lockFn string, kind lockKind) *lockStmt {
+		return &lockStmt{guarded: strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, tokenMark), kind: kind}
 	}
-	try := func(tryFn string) *lockStmt {
-		return &lockStmt{guarded: strings.Split("SELECT "+tryFn+"("+list+")"+guard, tokenMark)}
+	try := func(tryFn string, kind lockKind) *lockStmt {
+		return &lockStmt{guarded: strings.Split("SELECT "+tryFn+"("+list+")"+guard, tokenMark), kind: kind}
 	}
 	// The unlock answers with its row count, which Exec reports without
 	// reading rows: one row if the lock was released, none otherwise.
@@ -177,10 +202,10 @@ func buildQueries(k keyspace.Key, placeholders bool) queries {
 		return "SELECT 1 WHERE " + unlockFn + "(" + list + ")"
 	}
 	return queries{
-		lock:         lock("pg_advisory_lock"),
-		lockShared:   lock("pg_advisory_lock_shared"),
-		try:          try("pg_try_advisory_lock"),
-		tryShared:    try("pg_try_advisory_lock_shared"),
+		lock:         lock("pg_advisory_lock", kindLock),
+		lockShared:   lock("pg_advisory_lock_shared", kindLockShared),
+		try:          try("pg_try_advisory_lock", kindTry),
+		tryShared:    try("pg_try_advisory_lock_shared", kindTryShared),
 		unlock:       unlock("pg_advisory_unlock"),
 		unlockShared: unlock("pg_advisory_unlock_shared"),
 		args:         args,

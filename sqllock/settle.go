@@ -35,6 +35,7 @@ import (
 func (l *Locker) discard(conn *sql.Conn) {
 	_ = conn.Raw(func(dc any) error {
 		l.sessions.drop(dc)
+		l.stmts.drop(dc)
 		closeSession(dc)
 		return driver.ErrBadConn
 	})
