@@ -25,7 +25,8 @@ const distinctKeys = 600
 // prepared statements, not one per key.
 func TestWrappedPgxPreparesPerOperationNotPerKey(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{"pgx", "otelsql-pgx", "sqlhooks-pgx"} {
+	for n, name := range []string{"pgx", "otelsql-pgx", "sqlhooks-pgx"} {
+		base := int64(7_300_000 + 10_000*n) // keys of its own: the subtests run in parallel
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			s, err := setupNamed(name)
@@ -36,7 +37,7 @@ func TestWrappedPgxPreparesPerOperationNotPerKey(t *testing.T) {
 			db.SetMaxOpenConns(1) // every statement, and the count, on one session
 			l := sqllock.New(db)
 			for i := range distinctKeys {
-				m := l.MutexKey(keyspace.Int64(int64(7_300_000 + i)))
+				m := l.MutexKey(keyspace.Int64(base + int64(i)))
 				ok, err := m.TryLock(t.Context())
 				if err != nil || !ok {
 					t.Fatalf("TryLock of a free key = %v, %v", ok, err)
