@@ -42,6 +42,15 @@ var (
 	// not hold the lock either way.
 	ErrNotReleased = errors.New("sqllock: release not confirmed: the abandoned session may hold the lock until the server ends it")
 
+	// ErrLockTableFull reports that the server's lock table had no room
+	// for the lock (SQLSTATE 53200, "out of shared memory"). The table
+	// holds max_locks_per_transaction × (max_connections +
+	// max_prepared_transactions) entries (6,400 with the defaults), shared
+	// by every client of the server; raise max_locks_per_transaction
+	// (a restart) to hold more locks at once. Locks already held are not
+	// affected, and the failed attempt took nothing.
+	ErrLockTableFull = errors.New("sqllock: the server's lock table is full (SQLSTATE 53200): raise max_locks_per_transaction; the table holds max_locks_per_transaction × (max_connections + max_prepared_transactions) locks of all clients")
+
 	// ErrNotAcquired reports that WithLock, WithLockShared or TryWithLock
 	// did not get the lock (the wait ended, the connection failed, the
 	// session was refused), so fn did not run. It tells a failed wait from

@@ -138,7 +138,16 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		if driverTimeout(ctx, err) {
 			cause = fmt.Errorf("%w: %w", ErrDriverTimeout, err)
 		}
-		if conn != nil {
+		switch {
+		case conn == nil:
+		case serverRefused(ctx, err):
+			// The server answered the statement with an error of its own
+			// (a full lock table, a deadlock): it took nothing, and the
+			// session is sound.
+			if cerr := conn.Close(); cerr != nil {
+				m.l.discard(conn)
+			}
+		default:
 			// The lock may or may not have been granted before the error (a
 			// cancel racing the grant, an answer that makes no sense): only
 			// ending the session is safe.
@@ -452,6 +461,28 @@ func withCtxErr(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", cerr, err)
 	}
 	return err
+}
+
+// serverRefused reports whether err is the server's error answer to a
+// statement that ran to its end on a sound session, before ctx ended: an
+// error a statement raises is atomic, so the statement took nothing.
+// Errors of classes 57 (operator intervention: a cancel, a terminated
+// backend) and 08 (connection exception), and XX (internal), say nothing
+// of the kind.
+func serverRefused(ctx context.Context, err error) bool {
+	var se interface{ SQLState() string }
+	if ctxEnded(ctx) || !errors.As(err, &se) {
+		return false
+	}
+	state := se.SQLState()
+	if len(state) != 5 {
+		return false
+	}
+	switch state[:2] {
+	case "57", "08", "XX":
+		return false
+	}
+	return true
 }
 
 // driverTimeout reports whether err is a network timeout that ctx did not

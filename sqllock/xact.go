@@ -178,7 +178,8 @@ func (q queries) txQuery(fn string, try bool) string {
 
 // SQLSTATE codes sqllock recognises in server errors.
 const (
-	sqlstateDeadlock = "40P01" // deadlock_detected
+	sqlstateDeadlock       = "40P01" // deadlock_detected
+	sqlstateOutOfLockTable = "53200" // out_of_memory: the lock table is full
 )
 
 // classify wraps server errors that have a sentinel. Drivers expose the
@@ -186,8 +187,13 @@ const (
 // *pq.Error), so no driver is imported.
 func classify(err error) error {
 	var se interface{ SQLState() string }
-	if errors.As(err, &se) && se.SQLState() == sqlstateDeadlock {
-		return fmt.Errorf("%w: %w", ErrDeadlock, err)
+	if errors.As(err, &se) {
+		switch se.SQLState() {
+		case sqlstateDeadlock:
+			return fmt.Errorf("%w: %w", ErrDeadlock, err)
+		case sqlstateOutOfLockTable:
+			return fmt.Errorf("%w: %w", ErrLockTableFull, err)
+		}
 	}
 	return err
 }

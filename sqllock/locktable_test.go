@@ -1,0 +1,80 @@
+package sqllock_test
+
+import (
+	"context"
+	"database/sql"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// fillLockTable takes advisory locks on conn until the server's lock table
+// is full, and returns how many it took.
+func fillLockTable(t *testing.T, conn *sql.Conn) int {
+	t.Helper()
+	n := 0
+	for ; n < 1_000_000; n += 100 {
+		_, err := conn.ExecContext(t.Context(), "SELECT pg_advisory_lock(k) FROM generate_series($1::int8, $1::int8 + 99) k", int64(900_000_000+n))
+		if err != nil {
+			require.ErrorContains(t, err, "53200", "the lock table is full")
+			return n
+		}
+	}
+	t.Fatal("the lock table never filled")
+	return n
+}
+
+// A full lock table (SQLSTATE 53200) fails the lock with an error that
+// names the setting to raise; locks already held keep going, the session
+// that could not take one goes back to the pool, and nothing leaks.
+func TestLockTableFull(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t, "max_locks_per_transaction=10", "max_connections=20")
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			db, err := sql.Open(driver, c.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			l := sqllock.New(db, sqllock.WithKeepAlive(0, 0))
+			held := l.Mutex(t.Name() + "/held")
+			require.NoError(t, held.Lock(t.Context()))
+
+			filler, err := db.Conn(t.Context())
+			require.NoError(t, err)
+			// An idle connection for the attempts below: with the table
+			// full, a new backend cannot even start (it needs an entry too).
+			spare, err := db.Conn(t.Context())
+			require.NoError(t, err)
+			require.NoError(t, spare.Close())
+			n := fillLockTable(t, filler)
+			t.Logf("the lock table took %d advisory locks", n)
+
+			m := l.MutexKey(keyspace.Int64(777))
+			err = m.Lock(t.Context())
+			t.Logf("Lock on a full table: %v", err)
+			require.ErrorIs(t, err, sqllock.ErrLockTableFull)
+			assert.Contains(t, err.Error(), "max_locks_per_transaction")
+			ok, err := m.TryLock(t.Context())
+			require.ErrorIs(t, err, sqllock.ErrLockTableFull)
+			assert.False(t, ok)
+			assert.NoError(t, held.Err(), "the lock already held is unaffected")
+			assert.Equal(t, 2, db.Stats().InUse, "the failed attempts' connections went back to the pool")
+			assert.Equal(t, 1, db.Stats().Idle, "and stayed open: a full table is no reason to end a session")
+
+			_, err = filler.ExecContext(t.Context(), "SELECT pg_advisory_unlock_all()")
+			require.NoError(t, err)
+			require.NoError(t, filler.Close())
+			require.NoError(t, m.Lock(context.Background()), "room again")
+			require.NoError(t, m.Unlock(t.Context()))
+			require.NoError(t, held.Unlock(t.Context()))
+			var left int
+			require.NoError(t, db.QueryRowContext(t.Context(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").Scan(&left))
+			assert.Zero(t, left, "nothing leaked")
+		})
+	}
+}
