@@ -30,7 +30,10 @@
 // it later does not release the lock. If the context ends while waiting,
 // Lock returns an error wrapping the context's error and no lock survives on
 // any connection, even when the grant races the cancel: a connection whose
-// lock state is unknown is discarded, never returned to the pool.
+// lock state is unknown is never returned to the pool, and its session is
+// ended on the server if it still holds or waits for the lock, whatever the
+// driver's Close does. A call that cannot confirm that (the server out of
+// reach) says so with an error wrapping [ErrNotReleased].
 //
 // # Losing a lock
 //
@@ -48,18 +51,22 @@
 //
 // sqllock imports no driver. It works with github.com/lib/pq,
 // github.com/jackc/pgx/v5/stdlib (with its default context handling or with
-// pgconn.CancelRequestContextWatcherHandler) and any ORM that exposes its
-// *sql.DB, such as gorm's db.DB(). Each lock, try-lock and unlock is one
-// round trip on both drivers: keys are integers, written into the SQL text
-// for lib/pq and bound as parameters of cached statements for pgx.
+// pgconn.CancelRequestContextWatcherHandler, and behind its pool bridge
+// stdlib.OpenDBFromPool), behind instrumentation wrappers such as otelsql,
+// with bun's pgdriver, and under any ORM that exposes its *sql.DB, such as
+// gorm's db.DB(); docs/drivers.md lists the setups proven live. Each lock,
+// try-lock and unlock is one round trip on both drivers: keys are integers,
+// bound as parameters of statements that pgx caches and that sqllock
+// prepares per connection for lib/pq (written into the text behind a
+// pooler).
 //
 // Session locks need a session: a pooler in transaction mode (PgBouncer's
 // pool_mode=transaction) hands consecutive statements to different server
 // sessions, and the locks then neither exclude nor release. sqllock marks
 // each server session with a token of the client connection that first
-// locked on it (a custom setting, in the same round trip as the lock); a
-// lock that lands on a session marked by another connection takes nothing
-// and fails with [ErrSharedSession]. Once a connection's session is
+// locked on it (a custom setting, set by a verify statement that runs once
+// per session before its first lock); a lock that lands on a session marked
+// by another connection takes nothing and fails with [ErrSharedSession]. Once a connection's session is
 // checked, later locks on that connection take the lock only if they reach
 // the same backend, and check again where they do not. The keep-alive also
 // notices a change of backend. Behind such a pooler, use transaction-scoped

@@ -718,7 +718,7 @@ func (m *Mutex) Err() error {
 // error fn returns comes back as fn returned it.
 //
 // The release does not depend on ctx: it is bounded by the keep-alive
-// timeout, after which the connection is discarded, ending the session.
+// timeout, after which the session is ended instead (see [Mutex.Unlock]).
 func (m *Mutex) WithLock(ctx context.Context, fn func(ctx context.Context) error, opts ...WithLockOption) error {
 	_, err := m.withLock(ctx, false, false, fn, opts)
 	return err
