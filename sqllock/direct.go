@@ -65,18 +65,31 @@ func driverQuery(ctx context.Context, dc any, query string, args []driver.NamedV
 		st.Close()
 		return nil, err
 	}
-	var rows driver.Rows
-	if sq, ok := st.(driver.StmtQueryContext); ok {
-		rows, err = sq.QueryContext(ctx, args)
-	} else {
-		//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtQueryContext
-		rows, err = st.Query(values(args))
-	}
+	rows, err := stmtQuery(ctx, st, args)
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
 	return stmtRows{rows, st}, nil
+}
+
+// stmtQuery runs prepared statement st as database/sql would.
+func stmtQuery(ctx context.Context, st driver.Stmt, args []driver.NamedValue) (driver.Rows, error) {
+	if sq, ok := st.(driver.StmtQueryContext); ok {
+		return sq.QueryContext(ctx, args)
+	}
+	//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtQueryContext
+	return st.Query(values(args))
+}
+
+// stmtExecRows runs prepared statement st as database/sql would, and
+// returns the number of rows it produced, or -1 if the driver cannot tell.
+func stmtExecRows(ctx context.Context, st driver.Stmt, args []driver.NamedValue) (int64, error) {
+	if se, ok := st.(driver.StmtExecContext); ok {
+		return rowsAffected(se.ExecContext(ctx, args))
+	}
+	//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtExecContext
+	return rowsAffected(st.Exec(values(args)))
 }
 
 // driverExecRows runs query on dc and returns the number of rows it
@@ -96,11 +109,7 @@ func driverExecRows(ctx context.Context, dc any, query string, args []driver.Nam
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if se, ok := st.(driver.StmtExecContext); ok {
-		return rowsAffected(se.ExecContext(ctx, args))
-	}
-	//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtExecContext
-	return rowsAffected(st.Exec(values(args)))
+	return stmtExecRows(ctx, st, args)
 }
 
 func prepare(ctx context.Context, dc any, query string) (driver.Stmt, error) {

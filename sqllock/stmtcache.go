@@ -179,13 +179,7 @@ func (c *stmtCache) queryValue(ctx context.Context, dc any, query string, args [
 	if err != nil {
 		return nil, err
 	}
-	var rows driver.Rows
-	if sq, ok := st.(driver.StmtQueryContext); ok {
-		rows, err = sq.QueryContext(ctx, args)
-	} else {
-		//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtQueryContext
-		rows, err = st.Query(values(args))
-	}
+	rows, err := stmtQuery(ctx, st, args)
 	if err != nil {
 		return nil, err
 	}
@@ -199,9 +193,5 @@ func (c *stmtCache) execRows(ctx context.Context, dc any, query string, args []d
 	if err != nil {
 		return 0, err
 	}
-	if se, ok := st.(driver.StmtExecContext); ok {
-		return rowsAffected(se.ExecContext(ctx, args))
-	}
-	//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtExecContext
-	return rowsAffected(st.Exec(values(args)))
+	return stmtExecRows(ctx, st, args)
 }
