@@ -24,20 +24,20 @@ import (
 // returns; settleErr says why the session could not be ended.
 func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
 	if l.boundsContext || ctx.Done() == nil {
-		r := l.execRaw(ctx, conn, q, args, prepared)
+		r := l.execRaw(ctx, conn, q, args, prepared, pid)
 		return r.n, false, nil, r.err
 	}
 	done := make(chan outcome, 1)
-	go func() { done <- l.execRaw(ctx, conn, q, args, prepared) }()
+	go func() { done <- l.execRaw(ctx, conn, q, args, prepared, pid) }()
 	settle := func(ctx context.Context) error { return l.terminate(ctx, pid, k) }
 	r, abandoned, settleErr := l.awaitBounded(ctx, done, settle, func(outcome) { onAbandon() })
 	return r.n, abandoned, settleErr, r.err
 }
 
-func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool) (r outcome) {
+func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
 	if err := conn.Raw(func(dc any) error {
 		if prepared {
-			r.n, r.err = l.stmts.execRows(ctx, dc, q, args)
+			r.n, r.err = l.stmts.execRows(ctx, dc, pid, q, args)
 		} else {
 			r.n, r.err = driverExecRows(ctx, dc, q, args)
 		}
@@ -101,8 +101,10 @@ func (l *Locker) awaitBounded(ctx context.Context, done chan outcome, settle fun
 	sctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.timeout, settleBound))
 	defer cancel()
 	// Settle in the background, so that a settle whose own queries hang
-	// is bounded too; but wait for it even once the driver returns, so
-	// that nothing the call started outlives it.
+	// is bounded too; wait for it even once the driver returns, so that
+	// nothing the call started outlives it, except a settle still stuck
+	// when its bound passes (its queries on a silent network), which
+	// ends when its driver returns, as the abandoned statement does.
 	settled := make(chan error, 1)
 	go func() { settled <- settle(sctx) }()
 	select {

@@ -807,3 +807,29 @@ func TestWithLockMaxWait(t *testing.T) {
 		require.ErrorContains(t, err, "nil WithLockOption")
 	})
 }
+
+// An Unlock releases what Lock took, never WithLock's lock: a Mutex shared
+// between WithLockShared and LockShared/UnlockShared keeps fn's lock held
+// while fn runs, and leaves nothing behind (found in review: UnlockShared
+// released fn's hold, and its own lock stayed held with its connection).
+func TestUnlockLeavesWithLockAlone(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		mu := sqllock.New(db).Mutex(t.Name())
+		err := mu.WithLockShared(t.Context(), func(ctx context.Context) error {
+			if err := mu.LockShared(ctx); err != nil {
+				return err
+			}
+			if err := mu.UnlockShared(ctx); err != nil {
+				return err
+			}
+			held, _ := lockRows(t, db, mu.Key())
+			assert.Equal(t, 1, held, "fn's shared lock is still held")
+			require.ErrorIs(t, mu.UnlockShared(ctx), sqllock.ErrNotHeld, "fn's lock is not Unlock's to release")
+			return ctx.Err()
+		})
+		require.NoError(t, err)
+		held, waiting := lockRows(t, db, mu.Key())
+		assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting})
+		assert.Zero(t, db.Stats().InUse, "every connection back in the pool")
+	})
+}

@@ -39,8 +39,9 @@ type Mutex struct {
 	err  error                   // sticky: the Locker's, or this name's key problem
 
 	mu     sync.Mutex
-	excl   []*hold // exclusive holds, oldest first
-	shared []*hold // shared holds, oldest first
+	excl   []*hold // exclusive holds of Lock and TryLock, oldest first: what Unlock releases
+	shared []*hold // shared holds of LockShared and TryLockShared, oldest first
+	scoped []*hold // holds of WithLock and friends, which release them themselves
 }
 
 // literal returns the Mutex's queries with the key written into the text,
@@ -375,7 +376,7 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 		r.ran = true
 		var v any
 		if r.prepared {
-			v, err = m.l.stmts.queryValue(ctx, dc, g.text, args)
+			v, err = m.l.stmts.queryValue(ctx, dc, pid, g.text, args)
 		} else {
 			v, err = driverQueryValue(ctx, dc, g.text, args)
 		}
@@ -573,16 +574,12 @@ func (m *Mutex) push(h *hold) {
 	m.mu.Unlock()
 }
 
-// remove takes h off the Mutex's holds, if it is still there.
+// remove takes WithLock's hold h off the Mutex's holds.
 func (m *Mutex) remove(h *hold) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	list := &m.excl
-	if h.shared {
-		list = &m.shared
-	}
-	if i := slices.Index(*list, h); i >= 0 {
-		*list = slices.Delete(*list, i, i+1)
+	if i := slices.Index(m.scoped, h); i >= 0 {
+		m.scoped = slices.Delete(m.scoped, i, i+1)
 	}
 }
 
@@ -650,20 +647,23 @@ func (m *Mutex) unlock(ctx context.Context, shared bool) error {
 func (m *Mutex) oldest() *hold {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, list := range [][]*hold{m.excl, m.shared} {
-		for _, h := range list {
-			if h.err() == nil {
-				return h
+	var first *hold // the oldest hold of all, should every one be lost
+	for _, shared := range []bool{false, true} {
+		for _, list := range [][]*hold{m.excl, m.shared, m.scoped} {
+			for _, h := range list {
+				if h.shared != shared {
+					continue
+				}
+				if first == nil {
+					first = h
+				}
+				if h.err() == nil {
+					return h
+				}
 			}
 		}
 	}
-	if len(m.excl) > 0 {
-		return m.excl[0]
-	}
-	if len(m.shared) > 0 {
-		return m.shared[0]
-	}
-	return nil
+	return first
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -783,8 +783,11 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 		rctx = context.WithoutCancel(ctx)
 	}
 	// Registered while fn runs, so that Done and Err describe it inside
-	// fn as after Lock.
-	m.push(h)
+	// fn as after Lock; apart from Lock's holds, so that no Unlock takes
+	// it (an Unlock releases what Lock took).
+	m.mu.Lock()
+	m.scoped = append(m.scoped, h)
+	m.mu.Unlock()
 	release := func() error {
 		m.remove(h)
 		return h.release(rctx)

@@ -24,11 +24,11 @@ import (
 // statement refers to its connection, so a weakly keyed cache would never
 // see a closed connection go. It forgets a connection that sqllock ends
 // (drop), and keeps at most stmtConns connections, forgetting the least
-// recently used beyond that. A forgotten live connection keeps its server
-// statements until its session ends (they cannot be closed from here while
-// another goroutine may use the connection); a pool with more than
-// stmtConns connections busy with locks pays that, and a prepare round
-// trip per lock on a connection forgotten meanwhile.
+// recently used beyond that. A forgotten connection's statements cannot be
+// closed at once (another goroutine may be using the connection): they are
+// retired, and closed the next time sqllock uses that connection. A pool
+// with more than stmtConns connections busy with locks pays a prepare (and
+// a close) now and then, and leaves no statements behind.
 
 // Prepared statements are safe only on a session that is the client
 // connection's alone. lib/pq names its statements "1", "2", ... per
@@ -50,6 +50,15 @@ type stmtCache struct {
 	mu    sync.Mutex
 	conns map[any]*connStmts
 	clock uint64 // a use counter, for least recently used
+
+	// retired holds the statements of connections forgotten while they
+	// may still be alive, to close the next time the connection is used
+	// (inside conn.Raw, where sqllock is its one user): without that,
+	// each re-prepare after an eviction would leave a statement behind
+	// in the session. At most stmtConns connections' worth are kept;
+	// beyond that, a connection's retired statements live until its
+	// session ends.
+	retired map[any][]driver.Stmt
 }
 
 type connStmts struct {
@@ -73,16 +82,20 @@ func (c *stmtCache) direct(dc any, pid int64) bool {
 	direct := ok && startup == pid
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cs = c.entryLocked(dc)
+	cs = c.entryLocked(dc, pid)
 	if cs.pid != pid {
-		cs.pid, cs.direct = pid, direct
-		clear(cs.stmts) // prepared in another session, if any
+		// The connection reached another session (behind a pooler):
+		// its statements were prepared in the old one, and went with it.
+		cs.pid = pid
+		clear(cs.stmts)
 	}
+	cs.direct = direct
 	return direct
 }
 
-// entryLocked returns dc's entry, making it if need be.
-func (c *stmtCache) entryLocked(dc any) *connStmts {
+// entryLocked returns dc's entry, making it if need be for the direct
+// session of backend pid.
+func (c *stmtCache) entryLocked(dc any, pid int64) *connStmts {
 	if c.conns == nil {
 		c.conns = make(map[any]*connStmts)
 	}
@@ -91,7 +104,7 @@ func (c *stmtCache) entryLocked(dc any) *connStmts {
 		if len(c.conns) >= stmtConns {
 			c.evictLocked()
 		}
-		cs = &connStmts{stmts: make(map[string]driver.Stmt)}
+		cs = &connStmts{pid: pid, direct: true, stmts: make(map[string]driver.Stmt)}
 		c.conns[dc] = cs
 	}
 	c.clock++
@@ -126,9 +139,10 @@ func startupPID(dc any) (int64, bool) {
 	return 0, false
 }
 
-// stmt returns the statement prepared on dc for query, preparing it first
-// if need be.
-func (c *stmtCache) stmt(ctx context.Context, dc any, query string) (driver.Stmt, error) {
+// stmt returns the statement prepared on dc, whose direct session has
+// backend pid pid, for query, preparing it first if need be. It runs
+// inside conn.Raw: dc has no other user meanwhile.
+func (c *stmtCache) stmt(ctx context.Context, dc any, pid int64, query string) (driver.Stmt, error) {
 	c.mu.Lock()
 	cs := c.conns[dc]
 	var st driver.Stmt
@@ -137,7 +151,12 @@ func (c *stmtCache) stmt(ctx context.Context, dc any, query string) (driver.Stmt
 		cs.used = c.clock
 		st = cs.stmts[query]
 	}
+	retired := c.retired[dc]
+	delete(c.retired, dc)
 	c.mu.Unlock()
+	for _, old := range retired {
+		_ = old.Close()
+	}
 	if st != nil {
 		return st, nil
 	}
@@ -149,11 +168,12 @@ func (c *stmtCache) stmt(ctx context.Context, dc any, query string) (driver.Stmt
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.entryLocked(dc).stmts[query] = st
+	c.entryLocked(dc, pid).stmts[query] = st
 	return st, nil
 }
 
-// evictLocked forgets the least recently used connection.
+// evictLocked forgets the least recently used connection, retiring its
+// statements.
 func (c *stmtCache) evictLocked() {
 	var oldest any
 	var at uint64
@@ -162,20 +182,37 @@ func (c *stmtCache) evictLocked() {
 			oldest, at = dc, cs.used
 		}
 	}
+	cs := c.conns[oldest]
 	delete(c.conns, oldest)
+	if len(cs.stmts) == 0 {
+		return
+	}
+	if c.retired == nil {
+		c.retired = make(map[any][]driver.Stmt)
+	}
+	if len(c.retired) >= stmtConns {
+		for dc := range c.retired {
+			delete(c.retired, dc) // an arbitrary one: its statements stay in its session
+			break
+		}
+	}
+	for _, st := range cs.stmts {
+		c.retired[oldest] = append(c.retired[oldest], st)
+	}
 }
 
-// drop forgets dc, whose session is being ended.
+// drop forgets dc, whose session is being ended, statements and all.
 func (c *stmtCache) drop(dc any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.conns, dc)
+	delete(c.retired, dc)
 }
 
 // query runs the statement prepared on dc for query and returns the first
 // column of its first row, as driverQueryValue does.
-func (c *stmtCache) queryValue(ctx context.Context, dc any, query string, args []driver.NamedValue) (any, error) {
-	st, err := c.stmt(ctx, dc, query)
+func (c *stmtCache) queryValue(ctx context.Context, dc any, pid int64, query string, args []driver.NamedValue) (any, error) {
+	st, err := c.stmt(ctx, dc, pid, query)
 	if err != nil {
 		return nil, err
 	}
@@ -188,8 +225,8 @@ func (c *stmtCache) queryValue(ctx context.Context, dc any, query string, args [
 
 // execRows runs the statement prepared on dc for query and returns the
 // number of rows it produced, as driverExecRows does.
-func (c *stmtCache) execRows(ctx context.Context, dc any, query string, args []driver.NamedValue) (int64, error) {
-	st, err := c.stmt(ctx, dc, query)
+func (c *stmtCache) execRows(ctx context.Context, dc any, pid int64, query string, args []driver.NamedValue) (int64, error) {
+	st, err := c.stmt(ctx, dc, pid, query)
 	if err != nil {
 		return 0, err
 	}
