@@ -5,9 +5,9 @@ import (
 	"time"
 )
 
-// A scheduler runs the timed work of a Locker's holds on one timer: each
-// held lock's next keep-alive probe, and the bound of each release whose
-// context never ends.
+// A scheduler runs the timed work of a Locker's sessions on one timer:
+// each session's next keep-alive probe, and the bound of each release
+// whose context never ends.
 //
 // One timer, not one per hold, because arming a timer is not free on a
 // lock's hot path: when the goroutine's P has no earlier timer, the Go
@@ -24,7 +24,7 @@ type scheduler struct {
 	base time.Time // set before first use (see New); due times are offsets from it
 
 	mu    sync.Mutex
-	holds []*hold       // scheduled holds, each at holds[h.slot]
+	holds []*session    // scheduled sessions, each at holds[h.slot]
 	timer *time.Timer   // made on first use; runs fire
 	at    time.Duration // when timer fires, if armed
 	armed bool
@@ -33,7 +33,7 @@ type scheduler struct {
 // now returns the scheduler's time: the time elapsed since its base.
 func (s *scheduler) now() time.Duration { return time.Since(s.base) }
 
-// What a scheduled hold is waiting for.
+// What a scheduled session is waiting for.
 const (
 	dueProbe   = iota + 1 // its next keep-alive probe
 	dueRelease            // the end of its release's bound
@@ -41,13 +41,13 @@ const (
 
 // after sets h's single entry to run kind after delay d, replacing any
 // entry it had.
-func (s *scheduler) after(h *hold, d time.Duration, kind int) {
+func (s *scheduler) after(h *session, d time.Duration, kind int) {
 	s.schedule(h, s.now()+d, kind)
 }
 
 // schedule sets h's single entry to run kind at due (see scheduler.now),
 // replacing any entry it had. The caller must not hold s.mu.
-func (s *scheduler) schedule(h *hold, due time.Duration, kind int) {
+func (s *scheduler) schedule(h *session, due time.Duration, kind int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h.due, h.dueKind = due, kind
@@ -61,7 +61,7 @@ func (s *scheduler) schedule(h *hold, due time.Duration, kind int) {
 }
 
 // cancel removes h's entry, if it has one.
-func (s *scheduler) cancel(h *hold) {
+func (s *scheduler) cancel(h *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if h.slot >= 0 {

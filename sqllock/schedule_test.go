@@ -22,8 +22,8 @@ func TestScheduler(t *testing.T) {
 	var mu sync.Mutex
 	var ran []string
 	done := make(chan struct{}, 8)
-	entry := func(name string) *hold {
-		h := &hold{slot: -1}
+	entry := func(name string) *session {
+		h := &session{slot: -1}
 		h.releaseCancel = func() {
 			mu.Lock()
 			ran = append(ran, name)

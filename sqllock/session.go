@@ -1,0 +1,327 @@
+package sqllock
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// A session is a server session that carries granted locks: the pinned
+// connection whose backend owns them, and the keep-alive that watches it.
+// The keep-alive is an entry in the Locker's scheduler, not a goroutine:
+// each tick probes the connection and schedules the next one. When the
+// session dies, every hold it carries learns of it.
+//
+// Each session carries one hold, taken on a connection of its own, and is
+// given up when that hold is released.
+//
+// The connection has one user at a time: whoever holds connMu, a tick's
+// probe or a release. A release waits for a probe in flight, which its
+// own timeout bounds.
+type session struct {
+	l        *Locker
+	conn     *sql.Conn
+	dc       any   // conn's driver connection, for fireBound
+	pid      int64 // the backend that owns the locks
+	prepared bool  // the lock and unlock statements run prepared on conn (see stmtCache)
+	hold     *hold // the hold the session carries
+
+	connMu sync.Mutex // held by whoever uses conn
+
+	// The session's entry in the Locker's scheduler, guarded by its mutex.
+	slot    int           // index in the scheduler's list; -1 when not scheduled
+	due     time.Duration // when the entry runs (see scheduler.now)
+	dueKind int           // dueProbe or dueRelease
+	// releaseCancel ends a release's context when its bound passes; set
+	// before the dueRelease entry is scheduled. Nil when the bound is
+	// enforced on the socket instead (see fireBound).
+	releaseCancel context.CancelFunc
+
+	mu        sync.Mutex // guards the fields below; taken before a hold's mu
+	stopped   bool       // a release has begun: no more probes
+	unlocking bool       // a release's unlock statement is running on conn
+	boundPast bool       // the release's bound has passed (socket bound only)
+}
+
+// startSession makes s the session of conn (driver connection dc, backend
+// pid) that carries h, and starts watching it.
+func (l *Locker) startSession(s *session, conn *sql.Conn, dc any, pid int64, prepared bool, h *hold) {
+	*s = session{l: l, conn: conn, dc: dc, pid: pid, prepared: prepared, hold: h, slot: -1}
+	h.s = s
+	if l.cfg.interval > 0 {
+		l.sched.after(s, l.cfg.interval, dueProbe)
+	}
+}
+
+// run does the work of the session's scheduler entry.
+func (s *session) run(kind int) {
+	switch {
+	case kind != dueRelease:
+		s.tick()
+	case s.releaseCancel != nil:
+		s.releaseCancel()
+	default:
+		s.fireBound()
+	}
+}
+
+// fireBound ends a release whose bound has passed, when the bound is kept
+// on the connection's socket (see socketBound): an unlock statement still
+// running gets a read deadline in the past, so that the driver returns at
+// once, with an error, and the release ends the session; a release still
+// waiting for a keep-alive probe finds the bound passed when the probe
+// ends, and ends the session without an unlock.
+func (s *session) fireBound() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.boundPast = true
+	if s.unlocking {
+		if nc := driverSocket(s.dc); nc != nil {
+			_ = nc.SetDeadline(time.Unix(1, 0))
+		}
+	}
+}
+
+// tick is one keep-alive round: probe the session, then schedule the next
+// probe one interval after this one was sent, unless a release has begun
+// or the probe failed. Scheduling from the send time bounds detection: a
+// session that answered a probe sent at t is found dead by
+// t + max(interval, timeout) + timeout at the latest (see LossBound).
+func (s *session) tick() {
+	s.connMu.Lock()
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	if stopped {
+		s.connMu.Unlock()
+		return
+	}
+	sent := s.l.sched.now()
+	cause := s.probe(s.l.cfg.timeout)
+	if cause != nil {
+		s.lose(cause)
+		return
+	}
+	// Under mu, so that a release that waits for this probe (it sets
+	// stopped, then replaces or cancels the entry, then takes connMu)
+	// never finds a probe scheduled after it began. A release that took
+	// connMu first sets stopped before it gives connMu back, so this tick,
+	// which holds connMu, cannot be running then.
+	s.mu.Lock()
+	if !s.stopped {
+		s.l.sched.schedule(s, sent+s.l.cfg.interval, dueProbe)
+	}
+	s.mu.Unlock()
+	s.connMu.Unlock()
+}
+
+// lose reports the session's death, for cause, to the holds it carries,
+// and ends it. The caller holds connMu, which lose gives back.
+//
+// Each hold records its loss first, so that a release waiting for the
+// connection sees it; the session is made sure gone (see endSession: one
+// query on another connection, unless the probe was abandoned, whose
+// goroutine does it) before the connection is given back, so that an
+// Unlock waiting for it returns once the server shows the lock gone; then
+// observers and holders are told, who may call Unlock; Done closes last,
+// so that whoever watches it finds the observers told.
+func (s *session) lose(cause error) {
+	h := s.hold
+	err := h.lostErr(cause)
+	first := h.markEnded(err)
+	if !errors.Is(cause, errProbeAbandoned) {
+		_ = s.l.endSession(s.conn, s.pid, h.m.key)
+	}
+	s.connMu.Unlock()
+	if first {
+		h.notifyLost(err)
+		h.closeDone()
+	}
+}
+
+// probe runs the keep-alive query. A driver may not return on a dead
+// network even when its context ends (lib/pq waits for the server to
+// answer a cancel request), so the wait is bounded here, not by the driver.
+// A probe abandoned that way owns the connection until the driver returns,
+// then ends its session; it reports errProbeAbandoned. Any other failure
+// leaves the session for the caller to end.
+func (s *session) probe(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	type result struct {
+		pid int64
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = s.conn.QueryRowContext(ctx, probeSQL).Scan(&r.pid)
+		ch <- r
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case r := <-ch:
+		cancel()
+		switch {
+		case r.err != nil:
+			return fmt.Errorf("keep-alive query failed: %w", r.err)
+		case r.pid != s.pid:
+			return fmt.Errorf("keep-alive reached backend %d, but backend %d took the lock: a transaction pooler between client and server breaks session locks", r.pid, s.pid)
+		}
+		return nil
+	case <-timer.C:
+		go func() {
+			<-ch
+			_ = s.l.endSession(s.conn, s.pid, s.hold.m.key)
+		}()
+		cancel()
+		return fmt.Errorf("keep-alive got no answer within %v: %w", timeout, errProbeAbandoned)
+	}
+}
+
+// errProbeAbandoned marks a probe that got no answer in time: its
+// goroutine ends the session when the driver returns.
+var errProbeAbandoned = errors.New("the session is ended when the driver returns")
+
+// release unlocks the session's hold and returns the connection to the
+// pool. Whatever goes wrong, the lock does not outlive the call: when the
+// unlock cannot be confirmed, the session is ended and its end confirmed
+// on the server (see Locker.endSession), or the call says it could not
+// be. ctx bounds the unlock query; a ctx that is already done is not a
+// reason to leave the lock to a discarded connection, whose Close may not
+// end the session: the unlock then runs under ctx's values with the
+// keep-alive timeout as its bound, as for a ctx that never ends.
+func (s *session) release(ctx context.Context) error {
+	h := s.hold
+	if ctx.Err() != nil {
+		ctx = context.WithoutCancel(ctx)
+	}
+	// Usually no probe is using the connection: take it at once, and stop
+	// the keep-alive in releaseConn's one critical section. Otherwise stop
+	// it now, and wait for the probe in releaseConn.
+	haveConn := s.connMu.TryLock()
+	if !haveConn {
+		s.mu.Lock()
+		s.stopped = true
+		s.mu.Unlock()
+	}
+	// A context that never ends (context.WithoutCancel in a defer) still
+	// gets a bound: past it, the session is ended. The bound is a
+	// scheduler entry rather than context.WithTimeout, whose timer would
+	// cost a thread wake-up on every Unlock. Each entry replaces the next
+	// probe's, if any.
+	switch {
+	case ctx.Done() != nil:
+		s.l.sched.cancel(s) // the next probe, if any
+	case s.l.socketBound(s.dc):
+		// The entry closes in on the socket (see fireBound): the unlock
+		// runs with a context the driver need not watch, which spares it
+		// a cancellable context and the watch on it (nine allocations,
+		// with pgx).
+		s.l.sched.after(s, s.l.cfg.timeout, dueRelease)
+		defer s.l.sched.cancel(s)
+	default:
+		// The entry cancels the unlock's context.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		s.releaseCancel = cancel
+		s.l.sched.after(s, s.l.cfg.timeout, dueRelease)
+		defer func() {
+			s.l.sched.cancel(s)
+			cancel()
+		}()
+	}
+	err := s.releaseConn(ctx, haveConn)
+	switch {
+	case err == nil:
+		h.observeEnd(EventReleased, nil)
+	case errors.Is(err, ErrLockLost) && err != h.lost: // the keep-alive reported its own finding
+		h.observeEnd(EventLost, err)
+	}
+	return err
+}
+
+// releaseConn unlocks on the connection, taking it from the keep-alive
+// first unless haveConn says the caller did.
+func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
+	h := s.hold
+	// Take the connection from the keep-alive, waiting for a probe in
+	// flight: its own timeout bounds it.
+	if !haveConn {
+		s.connMu.Lock()
+	}
+	defer s.connMu.Unlock()
+	// Stop the keep-alive, end the hold and, unless the bound has passed
+	// or ctx has ended, mark the unlock as running, in one critical
+	// section.
+	s.mu.Lock()
+	s.stopped = true
+	lost, ended := h.endForRelease()
+	unlock := !ended && !s.boundPast && ctx.Err() == nil
+	s.unlocking = unlock
+	s.mu.Unlock()
+	if ended {
+		if lost == nil {
+			lost = h.unlockErr(ErrNotHeld)
+		}
+		return lost
+	}
+	if !unlock {
+		return s.endSession()
+	}
+	q, args := h.m.unlockStatement(h.shared, s.prepared)
+	rows, abandoned, settleErr, err := s.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, h.m.key, func() { _ = s.l.endSession(s.conn, s.pid, h.m.key) })
+	s.mu.Lock()
+	s.unlocking = false
+	past := s.boundPast
+	s.mu.Unlock()
+	switch {
+	case past:
+		// The bound passed while the unlock ran: its socket may have a
+		// deadline in the past, so the session goes, and the lock with
+		// it if the unlock did not release it.
+		return s.endSession()
+	case abandoned && settleErr != nil:
+		// ctx ended first, the driver has not returned, and the server
+		// could not be told to end the session: it is ended when the
+		// driver returns.
+		return h.unlockErr(fmt.Errorf("%w: the unlock got no answer before its context ended (%w), and ending its session failed: %w", ErrNotReleased, ctx.Err(), settleErr))
+	case abandoned:
+		// The server ended the session, and the lock with it; the driver
+		// has yet to notice, and the connection is discarded when it does.
+		return nil
+	case err != nil && ctxEnded(ctx):
+		// Cancelled mid-query: the session goes, and the lock with it.
+		return s.endSession()
+	case err != nil:
+		if serr := s.l.endSession(s.conn, s.pid, h.m.key); serr != nil {
+			return h.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
+		}
+		return h.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", ErrLockLost, err))
+	case rows < 0:
+		// The driver does not report row counts: whether the unlock found
+		// the lock is unknown, so the session goes, and the lock with it.
+		return s.endSession()
+	case rows == 0:
+		if serr := s.l.endSession(s.conn, s.pid, h.m.key); serr != nil {
+			return h.unlockErr(serr)
+		}
+		return h.unlockErr(fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", ErrLockLost, s.pid))
+	}
+	if err := s.conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
+		return h.unlockErr(err)
+	}
+	return nil
+}
+
+// endSession ends the session (see Locker.endSession) and reports a
+// failure to confirm it as the unlock's error.
+func (s *session) endSession() error {
+	if err := s.l.endSession(s.conn, s.pid, s.hold.m.key); err != nil {
+		return s.hold.unlockErr(err)
+	}
+	return nil
+}
