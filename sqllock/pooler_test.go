@@ -104,7 +104,7 @@ func TestPgBouncerTransactionLocks(t *testing.T) {
 // whichever server session is free. When the session that a connection's
 // first lock verified is busy with another client's transaction, the next
 // lock on that connection reaches another session: its guarded form finds
-// another backend there and takes nothing, and the checking form takes the
+// another backend there and takes nothing, and the verify statement and the guarded form take the
 // lock on the session the pooler chose.
 func TestPgBouncerTransactionModeSessionMoves(t *testing.T) {
 	t.Parallel()
