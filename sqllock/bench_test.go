@@ -438,6 +438,28 @@ func BenchmarkShared(b *testing.B) {
 // ("keepalive=on") and off ("keepalive=off"), measured as the other
 // scenarios' two sides are. No probe runs within a cycle: the difference
 // is the probe's scheduler entry, made at Lock and removed at Unlock.
+// BenchmarkSessions measures an uncontended Lock+Unlock on a shared session
+// (WithSessions) against the same on a connection of its own, the default
+// mode: mode=sessions over mode=connections, within 1.05.
+func BenchmarkSessions(b *testing.B) {
+	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
+		ctx := context.Background()
+		k := benchKey(b)
+		cycle := func(l *sqllock.Locker) func(b *testing.B) {
+			return func(b *testing.B) {
+				mu := l.MutexKey(k)
+				b.ReportAllocs()
+				defer reportCPU(b)()
+				for b.Loop() {
+					check(b, mu.Lock(ctx))
+					check(b, mu.Unlock(ctx))
+				}
+			}
+		}
+		alternate(b, "mode=sessions", cycle(sqllock.New(db, sqllock.WithSessions(1))), "mode=connections", cycle(sqllock.New(db)))
+	})
+}
+
 func BenchmarkKeepAlive(b *testing.B) {
 	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
 		ctx := context.Background()

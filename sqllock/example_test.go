@@ -197,3 +197,25 @@ func ExampleMaxWait() {
 	}
 	// Output: someone else is running it; skipped
 }
+
+// Hold many locks on a few connections: one per tenant, say, all at once.
+func ExampleWithSessions() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db, sqllock.WithSessions(2))
+	var held []*sqllock.Mutex
+	for tenant := range 100 {
+		mu := locker.Mutex(fmt.Sprintf("example/tenant/%d", tenant))
+		if err := mu.Lock(context.Background()); err != nil {
+			log.Fatal(err)
+		}
+		held = append(held, mu)
+	}
+	fmt.Println("locks held:", len(held), "connections in use:", db.Stats().InUse)
+	for _, mu := range held {
+		if err := mu.Unlock(context.Background()); err != nil {
+			log.Fatal(err)
+		}
+	}
+	// Output: locks held: 100 connections in use: 2
+}

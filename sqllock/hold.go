@@ -16,6 +16,7 @@ type hold struct {
 	m        *Mutex
 	shared   bool
 	s        *session // the session that carries the lock
+	inproc   bool     // holds the key in the Locker's in-process table (WithSessions)
 	onLost   func(error)
 	acquired time.Time // when the lock was granted; set only with observers
 
@@ -99,8 +100,22 @@ func (h *hold) closeDoneLocked() {
 	}
 }
 
-// release unlocks the hold (see session.release).
-func (h *hold) release(ctx context.Context) error { return h.s.release(ctx) }
+// release unlocks the hold (see session.release and
+// session.releaseCarried), then lets this process's next holder of the
+// key in, if the hold was taken through the Locker's in-process table
+// (WithSessions).
+func (h *hold) release(ctx context.Context) error {
+	var err error
+	if h.s.pool != nil {
+		err = h.s.releaseCarried(ctx, h)
+	} else {
+		err = h.s.release(ctx)
+	}
+	if h.inproc {
+		h.m.l.pool.keys.Unlock(h.m.key, h.shared)
+	}
+	return err
+}
 
 func (h *hold) lostErr(cause error) error {
 	return &Error{Op: h.op("hold"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: %w", ErrLockLost, cause)}

@@ -32,6 +32,8 @@ type Locker struct {
 	sessions      sessionCache // the sessions that verify statements verified
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
+
+	pool *sessionPool // shared sessions, with WithSessions; nil otherwise
 }
 
 // New returns a Locker over db. Options are applied in order.
@@ -67,6 +69,9 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	// The verify statement runs once per session: on a driver that does
 	// not cache statements, as a simple query with the token in its text.
 	l.verify = buildVerify(l.placeholders && !l.prepared, l.cfg.allowStandby)
+	if l.cfg.sessions > 0 {
+		l.pool = &sessionPool{l: l, n: l.cfg.sessions}
+	}
 	return l
 }
 

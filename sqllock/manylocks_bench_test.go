@@ -32,10 +32,11 @@ func BenchmarkManyLocks(b *testing.B) {
 	if f := flag.Lookup("test.bench"); f == nil || !strings.Contains(f.Value.String(), "ManyLocks") {
 		b.Skip("run it by name: -bench ManyLocks")
 	}
-	c := pgtest.NewCluster(b, "max_connections=150")
+	// A lock table of 256 × (150 + 0) entries: room for 10,000 locks.
+	c := pgtest.NewCluster(b, "max_connections=150", "max_locks_per_transaction=256")
 	for _, d := range []string{"pq", "pgx"} {
 		for _, n := range []int{10, 50, 100, 145, 200} {
-			b.Run(fmt.Sprintf("driver=%s/locks=%d", d, n), func(b *testing.B) {
+			b.Run(fmt.Sprintf("driver=%s/mode=connections/locks=%d", d, n), func(b *testing.B) {
 				db, err := sql.Open(driverName(d), c.DSN())
 				check(b, err)
 				defer db.Close()
@@ -45,12 +46,23 @@ func BenchmarkManyLocks(b *testing.B) {
 				}
 			})
 		}
+		for _, n := range []int{100, 1000, 10000} {
+			b.Run(fmt.Sprintf("driver=%s/mode=sessions/locks=%d", d, n), func(b *testing.B) {
+				db, err := sql.Open(driverName(d), c.DSN())
+				check(b, err)
+				defer db.Close()
+				db.SetMaxIdleConns(8)
+				for b.Loop() {
+					manyLocks(b, db, n, sqllock.WithSessions(8))
+				}
+			})
+		}
 	}
 }
 
-func manyLocks(b *testing.B, db *sql.DB, n int) {
+func manyLocks(b *testing.B, db *sql.DB, n int, opts ...sqllock.Option) {
 	ctx := context.Background()
-	l := sqllock.New(db)
+	l := sqllock.New(db, opts...)
 	ms := make([]*sqllock.Mutex, n)
 	for i := range ms {
 		ms[i] = l.MutexKey(keyspace.Int64(int64(8_000_000 + i)))
@@ -65,6 +77,7 @@ func manyLocks(b *testing.B, db *sql.DB, n int) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	held := n - len(errs)
+	sessions := db.Stats().InUse // every connection in use carries held locks
 	if len(errs) > 0 {
 		b.Logf("%d locks: %d acquired, %d failed, e.g. %v", n, held, len(errs), errs[0])
 	}
@@ -83,8 +96,8 @@ func manyLocks(b *testing.B, db *sql.DB, n int) {
 	if held > 0 {
 		b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(held), "heap-B/lock")
 	}
-	b.ReportMetric(float64(held), "sessions")
-	b.ReportMetric(float64(held), "probes/interval")
+	b.ReportMetric(float64(sessions), "sessions")
+	b.ReportMetric(float64(sessions), "probes/interval") // one probe per session and interval
 }
 
 // each runs f on every Mutex from 64 goroutines and returns the errors.

@@ -92,11 +92,15 @@ func opName(base string, shared bool) string {
 // acquire takes the lock on a connection of its own. With try, it returns
 // (nil, nil) if another session holds the key.
 func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error)) (*hold, error) {
+	take := m.acquireConn
+	if m.l.pool != nil {
+		take = m.acquireShared
+	}
 	if len(m.l.cfg.observers) == 0 {
-		return m.acquireConn(ctx, shared, try, onLost, false)
+		return take(ctx, shared, try, onLost, false)
 	}
 	start := time.Now()
-	h, err := m.acquireConn(ctx, shared, try, onLost, true)
+	h, err := take(ctx, shared, try, onLost, true)
 	e := Event{Shared: shared, Wait: time.Since(start), Err: err}
 	switch {
 	case err != nil:

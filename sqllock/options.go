@@ -31,6 +31,7 @@ type config struct {
 	placeholders *bool // nil: decided from the driver
 	observers    []Observer
 	logger       *slog.Logger // WithLogger's; warnings go there, else to slog.Default()
+	sessions     int          // WithSessions: > 0, locks share at most this many server sessions
 	err          error        // first invalid option
 }
 

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
 
 // A session is a server session that carries granted locks: the pinned
@@ -27,7 +30,14 @@ type session struct {
 	dc       any   // conn's driver connection, for fireBound
 	pid      int64 // the backend that owns the locks
 	prepared bool  // the lock and unlock statements run prepared on conn (see stmtCache)
-	hold     *hold // the hold the session carries
+	hold     *hold // the hold a session of its own carries; nil for a shared one
+
+	// A shared session (WithSessions) carries many holds. Its pool counts
+	// its users (guarded by the pool's mutex).
+	pool    *sessionPool
+	users   int         // holds carried and acquisitions in flight
+	carried []*hold     // the holds it carries, guarded by mu
+	dead    atomic.Bool // lost or refused: no new holds
 
 	connMu sync.Mutex // held by whoever uses conn
 
@@ -129,17 +139,39 @@ func (s *session) tick() {
 // observers and holders are told, who may call Unlock; Done closes last,
 // so that whoever watches it finds the observers told.
 func (s *session) lose(cause error) {
-	h := s.hold
-	err := h.lostErr(cause)
-	first := h.markEnded(err)
+	holds := []*hold{s.hold}
+	if s.pool != nil {
+		s.pool.retire(s)
+		s.mu.Lock()
+		holds = append([]*hold(nil), s.carried...)
+		s.stopped = true
+		s.mu.Unlock()
+	}
+	errs := make([]error, len(holds))
+	firsts := make([]bool, len(holds))
+	for i, h := range holds {
+		errs[i] = h.lostErr(cause)
+		firsts[i] = h.markEnded(errs[i])
+	}
 	if !errors.Is(cause, errProbeAbandoned) {
-		_ = s.l.endSession(s.conn, s.pid, h.m.key)
+		_ = s.l.endSession(s.conn, s.pid, s.key())
 	}
 	s.connMu.Unlock()
-	if first {
-		h.notifyLost(err)
-		h.closeDone()
+	for i, h := range holds {
+		if firsts[i] {
+			h.notifyLost(errs[i])
+			h.closeDone()
+		}
 	}
+}
+
+// key returns the lock a session of its own carries, or the zero Key for
+// a shared session: ending it concerns every advisory lock it holds.
+func (s *session) key() keyspace.Key {
+	if s.hold == nil {
+		return keyspace.Key{}
+	}
+	return s.hold.m.key
 }
 
 // probe runs the keep-alive query. A driver may not return on a dead
@@ -175,7 +207,7 @@ func (s *session) probe(timeout time.Duration) error {
 	case <-timer.C:
 		go func() {
 			<-ch
-			_ = s.l.endSession(s.conn, s.pid, s.hold.m.key)
+			_ = s.l.endSession(s.conn, s.pid, s.key())
 		}()
 		cancel()
 		return fmt.Errorf("keep-alive got no answer within %v: %w", timeout, errProbeAbandoned)

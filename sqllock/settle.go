@@ -43,7 +43,8 @@ func (l *Locker) discard(conn *sql.Conn) {
 }
 
 // endSession discards conn and makes sure the server session of backend
-// pid neither holds nor waits for lock k, terminating it if it still does.
+// pid neither holds nor waits for lock k (any advisory lock, for the zero
+// Key), terminating it if it still does.
 // A pid of 0 means no lock statement ran on conn (locks run only on
 // verified sessions, whose pid is known): then there is nothing to end.
 // It is bounded by the keep-alive timeout, and returns an error wrapping
@@ -62,25 +63,31 @@ func (l *Locker) endSession(conn *sql.Conn, pid int64, k keyspace.Key) error {
 }
 
 // lookSQL reports how backend $1 stands towards the advisory lock ($2,
-// $3, $4): no row once it has exited; else its state in pg_stat_activity
-// ("active" while it runs a statement, NULL where the role may not see it)
-// and whether it holds or waits for the lock.
+// $3, $4), or towards any advisory lock when they are NULL (a session that
+// carries many): no row once it has exited; else its state in
+// pg_stat_activity ("active" while it runs a statement, NULL where the role
+// may not see it) and whether it holds or waits for the lock.
 const lookSQL = `SELECT a.state, EXISTS (SELECT 1 FROM pg_locks l
-	WHERE l.locktype = 'advisory' AND l.pid = a.pid AND l.classid = $2 AND l.objid = $3 AND l.objsubid = $4)
+	WHERE l.locktype = 'advisory' AND l.pid = a.pid AND ` + lockTagMatch + `)
 FROM pg_stat_activity a WHERE a.pid = $1 AND a.pid <> pg_backend_pid()`
 
+// lockTagMatch matches pg_locks rows of the advisory lock ($2, $3, $4), or
+// of any when they are NULL.
+const lockTagMatch = `($2::int8 IS NULL OR (classid::int8 = $2 AND objid::int8 = $3 AND objsubid::int8 = $4))`
+
 // terminateSQL terminates the backend $1 if it holds or waits for the
-// advisory lock ($2, $3, $4) (see keyspace.Key.LockTag), and waits up to
-// $5 milliseconds for it to exit. It answers one row per lock entry found:
-// true once the backend has exited. A session never terminates itself.
+// advisory lock ($2, $3, $4) (see keyspace.Key.LockTag; any when they are
+// NULL), and waits up to $5 milliseconds for it to exit. It answers one
+// row per lock entry found: true once the backend has exited. A session
+// never terminates itself.
 const terminateSQL = `SELECT pg_terminate_backend(pid, $5::int8) FROM pg_locks
-WHERE locktype = 'advisory' AND pid = $1 AND classid = $2 AND objid = $3 AND objsubid = $4
+WHERE locktype = 'advisory' AND pid = $1 AND ` + lockTagMatch + `
 	AND pid <> pg_backend_pid()`
 
 // terminateSQL13 is terminateSQL for PostgreSQL 13 and older, whose
 // pg_terminate_backend does not wait; terminate then polls pg_locks.
 const terminateSQL13 = `SELECT pg_terminate_backend(pid) FROM pg_locks
-WHERE locktype = 'advisory' AND pid = $1 AND classid = $2 AND objid = $3 AND objsubid = $4
+WHERE locktype = 'advisory' AND pid = $1 AND ` + lockTagMatch + `
 	AND pid <> pg_backend_pid()`
 
 // idleGrace is how long terminate watches a backend that is idle without
@@ -100,8 +107,11 @@ const idleGrace = 25 * time.Millisecond
 // ends, with an error. A statement still running there (state active) is
 // waited for: it may yet take the lock.
 func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error {
-	c, o, s := k.LockTag()
-	args := []any{pid, int64(c), int64(o), int64(s)}
+	args := []any{pid, nil, nil, nil} // any advisory lock, for a session that carries many
+	if k.Valid() {
+		c, o, s := k.LockTag()
+		args = []any{pid, int64(c), int64(o), int64(s)}
+	}
 	var idleSince time.Time
 	poll := time.Millisecond
 	for {

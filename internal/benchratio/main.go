@@ -142,6 +142,9 @@ func report(w io.Writer, r results) (failed int) {
 			{name: "Handoff"},
 			// The keep-alive's cost on the lock path: none expected.
 			{name: "KeepAlive", lib: "keepalive=on", ref: "keepalive=off"},
+			// Lock+Unlock on a shared session against one of its own
+			// (WithSessions): within 1.05.
+			{name: "Sessions", maxRatio: 1.05, lib: "mode=sessions", ref: "mode=connections"},
 		} {
 			if s.lib == "" {
 				s.lib, s.ref = "impl=lib", "impl=ref"

@@ -1,0 +1,333 @@
+package sqllock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/keylock"
+)
+
+// WithSessions makes the Locker's locks share at most n server sessions,
+// instead of taking a connection each: a process can then hold thousands
+// of locks on a few connections.
+//
+// Semantics stay those of the default mode:
+//   - Holders in this process exclude each other exactly as holders in two
+//     processes do (PostgreSQL would grant a session a lock it already
+//     holds): they queue in the Locker first, in arrival order.
+//   - An uncontended lock is one round trip on a shared session. A lock
+//     that another process holds is waited for in the server, on a
+//     connection of its own, and held there, as in the default mode.
+//   - Statements on a shared session are bounded by the keep-alive timeout,
+//     not by the caller's context, whose end would make a driver drop the
+//     connection and every lock on it. A caller whose context ends stops
+//     waiting; what its statement did is settled.
+//   - One keep-alive probe per session and interval. When a shared session
+//     dies, every lock it carries is reported lost; an unlock the server
+//     answers with false loses that lock alone.
+//
+// n must be positive.
+func WithSessions(n int) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.fail(fmt.Errorf("sqllock: WithSessions(%d): want at least one session", n))
+			return
+		}
+		c.sessions = n
+	}
+}
+
+// A sessionPool is the shared sessions of a Locker with WithSessions, and
+// the in-process table its holders queue in.
+type sessionPool struct {
+	l    *Locker
+	n    int
+	keys keylock.Table[keyspace.Key]
+
+	mu   sync.Mutex
+	open []*session // live shared sessions
+}
+
+// take returns a shared session for an acquisition: a new one while fewer
+// than n are open, else the one with the fewest users. The session counts
+// the caller as a user until done.
+func (p *sessionPool) take(ctx context.Context) (*session, error) {
+	p.mu.Lock()
+	if len(p.open) >= p.n {
+		best := p.open[0]
+		for _, s := range p.open[1:] {
+			if s.users < best.users {
+				best = s
+			}
+		}
+		best.users++
+		p.mu.Unlock()
+		return best, nil
+	}
+	// Reserve the slot before dialling, so that concurrent callers do not
+	// open more than n.
+	s := &session{l: p.l, pool: p, slot: -1, users: 1}
+	p.open = append(p.open, s)
+	s.connMu.Lock() // until the connection is there
+	p.mu.Unlock()
+	// Others may queue for this session meanwhile: its connection is
+	// bounded by the keep-alive timeout, not by this caller's context.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.l.cfg.timeout)
+	defer cancel()
+	conn, err := p.l.db.Conn(dctx)
+	if err != nil {
+		s.connMu.Unlock()
+		p.retire(s)
+		return nil, err
+	}
+	s.conn = conn
+	s.connMu.Unlock()
+	return s, nil
+}
+
+// done ends a user's use of s; the last user of a live session gives its
+// connection back to the pool.
+func (p *sessionPool) done(s *session) {
+	p.mu.Lock()
+	s.users--
+	last := s.users == 0 && !s.dead.Load()
+	if last {
+		s.dead.Store(true)
+		p.removeLocked(s)
+	}
+	p.mu.Unlock()
+	if !last {
+		return
+	}
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	p.l.sched.cancel(s)
+	s.connMu.Lock() // a probe in flight finishes first
+	defer s.connMu.Unlock()
+	if s.conn != nil {
+		if err := s.conn.Close(); err != nil {
+			p.l.discard(s.conn)
+		}
+	}
+}
+
+// retire takes s out of the pool: it is lost or unusable, and gets no new
+// users.
+func (p *sessionPool) retire(s *session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s.dead.Store(true)
+	p.removeLocked(s)
+}
+
+func (p *sessionPool) removeLocked(s *session) {
+	if i := slices.Index(p.open, s); i >= 0 {
+		p.open = slices.Delete(p.open, i, i+1)
+	}
+}
+
+// acquireShared takes the lock for a Locker with WithSessions: first in the
+// process's table, then on a shared session, or, when another process
+// holds it and the caller waits, on a connection of its own.
+func (m *Mutex) acquireShared(ctx context.Context, shared, try bool, onLost func(error), timed bool) (*hold, error) {
+	op := opName("lock", shared)
+	if try {
+		op = opName("trylock", shared)
+	}
+	if ctx == nil {
+		return nil, m.fail(op, ErrNilContext)
+	}
+	if m.err != nil {
+		return nil, m.fail(op, m.err)
+	}
+	keys := &m.l.pool.keys
+	if try {
+		if !keys.TryLock(m.key, shared) {
+			return nil, nil
+		}
+	} else if err := keys.Lock(ctx, m.key, shared); err != nil {
+		return nil, m.fail(op, fmt.Errorf("waiting for a holder in this process: %w", err))
+	}
+	h, err := m.lockOnShared(ctx, op, shared, onLost, timed)
+	if err == nil && h == nil && !try {
+		// Another process holds it: wait in the server, on a connection
+		// of its own.
+		h, err = m.acquireConn(ctx, shared, false, onLost, timed)
+	}
+	if err != nil || h == nil {
+		keys.Unlock(m.key, shared)
+		return nil, err
+	}
+	h.inproc = true
+	return h, nil
+}
+
+// lockOnShared tries the lock on a shared session, in one round trip
+// bounded by the keep-alive timeout. It returns (nil, nil) when another
+// process holds the lock.
+func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost func(error), timed bool) (*hold, error) {
+	q := m.q.try
+	if shared {
+		q = m.q.tryShared
+	}
+	p := m.l.pool
+	for attempt := 0; ; attempt++ {
+		s, err := p.take(ctx)
+		if err != nil {
+			return nil, m.fail(op, withCtxErr(ctx, err))
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
+		s.connMu.Lock()
+		if s.dead.Load() || s.conn == nil {
+			// Lost, or never connected, since it was taken: try another.
+			s.connMu.Unlock()
+			cancel()
+			p.done(s)
+			switch {
+			case ctxEnded(ctx):
+				return nil, m.fail(op, withCtxErr(ctx, context.Cause(ctx)))
+			case attempt >= p.n:
+				return nil, m.fail(op, errors.New("no shared session stayed alive long enough to take the lock"))
+			}
+			continue
+		}
+		r, abandoned, settleErr := m.runLock(sctx, s.conn, q)
+		cancel()
+		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.pid == 0 {
+			s.pid, s.dc, s.prepared = r.pid, r.dc, r.prepared
+			if m.l.cfg.interval > 0 {
+				m.l.sched.after(s, m.l.cfg.interval, dueProbe)
+			}
+		}
+		switch {
+		case abandoned:
+			// The driver did not return: its session is ended, and every
+			// lock on it with it.
+			cause := fmt.Errorf("a lock statement got no answer within %v", m.l.cfg.timeout)
+			if settleErr != nil {
+				cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
+			}
+			s.lose(cause)
+			p.done(s)
+			return nil, m.fail(op, cause)
+		case r.err != nil && serverRefused(sctx, r.err):
+			s.connMu.Unlock()
+			p.done(s)
+			return nil, m.fail(op, classify(r.err))
+		case r.err != nil:
+			// Whether the statement took the lock is unknown: the session
+			// goes, and every lock on it.
+			s.lose(r.err)
+			p.done(s)
+			return nil, m.fail(op, classify(withCtxErr(ctx, r.err)))
+		case r.n&flagShared != 0, r.n&flagStandby != 0:
+			// Refused before taking anything: the session is not usable.
+			p.retire(s)
+			m.l.discard(s.conn)
+			s.connMu.Unlock()
+			p.done(s)
+			if r.n&flagStandby != 0 {
+				return nil, m.fail(op, ErrStandby)
+			}
+			return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection", ErrSharedSession, r.pid))
+		case r.n&flagGranted == 0:
+			s.connMu.Unlock()
+			p.done(s)
+			return nil, nil
+		}
+		if ctxEnded(ctx) {
+			// Granted as the caller gave up: give it back.
+			err := m.unlockOn(s, shared)
+			if err != nil && !errors.Is(err, ErrLockLost) {
+				s.lose(err) // gives connMu back
+			} else {
+				s.connMu.Unlock()
+			}
+			p.done(s)
+			cerr := withCtxErr(ctx, context.Cause(ctx))
+			if err != nil {
+				cerr = fmt.Errorf("%w (%w)", cerr, err)
+			}
+			return nil, m.fail(op, cerr)
+		}
+		var acquired time.Time
+		if timed {
+			acquired = time.Now()
+		}
+		h := &hold{m: m, shared: shared, s: s, acquired: acquired, onLost: onLost}
+		s.mu.Lock()
+		s.carried = append(s.carried, h)
+		s.mu.Unlock()
+		s.connMu.Unlock()
+		return h, nil
+	}
+}
+
+// unlockOn runs h's unlock statement on shared session s, whose connMu
+// the caller holds, bounded by the keep-alive timeout. A statement that
+// fails ends the session (see session.lose, which gives connMu back and
+// which the caller then must not); it reports errSessionLost then.
+func (m *Mutex) unlockOn(s *session, shared bool) error {
+	q, args := m.unlockStatement(shared, s.prepared)
+	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
+	defer cancel()
+	rows, abandoned, settleErr, err := m.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, func() {})
+	switch {
+	case abandoned:
+		cause := fmt.Errorf("an unlock got no answer within %v", m.l.cfg.timeout)
+		if settleErr != nil {
+			cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
+		}
+		return cause
+	case err != nil:
+		return err
+	case rows != 1:
+		return fmt.Errorf("%w: the unlock did not find it in its session (backend %d)", ErrLockLost, s.pid)
+	}
+	return nil
+}
+
+// releaseCarried releases hold h, which shared session s carries: one
+// unlock statement, bounded by the keep-alive timeout rather than ctx, whose
+// end would end the session and every lock on it. An unlock the server
+// answers false loses h alone; one that fails ends the session, and every
+// lock it carries is lost.
+func (s *session) releaseCarried(ctx context.Context, h *hold) error {
+	defer s.pool.done(s)
+	s.connMu.Lock()
+	lost, ended := h.endForRelease()
+	s.mu.Lock()
+	if i := slices.Index(s.carried, h); i >= 0 {
+		s.carried = slices.Delete(s.carried, i, i+1)
+	}
+	s.mu.Unlock()
+	if ended {
+		s.connMu.Unlock()
+		if lost == nil {
+			lost = h.unlockErr(ErrNotHeld)
+		}
+		return lost
+	}
+	err := h.m.unlockOn(s, h.shared)
+	switch {
+	case err == nil:
+		s.connMu.Unlock()
+		h.observeEnd(EventReleased, nil)
+		return nil
+	case errors.Is(err, ErrLockLost):
+		s.connMu.Unlock()
+		err = h.unlockErr(err)
+		h.observeEnd(EventLost, err)
+		return err
+	}
+	// The unlock's outcome is unknown: the session goes, and every lock
+	// on it; h's own lock with it.
+	s.lose(err)
+	return h.unlockErr(fmt.Errorf("unlock failed, session ended: %w", err))
+}

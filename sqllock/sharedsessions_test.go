@@ -1,0 +1,206 @@
+package sqllock_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+// sessionsOf returns the distinct backends holding advisory locks on keys.
+func sessionsOf(t *testing.T, db *sql.DB, keys []keyspace.Key) map[int64]int {
+	t.Helper()
+	pids := map[int64]int{}
+	for _, k := range keys {
+		c, o, s := k.LockTag()
+		rows, err := db.QueryContext(t.Context(), `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+			AND classid = $1 AND objid = $2 AND objsubid = $3`, int64(c), int64(o), int64(s))
+		require.NoError(t, err)
+		for rows.Next() {
+			var pid int64
+			require.NoError(t, rows.Scan(&pid))
+			pids[pid]++
+		}
+		require.NoError(t, rows.Err())
+		rows.Close()
+	}
+	return pids
+}
+
+// Held locks share at most n sessions, and leave nothing behind.
+func TestSessionsShareConnections(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		const n, locks = 2, 24
+		l := sqllock.New(db, sqllock.WithSessions(n))
+		ms := make([]*sqllock.Mutex, locks)
+		keys := make([]keyspace.Key, locks)
+		var wg sync.WaitGroup
+		for i := range ms {
+			ms[i] = l.Mutex(fmt.Sprintf("%s/%d", t.Name(), i)) // keys of its own: the drivers' subtests run at once
+			keys[i] = ms[i].Key()
+			wg.Go(func() { assert.NoError(t, ms[i].Lock(t.Context())) })
+		}
+		wg.Wait()
+		pids := sessionsOf(t, db, keys)
+		total := 0
+		for _, c := range pids {
+			total += c
+		}
+		assert.Equal(t, locks, total, "every lock held once")
+		assert.LessOrEqual(t, len(pids), n, "on at most %d sessions: %v", n, pids)
+		assert.LessOrEqual(t, db.Stats().InUse, n)
+		for _, m := range ms {
+			require.NoError(t, m.Err())
+			require.NoError(t, m.Unlock(t.Context()))
+		}
+		assert.Empty(t, sessionsOf(t, db, keys), "nothing left in pg_locks")
+		assert.Zero(t, db.Stats().InUse, "the sessions went back to the pool")
+	})
+}
+
+// Holders in one process exclude each other exactly as two processes do,
+// across modes, tries, waits and cancellations at random points.
+func TestSessionsInProcessExclusion(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db, sqllock.WithSessions(2))
+		k := keyspace.SHA256Int64.Key(t.Name())
+		var excl, shared atomic.Int32
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(g), 2))
+				for range 25 {
+					m := l.MutexKey(k)
+					sh := r.IntN(2) == 0
+					ctx, cancel := context.WithTimeout(t.Context(), time.Duration(r.IntN(3000))*time.Microsecond)
+					try := r.IntN(3) == 0
+					var err error
+					switch {
+					case try && sh:
+						var ok bool
+						if ok, err = m.TryLockShared(ctx); err == nil && !ok {
+							err = errNotTaken
+						}
+					case try:
+						var ok bool
+						if ok, err = m.TryLock(ctx); err == nil && !ok {
+							err = errNotTaken
+						}
+					case sh:
+						err = m.LockShared(ctx)
+					default:
+						err = m.Lock(ctx)
+					}
+					cancel()
+					if err != nil {
+						if !errors.Is(err, errNotTaken) && !errors.Is(err, context.DeadlineExceeded) {
+							t.Errorf("lock: %v", err)
+						}
+						continue
+					}
+					if sh {
+						shared.Add(1)
+						if excl.Load() != 0 {
+							t.Error("a shared holder alongside an exclusive one")
+						}
+					} else if excl.Add(1) != 1 || shared.Load() != 0 {
+						t.Error("an exclusive holder alongside another holder")
+					}
+					time.Sleep(time.Duration(r.IntN(500)) * time.Microsecond)
+					if sh {
+						shared.Add(-1)
+						assert.NoError(t, m.UnlockShared(context.Background()))
+					} else {
+						excl.Add(-1)
+						assert.NoError(t, m.Unlock(context.Background()))
+					}
+				}
+			})
+		}
+		wg.Wait()
+		held, waiting := lockRows(t, db, k)
+		assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting}, "pg_locks clean")
+		assert.Zero(t, db.Stats().InUse)
+	})
+}
+
+var errNotTaken = errors.New("not taken")
+
+// A terminated shared session reports the loss to every lock it carries,
+// and to no other.
+func TestSessionsLossReachesEveryLockOnTheSession(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db, sqllock.WithSessions(2), fastLoss)
+		ms := make([]*sqllock.Mutex, 8)
+		keys := make([]keyspace.Key, len(ms))
+		for i := range ms {
+			ms[i] = l.Mutex(fmt.Sprintf("%s/%d", t.Name(), i))
+			keys[i] = ms[i].Key()
+			require.NoError(t, ms[i].Lock(t.Context()))
+		}
+		pids := sessionsOf(t, db, keys)
+		require.Len(t, pids, 2, "two sessions carry the locks")
+		owner := make([]int64, len(keys))
+		for i, k := range keys {
+			owner[i] = backendOf(t, db, k)
+		}
+		victim := owner[0]
+		terminate(t, db, victim)
+		var lost, kept int
+		for i, m := range ms {
+			if owner[i] == victim {
+				select {
+				case <-m.Done():
+				case <-time.After(10 * time.Second):
+					t.Fatalf("lock %d on the terminated session: Done still open", i)
+				}
+				require.ErrorIs(t, m.Err(), sqllock.ErrLockLost)
+				require.ErrorIs(t, m.Unlock(t.Context()), sqllock.ErrLockLost)
+				lost++
+				continue
+			}
+			require.NoError(t, m.Err(), "lock %d on the other session is unaffected", i)
+			require.NoError(t, m.Unlock(t.Context()))
+			kept++
+		}
+		assert.Equal(t, pids[victim], lost)
+		assert.Positive(t, kept)
+		assert.Empty(t, sessionsOf(t, db, keys))
+	})
+}
+
+// A lock another process holds is waited for in the server, on a
+// connection of its own, and granted when the holder lets go.
+func TestSessionsWaitInTheServer(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		other := sqllock.New(db).Mutex(t.Name()) // another "process": the default mode
+		require.NoError(t, other.Lock(t.Context()))
+		m := sqllock.New(db, sqllock.WithSessions(2)).Mutex(t.Name())
+		got := make(chan error, 1)
+		go func() { got <- m.Lock(t.Context()) }()
+		waitRows(t, db, m.Key(), 1, 1)
+		require.NoError(t, other.Unlock(t.Context()))
+		require.NoError(t, <-got)
+		require.NoError(t, m.Unlock(t.Context()))
+		held, waiting := lockRows(t, db, m.Key())
+		assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting})
+	})
+}
+
+func TestWithSessionsRejectsNonPositive(t *testing.T) {
+	for _, n := range []int{0, -1} {
+		err := sqllock.New(nil, sqllock.WithSessions(n)).Err()
+		require.ErrorContains(t, err, fmt.Sprintf("WithSessions(%d)", n))
+	}
+}
