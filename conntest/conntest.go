@@ -21,9 +21,10 @@
 // system.
 //
 // Call Run from a test, with a *sql.DB opened the way your application opens
-// it:
+// it, and the options your application gives sqllock.New:
 //
 //	func TestLocks(t *testing.T) { conntest.Run(t, openDB(t)) }
+//	func TestSharedSessions(t *testing.T) { conntest.Run(t, openDB(t), sqllock.WithSessions(4)) }
 //
 // # Checks
 //
@@ -135,11 +136,12 @@ const discarded = "sqllock ends such a session on the server (pg_terminate_backe
 //
 //	func TestLocks(t *testing.T) { conntest.Run(t, openDB(t)) }
 //
-// Every check takes its locks from a [sqllock.Locker] built by
-// [sqllock.New] with the suite's own options (a keep-alive probing every
-// 20ms, so that LossDetected is quick) followed by opts, so an application
-// can check its own options too. Options that disable the keep-alive make
-// LossDetected fail.
+// Every check takes its locks from Lockers built by [sqllock.New] with the
+// suite's own options (a keep-alive probing every 20ms, so that
+// LossDetected is quick) followed by opts, so an application can check its
+// own options too, [sqllock.WithSessions] included; each Mutex of a check
+// comes from a Locker of its own, as another process's would. Options that
+// disable the keep-alive make LossDetected fail.
 //
 // Run needs db to itself while it runs and at least three free connections
 // in its pool. It leaves db open, with every lock it took released and every
@@ -217,11 +219,10 @@ func (r *run) runCase(t *testing.T, c testCase) {
 	ctx, cancel := context.WithTimeout(t.Context(), caseTimeout)
 	defer cancel()
 	e := &env{
-		t:      t,
-		ctx:    ctx,
-		run:    r,
-		locker: sqllock.New(r.db, r.opts...),
-		name:   r.prefix + t.Name(),
+		t:    t,
+		ctx:  ctx,
+		run:  r,
+		name: r.prefix + t.Name(),
 	}
 	c.f(t, e)
 }
@@ -243,8 +244,7 @@ type env struct {
 	t   *testing.T
 	ctx context.Context
 	*run
-	locker *sqllock.Locker
-	name   string // the check's lock name; every Mutex of the check contends for it
+	name string // the check's lock name; every Mutex of the check contends for it
 }
 
 // errHung reports a call still running hangGrace after its context ended.
@@ -344,7 +344,11 @@ func (e *env) try(what string, f func(context.Context) (bool, error)) bool {
 // it still holds when the check ends.
 func (e *env) mutex() *sqllock.Mutex {
 	e.t.Helper()
-	m := e.locker.Mutex(e.name)
+	// A Locker of its own, as another process would have: with
+	// sqllock.WithSessions, one Locker's holders settle their contention
+	// among themselves, before the server sees it, and the checks are
+	// about what the server does.
+	m := sqllock.New(e.db, e.opts...).Mutex(e.name)
 	if !m.Key().Valid() {
 		e.t.Fatalf("Locker.Mutex(%q) has no valid key: %v", e.name, m.Err())
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/conntest"
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m, func() error { return goleak.Find() }) }
@@ -27,21 +28,24 @@ func TestRun(t *testing.T) {
 	for _, s := range []struct {
 		name string
 		open func(t *testing.T) *sql.DB
+		opts []sqllock.Option
 	}{
-		{"libpq", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }},
-		{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }},
-		{"pgxCancelRequest", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxCancelRequest) }},
-		{"pgbouncerSession", func(t *testing.T) *sql.DB { return openBouncer(t, "pgx", "session") }},
+		{"libpq", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }, nil},
+		{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }, nil},
+		{"pgxCancelRequest", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxCancelRequest) }, nil},
+		{"pgbouncerSession", func(t *testing.T) *sql.DB { return openBouncer(t, "pgx", "session") }, nil},
+		{"libpqSessions", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }, []sqllock.Option{sqllock.WithSessions(2)}},
+		{"pgxSessions", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }, []sqllock.Option{sqllock.WithSessions(2)}},
 		{"pgxSmallPool", func(t *testing.T) *sql.DB {
 			db := pgtest.DB(t, "pgx")
 			db.SetMaxOpenConns(3) // the least the suite needs
 			return db
-		}},
+		}, nil},
 	} {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			start := time.Now()
-			conntest.Run(t, s.open(t))
+			conntest.Run(t, s.open(t), s.opts...)
 			t.Logf("suite took %v", time.Since(start))
 		})
 	}
