@@ -78,3 +78,39 @@ func TestLockTableFull(t *testing.T) {
 		})
 	}
 }
+
+// With WithSessions, a full lock table fails the lock on the shared
+// session without ending it: the locks it carries keep going.
+func TestLockTableFullSharedSession(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t, "max_locks_per_transaction=10", "max_connections=20")
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			db, err := sql.Open(driver, c.DSN())
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithKeepAlive(0, 0))
+			held := l.Mutex(t.Name() + "/held")
+			require.NoError(t, held.Lock(t.Context()))
+
+			filler, err := db.Conn(t.Context())
+			require.NoError(t, err)
+			fillLockTable(t, filler)
+
+			m := l.MutexKey(keyspace.Int64(778))
+			err = m.Lock(t.Context())
+			require.ErrorIs(t, err, sqllock.ErrLockTableFull)
+			assert.NoError(t, held.Err(), "the lock the shared session carries is unaffected")
+
+			_, err = filler.ExecContext(t.Context(), "SELECT pg_advisory_unlock_all()")
+			require.NoError(t, err)
+			require.NoError(t, filler.Close())
+			require.NoError(t, m.Lock(t.Context()), "room again, on the same session")
+			require.NoError(t, m.Unlock(t.Context()))
+			require.NoError(t, held.Unlock(t.Context()))
+			var left int
+			require.NoError(t, db.QueryRowContext(t.Context(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").Scan(&left))
+			assert.Zero(t, left, "nothing leaked")
+		})
+	}
+}

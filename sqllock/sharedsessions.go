@@ -198,6 +198,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			continue
 		}
 		r, abandoned, settleErr := m.runLock(sctx, s.conn, q)
+		refused := r.err != nil && serverRefused(sctx, r.err) // before cancel ends sctx
 		cancel()
 		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.pid == 0 {
 			s.pid, s.dc, s.prepared = r.pid, r.dc, r.prepared
@@ -216,7 +217,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			s.lose(cause)
 			p.done(s)
 			return nil, m.fail(op, cause)
-		case r.err != nil && serverRefused(sctx, r.err):
+		case refused:
 			s.connMu.Unlock()
 			p.done(s)
 			return nil, m.fail(op, classify(r.err))
