@@ -47,8 +47,8 @@ func TestMatrix(t *testing.T) {
 		t.Run(s.name, func(t *testing.T) {
 			t.Parallel()
 			db, dsn := openSetup(t, s)
-			t.Run("Conformance", func(t *testing.T) { conntest.Run(t, db) })
-			t.Run("CancelTorture", func(t *testing.T) { cancelTorture(t, db) })
+			t.Run("Conformance", func(t *testing.T) { conntest.Run(t, db, s.opts()...) })
+			t.Run("CancelTorture", func(t *testing.T) { cancelTorture(t, db, s.opts()...) })
 			t.Run("TwoProcesses", func(t *testing.T) { twoProcesses(t, s, dsn) })
 		})
 	}
@@ -65,8 +65,8 @@ const (
 // too short to be granted, a quarter long enough to be granted once the
 // first holder lets go, so that cancellations race grants) and Unlocks
 // with random deadlines, then checks that pg_locks shows nothing at once.
-func cancelTorture(t *testing.T, db *sql.DB) {
-	l := sqllock.New(db)
+func cancelTorture(t *testing.T, db *sql.DB, opts ...sqllock.Option) {
+	l := sqllock.New(db, opts...)
 	key := keyspace.SHA256Int64.Key(t.Name())
 	holder := l.MutexKey(key)
 	if err := holder.Lock(t.Context()); err != nil {
@@ -133,7 +133,7 @@ func cancelTorture(t *testing.T, db *sql.DB) {
 func twoProcesses(t *testing.T, s setup, dsn string) {
 	name := "drivers/" + t.Name()
 	db, _ := openSetup(t, s)
-	m := sqllock.New(db).Mutex(name)
+	m := sqllock.New(db, s.opts()...).Mutex(name)
 
 	for _, end := range []string{"unlock", "SIGKILL"} {
 		c := startChild(t, s.name, dsn, name)
@@ -251,7 +251,7 @@ func child(setupName, dsn, name string) int {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	m := sqllock.New(db).Mutex(name)
+	m := sqllock.New(db, s.opts()...).Mutex(name)
 	if err := m.Lock(ctx); err != nil {
 		return fail("Lock: %v", err)
 	}

@@ -27,6 +27,7 @@ import (
 	"gorm.io/gorm/logger"
 
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
 // A setup is one row of docs/drivers.md: how an application opens its
@@ -39,6 +40,16 @@ type setup struct {
 	dsn  func(tb testing.TB) string
 	open func(dsn string) (db *sql.DB, close func(), err error)
 }
+
+// modes gives, for the rows that prove a mode of the library rather than
+// of the driver, the options their Lockers get.
+var modes = map[string][]sqllock.Option{
+	"libpq-sessions": {sqllock.WithSessions(2)},
+	"pgx-sessions":   {sqllock.WithSessions(2)},
+}
+
+// opts returns the options of s's Lockers.
+func (s setup) opts() []sqllock.Option { return modes[s.name] }
 
 // setups are the rows of the matrix, in the order of docs/drivers.md.
 var setups = []setup{
@@ -114,6 +125,8 @@ var setups = []setup{
 		}
 		return drv.DB(), nil, nil
 	}},
+	{"libpq-sessions", serverDSN(""), sqlOpen("postgres")},
+	{"pgx-sessions", serverDSN(""), sqlOpen("pgx")},
 	{"pgbouncer-session", func(tb testing.TB) string {
 		return pgtest.NewBouncer(tb, "session", 8).DSN()
 	}, sqlOpen("pgx")},
