@@ -204,3 +204,37 @@ func TestWithSessionsRejectsNonPositive(t *testing.T) {
 		require.ErrorContains(t, err, fmt.Sprintf("WithSessions(%d)", n))
 	}
 }
+
+// Observers see each hold on a shared session: its acquisition, its
+// release, and its loss with the session.
+func TestSessionsObserved(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		var mu sync.Mutex
+		events := map[sqllock.EventKind]int{}
+		obs := sqllock.ObserverFunc(func(e sqllock.Event) {
+			mu.Lock()
+			events[e.Kind]++
+			mu.Unlock()
+		})
+		l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithObserver(obs), fastLoss)
+		a, b := l.Mutex(t.Name()+"/a"), l.Mutex(t.Name()+"/b")
+		require.NoError(t, a.Lock(t.Context()))
+		require.NoError(t, b.Lock(t.Context()))
+		require.NoError(t, b.Unlock(t.Context()))
+		require.NoError(t, b.Lock(t.Context()))
+		terminate(t, db, backendOf(t, db, a.Key()))
+		for _, m := range []*sqllock.Mutex{a, b} {
+			select {
+			case <-m.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the loss went unnoticed")
+			}
+			require.ErrorIs(t, m.Unlock(t.Context()), sqllock.ErrLockLost)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		assert.Equal(t, 3, events[sqllock.EventAcquired])
+		assert.Equal(t, 1, events[sqllock.EventReleased])
+		assert.Equal(t, 2, events[sqllock.EventLost], "each lock on the session is reported lost once")
+	})
+}
