@@ -443,38 +443,30 @@ func BenchmarkShared(b *testing.B) {
 // mode: mode=sessions over mode=connections, within 1.05.
 func BenchmarkSessions(b *testing.B) {
 	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
-		ctx := context.Background()
 		k := benchKey(b)
-		cycle := func(l *sqllock.Locker) func(b *testing.B) {
-			return func(b *testing.B) {
-				mu := l.MutexKey(k)
-				b.ReportAllocs()
-				defer reportCPU(b)()
-				for b.Loop() {
-					check(b, mu.Lock(ctx))
-					check(b, mu.Unlock(ctx))
-				}
-			}
-		}
-		alternate(b, "mode=sessions", cycle(sqllock.New(db, sqllock.WithSessions(1))), "mode=connections", cycle(sqllock.New(db)))
+		alternate(b, "mode=sessions", lockUnlockLoop(sqllock.New(db, sqllock.WithSessions(1)), k),
+			"mode=connections", lockUnlockLoop(sqllock.New(db), k))
 	})
 }
 
 func BenchmarkKeepAlive(b *testing.B) {
 	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
-		ctx := context.Background()
 		k := benchKey(b)
-		cycle := func(l *sqllock.Locker) func(b *testing.B) {
-			return func(b *testing.B) {
-				mu := l.MutexKey(k)
-				b.ReportAllocs()
-				defer reportCPU(b)()
-				for b.Loop() {
-					check(b, mu.Lock(ctx))
-					check(b, mu.Unlock(ctx))
-				}
-			}
-		}
-		alternate(b, "keepalive=on", cycle(sqllock.New(db)), "keepalive=off", cycle(sqllock.New(db, sqllock.WithKeepAlive(0, 0))))
+		alternate(b, "keepalive=on", lockUnlockLoop(sqllock.New(db), k),
+			"keepalive=off", lockUnlockLoop(sqllock.New(db, sqllock.WithKeepAlive(0, 0)), k))
 	})
+}
+
+// lockUnlockLoop is a benchmark side that locks and unlocks k with l.
+func lockUnlockLoop(l *sqllock.Locker, k keyspace.Key) func(b *testing.B) {
+	return func(b *testing.B) {
+		ctx := context.Background()
+		mu := l.MutexKey(k)
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		for b.Loop() {
+			check(b, mu.Lock(ctx))
+			check(b, mu.Unlock(ctx))
+		}
+	}
 }

@@ -535,3 +535,33 @@ func newRecordingFake(t *testing.T, answer func(q string) ([]driver.Value, error
 		return slices.Clone(qs)
 	}
 }
+
+// A lock statement on a shared session (WithSessions) that the driver
+// never returns from is bounded: the call fails, every lock the session
+// carries is reported lost, and neither waits for the stuck driver call,
+// whose goroutine ends the session once the driver returns.
+func TestFakeSharedSessionStuckStatement(t *testing.T) {
+	unblock := make(chan struct{})
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if strings.Contains(q, "(43)") {
+			<-unblock // ignores ctx
+		}
+		return answerAs(q, 7), nil
+	}, WithSessions(1), WithKeepAlive(0, 50*time.Millisecond))
+	held := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, held.Lock(t.Context()))
+	start := time.Now()
+	err := l.MutexKey(keyspace.Int64(43)).Lock(t.Context())
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), abandonGrace+settleBound+2*time.Second)
+	select {
+	case <-held.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the lock on the stuck session was not reported lost")
+	}
+	require.ErrorIs(t, held.Err(), ErrLockLost)
+	require.ErrorIs(t, held.Unlock(t.Context()), ErrLockLost)
+	close(unblock)
+	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"once the driver returns, the connection is discarded")
+}

@@ -1,7 +1,6 @@
 package sqllock_test
 
 import (
-	"context"
 	"database/sql"
 	"testing"
 
@@ -27,6 +26,22 @@ func fillLockTable(t *testing.T, conn *sql.Conn) int {
 	}
 	t.Fatal("the lock table never filled")
 	return n
+}
+
+// emptyLockTable releases the filler's locks, then checks that m, refused
+// while the table was full, now locks, and that once m and held are
+// released nothing is left in pg_locks.
+func emptyLockTable(t *testing.T, db *sql.DB, filler *sql.Conn, m, held *sqllock.Mutex) {
+	t.Helper()
+	_, err := filler.ExecContext(t.Context(), "SELECT pg_advisory_unlock_all()")
+	require.NoError(t, err)
+	require.NoError(t, filler.Close())
+	require.NoError(t, m.Lock(t.Context()), "room again")
+	require.NoError(t, m.Unlock(t.Context()))
+	require.NoError(t, held.Unlock(t.Context()))
+	var left int
+	require.NoError(t, db.QueryRowContext(t.Context(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").Scan(&left))
+	assert.Zero(t, left, "nothing leaked")
 }
 
 // A full lock table (SQLSTATE 53200) fails the lock with an error that
@@ -66,15 +81,7 @@ func TestLockTableFull(t *testing.T) {
 			assert.Equal(t, 2, db.Stats().InUse, "the failed attempts' connections went back to the pool")
 			assert.Equal(t, 1, db.Stats().Idle, "and stayed open: a full table is no reason to end a session")
 
-			_, err = filler.ExecContext(t.Context(), "SELECT pg_advisory_unlock_all()")
-			require.NoError(t, err)
-			require.NoError(t, filler.Close())
-			require.NoError(t, m.Lock(context.Background()), "room again")
-			require.NoError(t, m.Unlock(t.Context()))
-			require.NoError(t, held.Unlock(t.Context()))
-			var left int
-			require.NoError(t, db.QueryRowContext(t.Context(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").Scan(&left))
-			assert.Zero(t, left, "nothing leaked")
+			emptyLockTable(t, db, filler, m, held)
 		})
 	}
 }
@@ -102,15 +109,7 @@ func TestLockTableFullSharedSession(t *testing.T) {
 			require.ErrorIs(t, err, sqllock.ErrLockTableFull)
 			assert.NoError(t, held.Err(), "the lock the shared session carries is unaffected")
 
-			_, err = filler.ExecContext(t.Context(), "SELECT pg_advisory_unlock_all()")
-			require.NoError(t, err)
-			require.NoError(t, filler.Close())
-			require.NoError(t, m.Lock(t.Context()), "room again, on the same session")
-			require.NoError(t, m.Unlock(t.Context()))
-			require.NoError(t, held.Unlock(t.Context()))
-			var left int
-			require.NoError(t, db.QueryRowContext(t.Context(), "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").Scan(&left))
-			assert.Zero(t, left, "nothing leaked")
+			emptyLockTable(t, db, filler, m, held)
 		})
 	}
 }

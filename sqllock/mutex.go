@@ -115,16 +115,26 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 	return h, err
 }
 
-func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(error), timed bool) (*hold, error) {
+// lockOp names a lock operation for its errors, and refuses to start one
+// without a context, or on a Mutex with a sticky error.
+func (m *Mutex) lockOp(ctx context.Context, shared, try bool) (string, error) {
 	op := opName("lock", shared)
 	if try {
 		op = opName("trylock", shared)
 	}
-	if ctx == nil {
-		return nil, m.fail(op, ErrNilContext)
+	switch {
+	case ctx == nil:
+		return op, m.fail(op, ErrNilContext)
+	case m.err != nil:
+		return op, m.fail(op, m.err)
 	}
-	if m.err != nil {
-		return nil, m.fail(op, m.err)
+	return op, nil
+}
+
+func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(error), timed bool) (*hold, error) {
+	op, err := m.lockOp(ctx, shared, try)
+	if err != nil {
+		return nil, err
 	}
 	var q *lockStmt
 	switch {

@@ -153,7 +153,7 @@ func (s *session) lose(cause error) {
 		errs[i] = h.lostErr(cause)
 		firsts[i] = h.markEnded(errs[i])
 	}
-	if !errors.Is(cause, errProbeAbandoned) {
+	if !errors.Is(cause, errAbandoned) {
 		_ = s.l.endSession(s.conn, s.pid, s.key())
 	}
 	s.connMu.Unlock()
@@ -178,7 +178,7 @@ func (s *session) key() keyspace.Key {
 // network even when its context ends (lib/pq waits for the server to
 // answer a cancel request), so the wait is bounded here, not by the driver.
 // A probe abandoned that way owns the connection until the driver returns,
-// then ends its session; it reports errProbeAbandoned. Any other failure
+// then ends its session; it reports errAbandoned. Any other failure
 // leaves the session for the caller to end.
 func (s *session) probe(timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -210,13 +210,15 @@ func (s *session) probe(timeout time.Duration) error {
 			_ = s.l.endSession(s.conn, s.pid, s.key())
 		}()
 		cancel()
-		return fmt.Errorf("keep-alive got no answer within %v: %w", timeout, errProbeAbandoned)
+		return fmt.Errorf("keep-alive got no answer within %v: %w", timeout, errAbandoned)
 	}
 }
 
-// errProbeAbandoned marks a probe that got no answer in time: its
-// goroutine ends the session when the driver returns.
-var errProbeAbandoned = errors.New("the session is ended when the driver returns")
+// errAbandoned marks a statement (a probe, or a lock or unlock on a shared
+// session) that got no answer in time: the goroutine that waits for the
+// driver ends the session when it returns. Ending it now would wait for
+// that driver call too: conn.Raw has one user at a time.
+var errAbandoned = errors.New("the session is ended when the driver returns")
 
 // release unlocks the session's hold and returns the connection to the
 // pool. Whatever goes wrong, the lock does not outlive the call: when the

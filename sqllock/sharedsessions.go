@@ -136,15 +136,9 @@ func (p *sessionPool) removeLocked(s *session) {
 // process's table, then on a shared session, or, when another process
 // holds it and the caller waits, on a connection of its own.
 func (m *Mutex) acquireShared(ctx context.Context, shared, try bool, onLost func(error), timed bool) (*hold, error) {
-	op := opName("lock", shared)
-	if try {
-		op = opName("trylock", shared)
-	}
-	if ctx == nil {
-		return nil, m.fail(op, ErrNilContext)
-	}
-	if m.err != nil {
-		return nil, m.fail(op, m.err)
+	op, err := m.lockOp(ctx, shared, try)
+	if err != nil {
+		return nil, err
 	}
 	keys := &m.l.pool.keys
 	if try {
@@ -210,11 +204,11 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		case abandoned:
 			// The driver did not return: its session is ended, and every
 			// lock on it with it.
-			cause := fmt.Errorf("a lock statement got no answer within %v", m.l.cfg.timeout)
+			cause := fmt.Errorf("a lock statement got no answer within %v: %w", m.l.cfg.timeout, errAbandoned)
 			if settleErr != nil {
 				cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
 			}
-			s.lose(cause)
+			s.lose(cause) // runLock's goroutine ends the session when the driver returns
 			p.done(s)
 			return nil, m.fail(op, cause)
 		case refused:
@@ -271,17 +265,20 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 }
 
 // unlockOn runs h's unlock statement on shared session s, whose connMu
-// the caller holds, bounded by the keep-alive timeout. A statement that
-// fails ends the session (see session.lose, which gives connMu back and
-// which the caller then must not); it reports errSessionLost then.
+// the caller holds, bounded by the keep-alive timeout. It reports an error
+// wrapping ErrLockLost when the server did not find the lock, and any
+// other error when the statement's outcome is unknown: the caller then
+// loses the session (see session.lose). An abandoned statement's session
+// is ended when its driver returns.
 func (m *Mutex) unlockOn(s *session, shared bool) error {
 	q, args := m.unlockStatement(shared, s.prepared)
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 	defer cancel()
-	rows, abandoned, settleErr, err := m.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, func() {})
+	end := func() { _ = m.l.endSession(s.conn, s.pid, keyspace.Key{}) }
+	rows, abandoned, settleErr, err := m.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
 	switch {
 	case abandoned:
-		cause := fmt.Errorf("an unlock got no answer within %v", m.l.cfg.timeout)
+		cause := fmt.Errorf("an unlock got no answer within %v: %w", m.l.cfg.timeout, errAbandoned)
 		if settleErr != nil {
 			cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
 		}
