@@ -23,15 +23,31 @@ import (
 // statement is abandoned all the same, onAbandon runs once the driver
 // returns; settleErr says why the session could not be ended.
 func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
-	if l.boundsContext || ctx.Done() == nil {
+	return l.execRowsWithin(ctx, ctx, conn, q, args, prepared, pid, k, onAbandon)
+}
+
+// execRowsWithin is execRows with the statement run under ctx and the
+// wait for it bounded by stop (see Mutex.runLockWithin).
+func (l *Locker) execRowsWithin(ctx, stop context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
+	if l.boundsContext || stop.Done() == nil {
 		r := l.execRaw(ctx, conn, q, args, prepared, pid)
 		return r.n, false, nil, r.err
 	}
 	done := make(chan outcome, 1)
 	go func() { done <- l.execRaw(ctx, conn, q, args, prepared, pid) }()
 	settle := func(ctx context.Context) error { return l.terminate(ctx, pid, k) }
-	r, abandoned, settleErr := l.awaitBounded(ctx, done, settle, func(outcome) { onAbandon() })
+	r, abandoned, settleErr := l.awaitBounded(stop, graceFor(ctx), done, settle, func(outcome) { onAbandon() })
 	return r.n, abandoned, settleErr, r.err
+}
+
+// graceFor is how long awaitBounded gives a driver running a statement
+// under ctx to return by itself once the wait's bound has passed: none
+// when ctx never ends, since nothing then tells the driver to stop.
+func graceFor(ctx context.Context) time.Duration {
+	if ctx.Done() == nil {
+		return 0
+	}
+	return abandonGrace
 }
 
 func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
@@ -75,7 +91,7 @@ type outcome struct {
 }
 
 // awaitBounded waits for a statement running in the background to report
-// on done. If ctx ends first, it gives the driver abandonGrace to return
+// on done. If ctx ends first, it gives the driver grace to return
 // (a live server answers a driver's cancel request within a round trip or
 // two); then it ends the statement's session on the server with settle
 // (pg_terminate_backend from another connection, which also makes the
@@ -85,18 +101,20 @@ type outcome struct {
 // says whether the session was seen to end, and onAbandon runs with the
 // statement's outcome once the driver returns: it must end the
 // connection's session.
-func (l *Locker) awaitBounded(ctx context.Context, done chan outcome, settle func(context.Context) error, onAbandon func(outcome)) (r outcome, abandoned bool, settleErr error) {
+func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done chan outcome, settle func(context.Context) error, onAbandon func(outcome)) (r outcome, abandoned bool, settleErr error) {
 	select {
 	case r := <-done:
 		return r, false, nil
 	case <-ctx.Done():
 	}
-	t := time.NewTimer(abandonGrace)
-	defer t.Stop()
-	select {
-	case r := <-done:
-		return r, false, nil
-	case <-t.C:
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case r := <-done:
+			return r, false, nil
+		case <-t.C:
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.timeout, settleBound))
 	defer cancel()

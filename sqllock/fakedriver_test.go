@@ -101,8 +101,10 @@ func TestFakeGrantRacingCancelUndone(t *testing.T) {
 		qs := sent()
 		if released {
 			assert.Equal(t, "SELECT 1 WHERE pg_advisory_unlock(42)", qs[len(qs)-1], "the grant is undone")
-			assert.Equal(t, int32(0), c.closed.Load(), "the connection goes back to the pool")
-			assert.Equal(t, 1, l.db.Stats().Idle)
+			// A cancel request the driver sent may still land on the
+			// session's next statement: the connection is not reused.
+			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+			assert.Equal(t, 0, l.db.Stats().Idle)
 		} else {
 			assert.True(t, qs[len(qs)-1] == lookSQL, "the session is looked for: %q", qs)
 			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")

@@ -185,13 +185,17 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		return nil, m.fail(op, ErrStandby)
 	case ctx.Err() != nil:
 		// The answer came, but the context ended meanwhile: the caller
-		// holds nothing, so a grant is undone.
+		// holds nothing, so a grant is undone. The driver may have sent
+		// the server a cancel request for the statement, which can land on
+		// whatever statement the session runs next (pgx's
+		// CancelRequestContextWatcherHandler calls it inherently racy): the
+		// connection does not go back to the pool.
 		cerr := ctx.Err()
 		if r.n&flagGranted != 0 {
 			if err := m.undo(conn, r.pid, shared, r.prepared); err != nil {
 				return nil, m.fail(op, fmt.Errorf("%w (%w)", cerr, err))
 			}
-		} else if err := conn.Close(); err != nil {
+		} else {
 			m.l.discard(conn)
 		}
 		return nil, m.fail(op, cerr)
@@ -212,8 +216,8 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 
 // undo releases a lock granted on conn after its caller stopped waiting,
 // bounded by the keep-alive timeout rather than the caller's context, and
-// returns conn to the pool; if the release is not confirmed, the session
-// is ended.
+// discards conn (see acquireConn); if the release is not confirmed, the
+// session is ended.
 func (m *Mutex) undo(conn *sql.Conn, pid int64, shared, prepared bool) error {
 	q, args := m.unlockStatement(shared, prepared)
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
@@ -227,9 +231,7 @@ func (m *Mutex) undo(conn *sql.Conn, pid int64, shared, prepared bool) error {
 	case err != nil || rows != 1:
 		return m.l.endSession(conn, pid, m.key)
 	}
-	if err := conn.Close(); err != nil {
-		m.l.discard(conn)
-	}
+	m.l.discard(conn)
 	return nil
 }
 
@@ -295,7 +297,15 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (r outcome, conn
 // session is ended once the driver returns. The caller must not touch
 // conn again.
 func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (r outcome, abandoned bool, settleErr error) {
-	if m.l.boundsContext || ctx.Done() == nil {
+	return m.runLockWithin(ctx, ctx, conn, q)
+}
+
+// runLockWithin is runLock with the statement run under ctx and the wait
+// for it bounded by stop: a statement on a shared session must not see
+// its caller's context end (both drivers then destroy the connection), and
+// one whose context never ends spares lib/pq a goroutine that watches it.
+func (m *Mutex) runLockWithin(ctx, stop context.Context, conn *sql.Conn, q *lockStmt) (r outcome, abandoned bool, settleErr error) {
+	if m.l.boundsContext || stop.Done() == nil {
 		return m.lockRaw(ctx, conn, q, nil), false, nil
 	}
 	var f inFlight
@@ -307,7 +317,7 @@ func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (r out
 		}
 		return nil
 	}
-	r, abandoned, settleErr = m.l.awaitBounded(ctx, done, settle, func(r outcome) { _ = m.l.endSession(conn, r.pid, m.key) })
+	r, abandoned, settleErr = m.l.awaitBounded(stop, graceFor(ctx), done, settle, func(r outcome) { _ = m.l.endSession(conn, r.pid, m.key) })
 	if abandoned {
 		r.pid = f.close()
 	}

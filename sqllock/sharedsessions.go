@@ -191,7 +191,11 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			}
 			continue
 		}
-		r, abandoned, settleErr := m.runLock(sctx, s.conn, q)
+		stmtCtx := sctx // pgx bounds its own calls by their context
+		if !m.l.boundsContext {
+			stmtCtx = context.WithoutCancel(ctx) // see runLockWithin
+		}
+		r, abandoned, settleErr := m.runLockWithin(stmtCtx, sctx, s.conn, q)
 		refused := r.err != nil && serverRefused(sctx, r.err) // before cancel ends sctx
 		cancel()
 		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.pid == 0 {
@@ -275,7 +279,11 @@ func (m *Mutex) unlockOn(s *session, shared bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 	defer cancel()
 	end := func() { _ = m.l.endSession(s.conn, s.pid, keyspace.Key{}) }
-	rows, abandoned, settleErr, err := m.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
+	stmtCtx := ctx // pgx bounds its own calls by their context
+	if !m.l.boundsContext {
+		stmtCtx = context.Background() // see runLockWithin
+	}
+	rows, abandoned, settleErr, err := m.l.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
 	switch {
 	case abandoned:
 		cause := fmt.Errorf("an unlock got no answer within %v: %w", m.l.cfg.timeout, errAbandoned)
