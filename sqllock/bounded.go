@@ -82,11 +82,12 @@ func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (in
 
 // outcome is what a statement reports, from the background or not.
 type outcome struct {
-	n        int64 // execRows's row count, or lockOn's flags
-	pid      int64 // lockOn: the session's backend pid, once known
-	ran      bool  // lockOn: a lock statement was sent
-	prepared bool  // lockOn: it was a statement prepared on the connection (see stmtCache)
-	dc       any   // lockOn's driver connection
+	n        int64  // execRows's row count, or lockOn's flags
+	token    uint64 // lockOn: the fencing token of a fenced grant
+	pid      int64  // lockOn: the session's backend pid, once known
+	ran      bool   // lockOn: a lock statement was sent
+	prepared bool   // lockOn: it was a statement prepared on the connection (see stmtCache)
+	dc       any    // lockOn's driver connection
 	err      error
 }
 

@@ -19,6 +19,7 @@ type hold struct {
 	inproc   bool     // holds the key in the Locker's in-process table (WithSessions)
 	onLost   func(error)
 	acquired time.Time // when the lock was granted; set only with observers
+	token    uint64    // the fencing token of the grant (WithFencing), else 0
 
 	mu         sync.Mutex // taken after its session's mu, when both are
 	ended      bool
@@ -27,15 +28,16 @@ type hold struct {
 	doneClosed bool
 }
 
-// newHold returns the hold of a lock granted on conn (driver connection
-// dc, backend pid), carried by a session of its own.
-func (m *Mutex) newHold(conn *sql.Conn, dc any, shared, prepared bool, pid int64, acquired time.Time, onLost func(error)) *hold {
+// newHold returns the hold of the lock granted on conn as r reports it
+// (driver connection, backend pid, fencing token), carried by a session of
+// its own.
+func (m *Mutex) newHold(conn *sql.Conn, r outcome, shared bool, acquired time.Time, onLost func(error)) *hold {
 	// One allocation for both: the lock path counts them.
 	both := &struct {
 		h hold
 		s session
-	}{h: hold{m: m, shared: shared, acquired: acquired, onLost: onLost}}
-	m.l.startSession(&both.s, conn, dc, pid, prepared, &both.h)
+	}{h: hold{m: m, shared: shared, acquired: acquired, token: r.token, onLost: onLost}}
+	m.l.startSession(&both.s, conn, r.dc, r.pid, r.prepared, &both.h)
 	return &both.h
 }
 

@@ -2,6 +2,7 @@ package sqllock
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,9 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	}
 	if db == nil {
 		l.cfg.fail(ErrNilDB)
+	}
+	if l.cfg.fencing && l.cfg.allowStandby {
+		l.cfg.fail(errors.New("sqllock: WithFencing cannot be combined with WithAllowStandby: a standby cannot hand out transaction ids"))
 	}
 	if db != nil {
 		l.boundsContext = isPgx(db)
@@ -118,6 +122,9 @@ func (l *Locker) MutexKey(k keyspace.Key) *Mutex {
 func (l *Locker) mutex(m *Mutex, k keyspace.Key) *Mutex {
 	m.key = k
 	m.q = buildQueries(k, l.placeholders)
+	if l.cfg.fencing {
+		m.q.fence()
+	}
 	return m
 }
 

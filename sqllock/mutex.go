@@ -53,6 +53,9 @@ func (m *Mutex) literal() *queries {
 		return q
 	}
 	q := buildQueries(m.key, false)
+	if m.l.cfg.fencing {
+		q.fence()
+	}
 	m.lit.CompareAndSwap(nil, &q)
 	return m.lit.Load()
 }
@@ -149,7 +152,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	}
 	r, conn, err := m.lockStatement(ctx, q)
 	if err != nil {
-		cause := classify(withCtxErr(ctx, err))
+		cause := m.l.fencingErr(classify(withCtxErr(ctx, err)))
 		if driverTimeout(ctx, err) {
 			cause = fmt.Errorf("%w: %w", ErrDriverTimeout, err)
 		}
@@ -209,7 +212,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if timed {
 		acquired = time.Now()
 	}
-	h := m.newHold(conn, r.dc, shared, r.prepared, r.pid, acquired, onLost)
+	h := m.newHold(conn, r, shared, acquired, onLost)
 	m.warnPoolFull()
 	return h, nil
 }
@@ -405,6 +408,12 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 			v, err = driverQueryValue(ctx, dc, g.text, args)
 		}
 		switch {
+		case err == nil && q.fenced:
+			r.token, r.err = fencedAnswer(v)
+			if r.token != 0 {
+				r.n = flagGranted
+			}
+			return r
 		case err == nil:
 			granted, err := guardedAnswer(v)
 			r.err = err
@@ -798,6 +807,9 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	}
 	if h == nil {
 		return false, nil
+	}
+	if h.token != 0 {
+		fctx = context.WithValue(fctx, tokenKey{}, h.token)
 	}
 	// The release runs under ctx's values but not its cancellation: a
 	// context that never ends gets the keep-alive timeout as its bound

@@ -32,6 +32,7 @@ type config struct {
 	observers    []Observer
 	logger       *slog.Logger // WithLogger's; warnings go there, else to slog.Default()
 	sessions     int          // WithSessions: > 0, locks share at most this many server sessions
+	fencing      bool         // WithFencing: exclusive grants carry a fencing token
 	err          error        // first invalid option
 }
 

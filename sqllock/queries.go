@@ -32,6 +32,7 @@ type queries struct {
 type lockStmt struct {
 	guarded []string
 	kind    lockKind
+	fenced  bool // answers a fencing token (see queries.fence)
 
 	// The guarded form as last made for a driver connection: the pool
 	// hands a Mutex the same connection again and again, so it is made

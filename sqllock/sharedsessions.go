@@ -218,7 +218,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		case refused:
 			s.connMu.Unlock()
 			p.done(s)
-			return nil, m.fail(op, classify(r.err))
+			return nil, m.fail(op, m.l.fencingErr(classify(r.err)))
 		case r.err != nil:
 			// Whether the statement took the lock is unknown: the session
 			// goes, and every lock on it.
@@ -259,7 +259,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		if timed {
 			acquired = time.Now()
 		}
-		h := &hold{m: m, shared: shared, s: s, acquired: acquired, onLost: onLost}
+		h := &hold{m: m, shared: shared, s: s, acquired: acquired, token: r.token, onLost: onLost}
 		s.mu.Lock()
 		s.carried = append(s.carried, h)
 		s.mu.Unlock()
