@@ -29,6 +29,7 @@ type child struct {
 	path  string   // resolved program
 	args  []string // command line, args[0] as the user gave it
 	grace time.Duration
+	env   []string // added to withlock's environment; nil: the environment as it is
 
 	stdin          io.Reader
 	stdout, stderr io.Writer
@@ -50,6 +51,9 @@ func (c *child) run(ctx context.Context, sigs <-chan os.Signal) childResult {
 	cmd := exec.CommandContext(ctx, c.path, c.args[1:]...)
 	cmd.Args = c.args
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = c.stdin, c.stdout, c.stderr
+	if c.env != nil {
+		cmd.Env = append(os.Environ(), c.env...)
+	}
 	if c.grace > 0 {
 		cmd.Cancel = func() error { return terminate(cmd.Process) }
 		cmd.WaitDelay = c.grace

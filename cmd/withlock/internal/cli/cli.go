@@ -23,6 +23,10 @@ const Version = "0.1.0"
 const (
 	defaultKeepAlive = 2 * time.Second  // --keepalive
 	defaultGrace     = 10 * time.Second // --grace
+
+	// tokenEnv names the variable in which --fencing gives the command
+	// the lock's fencing token.
+	tokenEnv = "WITHLOCK_TOKEN"
 )
 
 // Main runs withlock with args (the command line without the program name),
@@ -107,6 +111,7 @@ type runOptions struct {
 	keyspace     string
 	keepAlive    time.Duration
 	grace        time.Duration
+	fencing      bool
 	version      bool
 
 	scheme   scheme
@@ -128,6 +133,7 @@ func runFlags(o *runOptions) *flagSet {
 	fs.stringVar(&o.keyspace, "keyspace")
 	fs.durationVar(&o.keepAlive, "keepalive")
 	fs.durationVar(&o.grace, "grace")
+	fs.boolVar(&o.fencing, "fencing")
 	fs.boolVar(&o.version, "version")
 	fs.helpFlag()
 	return fs
@@ -175,6 +181,8 @@ func parseRun(args []string) (*runOptions, error) {
 		return nil, fs.invalid("keepalive", "must be positive: without it a lost lock goes unnoticed while the command runs")
 	case o.grace < 0:
 		return nil, fs.invalid("grace", "must not be negative")
+	case o.fencing && o.shared:
+		return nil, errors.New("--fencing and --shared cannot be combined: shared locks get no fencing token")
 	}
 	o.lockName, o.command = positional[0], command
 	if o.scheme, err = lookupScheme(o.keyspace); err != nil {
@@ -233,6 +241,10 @@ Flags:
       --grace <time>            after a lost lock, time between SIGTERM and
                                 SIGKILL to the command; 0 kills at once
                                 (default 10s)
+      --fencing                 give the command the lock's fencing token in
+                                $WITHLOCK_TOKEN: larger than every token
+                                before it; pass it with each write the lock
+                                protects (PostgreSQL 13+)
   -h, --help                    show this help
       --version                 print the version
 

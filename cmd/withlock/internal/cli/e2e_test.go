@@ -59,6 +59,7 @@ func TestEndToEnd(t *testing.T) {
 		{"Environment", testEnvironment},
 		{"Status", testStatus},
 		{"Keyspaces", testKeyspaces},
+		{"Fencing", testFencing},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -896,4 +897,35 @@ func testKeyspaces(t *testing.T, e *e2e) {
 			}
 		})
 	}
+}
+
+// testFencing: --fencing gives each run a token in WITHLOCK_TOKEN, larger
+// than the one before; without it the variable is not set.
+func testFencing(t *testing.T, e *e2e) {
+	name := t.Name()
+	show := []string{"sh", "-c", `echo "token=${WITHLOCK_TOKEN:-none}"`}
+	var last uint64
+	for range 3 {
+		code, stdout, stderr := e.run(t, nil, args(e.dbFlag(), "--fencing", name, "--", show)...)
+		if code != 0 {
+			t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+		}
+		var tok uint64
+		if _, err := fmt.Sscanf(strings.TrimSpace(stdout), "token=%d", &tok); err != nil {
+			t.Fatalf("stdout %q: %v", stdout, err)
+		}
+		if tok <= last {
+			t.Errorf("token %d after %d: tokens must grow", tok, last)
+		}
+		last = tok
+	}
+	_, stdout, _ := e.run(t, nil, args(e.dbFlag(), name, "--", show)...)
+	if got := strings.TrimSpace(stdout); got != "token=none" {
+		t.Errorf("without --fencing: got %q, want token=none", got)
+	}
+	code, _, stderr := e.run(t, nil, args(e.dbFlag(), "--fencing", "-s", name, "--", show)...)
+	if code != ExitUsage || !strings.Contains(stderr, "--fencing and --shared cannot be combined") {
+		t.Errorf("--fencing -s: exit %d, stderr %q", code, stderr)
+	}
+	e.assertFree(t, name)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -64,10 +65,14 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	}
 	defer db.Close()
 
-	mu := sqllock.New(db,
+	opts := []sqllock.Option{
 		sqllock.WithKeyspace(o.scheme.strategy),
 		sqllock.WithKeepAlive(o.keepAlive, keepAliveTimeout),
-	).Mutex(o.lockName)
+	}
+	if o.fencing {
+		opts = append(opts, sqllock.WithFencing())
+	}
+	mu := sqllock.New(db, opts...).Mutex(o.lockName)
 	c := &child{path: path, args: o.command, grace: o.grace, stdin: stdin, stdout: stdout, stderr: stderr}
 
 	var (
@@ -80,6 +85,14 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 			return context.Cause(g.ctx)
 		}
 		log.verbosef("acquired lock %q (%s) after %v", o.lockName, mode, since(begin))
+		if o.fencing {
+			token, ok := sqllock.Token(ctx)
+			if !ok {
+				return errors.New("the lock came without a fencing token")
+			}
+			log.verbosef("fencing token %d", token)
+			c.env = []string{tokenEnv + "=" + strconv.FormatUint(token, 10)}
+		}
 		// reportLoss reports a loss that ended ctx, once: when ctx ends, or,
 		// if the command exits first, when it has.
 		reportLoss := func() {
