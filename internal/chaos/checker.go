@@ -78,7 +78,7 @@ type Result struct {
 	Counter        int64 // the counter's final value
 	LostIncrements int   // writes - counter, when positive
 	Doubled        int   // counter - writes, when positive
-	OutOfSequence  int   // writes whose value is not their position (1..N)
+	OutOfSequence  int   // writes whose value is not the previous write's plus one (the first: 1)
 
 	TokenOrderBreaks int // sections whose token is not above every token of a section that ended before they began
 	Continuity       []Continuity
@@ -202,6 +202,7 @@ func (r *Result) history(in Input) {
 		granted[s.Token] = i
 	}
 	var fence uint64
+	var lastWrite int64
 	wrote := map[uint64]bool{}
 	for _, a := range in.History {
 		i, ok := granted[a.Token]
@@ -227,9 +228,10 @@ func (r *Result) history(in Input) {
 			if stale {
 				r.StaleWrites++
 			}
-			if a.Value != int64(r.Writes) {
+			if a.Value != lastWrite+1 {
 				r.OutOfSequence++
 			}
+			lastWrite = a.Value
 		}
 	}
 	for _, s := range r.Sections {

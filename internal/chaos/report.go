@@ -85,13 +85,13 @@ func (r *Result) WriteReport(w io.Writer) error {
 
 	if groups := r.overlapGroups(); len(groups) > 0 {
 		b.WriteString("Each critical section that ran on after its lock was lost (the one with the older token in each overlapping pair), what it overlapped, and the loss that explains it:\n\n")
-		b.WriteString("| Section that outlived its lock | Overlapped | Longest overlap | Explained by |\n|---|---|---|---|\n")
+		b.WriteString("| Section that outlived its lock | Newer holders it overlapped | Together for | Explained by |\n|---|---|---|---|\n")
 		for i, g := range groups {
 			if i == maxOverlapRows {
 				fmt.Fprintf(&b, "| … and %d more | | | |\n", len(groups)-maxOverlapRows)
 				break
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.sectionCell(g.stale), g.others, g.longest, g.explanation)
+			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.sectionCell(g.stale), g.others, g.span, g.explanation)
 		}
 		b.WriteString("\n")
 	}
@@ -172,7 +172,7 @@ func (r *Result) sectionCell(s Section) string {
 type overlapGroup struct {
 	stale       Section
 	others      string // the sections it overlapped
-	longest     string
+	span        string // from the first newer holder's start to the last shared moment
 	explanation string
 }
 
@@ -180,10 +180,10 @@ type overlapGroup struct {
 // its start.
 func (r *Result) overlapGroups() []overlapGroup {
 	type acc struct {
-		stale   Section
-		others  []string
-		longest time.Duration
-		expl    []string
+		stale    Section
+		others   []string
+		from, to int64 // the span the stale section shared with newer holders
+		expl     []string
 	}
 	var order []uint64
 	byToken := map[uint64]*acc{}
@@ -194,14 +194,13 @@ func (r *Result) overlapGroups() []overlapGroup {
 		}
 		a := byToken[stale.Token]
 		if a == nil {
-			a = &acc{stale: stale}
+			a = &acc{stale: stale, from: math.MaxInt64, to: math.MinInt64}
 			byToken[stale.Token] = a
 			order = append(order, stale.Token)
 		}
 		a.others = append(a.others, fmt.Sprintf("%s %d (%s)", other.Worker, other.Token, outcomeOf(other)))
-		if d := overlapLen(o.Earlier, o.Later); d < 0 || (a.longest >= 0 && d > a.longest) {
-			a.longest = d
-		}
+		a.from = min(a.from, max(stale.Start, other.Start))
+		a.to = max(a.to, min(stale.End, other.End))
 		if e := explanation(o); !slices.Contains(a.expl, e) {
 			a.expl = append(a.expl, e)
 		}
@@ -214,11 +213,11 @@ func (r *Result) overlapGroups() []overlapGroup {
 		if len(a.others) > 3 {
 			others = fmt.Sprintf("%d sections: %s … %s", len(a.others), strings.Join(a.others[:2], ", "), a.others[len(a.others)-1])
 		}
-		longest := "until the end"
-		if a.longest >= 0 {
-			longest = a.longest.Round(time.Millisecond).String()
+		span := "until the end"
+		if a.to != math.MaxInt64 {
+			span = time.Duration(a.to - a.from).Round(time.Millisecond).String()
 		}
-		gs = append(gs, overlapGroup{stale: a.stale, others: others, longest: longest, explanation: strings.Join(a.expl, " / ")})
+		gs = append(gs, overlapGroup{stale: a.stale, others: others, span: span, explanation: strings.Join(a.expl, " / ")})
 	}
 	return gs
 }
