@@ -58,6 +58,9 @@ func (r *Result) WriteReport(w io.Writer) error {
 	fmt.Fprintf(&b, "| Tokens in grant order | %s |\n", r.orderSummary())
 	fmt.Fprintf(&b, "| Advisory locks left in `pg_locks` | %d |\n", r.Leftover)
 	verdict := "**pass**"
+	if !c.Fenced {
+		verdict += " (unfenced: only an unexplained overlap or a run-level fault fails it; the damage above is what fencing prevents)"
+	}
 	if r.Failed() {
 		verdict = fmt.Sprintf("**FAIL**: %d violations", len(r.Violations))
 	}

@@ -91,7 +91,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	res.Run.Command = strings.TrimSpace("go run ./internal/chaos/cmd/chaos " + strings.Join(args, " "))
+	res.Run.Command = "make chaos"
+	if len(args) > 0 {
+		res.Run.Command = "make chaos CHAOSFLAGS='" + strings.Join(args, " ") + "'"
+	}
 	if err := res.WriteReport(stdout); err != nil {
 		return fail(err)
 	}
