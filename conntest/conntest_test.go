@@ -107,6 +107,14 @@ func TestBrokenSetupFails(t *testing.T) {
 			start := time.Now()
 			out, err := cmd.CombinedOutput()
 			t.Logf("child ran %v; its output:\n%s", time.Since(start), out)
+			if err == nil && strings.Contains(string(out), "--- SKIP: TestBrokenSetupFails ") {
+				// The child could not build the setup (no PgBouncer: make
+				// test provisions it): not a pass, and under CI a failure.
+				if os.Getenv("CI") == "true" {
+					t.Fatalf("child skipped the suite against %s; CI must run it", s.name)
+				}
+				t.Skipf("child skipped the suite against %s (see its output)", s.name)
+			}
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
 				t.Fatalf("child running the suite against %s: exit error %v, want exit status 1 (tests failed)", s.name, err)

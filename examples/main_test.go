@@ -21,6 +21,7 @@ var tables = []string{
 	"examples_goose_version", "examples_invoices",
 	"examples_goose_lock_version", "examples_backfill",
 	"examples_gorm_runs", "examples_sqlx_runs", "examples_bun_runs",
+	"examples_ledger",
 }
 
 // TestMain finds Postgres for the examples, which read PG_CONNECTION_STRING:

@@ -47,6 +47,15 @@
 // [Mutex.Done] and [Mutex.Err]; Unlock of a lost lock returns an error
 // wrapping ErrLockLost.
 //
+// # Fencing
+//
+// No lock can stop a holder whose whole process stalls (a GC pause, a
+// frozen VM) past the moment the server gives its lock to another. With
+// [WithFencing], every exclusive grant carries a token larger than every
+// earlier grant's, durable across server crashes: pass [Token] (inside
+// WithLock's fn) or [Mutex.Token] with each write the lock protects, and
+// let the resource refuse tokens older than one it has seen.
+//
 // # Drivers and poolers
 //
 // sqllock imports no driver. It works with github.com/lib/pq,

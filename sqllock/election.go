@@ -56,7 +56,11 @@ func WithBackoff(min, max time.Duration) ElectionOption {
 //
 // No lock service can protect work from a leader whose whole process
 // stalls (a long GC pause, SIGSTOP) past that bound; work that must never
-// overlap should also be fenced in the resource it writes.
+// overlap should also be fenced in the resource it writes. With
+// [WithFencing], fn gets a token ([Token]) that the resource can check on
+// every write, which protects whatever the timing: the delay then adds
+// nothing to fenced writes, and WithTakeoverDelay(0) lets a new leader
+// start at once.
 func WithTakeoverDelay(d time.Duration) ElectionOption {
 	return func(e *Election) {
 		if d >= 0 {

@@ -219,3 +219,60 @@ func ExampleWithSessions() {
 	}
 	// Output: locks held: 100 connections in use: 2
 }
+
+// Pass the lock's fencing token with every write it protects; the resource
+// refuses a token older than one it has seen (see docs/recipes.md).
+func ExampleWithFencing() {
+	db := openDB()
+	defer db.Close()
+	mu := sqllock.New(db, sqllock.WithFencing()).Mutex("example/fencing")
+
+	var tokens []uint64
+	for range 2 {
+		err := mu.WithLock(context.Background(), func(ctx context.Context) error {
+			token, _ := sqllock.Token(ctx)
+			tokens = append(tokens, token) // write(ctx, token, ...)
+			return nil
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+	}
+	fmt.Println("the second grant's token is larger:", tokens[1] > tokens[0])
+	// Output: the second grant's token is larger: true
+}
+
+// After Lock, the Mutex knows the token of the exclusive lock it holds.
+func ExampleMutex_Token() {
+	db := openDB()
+	defer db.Close()
+	mu := sqllock.New(db, sqllock.WithFencing()).Mutex("example/token")
+	if err := mu.Lock(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	defer mu.Unlock(context.Background())
+	token, ok := mu.Token()
+	fmt.Println("fenced:", ok, token > 0)
+	// Output: fenced: true true
+}
+
+// With fencing, a new leader need not wait out the old leader's keep-alive:
+// the token refuses whatever an old leader that stalled writes late.
+func ExampleToken() {
+	db := openDB()
+	defer db.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	locker := sqllock.New(db, sqllock.WithFencing())
+	election := locker.Election("example/fenced-leader", sqllock.WithTakeoverDelay(0))
+	err := election.Run(ctx, func(ctx context.Context) error {
+		defer cancel()
+		token, ok := sqllock.Token(ctx)
+		fmt.Println("leading with a token:", ok && token > 0) // fence every write with it
+		return nil
+	})
+	fmt.Println(err)
+	// Output:
+	// leading with a token: true
+	// context canceled
+}

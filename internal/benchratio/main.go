@@ -145,6 +145,11 @@ func report(w io.Writer, r results) (failed int) {
 			// Lock+Unlock on a shared session against one of its own
 			// (WithSessions): within 1.05.
 			{name: "Sessions", maxRatio: 1.05, lib: "mode=sessions", ref: "mode=connections"},
+			// A fenced Lock+Unlock against hand-written SQL that gets a
+			// token as durable: within 1.05.
+			{name: "FencedLockUnlock", maxRatio: 1.05},
+			// What fencing costs per lock: on over off, no target.
+			{name: "Fencing", lib: "fencing=on", ref: "fencing=off"},
 		} {
 			if s.lib == "" {
 				s.lib, s.ref = "impl=lib", "impl=ref"
@@ -165,6 +170,9 @@ func report(w io.Writer, r results) (failed int) {
 			}
 			if s.maxFloor > 0 {
 				targets = append(targets, fmt.Sprintf("lib/floor ≤ %.1f %s", s.maxFloor, check(libFloor <= s.maxFloor)))
+			}
+			if s.name == "Fencing" {
+				targets = append(targets, fmt.Sprintf("fencing costs %+.1f µs per lock", (lib-ref)/1e3))
 			}
 			if s.name == "KeepAlive" {
 				targets = append(targets, "keep-alive on / off (none expected)")
