@@ -1,0 +1,106 @@
+package chaos
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+)
+
+// Config says how a chaos run goes. [DefaultConfig] is the run of
+// `make chaos`; [ShortConfig] the one of the Go test.
+type Config struct {
+	PQ, PGX, Withlock int // workers of each kind
+
+	Grants   int           // run at least until this many grants
+	Duration time.Duration // and at least this long
+	Timeout  time.Duration // give up (and fail) after this long
+
+	Fenced bool // guard the accesses with the tokens; false shows the damage without
+
+	KeepAlive          time.Duration // sqllock.WithKeepAlive interval, and withlock --keepalive
+	KeepAliveTimeout   time.Duration // sqllock.WithKeepAlive timeout (withlock's is fixed at 5s)
+	IdleSessionTimeout time.Duration // of the workers' sessions: frees a silent or paused holder's lock
+	Pause              time.Duration // how long a paused holder stays stopped
+	Silence            time.Duration // how long a holder's network stays silent
+	GapMin, GapMax     time.Duration // between two faults
+	WorkMin, WorkMax   time.Duration // the work inside a critical section
+
+	Seed int64 // of the fault schedule; 0 picks one
+
+	Self         string    // this program, run again as workers and sections
+	WithlockPath string    // the withlock binary
+	Dir          string    // where records and worker logs go
+	Log          io.Writer // progress, one line per fault; nil for none
+}
+
+// DefaultConfig is the run of make chaos: at least 2,000 grants, every
+// fault kind, six workers (two of each kind).
+//
+// The keep-alive (200ms interval, 400ms timeout) gives a library holder on
+// a silent network a loss bound of max(interval, timeout) + timeout =
+// 800ms; idle_session_timeout 1.5s is longer, so the holder learns of the
+// loss before the server frees the lock (docs/reliability.md, "Silent
+// network"), and longer than the interval plus a round trip, so that live
+// holders keep their sessions. withlock's probe timeout is fixed at 5s, so
+// a withlock holder on a silent network learns later than the server frees
+// the lock: that is one of the overlaps fencing is for. Pauses and
+// silences last 2.5s, past idle_session_timeout plus the time for another
+// worker to be granted.
+func DefaultConfig() Config {
+	return Config{
+		PQ: 2, PGX: 2, Withlock: 2,
+		Grants:             2000,
+		Timeout:            15 * time.Minute,
+		Fenced:             true,
+		KeepAlive:          200 * time.Millisecond,
+		KeepAliveTimeout:   400 * time.Millisecond,
+		IdleSessionTimeout: 1500 * time.Millisecond,
+		Pause:              2500 * time.Millisecond,
+		Silence:            2500 * time.Millisecond,
+		GapMin:             time.Second,
+		GapMax:             3 * time.Second,
+		WorkMin:            2 * time.Millisecond,
+		WorkMax:            30 * time.Millisecond,
+	}
+}
+
+// ShortConfig is the run of the Go test: three workers (one of each
+// kind), every fault kind once, at least 100 grants, well under a minute.
+func ShortConfig() Config {
+	c := DefaultConfig()
+	c.PQ, c.PGX, c.Withlock = 1, 1, 1
+	c.Grants = 100
+	c.Timeout = 3 * time.Minute
+	c.GapMin, c.GapMax = 300*time.Millisecond, 800*time.Millisecond
+	return c
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.PQ < 0 || c.PGX < 0 || c.Withlock < 0 || c.PQ+c.PGX+c.Withlock < 2:
+		return errors.New("chaos: need at least two workers")
+	case c.Self == "":
+		return errors.New("chaos: Config.Self (this program) is not set")
+	case c.Withlock > 0 && c.WithlockPath == "":
+		return errors.New("chaos: Config.WithlockPath is not set")
+	case c.Dir == "":
+		return errors.New("chaos: Config.Dir is not set")
+	case c.IdleSessionTimeout <= max(c.KeepAlive, c.KeepAliveTimeout)+c.KeepAliveTimeout:
+		return fmt.Errorf("chaos: idle_session_timeout %v must exceed the keep-alive's loss bound %v",
+			c.IdleSessionTimeout, max(c.KeepAlive, c.KeepAliveTimeout)+c.KeepAliveTimeout)
+	case c.Pause <= c.IdleSessionTimeout || c.Silence <= c.IdleSessionTimeout:
+		return errors.New("chaos: pauses and silences must outlast idle_session_timeout")
+	case c.GapMax < c.GapMin || c.WorkMax < c.WorkMin:
+		return errors.New("chaos: a range's maximum is below its minimum")
+	}
+	return nil
+}
+
+// Servers are the clusters a run uses: its own, never a shared server.
+type Servers struct {
+	Primary *pgtest.Cluster
+	Standby *pgtest.Cluster // a streaming standby of Primary; nil: no failover
+}
