@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -74,6 +75,11 @@ var cases = []testCase{
 		"TransactionLocks",
 		withSource("a transaction-scoped lock (LockTx) excludes another transaction's TryLockTx until commit releases it"),
 		transactionLocks,
+	},
+	{
+		"FencingTokens",
+		withSource("with WithFencing, each exclusive grant's token is larger than the one before, whichever session takes it"),
+		fencingTokens,
 	},
 	{
 		"NoLeak",
@@ -497,5 +503,32 @@ func transactionLocks(t *testing.T, e *env) {
 	}
 	if err := e.do("Rollback", func(context.Context) error { return tx2.Rollback() }); err != nil {
 		t.Fatalf("Rollback: %v", err)
+	}
+}
+
+func fencingTokens(t *testing.T, e *env) {
+	if err := sqllock.New(e.db, append(slices.Clip(e.run.opts), sqllock.WithFencing())...).Err(); err != nil {
+		t.Skipf("the options given to Run exclude fencing: %v", err)
+	}
+	var last uint64
+	for round := range 4 {
+		m := e.mutex(sqllock.WithFencing())
+		err := e.do("Lock", m.Lock)
+		if errors.Is(err, sqllock.ErrFencingUnsupported) {
+			t.Skipf("the server has no fencing tokens: %v", err)
+		}
+		if err != nil {
+			t.Fatalf("Lock of a free lock with WithFencing: %v", err)
+		}
+		tok, ok := m.Token()
+		if !ok {
+			t.Fatalf("Mutex.Token() after Lock with WithFencing: no token")
+		}
+		if tok <= last {
+			t.Fatalf("grant %d: token %d after %d, want a larger one: the server's transaction ids did not grow; are the two grants on the same server?",
+				round+1, tok, last)
+		}
+		last = tok
+		e.must("Unlock of a held lock", m.Unlock)
 	}
 }

@@ -60,6 +60,10 @@
 //   - TransactionLocks: a transaction-scoped lock ([sqllock.Mutex.LockTx])
 //     excludes another transaction until commit releases it. These are the
 //     locks that work behind a transaction-mode pooler.
+//   - FencingTokens: with [sqllock.WithFencing], each exclusive grant's
+//     token is larger than the one before, whichever session takes it. It
+//     is skipped on servers older than PostgreSQL 13, and with options that
+//     exclude fencing ([sqllock.WithAllowStandby]).
 //   - NoLeak: once every check has finished, no advisory lock on a key the
 //     suite used remains in pg_locks.
 //
@@ -340,15 +344,16 @@ func (e *env) try(what string, f func(context.Context) (bool, error)) bool {
 	return ok
 }
 
-// mutex returns a new Mutex for the check's lock name and releases whatever
-// it still holds when the check ends.
-func (e *env) mutex() *sqllock.Mutex {
+// mutex returns a new Mutex for the check's lock name, from a Locker with
+// the suite's options and then extra, and releases whatever it still holds
+// when the check ends.
+func (e *env) mutex(extra ...sqllock.Option) *sqllock.Mutex {
 	e.t.Helper()
 	// A Locker of its own, as another process would have: with
 	// sqllock.WithSessions, one Locker's holders settle their contention
 	// among themselves, before the server sees it, and the checks are
 	// about what the server does.
-	m := sqllock.New(e.db, e.opts...).Mutex(e.name)
+	m := sqllock.New(e.db, append(slices.Clip(e.opts), extra...)...).Mutex(e.name)
 	if !m.Key().Valid() {
 		e.t.Fatalf("Locker.Mutex(%q) has no valid key: %v", e.name, m.Err())
 	}
