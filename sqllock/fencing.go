@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 )
 
@@ -94,29 +93,17 @@ const fencedToken = "CASE WHEN pg_logical_emit_message(true, 'sqllock', '') IS N
 // the token of a grant (see fencedToken), 0 for a try that found the lock
 // taken, or no row for another session (see buildQueries).
 func (q *queries) fence() {
-	guard := " WHERE pg_backend_pid() = " + tokenMark
 	q.lock = &lockStmt{kind: kindLock, fenced: true, guarded: strings.Split(
-		"SELECT CASE WHEN pg_advisory_lock("+q.keyList+") IS NOT NULL THEN "+fencedToken+" END"+guard, tokenMark)}
+		"SELECT CASE WHEN pg_advisory_lock("+q.keyList+") IS NOT NULL THEN "+fencedToken+" END"+sessionGuard, tokenMark)}
 	q.try = &lockStmt{kind: kindTry, fenced: true, guarded: strings.Split(
-		"SELECT CASE WHEN pg_try_advisory_lock("+q.keyList+") THEN "+fencedToken+" ELSE 0 END"+guard, tokenMark)}
+		"SELECT CASE WHEN pg_try_advisory_lock("+q.keyList+") THEN "+fencedToken+" ELSE 0 END"+sessionGuard, tokenMark)}
 }
 
 // fencedAnswer reads a fenced lock statement's answer: the token of a
 // grant, or 0 when a try found the lock taken.
 func fencedAnswer(v any) (uint64, error) {
-	var n int64
-	var err error
-	switch a := v.(type) {
-	case int64:
-		n = a
-	case []byte:
-		n, err = strconv.ParseInt(string(a), 10, 64)
-	case string:
-		n, err = strconv.ParseInt(a, 10, 64)
-	default:
-		err = errors.New("not an integer")
-	}
-	if err != nil || n < 0 {
+	n, ok := intAnswer(v)
+	if !ok || n < 0 {
 		return 0, fmt.Errorf("the fenced lock statement answered %T %v, not a token: whether the session holds the lock is unknown, so it is discarded", v, v)
 	}
 	return uint64(n), nil

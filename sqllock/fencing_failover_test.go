@@ -13,9 +13,9 @@ import (
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
-// fencedToken takes and releases an exclusive fenced lock on db and returns
+// grantToken takes and releases an exclusive fenced lock on db and returns
 // its token.
-func fencedToken(t *testing.T, db *sql.DB, name string) uint64 {
+func grantToken(t *testing.T, db *sql.DB, name string) uint64 {
 	t.Helper()
 	m := sqllock.New(db, sqllock.WithFencing()).Mutex(name)
 	require.NoError(t, m.Lock(t.Context()))
@@ -55,11 +55,11 @@ func TestFencingFailoverSynchronous(t *testing.T) {
 
 	var before uint64
 	for range 5 {
-		before = fencedToken(t, p, t.Name())
+		before = grantToken(t, p, t.Name())
 	}
 	promote(t, primary, standby)
 	s := faultOpen(t, "pgx", standby.DSN())
-	after := fencedToken(t, s, t.Name())
+	after := grantToken(t, s, t.Name())
 	t.Logf("synchronous: last token on the old primary %d, first on the promoted standby %d", before, after)
 	assert.Greater(t, after, before, "a synchronous standby must hand out larger tokens after the failover")
 }
@@ -73,11 +73,11 @@ func TestFencingFailoverAsynchronous(t *testing.T) {
 	primary := pgtest.NewCluster(t)
 	standby := pgtest.NewStandby(t, primary)
 	p := faultOpen(t, "pgx", primary.DSN())
-	fencedToken(t, p, t.Name()) // replicated
+	grantToken(t, p, t.Name()) // replicated
 	standby.Stop(t)             // lagging, as far as the primary's commits go
 	var before uint64
 	for range 5 {
-		before = fencedToken(t, p, t.Name())
+		before = grantToken(t, p, t.Name())
 	}
 	out, err := primary.PGCtl(t, "stop", "-m", "immediate", "-w")
 	require.NoError(t, err, "%s", out)
@@ -91,7 +91,7 @@ func TestFencingFailoverAsynchronous(t *testing.T) {
 		var recovering bool
 		return s.QueryRowContext(ctx, "SELECT pg_is_in_recovery()").Scan(&recovering) == nil && !recovering
 	}, 30*time.Second, 20*time.Millisecond)
-	after := fencedToken(t, s, t.Name())
+	after := grantToken(t, s, t.Name())
 	t.Logf("asynchronous: last token on the old primary %d, first on the promoted standby %d", before, after)
 	assert.LessOrEqual(t, after, before, "an asynchronous standby that missed the last commits hands their ids out again")
 }

@@ -450,19 +450,28 @@ func (l *Locker) statementGone(err error) bool {
 // lockAnswer reads the verify statement's answer (see buildVerify) from
 // what the driver gave.
 func lockAnswer(v any) (int64, error) {
-	switch a := v.(type) {
-	case int64:
-		return a, nil
-	case []byte:
-		if n, err := strconv.ParseInt(string(a), 10, 64); err == nil {
-			return n, nil
-		}
-	case string:
-		if n, err := strconv.ParseInt(a, 10, 64); err == nil {
-			return n, nil
-		}
+	if n, ok := intAnswer(v); ok {
+		return n, nil
 	}
 	return 0, fmt.Errorf("the session check answered %T %v, not an integer: the session is discarded", v, v)
+}
+
+// intAnswer reads an integer answer as drivers give it: int64 (binary
+// results), or its text ([]byte, string).
+func intAnswer(v any) (int64, bool) {
+	var err error
+	var n int64
+	switch a := v.(type) {
+	case int64:
+		return a, true
+	case []byte:
+		n, err = strconv.ParseInt(string(a), 10, 64)
+	case string:
+		n, err = strconv.ParseInt(a, 10, 64)
+	default:
+		return 0, false
+	}
+	return n, err == nil
 }
 
 // guardedAnswer reads a guarded lock statement's answer: whether the lock

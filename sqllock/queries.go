@@ -159,6 +159,11 @@ const ownerGUC = "sqllock.owner"
 // backend pid.
 const tokenMark = "\x00"
 
+// sessionGuard ends every lock statement: it runs only on the session
+// verified, whose backend pid goes where tokenMark stands (see
+// buildQueries).
+const sessionGuard = " WHERE pg_backend_pid() = " + tokenMark
+
 func buildQueries(k keyspace.Key, placeholders bool) queries {
 	var list string
 	var args []any
@@ -190,7 +195,7 @@ func buildQueries(k keyspace.Key, placeholders bool) queries {
 	// verify statement's expressions cost it several microseconds (up to
 	// 20% more time per Lock+Unlock with pgx on this project's benchmark
 	// machine), which is why they run once per session.
-	guard := " WHERE pg_backend_pid() = " + tokenMark
+	guard := sessionGuard
 	lock := func(lockFn string, kind lockKind) *lockStmt {
 		return &lockStmt{guarded: strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, tokenMark), kind: kind}
 	}
