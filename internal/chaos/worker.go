@@ -30,17 +30,12 @@ const (
 func runWorker(s Spec) int {
 	stop, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	rec, err := OpenRecorder(s.Records)
+	rec, db, err := openWorker(s)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "chaos worker %s: %v\n", s.Worker, err)
 		return 2
 	}
 	defer rec.Close()
-	db, err := sql.Open(s.Driver, s.DSN)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "chaos worker %s: %v\n", s.Worker, err)
-		return 2
-	}
 	defer db.Close()
 	db.SetConnMaxIdleTime(connMaxIdle)
 
@@ -97,21 +92,31 @@ func runSectionCommand(s Spec) int {
 		fmt.Fprintf(os.Stderr, "chaos section %s: bad %s %q\n", s.Worker, tokenEnvName, os.Getenv(tokenEnvName))
 		return 2
 	}
-	rec, err := OpenRecorder(s.Records)
+	rec, db, err := openWorker(s)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "chaos section %s: %v\n", s.Worker, err)
 		return 2
 	}
 	defer rec.Close()
-	db, err := sql.Open(s.Driver, s.DSN)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "chaos section %s: %v\n", s.Worker, err)
-		return 2
-	}
 	defer db.Close()
 	if err := newSection(s, db, rec, os.Getppid()).run(ctx, token, start); err != nil {
 		fmt.Fprintf(os.Stderr, "chaos section %s: %v\n", s.Worker, err)
 		return 1
 	}
 	return 0
+}
+
+// openWorker opens what a worker process records to and the database its
+// critical sections use, as s names them.
+func openWorker(s Spec) (*Recorder, *sql.DB, error) {
+	rec, err := OpenRecorder(s.Records)
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := sql.Open(s.Driver, s.DSN)
+	if err != nil {
+		_ = rec.Close()
+		return nil, nil, err
+	}
+	return rec, db, nil
 }
