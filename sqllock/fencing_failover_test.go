@@ -74,7 +74,7 @@ func TestFencingFailoverAsynchronous(t *testing.T) {
 	standby := pgtest.NewStandby(t, primary)
 	p := faultOpen(t, "pgx", primary.DSN())
 	grantToken(t, p, t.Name()) // replicated
-	standby.Stop(t)             // lagging, as far as the primary's commits go
+	standby.Stop(t)            // lagging, as far as the primary's commits go
 	var before uint64
 	for range 5 {
 		before = grantToken(t, p, t.Name())
