@@ -52,14 +52,20 @@ func graceFor(ctx context.Context) time.Duration {
 
 func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
 	if err := conn.Raw(func(dc any) error {
-		if prepared {
-			r.n, r.err = l.stmts.execRows(ctx, dc, pid, q, args)
-		} else {
-			r.n, r.err = driverExecRows(ctx, dc, q, args)
-		}
+		r = l.execOn(ctx, dc, q, args, prepared, pid)
 		return nil
 	}); err != nil {
 		r.err = err
+	}
+	return r
+}
+
+// execOn runs statement q on driver connection dc, as execRows does.
+func (l *Locker) execOn(ctx context.Context, dc any, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
+	if prepared {
+		r.n, r.err = l.stmts.execRows(ctx, dc, pid, q, args)
+	} else {
+		r.n, r.err = driverExecRows(ctx, dc, q, args)
 	}
 	return r
 }

@@ -593,6 +593,67 @@ func TestFaultSilentNetworkBoundsCalls(t *testing.T) {
 	})
 }
 
+// TestFaultSilentNetworkSharedSession cuts the network under a shared
+// session (WithSessions) that carries two locks, a and b, then runs a call
+// that needs the session: an Unlock of a, or a Lock of a third key, each
+// with a context that never ends. The library bounds statements on a
+// shared session, so the call returns within the keep-alive timeout plus
+// the time to try to end the session (it cannot, through the silent
+// network: ErrNotReleased says so), b is reported lost, and the server
+// frees both locks when it ends the silent session (idle_session_timeout).
+func TestFaultSilentNetworkSharedSession(t *testing.T) {
+	const (
+		interval, timeout = time.Minute, 500 * time.Millisecond // the keep-alive stays out of the way
+		slack             = time.Second                         // scheduling on a busy machine, -race
+	)
+	eachFaultSetup(t, func(t *testing.T, s faultSetup) {
+		direct := s.open(t, pgtest.DSN(t))
+		for _, call := range []string{"Unlock", "Lock"} {
+			t.Run(call, func(t *testing.T) {
+				t.Parallel()
+				p, proxied := faultProxy(t, pgtest.DSN(t), "idle_session_timeout=1000")
+				db := s.open(t, proxied)
+				l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithKeepAlive(interval, timeout))
+				a, b := l.Mutex(t.Name()+"/a"), l.Mutex(t.Name()+"/b")
+				require.NoError(t, a.Lock(t.Context()))
+				require.NoError(t, b.Lock(t.Context()))
+				require.Equal(t, backendOf(t, direct, a.Key()), backendOf(t, direct, b.Key()), "one session carries both")
+				lost := faultStamp(t, b.Done())
+				f := func() error { return a.Unlock(context.Background()) }
+				if call == "Lock" {
+					c := l.Mutex(t.Name() + "/c")
+					f = func() error { return c.Lock(context.Background()) }
+				}
+
+				p.Blackhole()
+				start := time.Now()
+				ch := faultGo(f)
+				var r faultResult
+				select {
+				case r = <-ch:
+				case <-time.After(2*timeout + slack):
+					p.Close() // unsticks the driver
+					t.Fatalf("%s on a silent shared session did not return within %v", call, 2*timeout+slack)
+				}
+				faultFigure(t, "bounded", s.name, "silent-network-shared-"+strings.ToLower(call), r.at.Sub(start))
+				t.Logf("%s returned: %v", call, r.err)
+				require.ErrorIs(t, r.err, sqllock.ErrNotReleased, "the silent network keeps the session's end from being confirmed")
+				at := faultWithin(t, lost, 2*timeout+slack, "b's Done")
+				faultFigure(t, "detected", s.name, "silent-network-shared", at.Sub(start))
+				require.ErrorIs(t, b.Err(), sqllock.ErrLockLost)
+				require.ErrorIs(t, b.Unlock(t.Context()), sqllock.ErrLockLost)
+
+				// The server ends the silent session, and both locks with it.
+				waitRows(t, direct, a.Key(), 0, 0)
+				waitRows(t, direct, b.Key(), 0, 0)
+				faultFigure(t, "freed", s.name, "silent-network-shared", time.Since(start))
+				require.NoError(t, p.Close())
+				faultNoConnsInUse(t, db)
+			})
+		}
+	})
+}
+
 // TestFaultLockOrderInversion runs the classic lock-order inversion: A
 // holds k1 and waits for k2 while B holds k2 and waits for k1.
 //

@@ -28,6 +28,7 @@ type Locker struct {
 	boundsContext bool         // the driver returns on time when a context ends (pgx)
 	stmts         stmtCache    // the prepared statements, when prepared
 	socket        atomic.Int32 // socketUnknown, socketYes or socketNo (see socketBound)
+	interrupt     atomic.Int32 // how shared sessions' statements are interrupted (see interruptible)
 	sched         scheduler
 	verify        *verifyStmt  // checks a session before the first lock on it
 	sessions      sessionCache // the sessions that verify statements verified

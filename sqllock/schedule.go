@@ -50,6 +50,11 @@ func (s *scheduler) after(h *session, d time.Duration, kind int) {
 func (s *scheduler) schedule(h *session, due time.Duration, kind int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.set(h, due, kind)
+}
+
+// set is schedule with s.mu held.
+func (s *scheduler) set(h *session, due time.Duration, kind int) {
 	h.due, h.dueKind = due, kind
 	if h.slot < 0 {
 		h.slot = len(s.holds)
@@ -57,6 +62,17 @@ func (s *scheduler) schedule(h *session, due time.Duration, kind int) {
 	}
 	if !s.armed || due < s.at {
 		s.arm(due)
+	}
+}
+
+// atLatest makes h's entry run by due at the latest: it sets one to run a
+// probe then unless h has an entry due no later. A probe is also a shared
+// session's watchdog (see session.watchdog).
+func (s *scheduler) atLatest(h *session, due time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h.slot < 0 || h.due > due {
+		s.set(h, due, dueProbe)
 	}
 }
 

@@ -23,7 +23,9 @@ import (
 //
 // The connection has one user at a time: whoever holds connMu, a tick's
 // probe or a release. A release waits for a probe in flight, which its
-// own timeout bounds.
+// own timeout bounds. A tick that finds the connection in use by a
+// statement on a shared session watches that statement instead (see
+// session.watchdog).
 type session struct {
 	l        *Locker
 	conn     *sql.Conn
@@ -54,6 +56,13 @@ type session struct {
 	stopped   bool       // a release has begun: no more probes
 	unlocking bool       // a release's unlock statement is running on conn
 	boundPast bool       // the release's bound has passed (socket bound only)
+
+	// A statement running on a shared session in its caller's goroutine
+	// (see session.watched).
+	stmtRunning     bool
+	stmtSince       time.Duration // when it began (see scheduler.now)
+	stmtDC          any           // the driver connection it runs on
+	stmtInterrupted bool          // the watchdog interrupted it
 }
 
 // startSession makes s the session of conn (driver connection dc, backend
@@ -101,11 +110,17 @@ func (s *session) fireBound() {
 // session that answered a probe sent at t is found dead by
 // t + max(interval, timeout) + timeout at the latest (see LossBound).
 func (s *session) tick() {
-	s.connMu.Lock()
+	if !s.connMu.TryLock() {
+		if s.watchdog() {
+			return
+		}
+		s.connMu.Lock()
+	}
 	s.mu.Lock()
 	stopped := s.stopped
 	s.mu.Unlock()
-	if stopped {
+	if stopped || s.l.cfg.interval <= 0 {
+		// Released, or a watchdog's entry with no keep-alive to run.
 		s.connMu.Unlock()
 		return
 	}
@@ -138,7 +153,10 @@ func (s *session) tick() {
 // Unlock waiting for it returns once the server shows the lock gone; then
 // observers and holders are told, who may call Unlock; Done closes last,
 // so that whoever watches it finds the observers told.
-func (s *session) lose(cause error) {
+//
+// lose returns an error wrapping ErrNotReleased if the session could not
+// be seen to end.
+func (s *session) lose(cause error) (settleErr error) {
 	holds := []*hold{s.hold}
 	if s.pool != nil {
 		s.pool.retire(s)
@@ -154,7 +172,7 @@ func (s *session) lose(cause error) {
 		firsts[i] = h.markEnded(errs[i])
 	}
 	if !errors.Is(cause, errAbandoned) {
-		_ = s.l.endSession(s.conn, s.pid, s.key())
+		settleErr = s.l.endSessionBounded(s.conn, s.pid, s.key())
 	}
 	s.connMu.Unlock()
 	for i, h := range holds {
@@ -163,6 +181,7 @@ func (s *session) lose(cause error) {
 			h.closeDone()
 		}
 	}
+	return settleErr
 }
 
 // key returns the lock a session of its own carries, or the zero Key for

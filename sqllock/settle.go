@@ -62,6 +62,25 @@ func (l *Locker) endSession(conn *sql.Conn, pid int64, k keyspace.Key) error {
 	return nil
 }
 
+// endSessionBounded is endSession bounded as awaitBounded bounds its
+// settling: past min(timeout, settleBound) it reports an error wrapping
+// ErrNotReleased and lets endSession finish in the background (lib/pq
+// does not bound a connection's startup by its context, so on a silent
+// network endSession's own queries wait until TCP gives up).
+func (l *Locker) endSessionBounded(conn *sql.Conn, pid int64, k keyspace.Key) error {
+	done := make(chan error, 1)
+	go func() { done <- l.endSession(conn, pid, k) }()
+	bound := min(l.cfg.timeout, settleBound)
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("%w: backend %d: no answer from the server within %v", ErrNotReleased, pid, bound)
+	}
+}
+
 // lookSQL reports how backend $1 stands towards the advisory lock ($2,
 // $3, $4), or towards any advisory lock when they are NULL (a session that
 // carries many): no row once it has exited; else its state in

@@ -176,12 +176,10 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		if err != nil {
 			return nil, m.fail(op, withCtxErr(ctx, err))
 		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
 		s.connMu.Lock()
 		if s.dead.Load() || s.conn == nil {
 			// Lost, or never connected, since it was taken: try another.
 			s.connMu.Unlock()
-			cancel()
 			p.done(s)
 			switch {
 			case ctxEnded(ctx):
@@ -191,13 +189,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			}
 			continue
 		}
-		stmtCtx := sctx // pgx bounds its own calls by their context
-		if !m.l.boundsContext {
-			stmtCtx = context.WithoutCancel(ctx) // see runLockWithin
-		}
-		r, abandoned, settleErr := m.runLockWithin(stmtCtx, sctx, s.conn, q)
-		refused := r.err != nil && serverRefused(sctx, r.err) // before cancel ends sctx
-		cancel()
+		r, abandoned, settleErr, refused := m.lockStatementOnShared(ctx, s, q)
 		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.pid == 0 {
 			s.pid, s.dc, s.prepared = r.pid, r.dc, r.prepared
 			if m.l.cfg.interval > 0 {
@@ -222,9 +214,12 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		case r.err != nil:
 			// Whether the statement took the lock is unknown: the session
 			// goes, and every lock on it.
-			s.lose(r.err)
+			err := classify(withCtxErr(ctx, r.err))
+			if serr := s.lose(r.err); serr != nil {
+				err = fmt.Errorf("%w (%w)", err, serr)
+			}
 			p.done(s)
-			return nil, m.fail(op, classify(withCtxErr(ctx, r.err)))
+			return nil, m.fail(op, err)
 		case r.n&flagShared != 0, r.n&flagStandby != 0:
 			// Refused before taking anything: the session is not usable.
 			p.retire(s)
@@ -244,7 +239,9 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			// Granted as the caller gave up: give it back.
 			err := m.unlockOn(s, shared)
 			if err != nil && !errors.Is(err, ErrLockLost) {
-				s.lose(err) // gives connMu back
+				if serr := s.lose(err); serr != nil { // gives connMu back
+					err = fmt.Errorf("%w (%w)", err, serr)
+				}
 			} else {
 				s.connMu.Unlock()
 			}
@@ -268,6 +265,27 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 	}
 }
 
+// lockStatementOnShared runs lock statement q on shared session s, whose connMu
+// the caller holds, bounded by the keep-alive timeout rather than by ctx:
+// in the caller's goroutine where the driver can be interrupted (see
+// session.watched), else in a goroutine of its own (see runLockWithin).
+// refused reports a server error raised on a sound session: the statement
+// took nothing.
+func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *lockStmt) (r outcome, abandoned bool, settleErr error, refused bool) {
+	if m.l.interruptible(s) {
+		r = s.watched(func(dc any) outcome { return m.lockOn(context.WithoutCancel(ctx), dc, q, nil) })
+		return r, false, nil, r.err != nil && serverRefused(context.Background(), r.err)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
+	defer cancel()
+	stmtCtx := sctx // pgx bounds its own calls by their context
+	if !m.l.boundsContext {
+		stmtCtx = context.WithoutCancel(ctx) // see runLockWithin
+	}
+	r, abandoned, settleErr = m.runLockWithin(stmtCtx, sctx, s.conn, q)
+	return r, abandoned, settleErr, r.err != nil && serverRefused(sctx, r.err)
+}
+
 // unlockOn runs h's unlock statement on shared session s, whose connMu
 // the caller holds, bounded by the keep-alive timeout. It reports an error
 // wrapping ErrLockLost when the server did not find the lock, and any
@@ -276,14 +294,22 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 // is ended when its driver returns.
 func (m *Mutex) unlockOn(s *session, shared bool) error {
 	q, args := m.unlockStatement(shared, s.prepared)
-	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
-	defer cancel()
-	end := func() { _ = m.l.endSession(s.conn, s.pid, keyspace.Key{}) }
-	stmtCtx := ctx // pgx bounds its own calls by their context
-	if !m.l.boundsContext {
-		stmtCtx = context.Background() // see runLockWithin
+	var rows int64
+	var abandoned bool
+	var settleErr, err error
+	if m.l.interruptible(s) {
+		r := s.watched(func(dc any) outcome { return m.l.execOn(context.Background(), dc, q, args, s.prepared, s.pid) })
+		rows, err = r.n, r.err
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
+		defer cancel()
+		end := func() { _ = m.l.endSession(s.conn, s.pid, keyspace.Key{}) }
+		stmtCtx := ctx // pgx bounds its own calls by their context
+		if !m.l.boundsContext {
+			stmtCtx = context.Background() // see runLockWithin
+		}
+		rows, abandoned, settleErr, err = m.l.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
 	}
-	rows, abandoned, settleErr, err := m.l.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
 	switch {
 	case abandoned:
 		cause := fmt.Errorf("an unlock got no answer within %v: %w", m.l.cfg.timeout, errAbandoned)
@@ -334,6 +360,8 @@ func (s *session) releaseCarried(ctx context.Context, h *hold) error {
 	}
 	// The unlock's outcome is unknown: the session goes, and every lock
 	// on it; h's own lock with it.
-	s.lose(err)
+	if serr := s.lose(err); serr != nil {
+		return h.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
+	}
 	return h.unlockErr(fmt.Errorf("unlock failed, session ended: %w", err))
 }
