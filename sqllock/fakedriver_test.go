@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,8 +26,9 @@ import (
 // function, for behaviour sqlmock cannot play: a driver that ignores its
 // context, or a grant that races a cancel.
 type fakeConnector struct {
-	query  func(ctx context.Context, q string) ([]driver.Value, error)
-	closed atomic.Int32 // connections closed
+	query   func(ctx context.Context, q string) ([]driver.Value, error)
+	closed  atomic.Int32 // connections closed
+	onClose func()       // if set, runs on each Close
 }
 
 func (c *fakeConnector) Connect(context.Context) (driver.Conn, error) { return &fakeConn{c: c}, nil }
@@ -35,7 +38,13 @@ type fakeConn struct{ c *fakeConnector }
 
 func (f *fakeConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("fake: no Prepare") }
 func (f *fakeConn) Begin() (driver.Tx, error)           { return nil, errors.New("fake: no Begin") }
-func (f *fakeConn) Close() error                        { f.c.closed.Add(1); return nil }
+func (f *fakeConn) Close() error {
+	f.c.closed.Add(1)
+	if f.c.onClose != nil {
+		f.c.onClose()
+	}
+	return nil
+}
 func (f *fakeConn) QueryContext(ctx context.Context, q string, _ []driver.NamedValue) (driver.Rows, error) {
 	vals, err := f.c.query(ctx, q)
 	if err != nil {
@@ -566,4 +575,53 @@ func TestFakeSharedSessionStuckStatement(t *testing.T) {
 	close(unblock)
 	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
 		"once the driver returns, the connection is discarded")
+}
+
+// Where the driver can be interrupted (pgx, lib/pq), a statement on a
+// shared session runs in the caller's goroutine, and the session's
+// watchdog interrupts it past the keep-alive timeout (here by closing the
+// connection, as for lib/pq): the call fails within its bound, every lock
+// the session carries is reported lost, and nothing waits for the driver.
+// A statement that gets its answer as it is interrupted fails all the
+// same: its connection is closed.
+func TestFakeSharedSessionWatchdog(t *testing.T) {
+	for _, answered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("answered=%v", answered), func(t *testing.T) {
+			closed := make(chan struct{})
+			var once sync.Once
+			l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+				if strings.Contains(q, "(43)") {
+					<-closed // ignores ctx; returns once its connection is closed
+					if !answered {
+						return nil, net.ErrClosed
+					}
+				}
+				return answerAs(q, 7), nil
+			}, WithSessions(1), WithKeepAlive(0, 50*time.Millisecond))
+			c.onClose = func() { once.Do(func() { close(closed) }) }
+			l.interrupt.Store(interruptClose) // as for lib/pq
+			held := l.MutexKey(keyspace.Int64(42))
+			require.NoError(t, held.Lock(t.Context()))
+			start := time.Now()
+			locked := make(chan error, 1)
+			go func() { locked <- l.MutexKey(keyspace.Int64(43)).Lock(t.Context()) }()
+			var err error
+			select {
+			case err = <-locked:
+			case <-time.After(5 * time.Second):
+				once.Do(func() { close(closed) })
+				t.Fatal("the watchdog did not interrupt the statement")
+			}
+			require.ErrorContains(t, err, "got no answer within 50ms, the keep-alive timeout, and was interrupted")
+			assert.Less(t, time.Since(start), 50*time.Millisecond+settleBound+2*time.Second)
+			select {
+			case <-held.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("the lock on the interrupted session was not reported lost")
+			}
+			require.ErrorIs(t, held.Err(), ErrLockLost)
+			require.ErrorIs(t, held.Unlock(t.Context()), ErrLockLost)
+			assert.Zero(t, l.db.Stats().InUse, "the connection is not in use")
+		})
+	}
 }
