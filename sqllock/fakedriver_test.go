@@ -625,3 +625,27 @@ func TestFakeSharedSessionWatchdog(t *testing.T) {
 		})
 	}
 }
+
+// The watchdog's entries do not add probes: with an interval longer than
+// the timeout, statements on a shared session pull its scheduler entry
+// forward, and the entry that fires early waits for the probe's time
+// instead of probing.
+func TestFakeSharedSessionWatchAddsNoProbes(t *testing.T) {
+	var probes atomic.Int32
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if q == probeSQL {
+			probes.Add(1)
+		}
+		return answerAs(q, 7), nil
+	}, WithSessions(1), WithKeepAlive(time.Minute, 10*time.Millisecond))
+	l.interrupt.Store(interruptClose) // as for lib/pq
+	held := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, held.Lock(t.Context()))
+	mu := l.MutexKey(keyspace.Int64(43))
+	for start := time.Now(); time.Since(start) < 200*time.Millisecond; {
+		require.NoError(t, mu.Lock(t.Context()))
+		require.NoError(t, mu.Unlock(t.Context()))
+	}
+	assert.Zero(t, probes.Load(), "no probe is due within the minute's interval")
+	require.NoError(t, held.Unlock(t.Context()))
+}

@@ -601,6 +601,10 @@ func TestFaultSilentNetworkBoundsCalls(t *testing.T) {
 // the time to try to end the session (it cannot, through the silent
 // network: ErrNotReleased says so), b is reported lost, and the server
 // frees both locks when it ends the silent session (idle_session_timeout).
+// FirstLock is the Lock on a session that carries nothing yet: the first
+// lock after the Locker was idle, on a pooled connection whose backend is
+// known. That backend may have granted the lock, so it is ended too, or
+// the call says it could not be.
 func TestFaultSilentNetworkSharedSession(t *testing.T) {
 	const (
 		interval, timeout = time.Minute, 500 * time.Millisecond // the keep-alive stays out of the way
@@ -608,7 +612,7 @@ func TestFaultSilentNetworkSharedSession(t *testing.T) {
 	)
 	eachFaultSetup(t, func(t *testing.T, s faultSetup) {
 		direct := s.open(t, pgtest.DSN(t))
-		for _, call := range []string{"Unlock", "Lock"} {
+		for _, call := range []string{"Unlock", "Lock", "FirstLock"} {
 			t.Run(call, func(t *testing.T) {
 				t.Parallel()
 				p, proxied := faultProxy(t, pgtest.DSN(t), "idle_session_timeout=1000")
@@ -616,6 +620,20 @@ func TestFaultSilentNetworkSharedSession(t *testing.T) {
 				l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithKeepAlive(interval, timeout))
 				a, b := l.Mutex(t.Name()+"/a"), l.Mutex(t.Name()+"/b")
 				require.NoError(t, a.Lock(t.Context()))
+				if call == "FirstLock" {
+					require.NoError(t, a.Unlock(t.Context()))
+					require.Zero(t, inUse(db), "the session went back to the pool")
+					p.Blackhole()
+					start := time.Now()
+					r := faultWithin(t, faultGo(func() error { return b.Lock(context.Background()) }), 2*timeout+slack, "Lock")
+					faultFigure(t, "bounded", s.name, "silent-network-shared-firstlock", r.at.Sub(start))
+					t.Logf("Lock returned: %v", r.err)
+					require.ErrorIs(t, r.err, sqllock.ErrNotReleased, "the backend that may hold the lock could not be ended")
+					waitRows(t, direct, b.Key(), 0, 0)
+					require.NoError(t, p.Close())
+					faultNoConnsInUse(t, db)
+					return
+				}
 				require.NoError(t, b.Lock(t.Context()))
 				require.Equal(t, backendOf(t, direct, a.Key()), backendOf(t, direct, b.Key()), "one session carries both")
 				lost := faultStamp(t, b.Done())

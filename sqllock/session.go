@@ -63,6 +63,9 @@ type session struct {
 	stmtSince       time.Duration // when it began (see scheduler.now)
 	stmtDC          any           // the driver connection it runs on
 	stmtInterrupted bool          // the watchdog interrupted it
+	// When the next keep-alive probe of a shared session is due: a
+	// watchdog's entry that comes earlier does not probe (see tick).
+	probeAt time.Duration
 }
 
 // startSession makes s the session of conn (driver connection dc, backend
@@ -117,10 +120,22 @@ func (s *session) tick() {
 		s.connMu.Lock()
 	}
 	s.mu.Lock()
-	stopped := s.stopped
+	stopped, probeAt := s.stopped, s.probeAt
 	s.mu.Unlock()
-	if stopped || s.l.cfg.interval <= 0 {
-		// Released, or a watchdog's entry with no keep-alive to run.
+	switch {
+	case stopped || s.l.cfg.interval <= 0 || s.pid == 0:
+		// Released; or a watchdog's entry (see session.watch), with no
+		// keep-alive to run, or on a shared session that has yet to carry
+		// a lock.
+		s.connMu.Unlock()
+		return
+	case s.l.sched.now() < probeAt:
+		// A watchdog's entry, due before the next probe: wait for that.
+		s.mu.Lock()
+		if !s.stopped {
+			s.l.sched.schedule(s, probeAt, dueProbe)
+		}
+		s.mu.Unlock()
 		s.connMu.Unlock()
 		return
 	}
@@ -137,10 +152,17 @@ func (s *session) tick() {
 	// which holds connMu, cannot be running then.
 	s.mu.Lock()
 	if !s.stopped {
-		s.l.sched.schedule(s, sent+s.l.cfg.interval, dueProbe)
+		s.scheduleProbe(sent + s.l.cfg.interval)
 	}
 	s.mu.Unlock()
 	s.connMu.Unlock()
+}
+
+// scheduleProbe sets the session's next keep-alive probe to run at due
+// (see scheduler.now). The caller holds mu.
+func (s *session) scheduleProbe(due time.Duration) {
+	s.probeAt = due
+	s.l.sched.schedule(s, due, dueProbe)
 }
 
 // lose reports the session's death, for cause, to the holds it carries,
@@ -153,10 +175,19 @@ func (s *session) tick() {
 // Unlock waiting for it returns once the server shows the lock gone; then
 // observers and holders are told, who may call Unlock; Done closes last,
 // so that whoever watches it finds the observers told.
-//
-// lose returns an error wrapping ErrNotReleased if the session could not
-// be seen to end.
-func (s *session) lose(cause error) (settleErr error) {
+func (s *session) lose(cause error) {
+	_ = s.loseWith(cause, s.l.endSession)
+}
+
+// loseBounded is lose for a call that reports the loss to its caller: it
+// ends the session within endSessionBounded's bound, and returns an error
+// wrapping ErrNotReleased if the session could not be seen to end.
+func (s *session) loseBounded(cause error) error {
+	return s.loseWith(cause, s.l.endSessionBounded)
+}
+
+// loseWith is lose, ending the session with end.
+func (s *session) loseWith(cause error, end func(*sql.Conn, int64, keyspace.Key) error) (settleErr error) {
 	holds := []*hold{s.hold}
 	if s.pool != nil {
 		s.pool.retire(s)
@@ -172,7 +203,7 @@ func (s *session) lose(cause error) (settleErr error) {
 		firsts[i] = h.markEnded(errs[i])
 	}
 	if !errors.Is(cause, errAbandoned) {
-		settleErr = s.l.endSessionBounded(s.conn, s.pid, s.key())
+		settleErr = end(s.conn, s.pid, s.key())
 	}
 	s.connMu.Unlock()
 	for i, h := range holds {

@@ -193,7 +193,9 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.pid == 0 {
 			s.pid, s.dc, s.prepared = r.pid, r.dc, r.prepared
 			if m.l.cfg.interval > 0 {
-				m.l.sched.after(s, m.l.cfg.interval, dueProbe)
+				s.mu.Lock()
+				s.scheduleProbe(m.l.sched.now() + m.l.cfg.interval)
+				s.mu.Unlock()
 			}
 		}
 		switch {
@@ -213,9 +215,13 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			return nil, m.fail(op, m.l.fencingErr(classify(r.err)))
 		case r.err != nil:
 			// Whether the statement took the lock is unknown: the session
-			// goes, and every lock on it.
+			// goes, and every lock on it. On a session yet to carry a
+			// lock, its backend, known once verified, is the one to end.
+			if s.pid == 0 {
+				s.pid = r.pid
+			}
 			err := classify(withCtxErr(ctx, r.err))
-			if serr := s.lose(r.err); serr != nil {
+			if serr := s.loseBounded(r.err); serr != nil {
 				err = fmt.Errorf("%w (%w)", err, serr)
 			}
 			p.done(s)
@@ -239,7 +245,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			// Granted as the caller gave up: give it back.
 			err := m.unlockOn(s, shared)
 			if err != nil && !errors.Is(err, ErrLockLost) {
-				if serr := s.lose(err); serr != nil { // gives connMu back
+				if serr := s.loseBounded(err); serr != nil { // gives connMu back
 					err = fmt.Errorf("%w (%w)", err, serr)
 				}
 			} else {
@@ -360,8 +366,8 @@ func (s *session) releaseCarried(ctx context.Context, h *hold) error {
 	}
 	// The unlock's outcome is unknown: the session goes, and every lock
 	// on it; h's own lock with it.
-	if serr := s.lose(err); serr != nil {
+	if serr := s.loseBounded(err); serr != nil {
 		return h.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
 	}
-	return h.unlockErr(fmt.Errorf("unlock failed, session ended: %w", err))
+	return h.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", ErrLockLost, err))
 }

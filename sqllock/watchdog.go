@@ -131,6 +131,12 @@ func (s *session) unwatch() (interrupted bool) {
 // for the keep-alive timeout, and otherwise comes back then. It reports
 // false when no watched statement runs: the tick then waits for the
 // connection.
+//
+// A statement is interrupted once: both ways make a read return at once.
+// lib/pq's Close writes five bytes before it closes the socket; that write
+// could wait only if the socket's send buffer were full, which statements
+// of a few hundred bytes, each answered before the next is sent, cannot
+// fill.
 func (s *session) watchdog() bool {
 	s.mu.Lock()
 	if !s.stmtRunning {
