@@ -47,8 +47,9 @@ type session struct {
 	slot    int           // index in the scheduler's list; -1 when not scheduled
 	due     time.Duration // when the entry runs (see scheduler.now)
 	dueKind int           // dueProbe or dueRelease
-	// releaseCancel ends a release's context when its bound passes; set
-	// before the dueRelease entry is scheduled. Nil when the bound is
+	// releaseCancel ends a release's context when its bound passes, or a
+	// new shared session's wait for its connection (see sessionPool.take);
+	// set before the dueRelease entry is scheduled. Nil when the bound is
 	// enforced on the socket instead (see fireBound).
 	releaseCancel context.CancelFunc
 

@@ -76,10 +76,16 @@ func (p *sessionPool) take(ctx context.Context) (*session, error) {
 	s.connMu.Lock() // until the connection is there
 	p.mu.Unlock()
 	// Others may queue for this session meanwhile: its connection is
-	// bounded by the keep-alive timeout, not by this caller's context.
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.l.cfg.timeout)
+	// bounded by the keep-alive timeout, not by this caller's context. The
+	// bound is the session's entry in the Locker's scheduler rather than
+	// context.WithTimeout, whose timer would cost a thread wake-up per
+	// session (see scheduler); the entry ends the context.
+	dctx, cancel := context.WithCancel(neverEnding(ctx))
 	defer cancel()
+	s.releaseCancel = cancel
+	p.l.sched.after(s, p.l.cfg.timeout, dueRelease)
 	conn, err := p.l.db.Conn(dctx)
+	p.l.sched.cancel(s)
 	if err != nil {
 		s.connMu.Unlock()
 		p.retire(s)
@@ -279,7 +285,8 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 // took nothing.
 func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *lockStmt) (r outcome, abandoned bool, settleErr error, refused bool) {
 	if m.l.interruptible(s) {
-		r = s.watched(func(dc any) outcome { return m.lockOn(context.WithoutCancel(ctx), dc, q, nil) })
+		ctx := neverEnding(ctx)
+		r = s.watched(func(dc any) outcome { return m.lockOn(ctx, dc, q, nil) })
 		return r, false, nil, r.err != nil && serverRefused(context.Background(), r.err)
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
