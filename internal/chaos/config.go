@@ -13,6 +13,10 @@ import (
 // `make chaos`; [ShortConfig] the one of the Go test.
 type Config struct {
 	PQ, PGX, Withlock int // workers of each kind
+	// Library workers, of the PQ and PGX ones, whose Locker shares server
+	// sessions (sqllock.WithSessions(2)); the others take a connection
+	// per lock.
+	PQSessions, PGXSessions int
 
 	Grants   int           // run at least until this many grants
 	Duration time.Duration // and at least this long
@@ -37,7 +41,8 @@ type Config struct {
 }
 
 // DefaultConfig is the run of make chaos: at least 2,000 grants, every
-// fault kind, six workers (two of each kind).
+// fault kind, six workers (two of each kind; of each driver's library
+// workers, one shares sessions).
 //
 // The keep-alive (200ms interval, 400ms timeout) gives a library holder on
 // a silent network a loss bound of max(interval, timeout) + timeout =
@@ -52,6 +57,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		PQ: 2, PGX: 2, Withlock: 2,
+		PQSessions: 1, PGXSessions: 1,
 		Grants:             2000,
 		Timeout:            15 * time.Minute,
 		Fenced:             true,
@@ -68,10 +74,12 @@ func DefaultConfig() Config {
 }
 
 // ShortConfig is the run of the Go test: three workers (one of each
-// kind), every fault kind once, at least 100 grants, well under a minute.
+// kind; the pgx one shares sessions), every fault kind once, at least 100
+// grants, well under a minute.
 func ShortConfig() Config {
 	c := DefaultConfig()
 	c.PQ, c.PGX, c.Withlock = 1, 1, 1
+	c.PQSessions, c.PGXSessions = 0, 1
 	c.Grants = 100
 	c.Timeout = 3 * time.Minute
 	c.GapMin, c.GapMax = 300*time.Millisecond, 800*time.Millisecond
@@ -82,6 +90,8 @@ func (c *Config) validate() error {
 	switch {
 	case c.PQ < 0 || c.PGX < 0 || c.Withlock < 0 || c.PQ+c.PGX+c.Withlock < 2:
 		return errors.New("chaos: need at least two workers")
+	case c.PQSessions < 0 || c.PQSessions > c.PQ || c.PGXSessions < 0 || c.PGXSessions > c.PGX:
+		return errors.New("chaos: workers sharing sessions are counted among their driver's library workers")
 	case c.Self == "":
 		return errors.New("chaos: Config.Self (this program) is not set")
 	case c.Withlock > 0 && c.WithlockPath == "":

@@ -128,22 +128,35 @@ func Run(ctx context.Context, cfg Config, srv Servers) (*Result, error) {
 	return res, nil
 }
 
+// sharedSessions is the sqllock.WithSessions of library workers that share
+// sessions.
+const sharedSessions = 2
+
 // errTimedOut ends a run that reached Config.Timeout.
 var errTimedOut = errors.New("chaos: run timed out")
 
 // workers makes the worker slots: names, specs, proxies, files.
 func (c *controller) workers() ([]*worker, error) {
-	var kinds []string
+	type slot struct {
+		kind     string
+		sessions int
+	}
+	var slots []slot
 	for _, k := range []struct {
-		kind string
-		n    int
-	}{{KindPQ, c.cfg.PQ}, {KindPGX, c.cfg.PGX}, {KindWithlock, c.cfg.Withlock}} {
-		for range k.n {
-			kinds = append(kinds, k.kind)
+		kind      string
+		n, shared int
+	}{{KindPQ, c.cfg.PQ, c.cfg.PQSessions}, {KindPGX, c.cfg.PGX, c.cfg.PGXSessions}, {KindWithlock, c.cfg.Withlock, 0}} {
+		for j := range k.n {
+			sl := slot{kind: k.kind}
+			if j < k.shared {
+				sl.sessions = sharedSessions
+			}
+			slots = append(slots, sl)
 		}
 	}
 	var ws []*worker
-	for i, kind := range kinds {
+	for i, sl := range slots {
+		kind := sl.kind
 		name := "w" + strconv.Itoa(i+1)
 		w := &worker{self: c.cfg.Self, withlock: c.cfg.WithlockPath,
 			stderr: filepath.Join(c.cfg.Dir, name+".stderr")}
@@ -177,6 +190,7 @@ func (c *controller) workers() ([]*worker, error) {
 			Fenced:           c.cfg.Fenced,
 			KeepAlive:        c.cfg.KeepAlive,
 			KeepAliveTimeout: c.cfg.KeepAliveTimeout,
+			Sessions:         sl.sessions,
 			WorkMin:          c.cfg.WorkMin,
 			WorkMax:          c.cfg.WorkMax,
 		}

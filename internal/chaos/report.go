@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -36,8 +37,8 @@ func (r *Result) WriteReport(w io.Writer) error {
 	if r.Run.Command != "" {
 		fmt.Fprintf(&b, "Reproduce with `%s`.\n\n", r.Run.Command)
 	}
-	fmt.Fprintf(&b, "- Workers: %d library on lib/pq, %d library on pgx (`WithLock`, `sqllock.Token`), %d `withlock --fencing` (sections alternately on lib/pq and pgx, reading `WITHLOCK_TOKEN`); each through loopback proxies of its own",
-		c.PQ, c.PGX, c.Withlock)
+	fmt.Fprintf(&b, "- Workers: %d library on lib/pq, %d library on pgx (`WithLock`, `sqllock.Token`; %s), %d `withlock --fencing` (sections alternately on lib/pq and pgx, reading `WITHLOCK_TOKEN`); each through loopback proxies of its own",
+		c.PQ, c.PGX, sharingWorkers(c), c.Withlock)
 	if r.Run.Failover {
 		b.WriteString(", on a two-host connection string (primary, standby; `target_session_attrs=read-write`) that every client, lib/pq and pgx alike, follows to the promoted standby.\n")
 	} else {
@@ -248,4 +249,20 @@ func explanation(o Overlap) string {
 		return "**nothing**"
 	}
 	return strings.Join(parts, "; ")
+}
+
+// sharingWorkers names the library workers of c that share sessions, as
+// controller.workers numbers them.
+func sharingWorkers(c Config) string {
+	var names []string
+	for i := range c.PQSessions {
+		names = append(names, "w"+strconv.Itoa(i+1))
+	}
+	for i := range c.PGXSessions {
+		names = append(names, "w"+strconv.Itoa(c.PQ+i+1))
+	}
+	if len(names) == 0 {
+		return "each lock on a connection of its own"
+	}
+	return fmt.Sprintf("%s share sessions, `WithSessions(%d)`; the others take a connection per lock", strings.Join(names, " and "), sharedSessions)
 }

@@ -39,7 +39,11 @@ func runWorker(s Spec) int {
 	defer db.Close()
 	db.SetConnMaxIdleTime(connMaxIdle)
 
-	locker := sqllock.New(db, sqllock.WithFencing(), sqllock.WithKeepAlive(s.KeepAlive, s.KeepAliveTimeout))
+	opts := []sqllock.Option{sqllock.WithFencing(), sqllock.WithKeepAlive(s.KeepAlive, s.KeepAliveTimeout)}
+	if s.Sessions > 0 {
+		opts = append(opts, sqllock.WithSessions(s.Sessions))
+	}
+	locker := sqllock.New(db, opts...)
 	mu := locker.Mutex(s.LockName)
 	sec := newSection(s, db, rec, os.Getpid())
 	for stop.Err() == nil {

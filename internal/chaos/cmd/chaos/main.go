@@ -36,6 +36,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.PQ, "pq", cfg.PQ, "library workers on lib/pq")
 	fs.IntVar(&cfg.PGX, "pgx", cfg.PGX, "library workers on pgx")
 	fs.IntVar(&cfg.Withlock, "withlock", cfg.Withlock, "withlock workers")
+	fs.IntVar(&cfg.PQSessions, "pq-sessions", cfg.PQSessions, "of the lib/pq library workers, how many share sessions (sqllock.WithSessions)")
+	fs.IntVar(&cfg.PGXSessions, "pgx-sessions", cfg.PGXSessions, "of the pgx library workers, how many share sessions (sqllock.WithSessions)")
 	fs.Int64Var(&cfg.Seed, "seed", 0, "seed of the fault schedule (0: random)")
 	unfenced := fs.Bool("unfenced", false, "do not guard writes with the tokens, to show the damage")
 	noFailover := fs.Bool("no-failover", false, "run without a standby (no failover fault)")
