@@ -27,8 +27,7 @@ type Locker struct {
 	prepared      bool         // which sqllock prepares per connection (see stmtCache)
 	boundsContext bool         // the driver returns on time when a context ends (pgx)
 	stmts         stmtCache    // the prepared statements, when prepared
-	socket        atomic.Int32 // socketUnknown, socketYes or socketNo (see socketBound)
-	interrupt     atomic.Int32 // how shared sessions' statements are interrupted (see interruptible)
+	interrupt     atomic.Int32 // how the driver's statements are interrupted (see interruptHow)
 	sched         scheduler
 	verify        *verifyStmt  // checks a session before the first lock on it
 	sessions      sessionCache // the sessions that verify statements verified

@@ -56,7 +56,7 @@ type session struct {
 	mu        sync.Mutex // guards the fields below; taken before a hold's mu
 	stopped   bool       // a release has begun: no more probes
 	unlocking bool       // a release's unlock statement is running on conn
-	boundPast bool       // the release's bound has passed (socket bound only)
+	boundPast bool       // the release's bound has passed (interrupt bound only)
 
 	// A statement running on a shared session in its caller's goroutine
 	// (see session.watched).
@@ -92,19 +92,17 @@ func (s *session) run(kind int) {
 }
 
 // fireBound ends a release whose bound has passed, when the bound is kept
-// on the connection's socket (see socketBound): an unlock statement still
-// running gets a read deadline in the past, so that the driver returns at
-// once, with an error, and the release ends the session; a release still
-// waiting for a keep-alive probe finds the bound passed when the probe
-// ends, and ends the session without an unlock.
+// by interrupting the driver (see interruptWith): an unlock statement
+// still running is interrupted, so that the driver returns at once, with
+// an error, and the release ends the session; a release still waiting for
+// a keep-alive probe finds the bound passed when the probe ends, and ends
+// the session without an unlock.
 func (s *session) fireBound() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.boundPast = true
 	if s.unlocking {
-		if nc := driverSocket(s.dc); nc != nil {
-			_ = nc.SetDeadline(time.Unix(1, 0))
-		}
+		interrupt(s.dc, s.l.interruptHow(s.dc))
 	}
 }
 
@@ -301,11 +299,12 @@ func (s *session) release(ctx context.Context) error {
 	switch {
 	case ctx.Done() != nil:
 		s.l.sched.cancel(s) // the next probe, if any
-	case s.l.socketBound(s.dc):
-		// The entry closes in on the socket (see fireBound): the unlock
-		// runs with a context the driver need not watch, which spares it
-		// a cancellable context and the watch on it (nine allocations,
-		// with pgx).
+	case s.l.interruptHow(s.dc) != interruptNone:
+		// The entry interrupts the unlock (see fireBound), which runs
+		// with a context the driver need not watch: that spares it a
+		// cancellable context and the watch on it (nine allocations with
+		// pgx; on lib/pq, the goroutine that waits for the unlock and
+		// the one lib/pq starts to watch the context).
 		s.l.sched.after(s, s.l.cfg.timeout, dueRelease)
 		defer s.l.sched.cancel(s)
 	default:
@@ -355,6 +354,9 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		return lost
 	}
 	if !unlock {
+		if s.boundPast {
+			return s.endSessionBounded()
+		}
 		return s.endSession()
 	}
 	q, args := h.m.unlockStatement(h.shared, s.prepared)
@@ -365,10 +367,11 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	s.mu.Unlock()
 	switch {
 	case past:
-		// The bound passed while the unlock ran: its socket may have a
-		// deadline in the past, so the session goes, and the lock with
-		// it if the unlock did not release it.
-		return s.endSession()
+		// The bound passed while the unlock ran: it may have been
+		// interrupted, so the session goes, and the lock with it if the
+		// unlock did not release it. The release has used its bound:
+		// ending the session gets endSessionBounded's.
+		return s.endSessionBounded()
 	case abandoned && settleErr != nil:
 		// ctx ended first, the driver has not returned, and the server
 		// could not be told to end the session: it is ended when the
@@ -405,7 +408,16 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 // endSession ends the session (see Locker.endSession) and reports a
 // failure to confirm it as the unlock's error.
 func (s *session) endSession() error {
-	if err := s.l.endSession(s.conn, s.pid, s.hold.m.key); err != nil {
+	return s.endWith(s.l.endSession)
+}
+
+// endSessionBounded is endSession within Locker.endSessionBounded's bound.
+func (s *session) endSessionBounded() error {
+	return s.endWith(s.l.endSessionBounded)
+}
+
+func (s *session) endWith(end func(*sql.Conn, int64, keyspace.Key) error) error {
+	if err := end(s.conn, s.pid, s.hold.m.key); err != nil {
 		return s.hold.unlockErr(err)
 	}
 	return nil

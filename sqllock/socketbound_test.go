@@ -76,7 +76,7 @@ func TestFakeReleaseBoundOnSocket(t *testing.T) {
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, took, bound, "Unlock returned before its bound")
 	assert.Less(t, took, bound+5*time.Second, "Unlock outlived its bound")
-	assert.Equal(t, int32(socketYes), l.socket.Load(), "the bound was kept on the socket")
+	assert.Equal(t, int32(interruptSocket), l.interrupt.Load(), "the bound was kept on the socket")
 	assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrNotHeld)
 }

@@ -2,79 +2,30 @@ package sqllock
 
 import (
 	"fmt"
-	"reflect"
-	"time"
 )
 
 // Statements on a shared session (WithSessions) must not run under their
 // caller's context (see WithSessions), so something else must bound them.
-// Where the driver lets sqllock interrupt a statement from another
-// goroutine, the statement runs in the caller's goroutine, watched by the
-// session's own scheduler entry: a keep-alive tick that finds a statement
-// running past the keep-alive timeout interrupts it, and the statement
-// returns at once, with an error; its caller then ends the session and
-// reports every lock on it lost. Elsewhere the statement runs in a
-// goroutine of its own that the caller stops waiting for (see
-// Locker.awaitBounded), which costs a goroutine hand-off per statement:
-// about a tenth of an uncontended Lock+Unlock, measured on lib/pq.
-//
-// Two drivers can be interrupted:
-//   - pgx: a read deadline in the past on the connection's socket (see
-//     driverSocket) makes the read return, as pgx itself does when a
-//     context ends.
-//   - lib/pq: closing the driver connection closes its socket, whose read
-//     then returns; lib/pq's Close writes a Terminate message and closes
-//     the socket, and touches nothing a statement in flight uses.
+// Where the driver can be interrupted (see interruptWith), the statement
+// runs in the caller's goroutine, watched by the session's own scheduler
+// entry: a keep-alive tick that finds a statement running past the
+// keep-alive timeout interrupts it, and the statement returns at once,
+// with an error; its caller then ends the session and reports every lock
+// on it lost. Elsewhere the statement runs in a goroutine of its own that
+// the caller stops waiting for (see Locker.awaitBounded), which costs a
+// goroutine hand-off per statement: about a tenth of an uncontended
+// Lock+Unlock, measured on lib/pq.
 
-// Ways to interrupt a statement (see Locker.interruptible).
-const (
-	interruptUnknown = iota
-	interruptNone    // the driver cannot be interrupted: a goroutine waits for it
-	interruptSocket  // set a past deadline on the socket (pgx)
-	interruptClose   // close the driver connection (lib/pq)
-)
-
-// interruptWith returns how a statement running on driver connection dc
-// can be interrupted from another goroutine.
-func interruptWith(dc any) int {
-	if driverSocket(dc) != nil {
-		return interruptSocket
-	}
-	t := reflect.TypeOf(sessionOwner(dc))
-	if t != nil && t.Kind() == reflect.Pointer && t.Elem().PkgPath() == "github.com/lib/pq" && t.Elem().Name() == "conn" {
-		return interruptClose
-	}
-	return interruptNone
-}
-
-// interrupt makes a statement running on dc return at once, with an
-// error, as interruptWith(dc) says it can.
-func interrupt(dc any, how int) {
-	switch how {
-	case interruptSocket:
-		if nc := driverSocket(dc); nc != nil {
-			_ = nc.SetDeadline(time.Unix(1, 0))
-		}
-	case interruptClose:
-		if c, ok := sessionOwner(dc).(interface{ Close() error }); ok {
-			_ = c.Close()
-		}
-	}
-}
-
-// interruptible reports whether statements on s's shared sessions run in
-// the caller's goroutine, watched (see session.watched). The answer is the
-// same for every connection of a Locker's pool, so it is worked out once,
-// on the first session's connection.
+// interruptible reports whether statements on shared session s run in
+// the caller's goroutine, watched (see session.watched).
 func (l *Locker) interruptible(s *session) bool {
 	how := int(l.interrupt.Load())
 	if how == interruptUnknown {
 		how = interruptNone
 		_ = s.conn.Raw(func(dc any) error {
-			how = interruptWith(dc)
+			how = l.interruptHow(dc)
 			return nil
 		})
-		l.interrupt.Store(int32(how))
 	}
 	return how != interruptNone
 }

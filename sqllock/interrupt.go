@@ -1,0 +1,128 @@
+package sqllock
+
+import (
+	"net"
+	"reflect"
+	"time"
+)
+
+// Some drivers' calls can be interrupted from another goroutine, which
+// lets sqllock bound a statement without a goroutine hand-off or a
+// cancellable context: the statement runs under a context that never
+// ends, in its caller's goroutine, and whoever keeps its bound (a
+// release's scheduler entry, see session.fireBound; a shared session's
+// watchdog, see session.watchdog) interrupts it when the bound passes. The
+// statement then returns at once, with an error, and its session is ended.
+//
+// Two drivers can be interrupted:
+//   - pgx: a read deadline in the past on the connection's socket (see
+//     driverSocket) makes the read return, as pgx itself does when a
+//     context ends.
+//   - lib/pq: closing the driver connection closes its socket, whose read
+//     then returns; lib/pq's Close writes a Terminate message and closes
+//     the socket, and touches nothing a statement in flight uses.
+
+// Ways to interrupt a statement (see Locker.interruptHow).
+const (
+	interruptUnknown = iota
+	interruptNone    // the driver cannot be interrupted: a goroutine waits for it
+	interruptSocket  // set a past deadline on the socket (pgx)
+	interruptClose   // close the driver connection (lib/pq)
+)
+
+// interruptWith returns how a statement running on driver connection dc
+// can be interrupted from another goroutine.
+func interruptWith(dc any) int {
+	if driverSocket(dc) != nil {
+		return interruptSocket
+	}
+	t := reflect.TypeOf(sessionOwner(dc))
+	if t != nil && t.Kind() == reflect.Pointer && t.Elem().PkgPath() == "github.com/lib/pq" && t.Elem().Name() == "conn" {
+		return interruptClose
+	}
+	return interruptNone
+}
+
+// interrupt makes a statement running on dc return at once, with an
+// error, as interruptWith(dc) says it can.
+func interrupt(dc any, how int) {
+	switch how {
+	case interruptSocket:
+		if nc := driverSocket(dc); nc != nil {
+			_ = nc.SetDeadline(time.Unix(1, 0))
+		}
+	case interruptClose:
+		if c, ok := sessionOwner(dc).(interface{ Close() error }); ok {
+			_ = c.Close()
+		}
+	}
+}
+
+// interruptHow returns how statements on driver connection dc, one of
+// the Locker's, can be interrupted. The answer is the same for every
+// connection of a Locker's pool, so it is worked out once.
+func (l *Locker) interruptHow(dc any) int {
+	how := int(l.interrupt.Load())
+	if how == interruptUnknown {
+		how = interruptWith(dc)
+		l.interrupt.Store(int32(how))
+	}
+	return how
+}
+
+// driverSocket returns the network connection under a pgx connection
+// (see sessionOwner: under pgx's stdlib.Conn, and any wrappers that expose
+// what they wrap), or nil for any other driver. It goes through pgx's
+// exported accessors, stdlib.Conn.Conn, pgx.Conn.PgConn and
+// pgconn.PgConn.Conn, by reflection, since sqllock imports only the
+// standard library; each one only reads a field that is set when the
+// connection opens, so it may run while the connection is busy. A read
+// deadline set on that socket is how pgx itself ends a statement whose
+// context is cancelled.
+//
+// The method names are constants so that the linker can still drop unused
+// methods from a program.
+func driverSocket(dc any) net.Conn {
+	v := call0(reflect.ValueOf(sessionOwner(dc)), "PgConn")
+	v = call0(v, "Conn")
+	if !v.IsValid() {
+		return nil
+	}
+	nc, _ := v.Interface().(net.Conn)
+	return nc
+}
+
+// call0 calls v's method name if v is a non-nil value with such a method,
+// taking no arguments and giving one result, and returns that result
+// unless it is nil; otherwise it returns the zero Value.
+func call0(v reflect.Value, name string) reflect.Value {
+	if !usable(v) {
+		return reflect.Value{}
+	}
+	var m reflect.Value
+	switch name { // constant names: see driverSocket
+	case "Conn":
+		m = v.MethodByName("Conn")
+	case "PgConn":
+		m = v.MethodByName("PgConn")
+	}
+	if !m.IsValid() || m.Type().NumIn() != 0 || m.Type().NumOut() != 1 {
+		return reflect.Value{}
+	}
+	if r := m.Call(nil)[0]; usable(r) {
+		return r
+	}
+	return reflect.Value{}
+}
+
+// usable reports whether v holds a value whose methods may be called.
+func usable(v reflect.Value) bool {
+	if !v.IsValid() || !v.CanInterface() {
+		return false
+	}
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan:
+		return !v.IsNil()
+	}
+	return true
+}
