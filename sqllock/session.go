@@ -39,6 +39,7 @@ type session struct {
 	pool    *sessionPool
 	users   int         // holds carried and acquisitions in flight
 	carried []*hold     // the holds it carries, guarded by mu
+	first   [1]*hold    // carried's first backing array: a session carrying one lock allocates none for it
 	dead    atomic.Bool // lost or refused: no new holds
 
 	connMu sync.Mutex // held by whoever uses conn

@@ -72,6 +72,7 @@ func (p *sessionPool) take(ctx context.Context) (*session, error) {
 	// Reserve the slot before dialling, so that concurrent callers do not
 	// open more than n.
 	s := &session{l: p.l, pool: p, slot: -1, users: 1}
+	s.carried = s.first[:0]
 	p.open = append(p.open, s)
 	s.connMu.Lock() // until the connection is there
 	p.mu.Unlock()

@@ -20,7 +20,11 @@ import (
 type Table[K comparable] struct {
 	mu   sync.Mutex
 	keys map[K]*entry
+	free []*entry // forgotten entries, for reuse: a key taken and released in a loop allocates none
 }
+
+// maxFree bounds the entries a Table keeps for reuse.
+const maxFree = 64
 
 // entry is one key's state: its holders and its waiters, oldest first.
 type entry struct {
@@ -144,7 +148,11 @@ func (t *Table[K]) entry(k K) *entry {
 	}
 	e := t.keys[k]
 	if e == nil {
-		e = &entry{}
+		if n := len(t.free); n > 0 {
+			e, t.free = t.free[n-1], t.free[:n-1]
+		} else {
+			e = &entry{}
+		}
 		t.keys[k] = e
 	}
 	return e
@@ -154,6 +162,10 @@ func (t *Table[K]) entry(k K) *entry {
 func (t *Table[K]) tidy(k K, e *entry) {
 	if e.holders == 0 && len(e.waiters) == 0 {
 		delete(t.keys, k)
+		if len(t.free) < maxFree {
+			*e = entry{waiters: e.waiters[:0]}
+			t.free = append(t.free, e)
+		}
 	}
 }
 

@@ -190,3 +190,21 @@ func waitWaiters(t *testing.T, tb *keylock.Table[string], _ int) {
 	}
 	t.Fatal("no waiter queued")
 }
+
+// A key taken and released in a loop reuses its forgotten entry.
+func TestReuseAllocatesNothing(t *testing.T) {
+	var tb keylock.Table[string]
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := tb.Lock(ctx, k, false); err != nil {
+			t.Fatal(err)
+		}
+		tb.Unlock(k, false)
+	})
+	if allocs != 0 {
+		t.Errorf("Lock+Unlock allocates %v times, want 0", allocs)
+	}
+	if h, _ := tb.Held(k); h != 0 {
+		t.Errorf("Held after Unlock = %d, want 0", h)
+	}
+}
