@@ -6,9 +6,22 @@ import (
 )
 
 // DriverSocket gives the external tests the socket under conn's driver
-// connection, as the release bound finds it (nil: the bound cancels a
-// context instead).
+// connection, as the release bound finds it (nil: the bound does not
+// reach the socket).
 func DriverSocket(conn *sql.Conn) net.Conn {
 	dc := driverConn(conn)
 	return driverSocket(dc)
+}
+
+// InterruptKind tells the external tests how a statement on conn's driver
+// connection is interrupted when its bound passes: "socket", "close" or
+// "none" (the bound cancels a context instead).
+func InterruptKind(conn *sql.Conn) string {
+	switch interruptWith(driverConn(conn)) {
+	case interruptSocket:
+		return "socket"
+	case interruptClose:
+		return "close"
+	}
+	return "none"
 }

@@ -649,3 +649,43 @@ func TestFakeSharedSessionWatchAddsNoProbes(t *testing.T) {
 	assert.Zero(t, probes.Load(), "no probe is due within the minute's interval")
 	require.NoError(t, held.Unlock(t.Context()))
 }
+
+// A release whose context never ends, on a driver whose statements are
+// interrupted by closing the connection (lib/pq), runs its unlock in the
+// caller's goroutine; at the bound the connection is closed, the stuck
+// unlock returns, and the session is ended: Unlock returns about one bound
+// after it began, and the connection is discarded.
+func TestFakeReleaseBoundByClose(t *testing.T) {
+	const bound = 100 * time.Millisecond
+	closed := make(chan struct{})
+	var once sync.Once
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if strings.Contains(q, "advisory_unlock") {
+			<-closed // ignores ctx; returns once its connection is closed
+			return nil, net.ErrClosed
+		}
+		return answerAs(q, 7), nil
+	}, WithKeepAlive(0, bound))
+	c.onClose = func() { once.Do(func() { close(closed) }) }
+	l.interrupt.Store(interruptClose) // as for lib/pq
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+
+	start := time.Now()
+	unlocked := make(chan error, 1)
+	go func() { unlocked <- mu.Unlock(context.Background()) }()
+	var err error
+	select {
+	case err = <-unlocked:
+	case <-time.After(5 * time.Second):
+		once.Do(func() { close(closed) })
+		t.Fatal("the release bound did not interrupt the unlock")
+	}
+	took := time.Since(start)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, took, bound, "Unlock returned before its bound")
+	assert.Less(t, took, bound+settleBound+2*time.Second, "Unlock outlived its bound")
+	assert.NotZero(t, c.closed.Load(), "the connection is discarded")
+	assert.Zero(t, l.db.Stats().InUse)
+	require.ErrorIs(t, mu.Unlock(t.Context()), ErrNotHeld)
+}

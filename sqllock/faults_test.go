@@ -533,6 +533,7 @@ func TestFaultSilentNetworkBoundsCalls(t *testing.T) {
 			r := returns(t, issues, faultGo(func() error { return mu.Unlock(ctx) }), deadline+slack, p, "Unlock")
 			faultFigure(t, "bounded", s.name, "silent-network-unlock", r.at.Sub(start))
 			t.Logf("Unlock returned: %v", r.err)
+			assert.ErrorIs(t, r.err, sqllock.ErrNotReleased, "the silent network keeps the session's end from being confirmed")
 			// The unlock never reached the server: the lock is freed when
 			// the server ends the idle session.
 			waitRows(t, direct, mu.Key(), 0, 0)
@@ -556,6 +557,7 @@ func TestFaultSilentNetworkBoundsCalls(t *testing.T) {
 			}), timeout+slack, p, "WithLock's release")
 			faultFigure(t, "bounded", s.name, "silent-network-withlock", r.at.Sub(start))
 			t.Logf("WithLock returned: %v", r.err)
+			assert.ErrorIs(t, r.err, sqllock.ErrNotReleased, "the silent network keeps the session's end from being confirmed")
 			waitRows(t, direct, mu.Key(), 0, 0)
 			faultFigure(t, "freed", s.name, "silent-network-withlock", time.Since(start))
 			p.Close()

@@ -528,16 +528,20 @@ func TestTryWithLock(t *testing.T) {
 	})
 }
 
-// The release bound of a context that never ends is kept on the socket
-// under pgx (sqllock reaches it through pgx's accessors), and by cancelling
-// the unlock's context under lib/pq, whose socket is out of reach.
-func TestReleaseBoundSocket(t *testing.T) {
+// The bound of a statement whose context never ends (a release's, a
+// shared session's) is kept by interrupting the driver: on the socket
+// under pgx (sqllock reaches it through pgx's accessors), and by closing
+// the connection under lib/pq, whose socket is out of reach. If lib/pq
+// renamed its connection type, sqllock would fall back to a slower path:
+// this test says so.
+func TestReleaseBoundInterrupt(t *testing.T) {
 	eachDriver(t, func(t *testing.T, db *sql.DB) {
 		conn, err := db.Conn(t.Context())
 		require.NoError(t, err)
 		defer conn.Close()
 		nc := sqllock.DriverSocket(conn)
-		if strings.HasPrefix(t.Name(), "TestReleaseBoundSocket/pgx") {
+		if strings.HasPrefix(t.Name(), "TestReleaseBoundInterrupt/pgx") {
+			assert.Equal(t, "socket", sqllock.InterruptKind(conn))
 			require.NotNil(t, nc, "pgx's socket")
 			if local, ok := nc.LocalAddr().(*net.TCPAddr); ok {
 				var port int
@@ -546,6 +550,7 @@ func TestReleaseBoundSocket(t *testing.T) {
 			}
 		} else {
 			assert.Nil(t, nc, "lib/pq's socket is out of reach")
+			assert.Equal(t, "close", sqllock.InterruptKind(conn))
 		}
 	})
 }

@@ -51,7 +51,7 @@ type session struct {
 	// releaseCancel ends a release's context when its bound passes, or a
 	// new shared session's wait for its connection (see sessionPool.take);
 	// set before the dueRelease entry is scheduled. Nil when the bound is
-	// enforced on the socket instead (see fireBound).
+	// kept by interrupting the driver instead (see fireBound).
 	releaseCancel context.CancelFunc
 
 	mu        sync.Mutex // guards the fields below; taken before a hold's mu
@@ -98,11 +98,16 @@ func (s *session) run(kind int) {
 // an error, and the release ends the session; a release still waiting for
 // a keep-alive probe finds the bound passed when the probe ends, and ends
 // the session without an unlock.
+//
+// The interrupt runs outside mu: a driver's Close might take a while. The
+// release reads boundPast under mu once its unlock has returned, and then
+// discards the connection, whichever of the two closes it first.
 func (s *session) fireBound() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.boundPast = true
-	if s.unlocking {
+	unlocking := s.unlocking
+	s.mu.Unlock()
+	if unlocking {
 		interrupt(s.dc, s.l.interruptHow(s.dc))
 	}
 }
@@ -367,6 +372,11 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	past := s.boundPast
 	s.mu.Unlock()
 	switch {
+	case past && err == nil && rows == 1:
+		// The server released the lock as the bound passed: the
+		// connection, which may have been interrupted, goes.
+		s.l.discard(s.conn)
+		return nil
 	case past:
 		// The bound passed while the unlock ran: it may have been
 		// interrupted, so the session goes, and the lock with it if the
