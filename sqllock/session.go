@@ -29,7 +29,7 @@ import (
 type session struct {
 	l        *Locker
 	conn     *sql.Conn
-	dc       any   // conn's driver connection, for fireBound
+	dc       any   // conn's driver connection, for fireBound; on a shared session, nil until its first sound answer
 	pid      int64 // the backend that owns the locks
 	prepared bool  // the lock and unlock statements run prepared on conn (see stmtCache)
 	hold     *hold // the hold a session of its own carries; nil for a shared one
@@ -128,10 +128,10 @@ func (s *session) tick() {
 	stopped, probeAt := s.stopped, s.probeAt
 	s.mu.Unlock()
 	switch {
-	case stopped || s.l.cfg.interval <= 0 || s.pid == 0:
+	case stopped || s.l.cfg.interval <= 0 || s.dc == nil:
 		// Released; or a watchdog's entry (see session.watch), with no
-		// keep-alive to run, or on a shared session that has yet to carry
-		// a lock.
+		// keep-alive to run, or on a shared session that has yet to give
+		// a sound answer.
 		s.connMu.Unlock()
 		return
 	case s.l.sched.now() < probeAt:

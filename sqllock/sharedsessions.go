@@ -197,8 +197,14 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			continue
 		}
 		r, abandoned, settleErr, refused := m.lockStatementOnShared(ctx, s, q)
-		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.pid == 0 {
-			s.pid, s.dc, s.prepared = r.pid, r.dc, r.prepared
+		if s.pid == 0 {
+			// The session's backend, known once verified, whatever the
+			// statement did: the one to end if the session is lost.
+			s.pid = r.pid
+		}
+		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.dc == nil {
+			// The session's first sound answer: it can carry locks now.
+			s.dc, s.prepared = r.dc, r.prepared
 			if m.l.cfg.interval > 0 {
 				s.mu.Lock()
 				s.scheduleProbe(m.l.sched.now() + m.l.cfg.interval)
@@ -222,11 +228,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			return nil, m.fail(op, m.l.fencingErr(classify(r.err)))
 		case r.err != nil:
 			// Whether the statement took the lock is unknown: the session
-			// goes, and every lock on it. On a session yet to carry a
-			// lock, its backend, known once verified, is the one to end.
-			if s.pid == 0 {
-				s.pid = r.pid
-			}
+			// goes, and every lock on it.
 			err := classify(withCtxErr(ctx, r.err))
 			if serr := s.loseBounded(r.err); serr != nil {
 				err = fmt.Errorf("%w (%w)", err, serr)
