@@ -577,6 +577,46 @@ func TestFakeSharedSessionStuckStatement(t *testing.T) {
 		"once the driver returns, the connection is discarded")
 }
 
+// newCloseInterruptedFake returns a Locker over a fake driver whose
+// statements are interrupted by closing their connection, as lib/pq's are.
+// A statement stuck says is stuck: it ignores its context and returns once
+// its connection is closed, with net.ErrClosed, or with its answer when
+// answered. run calls f, which meets the stuck statement, and returns its
+// error; if f has not returned within 5s, what (the bound that should
+// have interrupted the statement) failed, and run unsticks it and fails
+// the test.
+func newCloseInterruptedFake(t *testing.T, stuck func(q string) bool, answered bool, opts ...Option) (*Locker, *fakeConnector, func(what string, f func() error) error) {
+	t.Helper()
+	closed := make(chan struct{})
+	var once sync.Once
+	unstick := func() { once.Do(func() { close(closed) }) }
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if stuck(q) {
+			<-closed
+			if !answered {
+				return nil, net.ErrClosed
+			}
+		}
+		return answerAs(q, 7), nil
+	}, opts...)
+	c.onClose = unstick
+	l.interrupt.Store(interruptClose) // as for lib/pq
+	run := func(what string, f func() error) error {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- f() }()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(5 * time.Second):
+			unstick()
+			t.Fatalf("%s did not interrupt the stuck statement", what)
+			return nil
+		}
+	}
+	return l, c, run
+}
+
 // Where the driver can be interrupted (pgx, lib/pq), a statement on a
 // shared session runs in the caller's goroutine, and the session's
 // watchdog interrupts it past the keep-alive timeout (here by closing the
@@ -587,31 +627,12 @@ func TestFakeSharedSessionStuckStatement(t *testing.T) {
 func TestFakeSharedSessionWatchdog(t *testing.T) {
 	for _, answered := range []bool{false, true} {
 		t.Run(fmt.Sprintf("answered=%v", answered), func(t *testing.T) {
-			closed := make(chan struct{})
-			var once sync.Once
-			l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-				if strings.Contains(q, "(43)") {
-					<-closed // ignores ctx; returns once its connection is closed
-					if !answered {
-						return nil, net.ErrClosed
-					}
-				}
-				return answerAs(q, 7), nil
-			}, WithSessions(1), WithKeepAlive(0, 50*time.Millisecond))
-			c.onClose = func() { once.Do(func() { close(closed) }) }
-			l.interrupt.Store(interruptClose) // as for lib/pq
+			l, _, run := newCloseInterruptedFake(t, func(q string) bool { return strings.Contains(q, "(43)") }, answered,
+				WithSessions(1), WithKeepAlive(0, 50*time.Millisecond))
 			held := l.MutexKey(keyspace.Int64(42))
 			require.NoError(t, held.Lock(t.Context()))
 			start := time.Now()
-			locked := make(chan error, 1)
-			go func() { locked <- l.MutexKey(keyspace.Int64(43)).Lock(t.Context()) }()
-			var err error
-			select {
-			case err = <-locked:
-			case <-time.After(5 * time.Second):
-				once.Do(func() { close(closed) })
-				t.Fatal("the watchdog did not interrupt the statement")
-			}
+			err := run("the watchdog", func() error { return l.MutexKey(keyspace.Int64(43)).Lock(t.Context()) })
 			require.ErrorContains(t, err, "got no answer within 50ms, the keep-alive timeout, and was interrupted")
 			assert.Less(t, time.Since(start), 50*time.Millisecond+settleBound+2*time.Second)
 			select {
@@ -657,30 +678,13 @@ func TestFakeSharedSessionWatchAddsNoProbes(t *testing.T) {
 // after it began, and the connection is discarded.
 func TestFakeReleaseBoundByClose(t *testing.T) {
 	const bound = 100 * time.Millisecond
-	closed := make(chan struct{})
-	var once sync.Once
-	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		if strings.Contains(q, "advisory_unlock") {
-			<-closed // ignores ctx; returns once its connection is closed
-			return nil, net.ErrClosed
-		}
-		return answerAs(q, 7), nil
-	}, WithKeepAlive(0, bound))
-	c.onClose = func() { once.Do(func() { close(closed) }) }
-	l.interrupt.Store(interruptClose) // as for lib/pq
+	l, c, run := newCloseInterruptedFake(t, func(q string) bool { return strings.Contains(q, "advisory_unlock") }, false,
+		WithKeepAlive(0, bound))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 
 	start := time.Now()
-	unlocked := make(chan error, 1)
-	go func() { unlocked <- mu.Unlock(context.Background()) }()
-	var err error
-	select {
-	case err = <-unlocked:
-	case <-time.After(5 * time.Second):
-		once.Do(func() { close(closed) })
-		t.Fatal("the release bound did not interrupt the unlock")
-	}
+	err := run("the release bound", func() error { return mu.Unlock(context.Background()) })
 	took := time.Since(start)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, took, bound, "Unlock returned before its bound")
