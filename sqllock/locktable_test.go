@@ -1,8 +1,10 @@
 package sqllock_test
 
 import (
+	"context"
 	"database/sql"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -36,7 +38,9 @@ func emptyLockTable(t *testing.T, db *sql.DB, filler *sql.Conn, m, held *sqllock
 	_, err := filler.ExecContext(t.Context(), "SELECT pg_advisory_unlock_all()")
 	require.NoError(t, err)
 	require.NoError(t, filler.Close())
-	require.NoError(t, m.Lock(t.Context()), "room again")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, m.Lock(ctx), "room again")
 	require.NoError(t, m.Unlock(t.Context()))
 	require.NoError(t, held.Unlock(t.Context()))
 	var left int
@@ -111,5 +115,65 @@ func TestLockTableFullSharedSession(t *testing.T) {
 
 			emptyLockTable(t, db, filler, m, held)
 		})
+	}
+}
+
+// A fenced lock whose advisory lock the server grants but whose token it
+// cannot give (the transaction id needs a lock-table entry of its own, and
+// the table has room for one lock only) fails with ErrLockTableFull and
+// leaves nothing held: the grant, which outlives the statement's error, is
+// undone on the same session.
+func TestLockTableFullFenced(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t, "max_locks_per_transaction=10", "max_connections=20")
+	key := int64(780)
+	for _, driver := range []string{"postgres", "pgx"} {
+		for _, mode := range []string{"conn", "sessions"} {
+			for _, call := range []string{"Lock", "TryLock"} {
+				key++
+				t.Run(driver+"/"+mode+"/"+call, func(t *testing.T) {
+					db, err := sql.Open(driver, c.DSN())
+					require.NoError(t, err)
+					t.Cleanup(func() { db.Close() })
+					opts := []sqllock.Option{sqllock.WithFencing(), sqllock.WithKeepAlive(0, 0)}
+					if mode == "sessions" {
+						opts = append(opts, sqllock.WithSessions(1))
+					}
+					l := sqllock.New(db, opts...)
+					held := l.Mutex(t.Name() + "/held")
+					require.NoError(t, held.Lock(t.Context()))
+					filler, err := db.Conn(t.Context())
+					require.NoError(t, err)
+					spare, err := db.Conn(t.Context())
+					require.NoError(t, err)
+					require.NoError(t, spare.Close())
+					fillLockTable(t, filler)
+					// Room for exactly one more lock: the advisory lock's.
+					var freed bool
+					require.NoError(t, filler.QueryRowContext(t.Context(), "SELECT pg_advisory_unlock(900000000::int8)").Scan(&freed))
+					require.True(t, freed)
+
+					m := l.MutexKey(keyspace.Int64(key))
+					if call == "Lock" {
+						err = m.Lock(t.Context())
+					} else {
+						var ok bool
+						ok, err = m.TryLock(t.Context())
+						assert.False(t, ok)
+					}
+					t.Logf("%s: %v", call, err)
+					require.ErrorIs(t, err, sqllock.ErrLockTableFull)
+					_, ok := m.Token()
+					assert.False(t, ok)
+					var left int
+					require.NoError(t, filler.QueryRowContext(t.Context(),
+						"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = $1 AND objsubid = 1", key).Scan(&left))
+					assert.Zero(t, left, "the refused lock is not held once the call returns")
+					assert.NoError(t, held.Err(), "the lock already held is unaffected")
+
+					emptyLockTable(t, db, filler, m, held)
+				})
+			}
+		}
 	}
 }

@@ -158,6 +158,13 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		}
 		switch {
 		case conn == nil:
+		case serverRefused(ctx, err) && q.fenced:
+			// A fenced statement takes the lock before its token, whose
+			// transaction id can fail (a full lock table): the grant
+			// survives the error, so it is undone on the same session.
+			if uerr := m.undoRefused(conn, r); uerr != nil {
+				cause = fmt.Errorf("%w (%w)", cause, uerr)
+			}
 		case serverRefused(ctx, err):
 			// The server answered the statement with an error of its own
 			// (a full lock table, a deadlock): it took nothing, and the
@@ -235,6 +242,28 @@ func (m *Mutex) undo(conn *sql.Conn, pid int64, shared, prepared bool) error {
 		return m.l.endSession(conn, pid, m.key)
 	}
 	m.l.discard(conn)
+	return nil
+}
+
+// undoRefused releases whatever a fenced lock statement that the server
+// answered with an error granted on conn before the error, and returns
+// conn to the pool; if the release is not confirmed, the session is ended.
+func (m *Mutex) undoRefused(conn *sql.Conn, r outcome) error {
+	q, args := m.unlockStatement(false, r.prepared)
+	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
+	defer cancel()
+	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, r.prepared, r.pid, m.key, func() { _ = m.l.endSession(conn, r.pid, m.key) })
+	switch {
+	case abandoned && settleErr != nil:
+		return fmt.Errorf("%w: the release of a lock granted before its token failed got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
+	case abandoned:
+		return nil
+	case err != nil || rows < 0:
+		return m.l.endSession(conn, r.pid, m.key)
+	}
+	if cerr := conn.Close(); cerr != nil {
+		m.l.discard(conn)
+	}
 	return nil
 }
 

@@ -223,9 +223,24 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			p.done(s)
 			return nil, m.fail(op, cause)
 		case refused:
+			err := m.l.fencingErr(classify(r.err))
+			if q.fenced {
+				// The grant may have come before the token failed, and
+				// outlives the error (see Mutex.undoRefused). The
+				// in-process table keeps every other holder of this
+				// process off the key, so the session holds it at most
+				// once: one unlock undoes it.
+				if uerr := m.unlockOn(s, false); uerr != nil && !errors.Is(uerr, ErrLockLost) {
+					if serr := s.loseBounded(uerr); serr != nil { // gives connMu back
+						err = fmt.Errorf("%w (%w)", err, serr)
+					}
+					p.done(s)
+					return nil, m.fail(op, err)
+				}
+			}
 			s.connMu.Unlock()
 			p.done(s)
-			return nil, m.fail(op, m.l.fencingErr(classify(r.err)))
+			return nil, m.fail(op, err)
 		case r.err != nil:
 			// Whether the statement took the lock is unknown: the session
 			// goes, and every lock on it.
