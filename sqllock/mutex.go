@@ -529,6 +529,11 @@ func withCtxErr(ctx context.Context, err error) error {
 	if cerr == nil && ctxEnded(ctx) {
 		cerr = context.DeadlineExceeded
 	}
+	if err == nil {
+		// The context's cause, read as its deadline passed but before its
+		// timer fired: nil yet.
+		return cerr
+	}
 	if cerr != nil && !errors.Is(err, cerr) {
 		return fmt.Errorf("%w: %w", cerr, err)
 	}
