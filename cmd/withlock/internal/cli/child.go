@@ -30,6 +30,7 @@ type child struct {
 	args  []string // command line, args[0] as the user gave it
 	grace time.Duration
 	env   []string // added to withlock's environment; nil: the environment as it is
+	fds   []int    // inherited by the command at the same numbers; closed once it has started
 
 	stdin          io.Reader
 	stdout, stderr io.Writer
@@ -59,7 +60,9 @@ func (c *child) run(ctx context.Context, sigs <-chan os.Signal) childResult {
 		cmd.WaitDelay = c.grace
 	}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	err := cmd.Start()
+	closeFDs(c.fds) // the command has its own copies now
+	if err != nil {
 		return childResult{err: err}
 	}
 	done := make(chan struct{})
