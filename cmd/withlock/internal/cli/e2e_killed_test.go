@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,6 +27,45 @@ echo a-last >> "$1/log"`
 // commandB logs its start and, 200ms later, its end.
 var commandB = []string{"sh", "-c", `echo b-start >> "$1/log"; sleep 0.2; echo b-end >> "$1/log"`, "B"}
 
+// testKilledHolder: the killed withlock's command is stopped with it where
+// the platform can (deathSignal), and the lock passes on only once it has
+// exited; elsewhere the command runs on, still holding the lock.
+func testKilledHolder(t *testing.T, e *e2e) {
+	for _, tc := range []struct {
+		name   string
+		dbFlag func(*testing.T) string
+	}{
+		{"tcp", func(*testing.T) string { return e.dbFlag() }},
+		{"unix", e.unixDBFlag},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			name, dir, db := t.Name(), t.TempDir(), tc.dbFlag(t)
+			a := e.start(t, nil, db, name, "--", "sh", "-c", loopA, "A", dir)
+			t.Cleanup(func() { stopLoop(t, dir) }) // before withlock's cleanup
+			a.stdout.waitFor(t, "A's stdout", "started")
+			b := e.start(t, nil, args(db, name, "--", commandB, dir)...)
+			e.waitSessions(t, name, 1, 1, patience)
+
+			a.signal(t, syscall.SIGKILL)
+			if deathSignal == 0 { // the command runs on, and keeps the lock
+				waitLines(t, dir, "a", countLines(t, dir, "a")+3)
+				e.waitSessions(t, name, 1, 1, 0)
+				stopLoop(t, dir)
+			}
+			b.expect(t, 0)
+			if got := a.wait(t); got != ExitSignalBase+int(syscall.SIGKILL) {
+				t.Errorf("A: exit status %d, want %d (killed)", got, ExitSignalBase+int(syscall.SIGKILL))
+			}
+			assertNoOverlap(t, dir)
+			if deathSignal != 0 && countLines(t, dir, "a-last") != 0 {
+				t.Errorf("A's command ran to its end, want it killed with withlock")
+			}
+			e.waitSessions(t, name, 0, 0, 5*time.Second) // no lock left behind
+		})
+	}
+}
+
 // testKilledHolderGrandchild: a process the command started (here a
 // background subshell; the command itself waits for it) keeps the lock
 // after withlock is killed, until it exits, whether or not the command was
@@ -47,6 +88,27 @@ func testKilledHolderGrandchild(t *testing.T, e *e2e) {
 		t.Errorf("the background subshell did not end as asked")
 	}
 	e.waitSessions(t, name, 0, 0, 5*time.Second)
+}
+
+// unixDBFlag returns a --db flag that reaches the test server through its
+// Unix socket, or skips the test if there is none to be found.
+func (e *e2e) unixDBFlag(t *testing.T) string {
+	t.Helper()
+	u, err := url.Parse(e.dsn)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.User.Username() == "" {
+		t.Skipf("the test server's connection string is not a URL with a user")
+	}
+	port := u.Port()
+	if port == "" {
+		port = "5432"
+	}
+	for _, dir := range []string{"/var/run/postgresql", "/tmp"} {
+		if _, err := os.Stat(filepath.Join(dir, ".s.PGSQL."+port)); err == nil {
+			return fmt.Sprintf("--db=host=%s port=%s user=%s dbname=%s", dir, port, u.User.Username(), strings.TrimPrefix(u.Path, "/"))
+		}
+	}
+	t.Skipf("no Unix socket for port %s in /var/run/postgresql or /tmp", port)
+	return ""
 }
 
 // stopLoop ends loopA.

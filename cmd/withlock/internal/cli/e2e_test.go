@@ -60,6 +60,7 @@ func TestEndToEnd(t *testing.T) {
 		{"Status", testStatus},
 		{"Keyspaces", testKeyspaces},
 		{"Fencing", testFencing},
+		{"KilledHolder", testKilledHolder},
 		{"KilledHolderGrandchild", testKilledHolderGrandchild},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
