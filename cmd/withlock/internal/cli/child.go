@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"runtime"
 	"time"
 )
 
@@ -30,6 +31,7 @@ type child struct {
 	args  []string // command line, args[0] as the user gave it
 	grace time.Duration
 	env   []string // added to withlock's environment; nil: the environment as it is
+	fds   []int    // inherited by the command at the same numbers; closed once it has started
 
 	stdin          io.Reader
 	stdout, stderr io.Writer
@@ -47,10 +49,17 @@ type childResult struct {
 // arrives on sigs. When ctx ends (the lock was lost), the command gets
 // SIGTERM, then SIGKILL after the grace period; run returns only once the
 // process has exited. If ctx has ended already, the command does not start.
+// If withlock dies first, the command gets deathSignal where there is one.
 func (c *child) run(ctx context.Context, sigs <-chan os.Signal) childResult {
 	cmd := exec.CommandContext(ctx, c.path, c.args[1:]...)
 	cmd.Args = c.args
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = c.stdin, c.stdout, c.stderr
+	setDeathSignal(cmd)
+	// Linux sends the death signal when the thread that started the command
+	// exits, not the process: keep this goroutine, and so the thread, until
+	// the command has been reaped.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if c.env != nil {
 		cmd.Env = append(os.Environ(), c.env...)
 	}
@@ -59,7 +68,9 @@ func (c *child) run(ctx context.Context, sigs <-chan os.Signal) childResult {
 		cmd.WaitDelay = c.grace
 	}
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	err := cmd.Start()
+	closeFDs(c.fds) // the command has its own copies now
+	if err != nil {
 		return childResult{err: err}
 	}
 	done := make(chan struct{})

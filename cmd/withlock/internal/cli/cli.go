@@ -250,7 +250,9 @@ Flags:
 
 The lock is held by a database session named withlock:<lockName> in
 pg_stat_activity. If that session ends while the command runs, the command is
-stopped (SIGTERM, then SIGKILL after --grace) and withlock exits 74.
+stopped (SIGTERM, then SIGKILL after --grace) and withlock exits 74. The
+command inherits the session's socket: if withlock is killed, the lock is
+held until the command has exited (on Linux and FreeBSD, killed with it).
 SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to the
 command; while withlock still waits, they stop the wait and nothing runs.
 

@@ -60,6 +60,8 @@ func TestEndToEnd(t *testing.T) {
 		{"Status", testStatus},
 		{"Keyspaces", testKeyspaces},
 		{"Fencing", testFencing},
+		{"KilledHolder", testKilledHolder},
+		{"KilledHolderGrandchild", testKilledHolderGrandchild},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -518,6 +520,25 @@ func testExitStatus(t *testing.T, e *e2e) {
 		}
 		if got := p.stderr.String(); got != "err\n" {
 			t.Errorf("stderr %q, want the command's alone", got)
+		}
+	})
+	// A descriptor given to withlock reaches the command as it was, not
+	// replaced by the lock's socket, which the command inherits too.
+	t.Run("descriptor 3", func(t *testing.T) {
+		t.Parallel()
+		path := filepath.Join(t.TempDir(), "out")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd := exec.Command(e.bin, e.dbFlag(), t.Name(), "--", "sh", "-c", "echo via-3 >&3")
+		cmd.Env, cmd.ExtraFiles = baseEnv(), []*os.File{f}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("withlock: %v\n%s", err, out)
+		}
+		if got, err := os.ReadFile(path); err != nil || string(got) != "via-3\n" {
+			t.Errorf("descriptor 3's file holds %q, %v; want what the command wrote to it", got, err)
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +40,8 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 		return usageError(log, fmt.Errorf("bad connection string from %s: %w", src.from, err))
 	}
 	log.r.addSecret(cfg.Password)
+	socks := &sockets{}
+	socks.track(cfg)
 	mode := "exclusive"
 	if o.shared {
 		mode = "shared"
@@ -124,6 +127,16 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 				reportLoss()
 			}
 		}()
+		// The command inherits the lock's socket, so that the server keeps
+		// the lock until the command has exited even if withlock is killed.
+		fds, err := socks.inheritable()
+		if err != nil {
+			return fmt.Errorf("lock %q: passing its database socket to the command: %w", o.lockName, err)
+		}
+		if len(fds) > 0 {
+			log.verbosef("the command inherits the lock's database socket: descriptor %s", strings.Trim(fmt.Sprint(fds), "[]"))
+		}
+		c.fds = fds
 		res = c.run(ctx, sigs)
 		return res.err
 	}
