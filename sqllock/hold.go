@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,8 +16,8 @@ import (
 type hold struct {
 	m        *Mutex
 	shared   bool
-	s        *session // the session that carries the lock
-	inproc   bool     // holds the key in the Locker's in-process table (WithSessions)
+	s        *session    // the session that carries the lock
+	inproc   atomic.Bool // holds the key in the Locker's in-process table (WithSessions)
 	onLost   func(error)
 	acquired time.Time // when the lock was granted; set only with observers
 	token    uint64    // the fencing token of the grant (WithFencing), else 0
@@ -103,9 +104,7 @@ func (h *hold) closeDoneLocked() {
 }
 
 // release unlocks the hold (see session.release and
-// session.releaseCarried), then lets this process's next holder of the
-// key in, if the hold was taken through the Locker's in-process table
-// (WithSessions).
+// session.releaseCarried), then leaves the in-process table.
 func (h *hold) release(ctx context.Context) error {
 	var err error
 	if h.s.pool != nil {
@@ -113,10 +112,17 @@ func (h *hold) release(ctx context.Context) error {
 	} else {
 		err = h.s.release(ctx)
 	}
-	if h.inproc {
+	h.leaveTable()
+	return err
+}
+
+// leaveTable lets this process's next holder of the key in, once, if the
+// hold took the key in the Locker's in-process table: at its release, or
+// as soon as it is lost, when the server no longer holds the key for it.
+func (h *hold) leaveTable() {
+	if h.inproc.Swap(false) {
 		h.m.l.pool.keys.Unlock(h.m.key, h.shared)
 	}
-	return err
 }
 
 func (h *hold) lostErr(cause error) error {

@@ -21,6 +21,7 @@ import (
 type queries struct {
 	lock, lockShared     *lockStmt // see lockStmt
 	try, tryShared       *lockStmt
+	trySharedBehind      *lockStmt           // tryShared that yields to a queued waiter (see waiterQueued)
 	unlock, unlockShared string              // -> one row if released, else none
 	args                 []any               // the key as bind parameters, or nil with literals
 	named                []driver.NamedValue // args, as the driver takes them
@@ -49,6 +50,7 @@ const (
 	kindLockShared
 	kindTry
 	kindTryShared
+	kindTrySharedBehind
 )
 
 // stmt returns q's lock statement of the given kind.
@@ -60,6 +62,8 @@ func (q *queries) stmt(kind lockKind) *lockStmt {
 		return q.try
 	case kindTryShared:
 		return q.tryShared
+	case kindTrySharedBehind:
+		return q.trySharedBehind
 	}
 	return q.lock
 }
@@ -165,19 +169,22 @@ const tokenMark = "\x00"
 const sessionGuard = " WHERE pg_backend_pid() = " + tokenMark
 
 func buildQueries(k keyspace.Key, placeholders bool) queries {
-	var list string
+	var list, queued string
 	var args []any
 	if n, ok := k.Int64(); ok {
 		list = strconv.FormatInt(n, 10)
 		if placeholders {
 			list, args = "$1", []any{n}
 		}
+		queued = waiterQueued(list+"::int8 >> 32", list+"::int8", 1)
 	} else {
 		a, b, _ := k.Pair()
-		list = strconv.FormatInt(int64(a), 10) + "," + strconv.FormatInt(int64(b), 10)
+		x, y := strconv.FormatInt(int64(a), 10), strconv.FormatInt(int64(b), 10)
 		if placeholders {
-			list, args = "$1,$2", []any{int64(a), int64(b)}
+			x, y, args = "$1", "$2", []any{int64(a), int64(b)}
 		}
+		list = x + "," + y
+		queued = waiterQueued(x+"::int4", y+"::int4", 2)
 	}
 	// A lock runs on a session that the Locker verified (see
 	// buildVerify), in the guarded form: it takes the lock only if the
@@ -208,16 +215,34 @@ func buildQueries(k keyspace.Key, placeholders bool) queries {
 		return "SELECT 1 WHERE " + unlockFn + "(" + list + ")"
 	}
 	return queries{
-		lock:         lock("pg_advisory_lock", kindLock),
-		lockShared:   lock("pg_advisory_lock_shared", kindLockShared),
-		try:          try("pg_try_advisory_lock", kindTry),
-		tryShared:    try("pg_try_advisory_lock_shared", kindTryShared),
+		lock:       lock("pg_advisory_lock", kindLock),
+		lockShared: lock("pg_advisory_lock_shared", kindLockShared),
+		try:        try("pg_try_advisory_lock", kindTry),
+		tryShared:  try("pg_try_advisory_lock_shared", kindTryShared),
+		trySharedBehind: &lockStmt{kind: kindTrySharedBehind, guarded: strings.Split(
+			"SELECT CASE WHEN "+queued+" THEN false ELSE pg_try_advisory_lock_shared("+list+") END"+guard, tokenMark)},
 		unlock:       unlock("pg_advisory_unlock"),
 		unlockShared: unlock("pg_advisory_unlock_shared"),
 		args:         args,
 		named:        named(args),
 		keyList:      list,
 	}
+}
+
+// waiterQueued is the SQL condition that some session of this database
+// waits, not granted, for the advisory lock whose pg_locks tag is
+// (classid, objid, objsubid), given as int8 expressions of the key.
+//
+// PostgreSQL grants a session a lock it already holds without looking at
+// the queue, so a shared session that carries a key shared would let this
+// process's new shared holders overtake a waiter that another process has
+// queued, for as long as they keep coming. A new shared holder on such a
+// session asks this first, and yields as a holder in another process would.
+func waiterQueued(classid, objid string, objsubid int) string {
+	return "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted" +
+		" AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" +
+		" AND classid::int8 = (" + classid + ")::int8 & 4294967295 AND objid::int8 = (" + objid + ")::int8 & 4294967295" +
+		" AND objsubid = " + strconv.Itoa(objsubid) + ")"
 }
 
 // processToken tells this process's connections from other processes':

@@ -213,6 +213,7 @@ func (s *session) loseWith(cause error, end func(*sql.Conn, int64, keyspace.Key)
 	s.connMu.Unlock()
 	for i, h := range holds {
 		if firsts[i] {
+			h.leaveTable() // the server holds nothing for it now
 			h.notifyLost(errs[i])
 			h.closeDone()
 		}

@@ -165,7 +165,10 @@ func (m *Mutex) acquireShared(ctx context.Context, shared, try bool, onLost func
 		keys.Unlock(m.key, shared)
 		return nil, err
 	}
-	h.inproc = true
+	h.inproc.Store(true)
+	if h.err() != nil {
+		h.leaveTable() // lost already: its loss found no table entry to leave
+	}
 	return h, nil
 }
 
@@ -174,10 +177,15 @@ func (m *Mutex) acquireShared(ctx context.Context, shared, try bool, onLost func
 // process holds the lock.
 func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost func(error), timed bool) (*hold, error) {
 	q := m.q.try
+	p := m.l.pool
 	if shared {
 		q = m.q.tryShared
+		if n, _ := p.keys.Held(m.key); n > 1 {
+			// Other shared holders of this process: their session may
+			// carry the key already (see waiterQueued).
+			q = m.q.trySharedBehind
+		}
 	}
-	p := m.l.pool
 	for attempt := 0; ; attempt++ {
 		s, err := p.take(ctx)
 		if err != nil {

@@ -238,3 +238,86 @@ func TestSessionsObserved(t *testing.T) {
 		assert.Equal(t, 2, events[sqllock.EventLost], "each lock on the session is reported lost once")
 	})
 }
+
+// A lock lost with its shared session no longer keeps this process's
+// other holders out: the key is free on the server, so a new Lock gets it
+// at once, before anyone calls Unlock for the lost one.
+func TestSessionsLostLockTakenAgain(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db, sqllock.WithSessions(1), fastLoss)
+		m := l.Mutex(t.Name())
+		require.NoError(t, m.Lock(t.Context()))
+		lost := m.Done()
+		terminate(t, db, backendOf(t, db, m.Key()))
+		select {
+		case <-lost:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the loss went unnoticed")
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		require.NoError(t, m.Lock(ctx), "the lost lock keeps no in-process entry")
+		require.NoError(t, m.Err(), "Done and Err describe the lock held now")
+		require.ErrorIs(t, m.Unlock(t.Context()), sqllock.ErrLockLost, "Unlock releases the oldest: the lost one")
+		require.NoError(t, m.Unlock(t.Context()))
+		waitRows(t, db, m.Key(), 0, 0)
+	})
+}
+
+// In-process shared holders on one shared session do not overtake another
+// process's exclusive waiter that the server has queued: a new shared
+// holder is refused (TryLockShared) or waits behind it (LockShared), as a
+// shared holder in another process would.
+func TestSessionsSharedHoldersQueueBehindWaiter(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		for _, kind := range []string{"int64", "pair"} {
+			t.Run(kind, func(t *testing.T) {
+				l := sqllock.New(db, sqllock.WithSessions(1))
+				k := keyspace.SHA256Int64.Key(t.Name())
+				lockSQL, args := "SELECT pg_advisory_lock($1)", []any{}
+				if kind == "pair" {
+					k = keyspace.Default.Key(t.Name())
+					a, b, _ := k.Pair()
+					lockSQL, args = "SELECT pg_advisory_lock($1, $2)", []any{a, b}
+				} else {
+					n, _ := k.Int64()
+					args = []any{n}
+				}
+				a, b := l.MutexKey(k), l.MutexKey(k)
+				require.NoError(t, a.LockShared(t.Context()))
+
+				other, err := db.Conn(t.Context())
+				require.NoError(t, err)
+				defer other.Close()
+				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+				defer cancel()
+				waited := make(chan error, 1)
+				go func() {
+					_, err := other.ExecContext(ctx, lockSQL, args...)
+					waited <- err
+				}()
+				waitRows(t, db, k, 1, 1)
+
+				ok, err := b.TryLockShared(t.Context())
+				require.NoError(t, err)
+				require.False(t, ok, "a new shared holder does not jump the queued exclusive waiter")
+
+				got := make(chan error, 1)
+				go func() { got <- b.LockShared(ctx) }()
+				waitRows(t, db, k, 1, 2)
+				require.NoError(t, a.UnlockShared(t.Context()))
+				require.NoError(t, <-waited, "the exclusive waiter goes first")
+				select {
+				case err := <-got:
+					t.Fatalf("the shared holder got the lock beside the exclusive holder: %v", err)
+				default:
+				}
+				_, err = other.ExecContext(t.Context(), "SELECT pg_advisory_unlock_all()")
+				require.NoError(t, err)
+				require.NoError(t, <-got)
+				require.NoError(t, b.UnlockShared(t.Context()))
+				waitRows(t, db, k, 0, 0)
+			})
+		}
+	})
+}
