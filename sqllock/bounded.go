@@ -144,7 +144,7 @@ func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done cha
 	select {
 	case settleErr = <-settled:
 	case <-sctx.Done():
-		settleErr = fmt.Errorf("no answer from the server within %v", min(l.cfg.timeout, settleBound))
+		settleErr = fmt.Errorf("%w (%v)", ErrNoAnswer, min(l.cfg.timeout, settleBound))
 	}
 	if settleErr == nil {
 		select {

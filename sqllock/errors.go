@@ -51,6 +51,13 @@ var (
 	// affected, and the failed attempt took nothing.
 	ErrLockTableFull = errors.New("sqllock: the server's lock table is full (SQLSTATE 53200): raise max_locks_per_transaction; the table holds max_locks_per_transaction × (max_connections + max_prepared_transactions) locks of all clients")
 
+	// ErrNoAnswer reports that sqllock stopped waiting for the server at a
+	// bound of its own, not at the caller's context: the keep-alive timeout
+	// (see [WithKeepAlive]), or the short bound on ending a session after
+	// it. The message names the bound. An error that wraps it never wraps
+	// context.Canceled or context.DeadlineExceeded on that account.
+	ErrNoAnswer = errors.New("sqllock: no answer from the server within sqllock's bound")
+
 	// ErrNotAcquired reports that WithLock, WithLockShared or TryWithLock
 	// did not get the lock (the wait ended, the connection failed, the
 	// session was refused), so fn did not run. It tells a failed wait from

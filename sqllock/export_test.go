@@ -25,3 +25,23 @@ func InterruptKind(conn *sql.Conn) string {
 	}
 	return "none"
 }
+
+// StatementRunning reports whether a statement runs, watched, on one of
+// l's shared sessions (WithSessions).
+func StatementRunning(l *Locker) bool {
+	if l.pool == nil {
+		return false
+	}
+	l.pool.mu.Lock()
+	open := append([]*session(nil), l.pool.open...)
+	l.pool.mu.Unlock()
+	for _, s := range open {
+		s.mu.Lock()
+		running := s.stmtRunning
+		s.mu.Unlock()
+		if running {
+			return true
+		}
+	}
+	return false
+}

@@ -455,6 +455,7 @@ func TestFaultSilentNetwork(t *testing.T) {
 		assert.LessOrEqual(t, at.Sub(start), interval+timeout+slack, "the loss is declared within interval + timeout")
 		err := holder.Err()
 		require.ErrorIs(t, err, sqllock.ErrLockLost)
+		notBlamingContext(t, err)
 		t.Logf("holder's Err: %v", err)
 		r := faultWithin(t, faultGo(func() error { return holder.Unlock(t.Context()) }), 5*time.Second, "Unlock of the lost lock")
 		require.ErrorIs(t, r.err, sqllock.ErrLockLost)
@@ -834,4 +835,160 @@ func TestFaultLockOrderInversion(t *testing.T) {
 			waitRows(t, db, k2, 0, 0)
 		})
 	})
+}
+
+// TestFaultDeadPooledSharedSession: with WithSessions, a pooled connection
+// whose session the server ended while it sat idle (a restart, or
+// idle_session_timeout) is retried on another, as in the default mode,
+// instead of failing the Lock that gets it.
+func TestFaultDeadPooledSharedSession(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t)
+	for _, fault := range []string{"restart", "idle_session_timeout"} {
+		t.Run(fault, func(t *testing.T) {
+			for _, s := range faultSetups {
+				t.Run(s.name, func(t *testing.T) {
+					dsn := c.DSN()
+					if fault == "idle_session_timeout" {
+						dsn, _ = faultDSN(t, dsn, "", "idle_session_timeout=300")
+					}
+					db := s.open(t, dsn)
+					admin := faultOpen(t, "pgx", c.DSN())
+					l := sqllock.New(db, sqllock.WithSessions(2), fastLoss)
+					for round := range 3 {
+						m := l.Mutex(fmt.Sprintf("%s/%d", t.Name(), round))
+						require.NoError(t, m.Lock(t.Context()))
+						pid := backendOf(t, admin, m.Key())
+						require.NoError(t, m.Unlock(t.Context()))
+						require.Zero(t, inUse(db), "the session went back to the pool")
+						if fault == "restart" {
+							c.Restart(t)
+						}
+						// The pooled session is gone from the server.
+						waitGone(t, admin, pid)
+						ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+						err := m.Lock(ctx)
+						cancel()
+						require.NoError(t, err, "round %d: a dead pooled session is retried", round)
+						require.NoError(t, m.Unlock(t.Context()))
+						waitRows(t, admin, m.Key(), 0, 0)
+					}
+				})
+			}
+		})
+	}
+}
+
+// waitGone waits until backend pid has exited.
+func waitGone(t *testing.T, db *sql.DB, pid int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	for {
+		var n int
+		err := db.QueryRowContext(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+		if err == nil && n == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("backend %d still there (%v)", pid, err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// TestFaultBusySharedSessionHonoursContext: while a statement on a shared
+// session gets no answer (a silent network; equally a stopped backend),
+// other callers that queue for the session return when their own context
+// ends, not when the stuck statement's bound passes.
+func TestFaultBusySharedSessionHonoursContext(t *testing.T) {
+	const (
+		interval, timeout = 200 * time.Millisecond, 3 * time.Second
+		wait, slack       = 300 * time.Millisecond, 700 * time.Millisecond
+	)
+	eachFaultSetup(t, func(t *testing.T, s faultSetup) {
+		p, proxied := faultProxy(t, pgtest.DSN(t), "idle_session_timeout=1000")
+		direct := s.open(t, pgtest.DSN(t))
+		db := s.open(t, proxied)
+		l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithKeepAlive(interval, timeout))
+		a := l.Mutex(t.Name() + "/a")
+		require.NoError(t, a.Lock(t.Context()))
+		p.Blackhole()
+		stuck := faultGo(func() error { return l.Mutex(t.Name() + "/stuck").Lock(context.Background()) })
+		for !sqllock.StatementRunning(l) {
+			time.Sleep(time.Millisecond)
+		}
+		var chs []<-chan faultResult
+		start := time.Now()
+		for i := range 4 {
+			m := l.Mutex(fmt.Sprintf("%s/%d", t.Name(), i))
+			chs = append(chs, faultGo(func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), wait)
+				defer cancel()
+				return m.Lock(ctx)
+			}))
+		}
+		for i, ch := range chs {
+			r := faultWithin(t, ch, timeout+slack, "a queued Lock")
+			faultFigure(t, "bounded", s.name, "busy-shared-session", r.at.Sub(start))
+			require.ErrorIs(t, r.err, context.DeadlineExceeded, "Lock %d", i)
+			assert.LessOrEqual(t, r.at.Sub(start), wait+slack, "Lock %d returns when its context ends", i)
+		}
+		r := faultWithin(t, stuck, 2*timeout+slack, "the stuck Lock")
+		t.Logf("the stuck Lock: %v", r.err)
+		notBlamingContext(t, r.err)
+		require.NoError(t, p.Close())
+		faultWithin(t, faultStamp(t, a.Done()), 2*timeout+slack, "a's Done")
+		t.Logf("a's loss: %v", a.Err())
+		notBlamingContext(t, a.Err())
+		require.ErrorIs(t, a.Unlock(t.Context()), sqllock.ErrLockLost)
+		waitRows(t, direct, a.Key(), 0, 0)
+		faultNoConnsInUse(t, db)
+	})
+}
+
+// TestFaultSlowServerOpensSharedSession: a server slow to accept a new
+// shared session's connection is waited for as long as the caller's
+// context allows, not cut off by the keep-alive timeout with an error
+// that blames a context the caller never ended.
+func TestFaultSlowServerOpensSharedSession(t *testing.T) {
+	const interval, timeout = 100 * time.Millisecond, 300 * time.Millisecond
+	eachFaultSetup(t, func(t *testing.T, s faultSetup) {
+		p, proxied := faultProxy(t, pgtest.DSN(t))
+		direct := s.open(t, pgtest.DSN(t))
+		db := s.open(t, proxied)
+		require.NoError(t, db.PingContext(t.Context()))
+		db.SetMaxIdleConns(0) // the session's connection is a new one
+		l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithKeepAlive(interval, timeout))
+		m := l.Mutex(t.Name())
+
+		p.Blackhole()
+		resume := time.AfterFunc(4*timeout, p.Resume)
+		defer resume.Stop()
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		defer cancel()
+		require.NoError(t, m.Lock(ctx), "a slow server is not a lost one")
+		require.NoError(t, m.Unlock(t.Context()))
+		waitRows(t, direct, m.Key(), 0, 0)
+
+		// A caller whose own context ends while the server stays silent
+		// is told so.
+		p.Blackhole()
+		ctx, cancel = context.WithTimeout(t.Context(), 2*timeout)
+		defer cancel()
+		err := l.Mutex(t.Name() + "/2").Lock(ctx)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.NoError(t, p.Close())
+		faultNoConnsInUse(t, db)
+	})
+}
+
+// notBlamingContext checks that err, which a bound of sqllock's own caused,
+// says so with ErrNoAnswer and blames no context: the caller ended none.
+func notBlamingContext(t *testing.T, err error) {
+	t.Helper()
+	require.ErrorIs(t, err, sqllock.ErrNoAnswer)
+	require.NotErrorIs(t, err, context.DeadlineExceeded)
+	require.NotErrorIs(t, err, context.Canceled)
 }

@@ -838,3 +838,22 @@ func TestUnlockLeavesWithLockAlone(t *testing.T) {
 		assert.Zero(t, db.Stats().InUse, "every connection back in the pool")
 	})
 }
+
+// With WithSessions too: a shared session that takes the pool's last
+// connection says so, once.
+func TestPoolFilledBySharedSessionWarns(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		var buf syncBuffer
+		logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		db.SetMaxOpenConns(1)
+		l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithLogger(logger))
+		a, b := l.Mutex(t.Name()+"/a"), l.Mutex(t.Name()+"/b")
+		require.NoError(t, a.Lock(t.Context()))
+		require.NoError(t, b.Lock(t.Context()))
+		require.NoError(t, b.Unlock(t.Context()))
+		require.NoError(t, a.Unlock(t.Context()))
+		out := buf.String()
+		assert.Equal(t, 1, strings.Count(out, "held locks fill the connection pool"), "one warning per Locker: %s", out)
+		assert.Contains(t, out, "max_open_conns=1")
+	})
+}

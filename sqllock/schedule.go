@@ -36,7 +36,7 @@ func (s *scheduler) now() time.Duration { return time.Since(s.base) }
 // What a scheduled session is waiting for.
 const (
 	dueProbe   = iota + 1 // its next keep-alive probe
-	dueRelease            // the end of its release's bound, or of a shared session's dial
+	dueRelease            // the end of its release's bound
 )
 
 // after sets h's single entry to run kind after delay d, replacing any

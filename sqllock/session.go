@@ -44,13 +44,17 @@ type session struct {
 
 	connMu sync.Mutex // held by whoever uses conn
 
+	// Why a shared session's connection could not be opened, and whether
+	// its dialer's context ended then; set before connMu is given back.
+	dialErr      error
+	dialCtxEnded bool
+
 	// The session's entry in the Locker's scheduler, guarded by its mutex.
 	slot    int           // index in the scheduler's list; -1 when not scheduled
 	due     time.Duration // when the entry runs (see scheduler.now)
 	dueKind int           // dueProbe or dueRelease
-	// releaseCancel ends a release's context when its bound passes, or a
-	// new shared session's wait for its connection (see sessionPool.take);
-	// set before the dueRelease entry is scheduled. Nil when the bound is
+	// releaseCancel ends a release's context when its bound passes; set
+	// before the dueRelease entry is scheduled. Nil when the bound is
 	// kept by interrupting the driver instead (see fireBound).
 	releaseCancel context.CancelFunc
 
@@ -254,6 +258,10 @@ func (s *session) probe(timeout time.Duration) error {
 	case r := <-ch:
 		cancel()
 		switch {
+		case r.err != nil && ctx.Err() != nil:
+			// The driver gave up at the probe's own deadline: %v, so
+			// that the loss does not read as a context the holder ended.
+			return fmt.Errorf("keep-alive: %w (%v, the keep-alive timeout): %v", ErrNoAnswer, timeout, r.err)
 		case r.err != nil:
 			return fmt.Errorf("keep-alive query failed: %w", r.err)
 		case r.pid != s.pid:
@@ -266,7 +274,7 @@ func (s *session) probe(timeout time.Duration) error {
 			_ = s.l.endSession(s.conn, s.pid, s.key())
 		}()
 		cancel()
-		return fmt.Errorf("keep-alive got no answer within %v: %w", timeout, errAbandoned)
+		return fmt.Errorf("keep-alive: %w (%v, the keep-alive timeout): %w", ErrNoAnswer, timeout, errAbandoned)
 	}
 }
 
@@ -316,13 +324,14 @@ func (s *session) release(ctx context.Context) error {
 		defer s.l.sched.cancel(s)
 	default:
 		// The entry cancels the unlock's context.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		s.releaseCancel = cancel
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		bound := s.l.cfg.timeout
+		s.releaseCancel = func() { cancel(fmt.Errorf("%w (%v, the keep-alive timeout)", ErrNoAnswer, bound)) }
 		s.l.sched.after(s, s.l.cfg.timeout, dueRelease)
 		defer func() {
 			s.l.sched.cancel(s)
-			cancel()
+			cancel(nil)
 		}()
 	}
 	err := s.releaseConn(ctx, haveConn)
@@ -388,7 +397,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// ctx ended first, the driver has not returned, and the server
 		// could not be told to end the session: it is ended when the
 		// driver returns.
-		return h.unlockErr(fmt.Errorf("%w: the unlock got no answer before its context ended (%w), and ending its session failed: %w", ErrNotReleased, ctx.Err(), settleErr))
+		return h.unlockErr(fmt.Errorf("%w: the unlock got no answer before it was stopped (%w), and ending its session failed: %w", ErrNotReleased, context.Cause(ctx), settleErr))
 	case abandoned:
 		// The server ended the session, and the lock with it; the driver
 		// has yet to notice, and the connection is discarded when it does.

@@ -77,7 +77,7 @@ func (l *Locker) endSessionBounded(conn *sql.Conn, pid int64, k keyspace.Key) er
 	case err := <-done:
 		return err
 	case <-t.C:
-		return fmt.Errorf("%w: backend %d: no answer from the server within %v", ErrNotReleased, pid, bound)
+		return fmt.Errorf("%w: backend %d: %w (%v)", ErrNotReleased, pid, ErrNoAnswer, bound)
 	}
 }
 
@@ -136,6 +136,8 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 	for {
 		state, holds, alive, err := l.look(ctx, args)
 		switch {
+		case err != nil && ctx.Err() != nil:
+			return fmt.Errorf("%w: %v", boundErr(ctx, l.cfg.timeout), err)
 		case err != nil:
 			return err
 		case !alive:
@@ -143,6 +145,9 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 		case holds:
 			idleSince = time.Time{}
 			if err := l.terminateHolder(ctx, args); err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("%w: %v", boundErr(ctx, l.cfg.timeout), err)
+				}
 				return err
 			}
 			continue
@@ -155,7 +160,7 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("it still held, waited for or ran a statement towards the lock when the keep-alive timeout passed: %w", ctx.Err())
+			return fmt.Errorf("it still held, waited for or ran a statement towards the lock when its bound passed: %w", boundErr(ctx, l.cfg.timeout))
 		case <-time.After(poll):
 		}
 		poll = min(2*poll, 10*time.Millisecond)
@@ -217,4 +222,14 @@ func deadlineOr(ctx context.Context, t time.Time) time.Time {
 		return d
 	}
 	return t
+}
+
+// boundErr is the error for ctx ended: ErrNoAnswer naming bound when ctx
+// is one of sqllock's own bounds that passed, else ctx's error (a caller's
+// context reaches terminate through endSession's deadline only).
+func boundErr(ctx context.Context, bound time.Duration) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%w (%v)", ErrNoAnswer, bound)
+	}
+	return ctx.Err()
 }

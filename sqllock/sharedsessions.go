@@ -2,6 +2,7 @@ package sqllock
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -70,31 +71,57 @@ func (p *sessionPool) take(ctx context.Context) (*session, error) {
 		return best, nil
 	}
 	// Reserve the slot before dialling, so that concurrent callers do not
-	// open more than n.
+	// open more than n. Others may queue for this session meanwhile, each
+	// until its own context ends (see session.lockConn).
 	s := &session{l: p.l, pool: p, slot: -1, users: 1}
 	s.carried = s.first[:0]
 	p.open = append(p.open, s)
 	s.connMu.Lock() // until the connection is there
 	p.mu.Unlock()
-	// Others may queue for this session meanwhile: its connection is
-	// bounded by the keep-alive timeout, not by this caller's context. The
-	// bound is the session's entry in the Locker's scheduler rather than
-	// context.WithTimeout, whose timer would cost a thread wake-up per
-	// session (see scheduler); the entry ends the context.
-	dctx, cancel := context.WithCancel(neverEnding(ctx))
-	defer cancel()
-	s.releaseCancel = cancel
-	p.l.sched.after(s, p.l.cfg.timeout, dueRelease)
-	conn, err := p.l.db.Conn(dctx)
-	p.l.sched.cancel(s)
+	// The connection carries no lock yet: opening it follows the caller's
+	// context and the pool's own settings, not the keep-alive timeout (a
+	// slow server is not a lost one).
+	conn, err := p.dial(ctx)
 	if err != nil {
+		s.dialErr, s.dialCtxEnded = err, ctxEnded(ctx)
 		s.connMu.Unlock()
 		p.retire(s)
+		p.done(s)
 		return nil, err
 	}
 	s.conn = conn
 	s.connMu.Unlock()
 	return s, nil
+}
+
+// dial opens the connection of a new shared session under ctx, even where
+// the driver does not bound its connect by ctx (lib/pq's startup waits on
+// a silent network): a dial the caller gave up on goes on in the
+// background and gives its connection back to the pool.
+func (p *sessionPool) dial(ctx context.Context) (*sql.Conn, error) {
+	if ctx.Done() == nil || p.l.boundsContext {
+		return p.l.db.Conn(ctx)
+	}
+	type dialed struct {
+		conn *sql.Conn
+		err  error
+	}
+	ch := make(chan dialed, 1)
+	go func() {
+		conn, err := p.l.db.Conn(ctx)
+		ch <- dialed{conn, err}
+	}()
+	select {
+	case d := <-ch:
+		return d.conn, d.err
+	case <-ctx.Done():
+	}
+	go func() {
+		if d := <-ch; d.conn != nil {
+			_ = d.conn.Close()
+		}
+	}()
+	return nil, ctx.Err()
 }
 
 // done ends a user's use of s; the last user of a live session gives its
@@ -186,12 +213,18 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			q = m.q.trySharedBehind
 		}
 	}
+	dead := 0 // sessions found dead, and retried
 	for attempt := 0; ; attempt++ {
 		s, err := p.take(ctx)
 		if err != nil {
 			return nil, m.fail(op, withCtxErr(ctx, err))
 		}
-		s.connMu.Lock()
+		if err := s.lockConn(ctx); err != nil {
+			// Queued behind a statement on the session, or its dial: the
+			// caller's context ended first.
+			p.done(s)
+			return nil, m.fail(op, withCtxErr(ctx, context.Cause(ctx)))
+		}
 		if s.dead.Load() || s.conn == nil {
 			// Lost, or never connected, since it was taken: try another.
 			s.connMu.Unlock()
@@ -199,6 +232,12 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			switch {
 			case ctxEnded(ctx):
 				return nil, m.fail(op, withCtxErr(ctx, context.Cause(ctx)))
+			case s.conn == nil && !s.dialCtxEnded:
+				return nil, m.fail(op, s.dialErr)
+			case s.conn == nil:
+				// Its dial ended with another caller's context: not a
+				// reason to give up.
+				attempt--
 			case attempt >= p.n:
 				return nil, m.fail(op, errors.New("no shared session stayed alive long enough to take the lock"))
 			}
@@ -223,7 +262,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		case abandoned:
 			// The driver did not return: its session is ended, and every
 			// lock on it with it.
-			cause := fmt.Errorf("a lock statement got no answer within %v: %w", m.l.cfg.timeout, errAbandoned)
+			cause := fmt.Errorf("lock statement: %w (%v, the keep-alive timeout): %w", ErrNoAnswer, m.l.cfg.timeout, errAbandoned)
 			if settleErr != nil {
 				cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
 			}
@@ -249,6 +288,20 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			s.connMu.Unlock()
 			p.done(s)
 			return nil, m.fail(op, err)
+		case deadSession(r.err) && !ctxEnded(ctx) && dead < p.n+p.l.db.Stats().Idle+1:
+			// The server ended the session while it sat in the pool or
+			// carried locks (a restart, idle_session_timeout), or its
+			// socket broke: what the statement took ended with it, as did
+			// every lock it carried. The lock is tried on another, as in
+			// the default mode (see Mutex.lockStatement).
+			if serr := s.loseBounded(r.err); serr != nil {
+				p.done(s)
+				return nil, m.fail(op, fmt.Errorf("%w (%w)", classify(r.err), serr))
+			}
+			p.done(s)
+			dead++
+			attempt--
+			continue
 		case r.err != nil:
 			// Whether the statement took the lock is unknown: the session
 			// goes, and every lock on it.
@@ -299,6 +352,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		s.carried = append(s.carried, h)
 		s.mu.Unlock()
 		s.connMu.Unlock()
+		m.warnPoolFull()
 		return h, nil
 	}
 }
@@ -351,7 +405,7 @@ func (m *Mutex) unlockOn(s *session, shared bool) error {
 	}
 	switch {
 	case abandoned:
-		cause := fmt.Errorf("an unlock got no answer within %v: %w", m.l.cfg.timeout, errAbandoned)
+		cause := fmt.Errorf("unlock: %w (%v, the keep-alive timeout): %w", ErrNoAnswer, m.l.cfg.timeout, errAbandoned)
 		if settleErr != nil {
 			cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
 		}
@@ -403,4 +457,44 @@ func (s *session) releaseCarried(ctx context.Context, h *hold) error {
 		return h.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
 	}
 	return h.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", ErrLockLost, err))
+}
+
+// lockConn takes s.connMu for a lock statement, or gives up when ctx ends:
+// callers queued behind a statement that gets no answer (a stopped
+// backend, a silent network), whose bound is the keep-alive timeout, stop
+// waiting when their own context ends. Only a wait costs a goroutine.
+func (s *session) lockConn(ctx context.Context) error {
+	if s.connMu.TryLock() {
+		return nil
+	}
+	if ctx.Done() == nil {
+		s.connMu.Lock()
+		return nil
+	}
+	var mu sync.Mutex
+	taken, gaveUp := false, false
+	got := make(chan struct{})
+	go func() {
+		s.connMu.Lock()
+		mu.Lock()
+		defer mu.Unlock()
+		if gaveUp {
+			s.connMu.Unlock()
+			return
+		}
+		taken = true
+		close(got)
+	}()
+	select {
+	case <-got:
+		return nil
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if taken {
+		return nil
+	}
+	gaveUp = true
+	return ctx.Err()
 }

@@ -47,7 +47,7 @@ func (s *session) watched(run func(dc any) outcome) (r outcome) {
 			if r.err != nil {
 				cause = r.err.Error()
 			}
-			r.err = fmt.Errorf("the statement got no answer within %v, the keep-alive timeout, and was interrupted (%v)", s.l.cfg.timeout, cause)
+			r.err = fmt.Errorf("%w (%v, the keep-alive timeout): the statement was interrupted (%v)", ErrNoAnswer, s.l.cfg.timeout, cause)
 		}
 		return nil
 	})
