@@ -499,10 +499,11 @@ func BenchmarkFencedLockUnlock(b *testing.B) {
 				key = strconv.FormatInt(n, 10)
 			}
 			lockQ := "SELECT CASE WHEN pg_advisory_lock(" + key + ") IS NOT NULL" +
-				" AND pg_logical_emit_message(true, 'ref', '') IS NOT NULL THEN pg_current_xact_id()::text::int8 END"
+				" AND pg_logical_emit_message(true, 'ref', '') IS NOT NULL" +
+				" THEN left(pg_walfile_name(pg_current_wal_lsn()), 8) || ' ' || pg_current_xact_id()::text END"
 			b.ReportAllocs()
 			defer reportCPU(b)()
-			var token int64
+			var token string
 			for b.Loop() {
 				check(b, c.QueryRowContext(ctx, lockQ, r.args...).Scan(&token))
 				r.unlock(b, ctx, c)
