@@ -30,6 +30,28 @@ func fillLockTable(t *testing.T, conn *sql.Conn) int {
 	return n
 }
 
+// fullLockTable opens driver on c, takes a lock with a Locker made with
+// opts, and fills the server's lock table from another connection. An
+// idle connection stays in the pool for the attempts that follow: with the
+// table full, a new backend cannot even start (it needs an entry too).
+func fullLockTable(t *testing.T, c *pgtest.Cluster, driver string, opts ...sqllock.Option) (*sql.DB, *sqllock.Locker, *sqllock.Mutex, *sql.Conn) {
+	t.Helper()
+	db, err := sql.Open(driver, c.DSN())
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	l := sqllock.New(db, opts...)
+	held := l.Mutex(t.Name() + "/held")
+	require.NoError(t, held.Lock(t.Context()))
+	filler, err := db.Conn(t.Context())
+	require.NoError(t, err)
+	spare, err := db.Conn(t.Context())
+	require.NoError(t, err)
+	require.NoError(t, spare.Close())
+	n := fillLockTable(t, filler)
+	t.Logf("the lock table took %d advisory locks", n)
+	return db, l, held, filler
+}
+
 // emptyLockTable releases the filler's locks, then checks that m, refused
 // while the table was full, now locks, and that once m and held are
 // released nothing is left in pg_locks.
@@ -56,25 +78,10 @@ func TestLockTableFull(t *testing.T) {
 	c := pgtest.NewCluster(t, "max_locks_per_transaction=10", "max_connections=20")
 	for _, driver := range []string{"postgres", "pgx"} {
 		t.Run(driver, func(t *testing.T) {
-			db, err := sql.Open(driver, c.DSN())
-			require.NoError(t, err)
-			t.Cleanup(func() { db.Close() })
-			l := sqllock.New(db, sqllock.WithKeepAlive(0, 0))
-			held := l.Mutex(t.Name() + "/held")
-			require.NoError(t, held.Lock(t.Context()))
-
-			filler, err := db.Conn(t.Context())
-			require.NoError(t, err)
-			// An idle connection for the attempts below: with the table
-			// full, a new backend cannot even start (it needs an entry too).
-			spare, err := db.Conn(t.Context())
-			require.NoError(t, err)
-			require.NoError(t, spare.Close())
-			n := fillLockTable(t, filler)
-			t.Logf("the lock table took %d advisory locks", n)
+			db, l, held, filler := fullLockTable(t, c, driver, sqllock.WithKeepAlive(0, 0))
 
 			m := l.MutexKey(keyspace.Int64(777))
-			err = m.Lock(t.Context())
+			err := m.Lock(t.Context())
 			t.Logf("Lock on a full table: %v", err)
 			require.ErrorIs(t, err, sqllock.ErrLockTableFull)
 			assert.Contains(t, err.Error(), "max_locks_per_transaction")
@@ -97,19 +104,10 @@ func TestLockTableFullSharedSession(t *testing.T) {
 	c := pgtest.NewCluster(t, "max_locks_per_transaction=10", "max_connections=20")
 	for _, driver := range []string{"postgres", "pgx"} {
 		t.Run(driver, func(t *testing.T) {
-			db, err := sql.Open(driver, c.DSN())
-			require.NoError(t, err)
-			t.Cleanup(func() { db.Close() })
-			l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithKeepAlive(0, 0))
-			held := l.Mutex(t.Name() + "/held")
-			require.NoError(t, held.Lock(t.Context()))
-
-			filler, err := db.Conn(t.Context())
-			require.NoError(t, err)
-			fillLockTable(t, filler)
+			db, l, held, filler := fullLockTable(t, c, driver, sqllock.WithSessions(1), sqllock.WithKeepAlive(0, 0))
 
 			m := l.MutexKey(keyspace.Int64(778))
-			err = m.Lock(t.Context())
+			err := m.Lock(t.Context())
 			require.ErrorIs(t, err, sqllock.ErrLockTableFull)
 			assert.NoError(t, held.Err(), "the lock the shared session carries is unaffected")
 
@@ -132,28 +130,18 @@ func TestLockTableFullFenced(t *testing.T) {
 			for _, call := range []string{"Lock", "TryLock"} {
 				key++
 				t.Run(driver+"/"+mode+"/"+call, func(t *testing.T) {
-					db, err := sql.Open(driver, c.DSN())
-					require.NoError(t, err)
-					t.Cleanup(func() { db.Close() })
 					opts := []sqllock.Option{sqllock.WithFencing(), sqllock.WithKeepAlive(0, 0)}
 					if mode == "sessions" {
 						opts = append(opts, sqllock.WithSessions(1))
 					}
-					l := sqllock.New(db, opts...)
-					held := l.Mutex(t.Name() + "/held")
-					require.NoError(t, held.Lock(t.Context()))
-					filler, err := db.Conn(t.Context())
-					require.NoError(t, err)
-					spare, err := db.Conn(t.Context())
-					require.NoError(t, err)
-					require.NoError(t, spare.Close())
-					fillLockTable(t, filler)
+					db, l, held, filler := fullLockTable(t, c, driver, opts...)
 					// Room for exactly one more lock: the advisory lock's.
 					var freed bool
 					require.NoError(t, filler.QueryRowContext(t.Context(), "SELECT pg_advisory_unlock(900000000::int8)").Scan(&freed))
 					require.True(t, freed)
 
 					m := l.MutexKey(keyspace.Int64(key))
+					var err error
 					if call == "Lock" {
 						err = m.Lock(t.Context())
 					} else {
