@@ -12,10 +12,11 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
 )
 
 // execRows runs statement q on conn's driver connection (as a statement
-// prepared there when prepared: see stmtCache) and returns the number of
+// prepared there when prepared: see drv.StmtCache) and returns the number of
 // rows it produced, bounded by ctx as Mutex.runLock is. It costs less than
 // a query: no rows to read. q runs in the session of backend pid
 // and concerns lock k: if ctx ends and the driver does not return, that
@@ -72,27 +73,11 @@ func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []d
 // execOn runs statement q on driver connection dc, as execRows does.
 func (l *Locker) execOn(ctx context.Context, dc any, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
 	if prepared {
-		r.n, r.err = l.stmts.execRows(ctx, dc, pid, q, args)
+		r.n, r.err = l.stmts.ExecRows(ctx, dc, pid, q, args)
 	} else {
-		r.n, r.err = driverExecRows(ctx, dc, q, args)
+		r.n, r.err = drv.ExecRows(ctx, dc, q, args)
 	}
 	return r
-}
-
-// rowsAffected returns the row count of a statement that ran, or -1 if the
-// driver cannot tell it.
-func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (int64, error) {
-	if err != nil {
-		return 0, err
-	}
-	if res == nil {
-		return -1, nil
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return -1, nil
-	}
-	return n, nil
 }
 
 // outcome is what a statement reports, from the background or not.
@@ -101,7 +86,7 @@ type outcome struct {
 	token    uint64 // lockOn: the fencing token of a fenced grant
 	pid      int64  // lockOn: the session's backend pid, once known
 	ran      bool   // lockOn: a lock statement was sent
-	prepared bool   // lockOn: it was a statement prepared on the connection (see stmtCache)
+	prepared bool   // lockOn: it was a statement prepared on the connection (see drv.StmtCache)
 	dc       any    // lockOn's driver connection
 	err      error
 }

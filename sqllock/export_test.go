@@ -3,6 +3,8 @@ package sqllock
 import (
 	"database/sql"
 	"net"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
 )
 
 // DriverSocket gives the external tests the socket under conn's driver
@@ -10,17 +12,17 @@ import (
 // reach the socket).
 func DriverSocket(conn *sql.Conn) net.Conn {
 	dc := driverConn(conn)
-	return driverSocket(dc)
+	return drv.Socket(dc)
 }
 
 // InterruptKind tells the external tests how a statement on conn's driver
 // connection is interrupted when its bound passes: "socket", "close" or
 // "none" (the bound cancels a context instead).
 func InterruptKind(conn *sql.Conn) string {
-	switch interruptWith(driverConn(conn)) {
-	case interruptSocket:
+	switch drv.InterruptWith(driverConn(conn)) {
+	case drv.InterruptSocket:
 		return "socket"
-	case interruptClose:
+	case drv.InterruptClose:
 		return "close"
 	}
 	return "none"

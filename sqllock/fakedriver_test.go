@@ -20,6 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // fakeConnector is a database/sql driver whose queries run a test's
@@ -115,7 +117,7 @@ func TestFakeGrantRacingCancelUndone(t *testing.T) {
 			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
 			assert.Equal(t, 0, l.db.Stats().Idle)
 		} else {
-			assert.True(t, qs[len(qs)-1] == lookSQL, "the session is looked for: %q", qs)
+			assert.True(t, qs[len(qs)-1] == sqltext.LookSQL, "the session is looked for: %q", qs)
 			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
 		}
 	}
@@ -126,7 +128,7 @@ func TestFakeGrantRacingCancelUndone(t *testing.T) {
 func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
 	unblock := make(chan struct{})
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		if q == probeSQL {
+		if q == sqltext.ProbeSQL {
 			<-unblock // ignores ctx, as lib/pq can on a dead network
 			return []driver.Value{int64(7)}, nil
 		}
@@ -163,7 +165,7 @@ func TestFakeLockBoundedWithHungDriver(t *testing.T) {
 			unblock := make(chan struct{})
 			l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 				isLock := strings.Contains(q, " WHERE pg_backend_pid() = ")
-				if isLock || (!tc.serverAnswer && q == lookSQL) {
+				if isLock || (!tc.serverAnswer && q == sqltext.LookSQL) {
 					<-unblock // ignores ctx
 				}
 				return answerAs(q, 7), nil
@@ -222,7 +224,7 @@ func TestKeepAliveLoad(t *testing.T) {
 	var probes atomic.Int64
 	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		switch {
-		case q == probeSQL:
+		case q == sqltext.ProbeSQL:
 			probes.Add(1)
 			return []driver.Value{int64(7)}, nil
 		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
@@ -255,7 +257,7 @@ func lockWithProbeInFlight(t *testing.T, timeout time.Duration) (mu *Mutex, c *f
 	unblock = make(chan struct{})
 	var once sync.Once
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		if q == probeSQL {
+		if q == sqltext.ProbeSQL {
 			once.Do(func() { close(probing) })
 			<-unblock
 			return []driver.Value{int64(7)}, nil
@@ -314,9 +316,9 @@ func TestFakeDoneDescribesLiveLock(t *testing.T) {
 	var probes atomic.Int32
 	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		switch {
-		case q == probeSQL && probes.Add(1) == 1:
+		case q == sqltext.ProbeSQL && probes.Add(1) == 1:
 			return nil, errors.New("terminating connection due to administrator command")
-		case q == probeSQL:
+		case q == sqltext.ProbeSQL:
 			return []driver.Value{int64(7)}, nil
 		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
 			return []driver.Value{true}, nil
@@ -348,7 +350,7 @@ func TestFakeObserverUnlocksOnLoss(t *testing.T) {
 		}
 	})
 	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		if q == probeSQL {
+		if q == sqltext.ProbeSQL {
 			return nil, errors.New("server closed the connection")
 		}
 		return answerAs(q, 7), nil
@@ -405,7 +407,7 @@ func TestFakeOddLockAnswerDiscards(t *testing.T) {
 		assert.ErrorContains(t, err, "so it is discarded")
 		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
 		qs := sent()
-		assert.True(t, qs[len(qs)-1] == lookSQL, "the session is looked for: %q", qs)
+		assert.True(t, qs[len(qs)-1] == sqltext.LookSQL, "the session is looked for: %q", qs)
 	}
 }
 
@@ -418,9 +420,9 @@ func answerAs(q string, pid int64) []driver.Value {
 	switch {
 	case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock"):
 		return []driver.Value{true}
-	case q == probeSQL:
+	case q == sqltext.ProbeSQL:
 		return []driver.Value{pid}
-	case q == lookSQL, strings.HasPrefix(q, "SELECT pg_terminate_backend"):
+	case q == sqltext.LookSQL, strings.HasPrefix(q, "SELECT pg_terminate_backend"):
 		return nil
 	case strings.Contains(q, " WHERE pg_backend_pid() = "):
 		if strings.HasSuffix(q, " = "+strconv.FormatInt(pid, 10)) {
@@ -428,7 +430,7 @@ func answerAs(q string, pid int64) []driver.Value {
 		}
 		return nil
 	}
-	return []driver.Value{pid << lockAnswerShift}
+	return []driver.Value{pid << sqltext.AnswerShift}
 }
 
 // The first lock on a connection verifies its session, and every lock
@@ -497,7 +499,7 @@ func TestFakeGuardedTryContended(t *testing.T) {
 }
 
 func TestLockAnswer(t *testing.T) {
-	for _, v := range []any{int64(7<<lockAnswerShift | flagGranted), []byte("225"), "225"} {
+	for _, v := range []any{int64(7<<sqltext.AnswerShift | sqltext.FlagGranted), []byte("225"), "225"} {
 		n, err := lockAnswer(v)
 		assert.NoError(t, err)
 		assert.Equal(t, int64(225), n, "answer %#v", v)
@@ -514,7 +516,7 @@ func TestFakeRefusedMoveForgetsGuard(t *testing.T) {
 			if strings.Contains(q, " WHERE pg_backend_pid() = ") {
 				return nil, nil // another session
 			}
-			return []driver.Value{int64(8<<lockAnswerShift | flagStandby)}, nil
+			return []driver.Value{int64(8<<sqltext.AnswerShift | sqltext.FlagStandby)}, nil
 		}
 		return answerAs(q, 7), nil
 	})
@@ -601,7 +603,7 @@ func newCloseInterruptedFake(t *testing.T, stuck func(q string) bool, answered b
 		return answerAs(q, 7), nil
 	}, opts...)
 	c.onClose = unstick
-	l.interrupt.Store(interruptClose) // as for lib/pq
+	l.interrupt.Store(drv.InterruptClose) // as for lib/pq
 	run := func(what string, f func() error) error {
 		t.Helper()
 		done := make(chan error, 1)
@@ -656,12 +658,12 @@ func TestFakeSharedSessionWatchdog(t *testing.T) {
 func TestFakeSharedSessionWatchAddsNoProbes(t *testing.T) {
 	var probes atomic.Int32
 	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
-		if q == probeSQL {
+		if q == sqltext.ProbeSQL {
 			probes.Add(1)
 		}
 		return answerAs(q, 7), nil
 	}, WithSessions(1), WithKeepAlive(time.Minute, 250*time.Millisecond))
-	l.interrupt.Store(interruptClose) // as for lib/pq
+	l.interrupt.Store(drv.InterruptClose) // as for lib/pq
 	held := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, held.Lock(t.Context()))
 	mu := l.MutexKey(keyspace.Int64(43))

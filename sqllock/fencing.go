@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 )
 
 // WithFencing gives every exclusive lock a fencing token: a number that is
@@ -80,75 +78,6 @@ func Token(ctx context.Context) (uint64, bool) {
 	}
 	t, ok := ctx.Value(tokenKey{}).(uint64)
 	return t, ok
-}
-
-// fencedToken is the SQL of a fencing token, evaluated only after the
-// lock statement's grant: a CASE evaluates a branch only when it is taken.
-// pg_logical_emit_message with transactional true assigns the statement
-// a transaction id and writes WAL, which makes its commit a flushed one
-// (a transaction that writes no WAL commits without a flush, and after a
-// crash its id is handed out again); set_config with is_local true makes
-// that flush synchronous for this transaction alone where the session
-// turned synchronous_commit off. The answer is the server's timeline (the
-// first 8 hex digits of a WAL file's name) and the transaction id, which
-// fencedAnswer makes a token of.
-const fencedToken = "CASE WHEN pg_logical_emit_message(true, 'sqllock', '') IS NOT NULL" +
-	" AND (current_setting('synchronous_commit') <> 'off' OR set_config('synchronous_commit', 'on', true) <> '')" +
-	" THEN left(pg_walfile_name(pg_current_wal_lsn()), 8) || ' ' || pg_current_xact_id()::text END"
-
-// fence turns q's exclusive lock statements into fenced ones, which answer
-// a grant's timeline and transaction id (see fencedToken), '0' for a try
-// that found the lock taken, or no row for another session (see
-// buildQueries).
-func (q *queries) fence() {
-	q.lock = &lockStmt{kind: kindLock, fenced: true, guarded: strings.Split(
-		"SELECT CASE WHEN pg_advisory_lock("+q.keyList+") IS NOT NULL THEN "+fencedToken+" END"+sessionGuard, tokenMark)}
-	q.try = &lockStmt{kind: kindTry, fenced: true, guarded: strings.Split(
-		"SELECT CASE WHEN pg_try_advisory_lock("+q.keyList+") THEN "+fencedToken+" ELSE '0' END"+sessionGuard, tokenMark)}
-}
-
-// A token is the timeline in the high bits of a non-negative int64 and
-// the 64-bit transaction id in the low ones, so that every token of a
-// timeline is larger than every token of the timelines before it. 16 bits
-// hold 65535 timelines, 47 bits 257 years of 1.5 billion ids a day
-// (docs/design.md#fencing-tokens).
-const (
-	tokenXidBits     = 47
-	maxTokenXid      = 1<<tokenXidBits - 1
-	maxTokenTimeline = 1<<(63-tokenXidBits) - 1
-)
-
-// fencedAnswer reads a fenced lock statement's answer: "0" when a try
-// found the lock taken, else the grant's timeline and transaction id (see
-// fencedToken), which it returns as a token.
-func fencedAnswer(v any) (uint64, error) {
-	var s string
-	switch a := v.(type) {
-	case string:
-		s = a
-	case []byte:
-		s = string(a)
-	}
-	if s == "0" {
-		return 0, nil
-	}
-	tl, xid, ok := strings.Cut(s, " ")
-	timeline, terr := strconv.ParseUint(tl, 16, 32)
-	id, xerr := strconv.ParseUint(xid, 10, 64)
-	if !ok || len(tl) != 8 || terr != nil || xerr != nil || timeline == 0 {
-		return 0, fmt.Errorf("the fenced lock statement answered %T %v, not a token: whether the session holds the lock is unknown, so it is discarded", v, v)
-	}
-	return fencingToken(timeline, id)
-}
-
-// fencingToken lays out the token of a grant on timeline with transaction
-// id xid. Out of range, it is an error, never a token that sorts wrong.
-func fencingToken(timeline, xid uint64) (uint64, error) {
-	if timeline > maxTokenTimeline || xid > maxTokenXid {
-		return 0, fmt.Errorf("no fencing token for timeline %d and transaction id %d: a token holds timelines up to %d and ids up to %d (docs/design.md#fencing-tokens); the session is discarded, which releases the lock",
-			timeline, xid, maxTokenTimeline, uint64(maxTokenXid))
-	}
-	return timeline<<tokenXidBits | xid, nil
 }
 
 // ErrFencingUnsupported reports an exclusive lock of a Locker made with

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/schedule"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A Locker makes mutexes whose locks are PostgreSQL session-level advisory
@@ -23,14 +26,14 @@ import (
 type Locker struct {
 	db            *sql.DB
 	cfg           config
-	placeholders  bool         // keys are parameters of the lock and unlock statements
-	prepared      bool         // which sqllock prepares per connection (see stmtCache)
-	boundsContext bool         // the driver returns on time when a context ends (pgx)
-	stmts         stmtCache    // the prepared statements, when prepared
-	interrupt     atomic.Int32 // how the driver's statements are interrupted (see interruptHow)
-	sched         scheduler
-	verify        *verifyStmt  // checks a session before the first lock on it
-	sessions      sessionCache // the sessions that verify statements verified
+	placeholders  bool          // keys are parameters of the lock and unlock statements
+	prepared      bool          // which sqllock prepares per connection (see drv.StmtCache)
+	boundsContext bool          // the driver returns on time when a context ends (pgx)
+	stmts         drv.StmtCache // the prepared statements, when prepared
+	interrupt     atomic.Int32  // how the driver's statements are interrupted (see interruptHow)
+	sched         schedule.Scheduler[*session]
+	verify        *sqltext.Verify // checks a session before the first lock on it
+	sessions      sessionCache    // the sessions that verify statements verified
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
 
@@ -44,7 +47,7 @@ type Locker struct {
 // for a nil db). New does not touch the network.
 func New(db *sql.DB, opts ...Option) *Locker {
 	l := &Locker{db: db, cfg: defaultConfig()}
-	l.sched.base = time.Now()
+	l.sched.Start(time.Now())
 	for _, opt := range opts {
 		if opt == nil {
 			l.cfg.fail(fmt.Errorf("sqllock: nil Option"))
@@ -59,10 +62,10 @@ func New(db *sql.DB, opts ...Option) *Locker {
 		l.cfg.fail(errors.New("sqllock: WithFencing cannot be combined with WithAllowStandby: a standby cannot hand out transaction ids"))
 	}
 	if db != nil {
-		l.boundsContext = isPgx(db)
+		l.boundsContext = drv.IsPgx(db)
 		// pgx prepares and caches by itself; other drivers get their
 		// lock and unlock statements prepared once per connection (see
-		// stmtCache). Both take the key as parameters.
+		// drv.StmtCache). Both take the key as parameters.
 		l.placeholders = true
 		l.prepared = !l.boundsContext
 	}
@@ -72,7 +75,7 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	}
 	// The verify statement runs once per session: on a driver that does
 	// not cache statements, as a simple query with the token in its text.
-	l.verify = buildVerify(l.placeholders && !l.prepared, l.cfg.allowStandby)
+	l.verify = sqltext.BuildVerify(l.placeholders && !l.prepared, l.cfg.allowStandby)
 	if l.cfg.sessions > 0 {
 		l.pool = &sessionPool{l: l, n: l.cfg.sessions}
 	}
@@ -121,9 +124,9 @@ func (l *Locker) MutexKey(k keyspace.Key) *Mutex {
 
 func (l *Locker) mutex(m *Mutex, k keyspace.Key) *Mutex {
 	m.key = k
-	m.q = buildQueries(k, l.placeholders)
+	m.q = sqltext.Build(k, l.placeholders)
 	if l.cfg.fencing {
-		m.q.fence()
+		m.q.Fence()
 	}
 	return m
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // newMock returns a Locker over a sqlmock database with exact SQL matching
@@ -40,17 +41,17 @@ func newMock(t *testing.T, opts ...Option) (*Locker, sqlmock.Sqlmock) {
 // The SQL for key 42; TestBuildQueries and TestBuildVerify pin its exact
 // text.
 var (
-	q42       = buildQueries(keyspace.Int64(42), false)
-	verifySQL = verifyText(buildVerify(false, false))
-	unlockSQL = q42.unlock
+	q42       = sqltext.Build(keyspace.Int64(42), false)
+	verifySQL = sqltext.BuildVerify(false, false).TextWith("TOKEN")
+	unlockSQL = q42.Unlock
 )
 
 // tokenRE matches an owner token written into SQL text.
 var tokenRE = regexp.MustCompile(`'[0-9a-f]{16}-[0-9a-z]+'`)
 
 // guardedSQL is s's guarded form for the session of backend pid.
-func guardedSQL(s *lockStmt, pid int64) string {
-	return strings.Join(s.guarded, fmt.Sprint(pid))
+func guardedSQL(s *sqltext.LockStmt, pid int64) string {
+	return strings.Join(s.Parts, fmt.Sprint(pid))
 }
 
 // tokenBlindEqual matches SQL exactly, but for the owner token, which
@@ -74,7 +75,7 @@ func (ownerTokenArg) Match(v driver.Value) bool {
 // verified is the verify statement's answer for a session of backend pid
 // with the given refusal flags.
 func verified(pid, flags int64) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"answer"}).AddRow(pid<<lockAnswerShift | flags)
+	return sqlmock.NewRows([]string{"answer"}).AddRow(pid<<sqltext.AnswerShift | flags)
 }
 
 // granted is a guarded lock statement's answer.
@@ -95,14 +96,14 @@ func unlocked(released bool) driver.Result {
 // verify statement, then the guarded form, granted.
 func expectLock(mock sqlmock.Sqlmock, pid int64) {
 	mock.ExpectQuery(verifySQL).WithoutArgs().WillReturnRows(verified(pid, 0))
-	mock.ExpectQuery(guardedSQL(q42.lock, pid)).WithoutArgs().WillReturnRows(granted(true))
+	mock.ExpectQuery(guardedSQL(q42.Lock, pid)).WithoutArgs().WillReturnRows(granted(true))
 }
 
 // expectEnded expects a discarded connection, then the look in pg_locks
 // for backend pid with key 42, which finds it gone.
 func expectEnded(mock sqlmock.Sqlmock, pid int64) {
 	mock.ExpectClose()
-	mock.ExpectQuery(lookSQL).WithArgs(pid, int64(0), int64(42), int64(1)).
+	mock.ExpectQuery(sqltext.LookSQL).WithArgs(pid, int64(0), int64(42), int64(1)).
 		WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}))
 }
 
@@ -110,7 +111,7 @@ func TestMockLockUnlockSQL(t *testing.T) {
 	l, mock := newMock(t)
 	expectLock(mock, 7)
 	mock.ExpectExec(unlockSQL).WithoutArgs().WillReturnResult(unlocked(true))
-	mock.ExpectQuery(guardedSQL(q42.lock, 7)).WithoutArgs().WillReturnRows(granted(true))
+	mock.ExpectQuery(guardedSQL(q42.Lock, 7)).WithoutArgs().WillReturnRows(granted(true))
 	mock.ExpectExec(unlockSQL).WithoutArgs().WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	for range 2 { // the second lock needs no verify
@@ -121,10 +122,10 @@ func TestMockLockUnlockSQL(t *testing.T) {
 
 func TestMockSharedAndPairSQL(t *testing.T) {
 	l, mock := newMock(t)
-	q := buildQueries(keyspace.Pair(1, -2), false)
+	q := sqltext.Build(keyspace.Pair(1, -2), false)
 	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
-	mock.ExpectQuery(guardedSQL(q.tryShared, 7)).WillReturnRows(granted(true))
-	mock.ExpectExec(q.unlockShared).WillReturnResult(unlocked(true))
+	mock.ExpectQuery(guardedSQL(q.TryShared, 7)).WillReturnRows(granted(true))
+	mock.ExpectExec(q.UnlockShared).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(1, -2))
 	ok, err := mu.TryLockShared(t.Context())
 	require.NoError(t, err)
@@ -134,10 +135,10 @@ func TestMockSharedAndPairSQL(t *testing.T) {
 
 func TestMockPlaceholderSQL(t *testing.T) {
 	l, mock := newMock(t, withPlaceholders(true))
-	q := buildQueries(keyspace.Pair(3, 4), true)
-	mock.ExpectQuery(verifyText(buildVerify(true, false))).WithArgs(ownerTokenArg{}).WillReturnRows(verified(7, 0))
-	mock.ExpectQuery(guardedSQL(q.lockShared, 7)).WithArgs(int64(3), int64(4)).WillReturnRows(granted(true))
-	mock.ExpectExec(q.unlockShared).WithArgs(int64(3), int64(4)).WillReturnResult(unlocked(true))
+	q := sqltext.Build(keyspace.Pair(3, 4), true)
+	mock.ExpectQuery(sqltext.BuildVerify(true, false).TextWith("TOKEN")).WithArgs(ownerTokenArg{}).WillReturnRows(verified(7, 0))
+	mock.ExpectQuery(guardedSQL(q.LockShared, 7)).WithArgs(int64(3), int64(4)).WillReturnRows(granted(true))
+	mock.ExpectExec(q.UnlockShared).WithArgs(int64(3), int64(4)).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Pair(3, 4))
 	require.NoError(t, mu.LockShared(t.Context()))
 	require.NoError(t, mu.UnlockShared(t.Context()))
@@ -146,7 +147,7 @@ func TestMockPlaceholderSQL(t *testing.T) {
 func TestMockTryLockContended(t *testing.T) {
 	l, mock := newMock(t)
 	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
-	mock.ExpectQuery(guardedSQL(q42.try, 7)).WillReturnRows(granted(false))
+	mock.ExpectQuery(guardedSQL(q42.Try, 7)).WillReturnRows(granted(false))
 	ok, err := l.MutexKey(keyspace.Int64(42)).TryLock(t.Context())
 	require.NoError(t, err)
 	assert.False(t, ok, "contention is not an error")
@@ -160,7 +161,7 @@ func TestMockDriverErrorEndsSession(t *testing.T) {
 	t.Run("lock", func(t *testing.T) {
 		l, mock := newMock(t)
 		mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
-		mock.ExpectQuery(guardedSQL(q42.lock, 7)).WillReturnError(boom)
+		mock.ExpectQuery(guardedSQL(q42.Lock, 7)).WillReturnError(boom)
 		expectEnded(mock, 7)
 		err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 		require.ErrorIs(t, err, boom)
@@ -185,23 +186,23 @@ func TestMockEndSessionTerminates(t *testing.T) {
 	boom := errors.New("protocol confusion")
 	l, mock := newMock(t)
 	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, 0))
-	mock.ExpectQuery(guardedSQL(q42.lock, 7)).WillReturnError(boom)
+	mock.ExpectQuery(guardedSQL(q42.Lock, 7)).WillReturnError(boom)
 	mock.ExpectClose()
 	look := func(pid int64) *sqlmock.ExpectedQuery {
-		return mock.ExpectQuery(lookSQL).WithArgs(pid, int64(0), int64(42), int64(1))
+		return mock.ExpectQuery(sqltext.LookSQL).WithArgs(pid, int64(0), int64(42), int64(1))
 	}
 	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}).AddRow("active", true))
-	mock.ExpectQuery(terminateSQL).WithArgs(int64(7), int64(0), int64(42), int64(1), sqlmock.AnyArg()).
+	mock.ExpectQuery(sqltext.TerminateSQL).WithArgs(int64(7), int64(0), int64(42), int64(1), sqlmock.AnyArg()).
 		WillReturnRows(sqlmock.NewRows([]string{"pg_terminate_backend"}).AddRow(true))
 	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}))
 	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), boom)
 
 	denied := errors.New("permission denied to terminate process")
 	mock.ExpectQuery(verifySQL).WillReturnRows(verified(8, 0))
-	mock.ExpectQuery(guardedSQL(q42.lock, 8)).WillReturnError(boom)
+	mock.ExpectQuery(guardedSQL(q42.Lock, 8)).WillReturnError(boom)
 	mock.ExpectClose()
 	look(8).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}).AddRow("idle", true))
-	mock.ExpectQuery(terminateSQL).WithArgs(int64(8), int64(0), int64(42), int64(1), sqlmock.AnyArg()).WillReturnError(denied)
+	mock.ExpectQuery(sqltext.TerminateSQL).WithArgs(int64(8), int64(0), int64(42), int64(1), sqlmock.AnyArg()).WillReturnError(denied)
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, boom)
 	require.ErrorIs(t, err, ErrNotReleased)
@@ -251,15 +252,15 @@ func TestMockStandbyRefused(t *testing.T) {
 	l, mock := newMock(t)
 	// The verify statement marks nothing in recovery and no lock is
 	// tried, so the connection is clean and goes back to the pool.
-	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, flagStandby))
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, sqltext.FlagStandby))
 	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), ErrStandby)
 
 	l, mock = newMock(t, WithAllowStandby(true))
-	v := verifyText(buildVerify(false, true))
+	v := sqltext.BuildVerify(false, true).TextWith("TOKEN")
 	assert.NotContains(t, v, "pg_is_in_recovery", "allowed standbys keep their locks")
 	mock.ExpectQuery(v).WillReturnRows(verified(7, 0)) // the statement does not even ask
-	mock.ExpectQuery(guardedSQL(q42.lock, 7)).WillReturnRows(granted(true))
-	mock.ExpectExec(q42.unlock).WillReturnResult(unlocked(true))
+	mock.ExpectQuery(guardedSQL(q42.Lock, 7)).WillReturnRows(granted(true))
+	mock.ExpectExec(q42.Unlock).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	require.NoError(t, mu.Unlock(t.Context()))
@@ -268,7 +269,7 @@ func TestMockStandbyRefused(t *testing.T) {
 func TestMockKeepAliveSeesOtherBackend(t *testing.T) {
 	l, mock := newMock(t, WithKeepAlive(time.Millisecond, time.Second))
 	expectLock(mock, 7)
-	mock.ExpectQuery(probeSQL).WillReturnRows(sqlmock.NewRows([]string{"pid"}).AddRow(8))
+	mock.ExpectQuery(sqltext.ProbeSQL).WillReturnRows(sqlmock.NewRows([]string{"pid"}).AddRow(8))
 	expectEnded(mock, 7)
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
@@ -368,7 +369,7 @@ func TestMockSharedSessionRefused(t *testing.T) {
 	l, mock := newMock(t)
 	// The session already carries another client's marker: no lock is
 	// tried, and sqllock must refuse and discard.
-	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, flagShared))
+	mock.ExpectQuery(verifySQL).WillReturnRows(verified(7, sqltext.FlagForeign))
 	mock.ExpectClose()
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, ErrSharedSession)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A Mutex is a distributed mutual-exclusion lock with an exclusive and a
@@ -34,9 +36,9 @@ type Mutex struct {
 	l    *Locker
 	name string
 	key  keyspace.Key
-	q    queries
-	lit  atomic.Pointer[queries] // q with the key written in, for sessions sqllock does not prepare on (see literal)
-	err  error                   // sticky: the Locker's, or this name's key problem
+	q    sqltext.Queries
+	lit  atomic.Pointer[sqltext.Queries] // q with the key written in, for sessions sqllock does not prepare on (see literal)
+	err  error                           // sticky: the Locker's, or this name's key problem
 
 	mu     sync.Mutex
 	excl   []*hold // exclusive holds of Lock and TryLock, oldest first: what Unlock releases
@@ -45,32 +47,32 @@ type Mutex struct {
 }
 
 // literal returns the Mutex's queries with the key written into the text,
-// for a Locker that prepares its statements (see stmtCache) on a session
+// for a Locker that prepares its statements (see drv.StmtCache) on a session
 // it may not prepare on: a simple query, one round trip, nothing named.
 // Made on first use.
-func (m *Mutex) literal() *queries {
+func (m *Mutex) literal() *sqltext.Queries {
 	if q := m.lit.Load(); q != nil {
 		return q
 	}
-	q := buildQueries(m.key, false)
+	q := sqltext.Build(m.key, false)
 	if m.l.cfg.fencing {
-		q.fence()
+		q.Fence()
 	}
 	m.lit.CompareAndSwap(nil, &q)
 	return m.lit.Load()
 }
 
 // unlockStatement returns the unlock statement and its arguments for a
-// hold taken in the given form (prepared: see stmtCache).
+// hold taken in the given form (prepared: see drv.StmtCache).
 func (m *Mutex) unlockStatement(shared, prepared bool) (string, []driver.NamedValue) {
 	q := &m.q
 	if m.l.prepared && !prepared {
 		q = m.literal()
 	}
 	if shared {
-		return q.unlockShared, q.named
+		return q.UnlockShared, q.Named
 	}
-	return q.unlock, q.named
+	return q.Unlock, q.Named
 }
 
 // Name returns the lock's name; it is empty for a Mutex made by
@@ -139,16 +141,16 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	if err != nil {
 		return nil, err
 	}
-	var q *lockStmt
+	var q *sqltext.LockStmt
 	switch {
 	case try && shared:
-		q = m.q.tryShared
+		q = m.q.TryShared
 	case try:
-		q = m.q.try
+		q = m.q.Try
 	case shared:
-		q = m.q.lockShared
+		q = m.q.LockShared
 	default:
-		q = m.q.lock
+		q = m.q.Lock
 	}
 	r, conn, err := m.lockStatement(ctx, q)
 	if err != nil {
@@ -158,7 +160,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		}
 		switch {
 		case conn == nil:
-		case serverRefused(ctx, err) && q.fenced:
+		case serverRefused(ctx, err) && q.Fenced:
 			// A fenced statement takes the lock before its token, whose
 			// transaction id can fail (a full lock table): the grant
 			// survives the error, so it is undone on the same session.
@@ -183,11 +185,11 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		return nil, m.fail(op, cause)
 	}
 	switch {
-	case r.n&flagShared != 0:
+	case r.n&sqltext.FlagForeign != 0:
 		// Nothing was taken. The session belongs to another client too.
 		m.l.discard(conn)
 		return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection (it carries another connection's sqllock owner token)", ErrSharedSession, r.pid))
-	case r.n&flagStandby != 0:
+	case r.n&sqltext.FlagStandby != 0:
 		// Nothing was taken: the connection is clean.
 		if err := conn.Close(); err != nil {
 			m.l.discard(conn)
@@ -201,7 +203,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		// CancelRequestContextWatcherHandler calls it inherently racy): the
 		// connection does not go back to the pool.
 		cerr := ctx.Err()
-		if r.n&flagGranted != 0 {
+		if r.n&sqltext.FlagGranted != 0 {
 			if err := m.undo(conn, r.pid, shared, r.prepared); err != nil {
 				return nil, m.fail(op, fmt.Errorf("%w (%w)", cerr, err))
 			}
@@ -209,7 +211,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 			m.l.discard(conn)
 		}
 		return nil, m.fail(op, cerr)
-	case r.n&flagGranted == 0:
+	case r.n&sqltext.FlagGranted == 0:
 		if err := conn.Close(); err != nil {
 			m.l.discard(conn)
 		}
@@ -278,7 +280,7 @@ func (m *Mutex) undoRefused(conn *sql.Conn, r outcome) error {
 // conn is the connection the caller must end (see Locker.endSession), or
 // nil when nothing is left to end (no connection, or one abandoned to a
 // statement still running, which ends it when the statement returns).
-func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (r outcome, conn *sql.Conn, err error) {
+func (m *Mutex) lockStatement(ctx context.Context, q *sqltext.LockStmt) (r outcome, conn *sql.Conn, err error) {
 	retries := -1
 	for {
 		conn, err = m.l.db.Conn(ctx)
@@ -328,7 +330,7 @@ func (m *Mutex) lockStatement(ctx context.Context, q *lockStmt) (r outcome, conn
 // abandoned is true: the statement goes on in the background, and its
 // session is ended once the driver returns. The caller must not touch
 // conn again.
-func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (r outcome, abandoned bool, settleErr error) {
+func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *sqltext.LockStmt) (r outcome, abandoned bool, settleErr error) {
 	return m.runLockWithin(ctx, ctx, conn, q)
 }
 
@@ -336,7 +338,7 @@ func (m *Mutex) runLock(ctx context.Context, conn *sql.Conn, q *lockStmt) (r out
 // for it bounded by stop: a statement on a shared session must not see
 // its caller's context end (both drivers then destroy the connection), and
 // one whose context never ends spares lib/pq a goroutine that watches it.
-func (m *Mutex) runLockWithin(ctx, stop context.Context, conn *sql.Conn, q *lockStmt) (r outcome, abandoned bool, settleErr error) {
+func (m *Mutex) runLockWithin(ctx, stop context.Context, conn *sql.Conn, q *sqltext.LockStmt) (r outcome, abandoned bool, settleErr error) {
 	if m.l.boundsContext || stop.Done() == nil {
 		return m.lockRaw(ctx, conn, q, nil), false, nil
 	}
@@ -390,7 +392,7 @@ func (f *inFlight) close() int64 {
 
 // lockRaw runs lockOn on conn's driver connection: one conn.Raw finds it
 // and runs the statement.
-func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *lockStmt, f *inFlight) (r outcome) {
+func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *sqltext.LockStmt, f *inFlight) (r outcome) {
 	if err := conn.Raw(func(dc any) error {
 		r = m.lockOn(ctx, dc, q, f)
 		return nil
@@ -406,10 +408,10 @@ func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *lockStmt, f *inF
 // connection (a transaction pooler moved it) took nothing: the new
 // session is verified and the lock tried there, once.
 //
-// r.n holds flagGranted, or the verify statement's refusal flags; r.pid is
+// r.n holds sqltext.FlagGranted, or the verify statement's refusal flags; r.pid is
 // the session's backend pid once known, also with an error; r.ran reports
 // whether a lock statement was sent.
-func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r outcome) {
+func (m *Mutex) lockOn(ctx context.Context, dc any, q *sqltext.LockStmt, f *inFlight) (r outcome) {
 	r.dc = dc
 	for moved := false; ; moved = true {
 		g, pid, flags, err := m.l.guarded(ctx, dc, q)
@@ -418,12 +420,12 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 			r.err = err
 			return r
 		}
-		args, sent := m.q.named, q
-		r.prepared = m.l.prepared && m.l.stmts.direct(dc, pid)
+		args, sent := m.q.Named, q
+		r.prepared = m.l.prepared && m.l.stmts.Direct(dc, pid)
 		if m.l.prepared && !r.prepared {
 			lq := m.literal()
-			sent, args = lq.stmt(q.kind), lq.named
-			g = sent.guardedFor(connPointer(dc), g.conn, pid)
+			sent, args = lq.Stmt(q.Kind), lq.Named
+			g = sent.GuardedFor(drv.ConnPointer(dc), g.Conn, pid)
 		}
 		if !f.send(pid) {
 			r.err = withCtxErr(ctx, context.Cause(ctx))
@@ -432,22 +434,22 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 		r.ran = true
 		var v any
 		if r.prepared {
-			v, err = m.l.stmts.queryValue(ctx, dc, pid, g.text, args)
+			v, err = m.l.stmts.QueryValue(ctx, dc, pid, g.Text, args)
 		} else {
-			v, err = driverQueryValue(ctx, dc, g.text, args)
+			v, err = drv.QueryValue(ctx, dc, g.Text, args)
 		}
 		switch {
-		case err == nil && q.fenced:
-			r.token, r.err = fencedAnswer(v)
+		case err == nil && q.Fenced:
+			r.token, r.err = sqltext.FencedAnswer(v)
 			if r.token != 0 {
-				r.n = flagGranted
+				r.n = sqltext.FlagGranted
 			}
 			return r
 		case err == nil:
 			granted, err := guardedAnswer(v)
 			r.err = err
 			if granted {
-				r.n = flagGranted
+				r.n = sqltext.FlagGranted
 			}
 			return r
 		case !errors.Is(err, sql.ErrNoRows) && !m.l.statementGone(err) || ctxEnded(ctx):
@@ -459,10 +461,10 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *lockStmt, f *inFlight) (r
 		}
 		// Another session, and nothing taken: forget the one verified,
 		// here and in this statement's cache.
-		m.l.sessions.forget(g.conn, g.pid)
-		m.l.stmts.drop(dc) // prepared in the session that is gone
-		q.last.Store(nil)
-		sent.last.Store(nil)
+		m.l.sessions.forget(g.Conn, g.PID)
+		m.l.stmts.Drop(dc) // prepared in the session that is gone
+		q.Forget()
+		sent.Forget()
 	}
 }
 
@@ -476,7 +478,7 @@ func (l *Locker) statementGone(err error) bool {
 	return l.prepared && errors.As(err, &se) && se.SQLState() == "26000"
 }
 
-// lockAnswer reads the verify statement's answer (see buildVerify) from
+// lockAnswer reads the verify statement's answer (see sqltext.BuildVerify) from
 // what the driver gave.
 func lockAnswer(v any) (int64, error) {
 	if n, ok := intAnswer(v); ok {

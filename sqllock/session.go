@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/schedule"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A session is a server session that carries granted locks: the pinned
@@ -31,7 +34,7 @@ type session struct {
 	conn     *sql.Conn
 	dc       any   // conn's driver connection, for fireBound; on a shared session, nil until its first sound answer
 	pid      int64 // the backend that owns the locks
-	prepared bool  // the lock and unlock statements run prepared on conn (see stmtCache)
+	prepared bool  // the lock and unlock statements run prepared on conn (see drv.StmtCache)
 	hold     *hold // the hold a session of its own carries; nil for a shared one
 
 	// A shared session (WithSessions) carries many holds. Its pool counts
@@ -49,10 +52,7 @@ type session struct {
 	dialErr      error
 	dialCtxEnded bool
 
-	// The session's entry in the Locker's scheduler, guarded by its mutex.
-	slot    int           // index in the scheduler's list; -1 when not scheduled
-	due     time.Duration // when the entry runs (see scheduler.now)
-	dueKind int           // dueProbe or dueRelease
+	sched schedule.Entry // the session's entry in the Locker's scheduler
 	// releaseCancel ends a release's context when its bound passes; set
 	// before the dueRelease entry is scheduled. Nil when the bound is
 	// kept by interrupting the driver instead (see fireBound).
@@ -66,7 +66,7 @@ type session struct {
 	// A statement running on a shared session in its caller's goroutine
 	// (see session.watched).
 	stmtRunning     bool
-	stmtSince       time.Duration // when it began (see scheduler.now)
+	stmtSince       time.Duration // when it began (see schedule.Scheduler.Now)
 	stmtDC          any           // the driver connection it runs on
 	stmtInterrupted bool          // the watchdog interrupted it
 	// When the next keep-alive probe of a shared session is due: a
@@ -74,18 +74,27 @@ type session struct {
 	probeAt time.Duration
 }
 
+// What a scheduled session is waiting for.
+const (
+	dueProbe   = iota + 1 // its next keep-alive probe
+	dueRelease            // the end of its release's bound
+)
+
 // startSession makes s the session of conn (driver connection dc, backend
 // pid) that carries h, and starts watching it.
 func (l *Locker) startSession(s *session, conn *sql.Conn, dc any, pid int64, prepared bool, h *hold) {
-	*s = session{l: l, conn: conn, dc: dc, pid: pid, prepared: prepared, hold: h, slot: -1}
+	*s = session{l: l, conn: conn, dc: dc, pid: pid, prepared: prepared, hold: h}
 	h.s = s
 	if l.cfg.interval > 0 {
-		l.sched.after(s, l.cfg.interval, dueProbe)
+		l.sched.After(s, l.cfg.interval, dueProbe)
 	}
 }
 
-// run does the work of the session's scheduler entry.
-func (s *session) run(kind int) {
+// Entry returns the session's entry in the Locker's scheduler.
+func (s *session) Entry() *schedule.Entry { return &s.sched }
+
+// Run does the work of the session's scheduler entry.
+func (s *session) Run(kind int) {
 	switch {
 	case kind != dueRelease:
 		s.tick()
@@ -97,7 +106,7 @@ func (s *session) run(kind int) {
 }
 
 // fireBound ends a release whose bound has passed, when the bound is kept
-// by interrupting the driver (see interruptWith): an unlock statement
+// by interrupting the driver (see drv.InterruptWith): an unlock statement
 // still running is interrupted, so that the driver returns at once, with
 // an error, and the release ends the session; a release still waiting for
 // a keep-alive probe finds the bound passed when the probe ends, and ends
@@ -112,7 +121,7 @@ func (s *session) fireBound() {
 	unlocking := s.unlocking
 	s.mu.Unlock()
 	if unlocking {
-		interrupt(s.dc, s.l.interruptHow(s.dc))
+		drv.Interrupt(s.dc, s.l.interruptHow(s.dc))
 	}
 }
 
@@ -138,17 +147,17 @@ func (s *session) tick() {
 		// a sound answer.
 		s.connMu.Unlock()
 		return
-	case s.l.sched.now() < probeAt:
+	case s.l.sched.Now() < probeAt:
 		// A watchdog's entry, due before the next probe: wait for that.
 		s.mu.Lock()
 		if !s.stopped {
-			s.l.sched.schedule(s, probeAt, dueProbe)
+			s.l.sched.Schedule(s, probeAt, dueProbe)
 		}
 		s.mu.Unlock()
 		s.connMu.Unlock()
 		return
 	}
-	sent := s.l.sched.now()
+	sent := s.l.sched.Now()
 	cause := s.probe(s.l.cfg.timeout)
 	if cause != nil {
 		s.lose(cause)
@@ -168,10 +177,10 @@ func (s *session) tick() {
 }
 
 // scheduleProbe sets the session's next keep-alive probe to run at due
-// (see scheduler.now). The caller holds mu.
+// (see schedule.Scheduler.Now). The caller holds mu.
 func (s *session) scheduleProbe(due time.Duration) {
 	s.probeAt = due
-	s.l.sched.schedule(s, due, dueProbe)
+	s.l.sched.Schedule(s, due, dueProbe)
 }
 
 // lose reports the session's death, for cause, to the holds it carries,
@@ -249,7 +258,7 @@ func (s *session) probe(timeout time.Duration) error {
 	ch := make(chan result, 1)
 	go func() {
 		var r result
-		r.err = s.conn.QueryRowContext(ctx, probeSQL).Scan(&r.pid)
+		r.err = s.conn.QueryRowContext(ctx, sqltext.ProbeSQL).Scan(&r.pid)
 		ch <- r
 	}()
 	timer := time.NewTimer(timeout)
@@ -313,24 +322,24 @@ func (s *session) release(ctx context.Context) error {
 	// probe's, if any.
 	switch {
 	case ctx.Done() != nil:
-		s.l.sched.cancel(s) // the next probe, if any
-	case s.l.interruptHow(s.dc) != interruptNone:
+		s.l.sched.Cancel(s) // the next probe, if any
+	case s.l.interruptHow(s.dc) != drv.InterruptNone:
 		// The entry interrupts the unlock (see fireBound), which runs
 		// with a context the driver need not watch: that spares it a
 		// cancellable context and the watch on it (nine allocations with
 		// pgx; on lib/pq, the goroutine that waits for the unlock and
 		// the one lib/pq starts to watch the context).
-		s.l.sched.after(s, s.l.cfg.timeout, dueRelease)
-		defer s.l.sched.cancel(s)
+		s.l.sched.After(s, s.l.cfg.timeout, dueRelease)
+		defer s.l.sched.Cancel(s)
 	default:
 		// The entry cancels the unlock's context.
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		bound := s.l.cfg.timeout
 		s.releaseCancel = func() { cancel(fmt.Errorf("%w (%v, the keep-alive timeout)", ErrNoAnswer, bound)) }
-		s.l.sched.after(s, s.l.cfg.timeout, dueRelease)
+		s.l.sched.After(s, s.l.cfg.timeout, dueRelease)
 		defer func() {
-			s.l.sched.cancel(s)
+			s.l.sched.Cancel(s)
 			cancel(nil)
 		}()
 	}

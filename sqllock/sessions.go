@@ -2,13 +2,15 @@ package sqllock
 
 import (
 	"context"
-	"reflect"
 	"sync"
 	"weak"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A sessionCache remembers, for each driver connection of the pool, the
-// backend pid of the session that the verify statement (see buildVerify)
+// backend pid of the session that the verify statement (see sqltext.BuildVerify)
 // verified on it, so that locks on that connection run the guarded form
 // at once. A Locker has one.
 //
@@ -16,7 +18,7 @@ import (
 // neither keeps a closed connection alive nor matches a new connection
 // that happens to be allocated at a closed one's address. When the driver
 // connection is a wrapper or a pool bridge's per-checkout connection (see
-// sessionOwner), the object that owns the session is remembered too, so
+// drv.SessionOwner), the object that owns the session is remembered too, so
 // that the next wrapper over the same session finds it. Entries of
 // connections that are gone are dropped as new ones arrive.
 type sessionCache struct {
@@ -79,9 +81,9 @@ func (c *sessionCache) forget(ref weak.Pointer[byte], pid int64) {
 // drop forgets driver connection dc and its session's owner, whose
 // session is being ended.
 func (c *sessionCache) drop(dc any) {
-	p := connPointer(dc)
+	p := drv.ConnPointer(dc)
 	refs := []*byte{p}
-	if op := connPointer(sessionOwner(dc)); op != p {
+	if op := drv.ConnPointer(drv.SessionOwner(dc)); op != p {
 		refs = append(refs, op)
 	}
 	c.mu.Lock()
@@ -96,31 +98,31 @@ func (c *sessionCache) drop(dc any) {
 // guarded returns lock statement q's guarded form for the session of
 // driver connection dc, verifying that session first unless this Locker
 // already did. A session the verify statement refuses yields no statement
-// and the refusal's flags (flagStandby, flagShared). pid is the session's
+// and the refusal's flags (sqltext.FlagStandby, sqltext.FlagForeign). pid is the session's
 // backend pid once known, even with an error.
-func (l *Locker) guarded(ctx context.Context, dc any, q *lockStmt) (g *guardedStmt, pid, flags int64, err error) {
-	p := connPointer(dc)
+func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt) (g *sqltext.Guarded, pid, flags int64, err error) {
+	p := drv.ConnPointer(dc)
 	var ref, owner weak.Pointer[byte]
 	if p != nil {
-		if g := q.last.Load(); g != nil && g.conn.Value() == p {
-			return g, g.pid, 0, nil
+		if g := q.Last(); g != nil && g.Conn.Value() == p {
+			return g, g.PID, 0, nil
 		}
 		ref = weak.Make(p)
 		if pid, ok := l.sessions.lookup(ref); ok {
-			return q.guardedFor(p, ref, pid), pid, 0, nil
+			return q.GuardedFor(p, ref, pid), pid, 0, nil
 		}
 	}
-	o := sessionOwner(dc)
-	if op := connPointer(o); op != nil && op != p {
+	o := drv.SessionOwner(dc)
+	if op := drv.ConnPointer(o); op != nil && op != p {
 		owner = weak.Make(op)
 		if pid, ok := l.sessions.lookup(owner); ok && p != nil {
 			// A new wrapper over a session verified before.
 			l.sessions.remember(ref, owner, pid)
-			return q.guardedFor(p, ref, pid), pid, 0, nil
+			return q.GuardedFor(p, ref, pid), pid, 0, nil
 		}
 	}
-	text, args := l.verify.statement(connAddr(o))
-	v, err := driverQueryValue(ctx, dc, text, args)
+	text, args := l.verify.Statement(sqltext.ConnAddr(o))
+	v, err := drv.QueryValue(ctx, dc, text, args)
 	var n int64
 	if err == nil {
 		n, err = lockAnswer(v)
@@ -128,24 +130,12 @@ func (l *Locker) guarded(ctx context.Context, dc any, q *lockStmt) (g *guardedSt
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	pid, flags = n>>lockAnswerShift, n&(flagStandby|flagShared)
+	pid, flags = n>>sqltext.AnswerShift, n&(sqltext.FlagStandby|sqltext.FlagForeign)
 	if flags != 0 {
 		return nil, pid, flags, nil
 	}
 	if p != nil {
 		l.sessions.remember(ref, owner, pid)
 	}
-	return q.guardedFor(p, ref, pid), pid, 0, nil
-}
-
-// connPointer returns driver connection dc as a pointer to its first byte,
-// or nil if dc cannot be told apart from other connections by reference:
-// it is not a pointer, or points to a value of size zero (which may share
-// its address with other such values).
-func connPointer(dc any) *byte {
-	v := reflect.ValueOf(dc)
-	if v.Kind() != reflect.Pointer || v.IsNil() || v.Type().Elem().Size() == 0 {
-		return nil
-	}
-	return (*byte)(v.UnsafePointer())
+	return q.GuardedFor(p, ref, pid), pid, 0, nil
 }

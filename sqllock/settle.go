@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A connection whose lock state is unknown (a statement cancelled or
@@ -20,7 +22,7 @@ import (
 // connection back to pgxpool, session, locks and all; a connection waiting
 // in pg_advisory_lock does not notice a closed socket until it is granted.
 //
-// So sqllock ends such a session twice over: on the client (closeSession,
+// So sqllock ends such a session twice over: on the client (drv.CloseSession,
 // then database/sql's Close), and on the server, where it looks for the
 // session's backend in pg_locks with the lock's key and terminates it if
 // it is still there (endSession). Only the server's answer counts: a call
@@ -29,14 +31,14 @@ import (
 
 // discard closes conn's session instead of returning it to the pool:
 // Conn.Raw returning driver.ErrBadConn makes database/sql close the driver
-// connection, after closeSession has ended the session under any pool
+// connection, after drv.CloseSession has ended the session under any pool
 // bridge. It alone does not prove the session ended: see endSession.
 // The Locker forgets the session it verified there, which is gone.
 func (l *Locker) discard(conn *sql.Conn) {
 	_ = conn.Raw(func(dc any) error {
 		l.sessions.drop(dc)
-		l.stmts.drop(dc)
-		closeSession(dc)
+		l.stmts.Drop(dc)
+		drv.CloseSession(dc)
 		return driver.ErrBadConn
 	})
 	_ = conn.Close()
@@ -80,34 +82,6 @@ func (l *Locker) endSessionBounded(conn *sql.Conn, pid int64, k keyspace.Key) er
 		return fmt.Errorf("%w: backend %d: %w (%v)", ErrNotReleased, pid, ErrNoAnswer, bound)
 	}
 }
-
-// lookSQL reports how backend $1 stands towards the advisory lock ($2,
-// $3, $4), or towards any advisory lock when they are NULL (a session that
-// carries many): no row once it has exited; else its state in
-// pg_stat_activity ("active" while it runs a statement, NULL where the role
-// may not see it) and whether it holds or waits for the lock.
-const lookSQL = `SELECT a.state, EXISTS (SELECT 1 FROM pg_locks l
-	WHERE l.locktype = 'advisory' AND l.pid = a.pid AND ` + lockTagMatch + `)
-FROM pg_stat_activity a WHERE a.pid = $1 AND a.pid <> pg_backend_pid()`
-
-// lockTagMatch matches pg_locks rows of the advisory lock ($2, $3, $4), or
-// of any when they are NULL.
-const lockTagMatch = `($2::int8 IS NULL OR (classid::int8 = $2 AND objid::int8 = $3 AND objsubid::int8 = $4))`
-
-// terminateSQL terminates the backend $1 if it holds or waits for the
-// advisory lock ($2, $3, $4) (see keyspace.Key.LockTag; any when they are
-// NULL), and waits up to $5 milliseconds for it to exit. It answers one
-// row per lock entry found: true once the backend has exited. A session
-// never terminates itself.
-const terminateSQL = `SELECT pg_terminate_backend(pid, $5::int8) FROM pg_locks
-WHERE locktype = 'advisory' AND pid = $1 AND ` + lockTagMatch + `
-	AND pid <> pg_backend_pid()`
-
-// terminateSQL13 is terminateSQL for PostgreSQL 13 and older, whose
-// pg_terminate_backend does not wait; terminate then polls pg_locks.
-const terminateSQL13 = `SELECT pg_terminate_backend(pid) FROM pg_locks
-WHERE locktype = 'advisory' AND pid = $1 AND ` + lockTagMatch + `
-	AND pid <> pg_backend_pid()`
 
 // idleGrace is how long terminate watches a backend that is idle without
 // the lock before it takes that as settled. A statement the client sent
@@ -167,10 +141,10 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 	}
 }
 
-// look runs lookSQL.
+// look runs sqltext.LookSQL.
 func (l *Locker) look(ctx context.Context, args []any) (state string, holds, alive bool, err error) {
 	var st sql.NullString
-	err = l.db.QueryRowContext(ctx, lookSQL, args...).Scan(&st, &holds)
+	err = l.db.QueryRowContext(ctx, sqltext.LookSQL, args...).Scan(&st, &holds)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", false, false, nil
 	}
@@ -182,9 +156,9 @@ func (l *Locker) look(ctx context.Context, args []any) (state string, holds, ali
 // and later); terminate's next look sees the rest.
 func (l *Locker) terminateHolder(ctx context.Context, args []any) error {
 	wait := time.Until(deadlineOr(ctx, time.Now().Add(l.cfg.timeout))).Milliseconds()
-	_, _, err := l.terminateOnce(ctx, terminateSQL, append(args, max(wait, 1)))
+	_, _, err := l.terminateOnce(ctx, sqltext.TerminateSQL, append(args, max(wait, 1)))
 	if undefinedFunction(err) {
-		_, _, err = l.terminateOnce(ctx, terminateSQL13, args)
+		_, _, err = l.terminateOnce(ctx, sqltext.TerminateSQL13, args)
 	}
 	return err
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/keylock"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // WithSessions makes the Locker's locks share at most n server sessions,
@@ -73,7 +74,7 @@ func (p *sessionPool) take(ctx context.Context) (*session, error) {
 	// Reserve the slot before dialling, so that concurrent callers do not
 	// open more than n. Others may queue for this session meanwhile, each
 	// until its own context ends (see session.lockConn).
-	s := &session{l: p.l, pool: p, slot: -1, users: 1}
+	s := &session{l: p.l, pool: p, users: 1}
 	s.carried = s.first[:0]
 	p.open = append(p.open, s)
 	s.connMu.Lock() // until the connection is there
@@ -141,7 +142,7 @@ func (p *sessionPool) done(s *session) {
 	s.mu.Lock()
 	s.stopped = true
 	s.mu.Unlock()
-	p.l.sched.cancel(s)
+	p.l.sched.Cancel(s)
 	s.connMu.Lock() // a probe in flight finishes first
 	defer s.connMu.Unlock()
 	if s.conn != nil {
@@ -203,14 +204,14 @@ func (m *Mutex) acquireShared(ctx context.Context, shared, try bool, onLost func
 // bounded by the keep-alive timeout. It returns (nil, nil) when another
 // process holds the lock.
 func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost func(error), timed bool) (*hold, error) {
-	q := m.q.try
+	q := m.q.Try
 	p := m.l.pool
 	if shared {
-		q = m.q.tryShared
+		q = m.q.TryShared
 		if n, _ := p.keys.Held(m.key); n > 1 {
 			// Other shared holders of this process: their session may
 			// carry the key already (see waiterQueued).
-			q = m.q.trySharedBehind
+			q = m.q.TrySharedBehind
 		}
 	}
 	dead := 0 // sessions found dead, and retried
@@ -249,12 +250,12 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			// statement did: the one to end if the session is lost.
 			s.pid = r.pid
 		}
-		if r.err == nil && r.n&(flagStandby|flagShared) == 0 && s.dc == nil {
+		if r.err == nil && r.n&(sqltext.FlagStandby|sqltext.FlagForeign) == 0 && s.dc == nil {
 			// The session's first sound answer: it can carry locks now.
 			s.dc, s.prepared = r.dc, r.prepared
 			if m.l.cfg.interval > 0 {
 				s.mu.Lock()
-				s.scheduleProbe(m.l.sched.now() + m.l.cfg.interval)
+				s.scheduleProbe(m.l.sched.Now() + m.l.cfg.interval)
 				s.mu.Unlock()
 			}
 		}
@@ -271,7 +272,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			return nil, m.fail(op, cause)
 		case refused:
 			err := m.l.fencingErr(classify(r.err))
-			if q.fenced {
+			if q.Fenced {
 				// The grant may have come before the token failed, and
 				// outlives the error (see Mutex.undoRefused). The
 				// in-process table keeps every other holder of this
@@ -311,17 +312,17 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			}
 			p.done(s)
 			return nil, m.fail(op, err)
-		case r.n&flagShared != 0, r.n&flagStandby != 0:
+		case r.n&sqltext.FlagForeign != 0, r.n&sqltext.FlagStandby != 0:
 			// Refused before taking anything: the session is not usable.
 			p.retire(s)
 			m.l.discard(s.conn)
 			s.connMu.Unlock()
 			p.done(s)
-			if r.n&flagStandby != 0 {
+			if r.n&sqltext.FlagStandby != 0 {
 				return nil, m.fail(op, ErrStandby)
 			}
 			return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection", ErrSharedSession, r.pid))
-		case r.n&flagGranted == 0:
+		case r.n&sqltext.FlagGranted == 0:
 			s.connMu.Unlock()
 			p.done(s)
 			return nil, nil
@@ -363,7 +364,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 // session.watched), else in a goroutine of its own (see runLockWithin).
 // refused reports a server error raised on a sound session: the statement
 // took nothing.
-func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *lockStmt) (r outcome, abandoned bool, settleErr error, refused bool) {
+func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *sqltext.LockStmt) (r outcome, abandoned bool, settleErr error, refused bool) {
 	if m.l.interruptible(s) {
 		ctx := neverEnding(ctx)
 		r = s.watched(func(dc any) outcome { return m.lockOn(ctx, dc, q, nil) })

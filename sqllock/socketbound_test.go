@@ -14,9 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
 )
 
-// socketConnector's connections look like pgx's to driverSocket (Conn,
+// socketConnector's connections look like pgx's to drv.Socket (Conn,
 // PgConn, Conn down to a net.Conn), and their unlock blocks reading that
 // socket, as a driver does on a silent network, until a deadline passes.
 type socketConnector struct{ fakeConnector }
@@ -76,7 +77,7 @@ func TestFakeReleaseBoundOnSocket(t *testing.T) {
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, took, bound, "Unlock returned before its bound")
 	assert.Less(t, took, bound+5*time.Second, "Unlock outlived its bound")
-	assert.Equal(t, int32(interruptSocket), l.interrupt.Load(), "the bound was kept on the socket")
+	assert.Equal(t, int32(drv.InterruptSocket), l.interrupt.Load(), "the bound was kept on the socket")
 	assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrNotHeld)
 }

@@ -2,11 +2,13 @@ package sqllock
 
 import (
 	"fmt"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
 )
 
 // Statements on a shared session (WithSessions) must not run under their
 // caller's context (see WithSessions), so something else must bound them.
-// Where the driver can be interrupted (see interruptWith), the statement
+// Where the driver can be interrupted (see drv.InterruptWith), the statement
 // runs in the caller's goroutine, watched by the session's own scheduler
 // entry: a keep-alive tick that finds a statement running past the
 // keep-alive timeout interrupts it, and the statement returns at once,
@@ -20,14 +22,14 @@ import (
 // the caller's goroutine, watched (see session.watched).
 func (l *Locker) interruptible(s *session) bool {
 	how := int(l.interrupt.Load())
-	if how == interruptUnknown {
-		how = interruptNone
+	if how == drv.InterruptUnknown {
+		how = drv.InterruptNone
 		_ = s.conn.Raw(func(dc any) error {
 			how = l.interruptHow(dc)
 			return nil
 		})
 	}
-	return how != interruptNone
+	return how != drv.InterruptNone
 }
 
 // watched runs a statement on the shared session's connection in the
@@ -60,11 +62,11 @@ func (s *session) watched(run func(dc any) outcome) (r outcome) {
 // watch records that a statement is about to run on dc, and makes sure
 // the session's scheduler entry runs by the time its bound passes.
 func (s *session) watch(dc any) {
-	now := s.l.sched.now()
+	now := s.l.sched.Now()
 	s.mu.Lock()
 	s.stmtDC, s.stmtSince, s.stmtRunning = dc, now, true
 	s.mu.Unlock()
-	s.l.sched.atLatest(s, now+s.l.cfg.timeout)
+	s.l.sched.AtLatest(s, now+s.l.cfg.timeout, dueProbe)
 }
 
 // unwatch records that the statement has returned, and reports whether it
@@ -94,8 +96,8 @@ func (s *session) watchdog() bool {
 		s.mu.Unlock()
 		return false
 	}
-	if due := s.stmtSince + s.l.cfg.timeout; s.l.sched.now() < due {
-		s.l.sched.schedule(s, due, dueProbe)
+	if due := s.stmtSince + s.l.cfg.timeout; s.l.sched.Now() < due {
+		s.l.sched.Schedule(s, due, dueProbe)
 		s.mu.Unlock()
 		return true
 	}
@@ -103,7 +105,19 @@ func (s *session) watchdog() bool {
 	s.stmtInterrupted = true
 	s.mu.Unlock()
 	if first {
-		interrupt(dc, int(s.l.interrupt.Load()))
+		drv.Interrupt(dc, int(s.l.interrupt.Load()))
 	}
 	return true
+}
+
+// interruptHow returns how statements on driver connection dc, one of
+// the Locker's, can be interrupted. The answer is the same for every
+// connection of a Locker's pool, so it is worked out once.
+func (l *Locker) interruptHow(dc any) int {
+	how := int(l.interrupt.Load())
+	if how == drv.InterruptUnknown {
+		how = drv.InterruptWith(dc)
+		l.interrupt.Store(int32(how))
+	}
+	return how
 }

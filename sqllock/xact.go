@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // Transaction-scoped locks (pg_advisory_xact_lock and friends) belong to a
@@ -72,12 +75,12 @@ func (m *Mutex) txLock(ctx context.Context, tx Tx, fn string, try bool, op strin
 	// there is one: wrappers may rewrite statements (bun formats its own
 	// placeholders) but not the transaction. A Tx of unknown make gets the
 	// key as literals, and a check that the lock outlived its statement.
-	q, args := m.q.txQuery(fn, try), m.q.args
-	sqlTx := findSQLTx(reflect.ValueOf(tx), maxUnwrap)
+	q, args := m.q.TxQuery(fn, try), m.q.Args
+	sqlTx := findSQLTx(reflect.ValueOf(tx), drv.MaxUnwrap)
 	if sqlTx != nil {
 		tx = sqlTx
 	} else {
-		q, args = buildQueries(m.key, false).txQuery(fn, try), nil
+		q, args = sqltext.Build(m.key, false).TxQuery(fn, try), nil
 	}
 	var granted = true
 	var standby bool
@@ -163,17 +166,6 @@ func isNil(tx Tx) bool {
 	}
 	v := reflect.ValueOf(tx)
 	return v.Kind() == reflect.Pointer && v.IsNil()
-}
-
-// txQuery builds a transaction-lock statement for fn. Built per call: the
-// transaction path is not the hot path of a session lock, and this keeps
-// Mutex small.
-func (q queries) txQuery(fn string, try bool) string {
-	list := q.keyList
-	if try {
-		return "SELECT " + fn + "(" + list + "), pg_is_in_recovery()"
-	}
-	return "SELECT pg_is_in_recovery() FROM " + fn + "(" + list + ")"
 }
 
 // SQLSTATE codes sqllock recognises in server errors.

@@ -1,4 +1,9 @@
-package sqllock
+// Package drv runs sqllock's statements on database/sql/driver
+// connections, below database/sql: queries and row counts, statements
+// prepared once per connection (StmtCache), interrupting a statement in
+// flight, and finding the object that owns a server session under
+// wrappers and pool bridges. It knows nothing of locks.
+package drv
 
 import (
 	"context"
@@ -21,10 +26,10 @@ import (
 // concurrent calls: int64 and string values, which every driver takes
 // as they are (database/sql/driver.Value), and which no driver modifies.
 
-// driverQueryValue runs query on driver connection dc and returns the
+// QueryValue runs query on driver connection dc and returns the
 // first column of its first row, or sql.ErrNoRows when it answers no row.
 // The statement must answer one column.
-func driverQueryValue(ctx context.Context, dc any, query string, args []driver.NamedValue) (any, error) {
+func QueryValue(ctx context.Context, dc any, query string, args []driver.NamedValue) (any, error) {
 	rows, err := driverQuery(ctx, dc, query, args)
 	if err != nil {
 		return nil, err
@@ -57,7 +62,7 @@ func driverQuery(ctx context.Context, dc any, query string, args []driver.NamedV
 			return rows, err
 		}
 	}
-	st, err := prepare(ctx, dc, query)
+	st, err := Prepare(ctx, dc, query)
 	if err != nil {
 		return nil, err
 	}
@@ -86,22 +91,22 @@ func stmtQuery(ctx context.Context, st driver.Stmt, args []driver.NamedValue) (d
 // returns the number of rows it produced, or -1 if the driver cannot tell.
 func stmtExecRows(ctx context.Context, st driver.Stmt, args []driver.NamedValue) (int64, error) {
 	if se, ok := st.(driver.StmtExecContext); ok {
-		return rowsAffected(se.ExecContext(ctx, args))
+		return RowsAffected(se.ExecContext(ctx, args))
 	}
 	//lint:ignore SA1019 the fallback database/sql uses too, for drivers without StmtExecContext
-	return rowsAffected(st.Exec(values(args)))
+	return RowsAffected(st.Exec(values(args)))
 }
 
-// driverExecRows runs query on dc and returns the number of rows it
+// ExecRows runs query on dc and returns the number of rows it
 // produced, or -1 if the driver cannot tell.
-func driverExecRows(ctx context.Context, dc any, query string, args []driver.NamedValue) (int64, error) {
+func ExecRows(ctx context.Context, dc any, query string, args []driver.NamedValue) (int64, error) {
 	if e, ok := dc.(driver.ExecerContext); ok {
 		res, err := e.ExecContext(ctx, query, args)
 		if !errors.Is(err, driver.ErrSkip) {
-			return rowsAffected(res, err)
+			return RowsAffected(res, err)
 		}
 	}
-	st, err := prepare(ctx, dc, query)
+	st, err := Prepare(ctx, dc, query)
 	if err != nil {
 		return 0, err
 	}
@@ -112,7 +117,7 @@ func driverExecRows(ctx context.Context, dc any, query string, args []driver.Nam
 	return stmtExecRows(ctx, st, args)
 }
 
-func prepare(ctx context.Context, dc any, query string) (driver.Stmt, error) {
+func Prepare(ctx context.Context, dc any, query string) (driver.Stmt, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -148,7 +153,7 @@ func (r stmtRows) Close() error {
 }
 
 // named returns args as a statement's parameters $1, $2, ...
-func named(args []any) []driver.NamedValue {
+func Named(args []any) []driver.NamedValue {
 	if len(args) == 0 {
 		return nil
 	}
@@ -157,4 +162,20 @@ func named(args []any) []driver.NamedValue {
 		nv[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
 	}
 	return nv
+}
+
+// RowsAffected returns the row count of a statement that ran, or -1 if the
+// driver cannot tell it.
+func RowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	if res == nil {
+		return -1, nil
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return -1, nil
+	}
+	return n, nil
 }

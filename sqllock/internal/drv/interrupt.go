@@ -1,4 +1,4 @@
-package sqllock
+package drv
 
 import (
 	"net"
@@ -16,62 +16,50 @@ import (
 //
 // Two drivers can be interrupted:
 //   - pgx: a read deadline in the past on the connection's socket (see
-//     driverSocket) makes the read return, as pgx itself does when a
+//     Socket) makes the read return, as pgx itself does when a
 //     context ends.
 //   - lib/pq: closing the driver connection closes its socket, whose read
 //     then returns; lib/pq's Close writes a Terminate message and closes
 //     the socket, and touches nothing a statement in flight uses.
 
-// Ways to interrupt a statement (see Locker.interruptHow).
+// Ways to interrupt a statement (sqllock's Locker.interruptHow caches the answer).
 const (
-	interruptUnknown = iota
-	interruptNone    // the driver cannot be interrupted: a goroutine waits for it
-	interruptSocket  // set a past deadline on the socket (pgx)
-	interruptClose   // close the driver connection (lib/pq)
+	InterruptUnknown = iota
+	InterruptNone    // the driver cannot be interrupted: a goroutine waits for it
+	InterruptSocket  // set a past deadline on the socket (pgx)
+	InterruptClose   // close the driver connection (lib/pq)
 )
 
-// interruptWith returns how a statement running on driver connection dc
+// InterruptWith returns how a statement running on driver connection dc
 // can be interrupted from another goroutine.
-func interruptWith(dc any) int {
-	if driverSocket(dc) != nil {
-		return interruptSocket
+func InterruptWith(dc any) int {
+	if Socket(dc) != nil {
+		return InterruptSocket
 	}
-	t := reflect.TypeOf(sessionOwner(dc))
+	t := reflect.TypeOf(SessionOwner(dc))
 	if t != nil && t.Kind() == reflect.Pointer && t.Elem().PkgPath() == "github.com/lib/pq" && t.Elem().Name() == "conn" {
-		return interruptClose
+		return InterruptClose
 	}
-	return interruptNone
+	return InterruptNone
 }
 
 // interrupt makes a statement running on dc return at once, with an
-// error, as interruptWith(dc) says it can.
-func interrupt(dc any, how int) {
+// error, as InterruptWith(dc) says it can.
+func Interrupt(dc any, how int) {
 	switch how {
-	case interruptSocket:
-		if nc := driverSocket(dc); nc != nil {
+	case InterruptSocket:
+		if nc := Socket(dc); nc != nil {
 			_ = nc.SetDeadline(time.Unix(1, 0))
 		}
-	case interruptClose:
-		if c, ok := sessionOwner(dc).(interface{ Close() error }); ok {
+	case InterruptClose:
+		if c, ok := SessionOwner(dc).(interface{ Close() error }); ok {
 			_ = c.Close()
 		}
 	}
 }
 
-// interruptHow returns how statements on driver connection dc, one of
-// the Locker's, can be interrupted. The answer is the same for every
-// connection of a Locker's pool, so it is worked out once.
-func (l *Locker) interruptHow(dc any) int {
-	how := int(l.interrupt.Load())
-	if how == interruptUnknown {
-		how = interruptWith(dc)
-		l.interrupt.Store(int32(how))
-	}
-	return how
-}
-
-// driverSocket returns the network connection under a pgx connection
-// (see sessionOwner: under pgx's stdlib.Conn, and any wrappers that expose
+// Socket returns the network connection under a pgx connection
+// (see SessionOwner: under pgx's stdlib.Conn, and any wrappers that expose
 // what they wrap), or nil for any other driver. It goes through pgx's
 // exported accessors, stdlib.Conn.Conn, pgx.Conn.PgConn and
 // pgconn.PgConn.Conn, by reflection, since sqllock imports only the
@@ -82,9 +70,9 @@ func (l *Locker) interruptHow(dc any) int {
 //
 // The method names are constants so that the linker can still drop unused
 // methods from a program.
-func driverSocket(dc any) net.Conn {
-	v := call0(reflect.ValueOf(sessionOwner(dc)), "PgConn")
-	v = call0(v, "Conn")
+func Socket(dc any) net.Conn {
+	v := Call0(reflect.ValueOf(SessionOwner(dc)), "PgConn")
+	v = Call0(v, "Conn")
 	if !v.IsValid() {
 		return nil
 	}
@@ -95,8 +83,8 @@ func driverSocket(dc any) net.Conn {
 // call0 calls v's method name if v is a non-nil value with such a method,
 // taking no arguments and giving one result, and returns that result
 // unless it is nil; otherwise it returns the zero Value.
-func call0(v reflect.Value, name string) reflect.Value {
-	if !usable(v) {
+func Call0(v reflect.Value, name string) reflect.Value {
+	if !Usable(v) {
 		return reflect.Value{}
 	}
 	var m reflect.Value
@@ -109,14 +97,14 @@ func call0(v reflect.Value, name string) reflect.Value {
 	if !m.IsValid() || m.Type().NumIn() != 0 || m.Type().NumOut() != 1 {
 		return reflect.Value{}
 	}
-	if r := m.Call(nil)[0]; usable(r) {
+	if r := m.Call(nil)[0]; Usable(r) {
 		return r
 	}
 	return reflect.Value{}
 }
 
 // usable reports whether v holds a value whose methods may be called.
-func usable(v reflect.Value) bool {
+func Usable(v reflect.Value) bool {
 	if !v.IsValid() || !v.CanInterface() {
 		return false
 	}

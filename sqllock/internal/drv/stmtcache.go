@@ -1,4 +1,4 @@
-package sqllock
+package drv
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 // So on drivers other than pgx (which prepares and caches by itself),
 // sqllock prepares each lock and unlock text once per driver connection,
 // with the key as parameters: a handful of statements per connection,
-// whatever the number of keys. A stmtCache keeps them.
+// whatever the number of keys. A StmtCache keeps them.
 //
 // The cache holds the statements, and so their connections, strongly: a
 // statement refers to its connection, so a weakly keyed cache would never
@@ -40,13 +40,13 @@ import (
 // replaces with its own. Other sessions get the key written into the text,
 // as simple queries.
 
-// stmtConns bounds how many driver connections a stmtCache keeps
+// stmtConns bounds how many driver connections a StmtCache keeps
 // statements for.
 const stmtConns = 64
 
-// A stmtCache keeps prepared lock and unlock statements per driver
+// A StmtCache keeps prepared lock and unlock statements per driver
 // connection. A Locker on a driver other than pgx has one.
-type stmtCache struct {
+type StmtCache struct {
 	mu    sync.Mutex
 	conns map[any]*connStmts
 	clock uint64 // a use counter, for least recently used
@@ -71,7 +71,7 @@ type connStmts struct {
 // direct reports whether statements may be prepared on driver connection
 // dc, whose verified session has backend pid pid: whether pid is the one
 // the driver got at startup.
-func (c *stmtCache) direct(dc any, pid int64) bool {
+func (c *StmtCache) Direct(dc any, pid int64) bool {
 	c.mu.Lock()
 	cs := c.conns[dc]
 	c.mu.Unlock()
@@ -95,7 +95,7 @@ func (c *stmtCache) direct(dc any, pid int64) bool {
 
 // entryLocked returns dc's entry, making it if need be for the direct
 // session of backend pid.
-func (c *stmtCache) entryLocked(dc any, pid int64) *connStmts {
+func (c *StmtCache) entryLocked(dc any, pid int64) *connStmts {
 	if c.conns == nil {
 		c.conns = make(map[any]*connStmts)
 	}
@@ -114,10 +114,10 @@ func (c *stmtCache) entryLocked(dc any, pid int64) *connStmts {
 
 // startupPID returns the backend pid that driver connection dc got from
 // the server at startup (BackendKeyData): lib/pq's field pid, bun's
-// pgdriver's processID, looking through wrappers as sessionOwner does.
+// pgdriver's processID, looking through wrappers as SessionOwner does.
 func startupPID(dc any) (int64, bool) {
 	v := reflect.ValueOf(dc)
-	for range maxUnwrap {
+	for range MaxUnwrap {
 		s := v
 		for s.Kind() == reflect.Pointer || s.Kind() == reflect.Interface {
 			if s.IsNil() {
@@ -142,7 +142,7 @@ func startupPID(dc any) (int64, bool) {
 // stmt returns the statement prepared on dc, whose direct session has
 // backend pid pid, for query, preparing it first if need be. It runs
 // inside conn.Raw: dc has no other user meanwhile.
-func (c *stmtCache) stmt(ctx context.Context, dc any, pid int64, query string) (driver.Stmt, error) {
+func (c *StmtCache) stmt(ctx context.Context, dc any, pid int64, query string) (driver.Stmt, error) {
 	c.mu.Lock()
 	cs := c.conns[dc]
 	var st driver.Stmt
@@ -162,7 +162,7 @@ func (c *stmtCache) stmt(ctx context.Context, dc any, pid int64, query string) (
 	}
 	// dc has one user at a time (its pinned *sql.Conn): no one else
 	// prepares on it meanwhile.
-	st, err := prepare(ctx, dc, query)
+	st, err := Prepare(ctx, dc, query)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +174,7 @@ func (c *stmtCache) stmt(ctx context.Context, dc any, pid int64, query string) (
 
 // evictLocked forgets the least recently used connection, retiring its
 // statements.
-func (c *stmtCache) evictLocked() {
+func (c *StmtCache) evictLocked() {
 	var oldest any
 	var at uint64
 	for dc, cs := range c.conns {
@@ -202,7 +202,7 @@ func (c *stmtCache) evictLocked() {
 }
 
 // drop forgets dc, whose session is being ended, statements and all.
-func (c *stmtCache) drop(dc any) {
+func (c *StmtCache) Drop(dc any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.conns, dc)
@@ -210,8 +210,8 @@ func (c *stmtCache) drop(dc any) {
 }
 
 // query runs the statement prepared on dc for query and returns the first
-// column of its first row, as driverQueryValue does.
-func (c *stmtCache) queryValue(ctx context.Context, dc any, pid int64, query string, args []driver.NamedValue) (any, error) {
+// column of its first row, as QueryValue does.
+func (c *StmtCache) QueryValue(ctx context.Context, dc any, pid int64, query string, args []driver.NamedValue) (any, error) {
 	st, err := c.stmt(ctx, dc, pid, query)
 	if err != nil {
 		return nil, err
@@ -224,8 +224,8 @@ func (c *stmtCache) queryValue(ctx context.Context, dc any, pid int64, query str
 }
 
 // execRows runs the statement prepared on dc for query and returns the
-// number of rows it produced, as driverExecRows does.
-func (c *stmtCache) execRows(ctx context.Context, dc any, pid int64, query string, args []driver.NamedValue) (int64, error) {
+// number of rows it produced, as ExecRows does.
+func (c *StmtCache) ExecRows(ctx context.Context, dc any, pid int64, query string, args []driver.NamedValue) (int64, error) {
 	st, err := c.stmt(ctx, dc, pid, query)
 	if err != nil {
 		return 0, err

@@ -1,10 +1,11 @@
-package sqllock
+package drv
 
 import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -61,28 +62,45 @@ func TestDriverQueryFallbacks(t *testing.T) {
 	for _, dc := range []interface {
 		driver.Conn
 	}{&oldConn{vals: []driver.Value{int64(33)}}, &skipConn{oldConn{vals: []driver.Value{int64(33)}}}} {
-		v, err := driverQueryValue(ctx, dc, "SELECT 33", nil)
+		v, err := QueryValue(ctx, dc, "SELECT 33", nil)
 		require.NoError(t, err, "%T", dc)
 		assert.Equal(t, int64(33), v, "%T", dc)
-		n, err := driverExecRows(ctx, dc, "SELECT 1", named([]any{int64(1)}))
+		n, err := ExecRows(ctx, dc, "SELECT 1", Named([]any{int64(1)}))
 		require.NoError(t, err, "%T", dc)
 		assert.Equal(t, int64(1), n, "%T", dc)
 	}
 	old := &oldConn{}
-	_, err := driverQueryValue(ctx, old, "SELECT 1 WHERE false", nil)
+	_, err := QueryValue(ctx, old, "SELECT 1 WHERE false", nil)
 	assert.ErrorIs(t, err, sql.ErrNoRows, "no row")
 	assert.Equal(t, 1, old.closed, "the statement is closed with its rows")
 
-	_, err = driverQueryValue(ctx, closeErrConn{}, "SELECT 1", nil)
+	_, err = QueryValue(ctx, closeErrConn{}, "SELECT 1", nil)
 	assert.ErrorContains(t, err, "boom after the row", "an error on Close is not lost")
 
-	_, err = driverQueryValue(ctx, struct{}{}, "SELECT 1", nil)
+	_, err = QueryValue(ctx, struct{}{}, "SELECT 1", nil)
 	assert.ErrorContains(t, err, "is not a database/sql/driver.Conn")
-	_, err = driverExecRows(ctx, struct{}{}, "SELECT 1", nil)
+	_, err = ExecRows(ctx, struct{}{}, "SELECT 1", nil)
 	assert.ErrorContains(t, err, "is not a database/sql/driver.Conn")
 }
 
 func TestNamed(t *testing.T) {
-	assert.Nil(t, named(nil))
-	assert.Equal(t, []driver.NamedValue{{Ordinal: 1, Value: int64(4)}, {Ordinal: 2, Value: int64(5)}}, named([]any{int64(4), int64(5)}))
+	assert.Nil(t, Named(nil))
+	assert.Equal(t, []driver.NamedValue{{Ordinal: 1, Value: int64(4)}, {Ordinal: 2, Value: int64(5)}}, Named([]any{int64(4), int64(5)}))
+}
+
+// fakeRows answers one row of vals, or none when vals is empty.
+type fakeRows struct {
+	vals []driver.Value
+	done bool
+}
+
+func (r *fakeRows) Columns() []string { return make([]string, len(r.vals)) }
+func (r *fakeRows) Close() error      { return nil }
+func (r *fakeRows) Next(dest []driver.Value) error {
+	if r.done || len(r.vals) == 0 {
+		return io.EOF
+	}
+	r.done = true
+	copy(dest, r.vals)
+	return nil
 }

@@ -1,4 +1,4 @@
-package sqllock
+package drv
 
 import (
 	"context"
@@ -18,23 +18,23 @@ import (
 //     keeps, with its session and any lock on it, when database/sql closes
 //     the stdlib.Conn.
 //
-// sessionOwner finds the object that owns the session under both, so that
+// SessionOwner finds the object that owns the session under both, so that
 // the Locker marks and remembers the session, not the wrapper; and
-// closeSession ends that object's session, where closing the wrapper
+// CloseSession ends that object's session, where closing the wrapper
 // would only hand it back to a pool.
 
-// maxUnwrap bounds how many wrappers sessionOwner looks through.
-const maxUnwrap = 8
+// MaxUnwrap bounds how many wrappers SessionOwner looks through.
+const MaxUnwrap = 8
 
-// sessionOwner returns the client-side object that owns driver connection
+// SessionOwner returns the client-side object that owns driver connection
 // dc's server session: the *pgx.Conn under pgx's stdlib.Conn, under any
 // wrappers that expose what they wrap (a Raw() driver.Conn method, as
 // otelsql has, or an exported Conn field holding a driver.Conn, as
 // sqlhooks has). A connection it cannot look into is its own owner.
-func sessionOwner(dc any) any {
+func SessionOwner(dc any) any {
 	v := reflect.ValueOf(dc)
-	for range maxUnwrap {
-		if pgx := call0(v, "Conn"); pgx.IsValid() && call0(pgx, "PgConn").IsValid() {
+	for range MaxUnwrap {
+		if pgx := Call0(v, "Conn"); pgx.IsValid() && Call0(pgx, "PgConn").IsValid() {
 			return pgx.Interface()
 		}
 		inner := unwrapped(v)
@@ -43,7 +43,7 @@ func sessionOwner(dc any) any {
 		}
 		v = inner
 	}
-	if usable(v) {
+	if Usable(v) {
 		return v.Interface()
 	}
 	return dc
@@ -52,11 +52,11 @@ func sessionOwner(dc any) any {
 // unwrapped returns the driver connection that wrapper v exposes, or the
 // zero Value.
 func unwrapped(v reflect.Value) reflect.Value {
-	if !usable(v) {
+	if !Usable(v) {
 		return reflect.Value{}
 	}
 	if m := v.MethodByName("Raw"); m.IsValid() && m.Type().NumIn() == 0 && m.Type().NumOut() == 1 {
-		if r := m.Call(nil)[0]; usable(r) && isDriverConn(r) {
+		if r := m.Call(nil)[0]; Usable(r) && isDriverConn(r) {
 			return r
 		}
 	}
@@ -67,7 +67,7 @@ func unwrapped(v reflect.Value) reflect.Value {
 	if s.Kind() != reflect.Struct {
 		return reflect.Value{}
 	}
-	if f := s.FieldByName("Conn"); f.IsValid() && f.CanInterface() && usable(f) && isDriverConn(f) {
+	if f := s.FieldByName("Conn"); f.IsValid() && f.CanInterface() && Usable(f) && isDriverConn(f) {
 		return f
 	}
 	return reflect.Value{}
@@ -78,22 +78,22 @@ func isDriverConn(v reflect.Value) bool {
 	return ok
 }
 
-// isPgxConn reports whether owner, as sessionOwner found it, is a
+// IsPgxConn reports whether owner, as SessionOwner found it, is a
 // *pgx.Conn, or looks like one (it has a PgConn method): the driver under
 // any wrappers is pgx.
-func isPgxConn(owner any) bool {
-	return call0(reflect.ValueOf(owner), "PgConn").IsValid()
+func IsPgxConn(owner any) bool {
+	return Call0(reflect.ValueOf(owner), "PgConn").IsValid()
 }
 
-// closeSession ends the session of driver connection dc on the client
+// CloseSession ends the session of driver connection dc on the client
 // side, when its owner is a pgx connection, whose Close(ctx) does that: it
 // sends the server a Terminate message and closes the socket, and a pool
 // that owns the connection (pgxpool, under stdlib.OpenDBFromPool) then
 // destroys it rather than keeping it. Other drivers' connections are left
 // to their Close.
-func closeSession(dc any) {
-	owner := sessionOwner(dc)
-	if !isPgxConn(owner) {
+func CloseSession(dc any) {
+	owner := SessionOwner(dc)
+	if !IsPgxConn(owner) {
 		return
 	}
 	if c, ok := owner.(interface{ Close(context.Context) error }); ok {
@@ -103,6 +103,18 @@ func closeSession(dc any) {
 	}
 }
 
-// closeTimeout bounds the Terminate message closeSession sends; the socket
+// closeTimeout bounds the Terminate message CloseSession sends; the socket
 // is closed either way.
 const closeTimeout = time.Second
+
+// ConnPointer returns driver connection dc as a pointer to its first byte,
+// or nil if dc cannot be told apart from other connections by reference:
+// it is not a pointer, or points to a value of size zero (which may share
+// its address with other such values).
+func ConnPointer(dc any) *byte {
+	v := reflect.ValueOf(dc)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Type().Elem().Size() == 0 {
+		return nil
+	}
+	return (*byte)(v.UnsafePointer())
+}

@@ -1,0 +1,195 @@
+// Package sqltext builds the SQL of sqllock's locks: per key, the guarded
+// lock statements, the unlocks and the fenced forms; per session, the
+// verify statement and its owner token; and the statements that settle an
+// abandoned session. It runs nothing.
+package sqltext
+
+import (
+	"database/sql/driver"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"weak"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+)
+
+// Queries holds the SQL for one key, built once per Mutex. Keys are
+// integers, so writing them into the SQL text is safe; lock names never
+// reach SQL.
+type Queries struct {
+	Lock, LockShared     *LockStmt // see LockStmt
+	Try, TryShared       *LockStmt
+	TrySharedBehind      *LockStmt           // tryShared that yields to a queued waiter (see waiterQueued)
+	Unlock, UnlockShared string              // -> one row if released, else none
+	Args                 []any               // the key as bind parameters, or nil with literals
+	Named                []driver.NamedValue // args, as the driver takes them
+	KeyList              string              // the key as SQL arguments: "42", "1,2" or "$1,$2"
+}
+
+// A LockStmt is one lock operation in its guarded form (see Build),
+// split where the verified session's backend pid goes.
+type LockStmt struct {
+	Parts  []string
+	Kind   Kind
+	Fenced bool // answers a fencing token (see Queries.Fence)
+
+	// The guarded form as last made for a driver connection: the pool
+	// hands a Mutex the same connection again and again, so it is made
+	// once.
+	last atomic.Pointer[Guarded]
+}
+
+// Last returns the guarded form made last (see GuardedFor), or nil.
+func (s *LockStmt) Last() *Guarded { return s.last.Load() }
+
+// Forget drops the guarded form made last: its session is gone.
+func (s *LockStmt) Forget() { s.last.Store(nil) }
+
+// Kind names a LockStmt's operation, so that the same operation can
+// be found in another form of a key's queries.
+type Kind uint8
+
+const (
+	KindLock Kind = iota
+	KindLockShared
+	KindTry
+	KindTryShared
+	KindTrySharedBehind
+)
+
+// Stmt returns q's lock statement of the given kind.
+func (q *Queries) Stmt(kind Kind) *LockStmt {
+	switch kind {
+	case KindLockShared:
+		return q.LockShared
+	case KindTry:
+		return q.Try
+	case KindTryShared:
+		return q.TryShared
+	case KindTrySharedBehind:
+		return q.TrySharedBehind
+	}
+	return q.Lock
+}
+
+// A Guarded is a LockStmt's guarded form made for one driver
+// connection, whose session has backend pid pid.
+type Guarded struct {
+	Conn weak.Pointer[byte] // the driver connection (see drv.ConnPointer); zero when it has none
+	PID  int64
+	Text string
+}
+
+// GuardedFor returns the guarded form for the driver connection at p,
+// whose reference is ref, and its session's backend pid. A connection
+// without a reference (p nil) gets a form made for this call alone.
+func (s *LockStmt) GuardedFor(p *byte, ref weak.Pointer[byte], pid int64) *Guarded {
+	if p == nil {
+		return &Guarded{PID: pid, Text: strings.Join(s.Parts, strconv.FormatInt(pid, 10))}
+	}
+	if g := s.last.Load(); g != nil && g.PID == pid && g.Conn.Value() == p {
+		return g
+	}
+	g := &Guarded{Conn: ref, PID: pid, Text: strings.Join(s.Parts, strconv.FormatInt(pid, 10))}
+	s.last.Store(g)
+	return g
+}
+
+// TokenMark stands where a statement's text takes the owner token, or the
+// backend pid.
+const TokenMark = "\x00"
+
+// SessionGuard ends every lock statement: it runs only on the session
+// verified, whose backend pid goes where TokenMark stands (see
+// Build).
+const SessionGuard = " WHERE pg_backend_pid() = " + TokenMark
+
+func Build(k keyspace.Key, placeholders bool) Queries {
+	var list, queued string
+	var args []any
+	if n, ok := k.Int64(); ok {
+		list = strconv.FormatInt(n, 10)
+		if placeholders {
+			list, args = "$1", []any{n}
+		}
+		queued = waiterQueued(list+"::int8 >> 32", list+"::int8", 1)
+	} else {
+		a, b, _ := k.Pair()
+		x, y := strconv.FormatInt(int64(a), 10), strconv.FormatInt(int64(b), 10)
+		if placeholders {
+			x, y, args = "$1", "$2", []any{int64(a), int64(b)}
+		}
+		list = x + "," + y
+		queued = waiterQueued(x+"::int4", y+"::int4", 2)
+	}
+	// A lock runs on a session that the Locker verified (see
+	// BuildVerify), in the guarded form: it takes the lock only if the
+	// session is still the one verified, by backend pid, and answers true
+	// (granted), false (a try that found the lock taken) or no row
+	// (another session: nothing taken; see Mutex.lockOn). The pid test is
+	// a one-time filter, which the server evaluates before the select
+	// list, so it runs first. A session cannot become a standby, and it
+	// keeps this connection's token (another client can take it only
+	// after something resets the session's settings: DISCARD ALL, which
+	// also drops the session's locks, or RESET ALL, sent through a
+	// transaction pooler, under which session locks do not hold anyway);
+	// so the guarded form refuses what the verify statement would. It
+	// costs the server little more than a bare pg_advisory_lock, where the
+	// verify statement's expressions cost it several microseconds (up to
+	// 20% more time per Lock+Unlock with pgx on this project's benchmark
+	// machine), which is why they run once per session.
+	guard := SessionGuard
+	lock := func(lockFn string, kind Kind) *LockStmt {
+		return &LockStmt{Parts: strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, TokenMark), Kind: kind}
+	}
+	try := func(tryFn string, kind Kind) *LockStmt {
+		return &LockStmt{Parts: strings.Split("SELECT "+tryFn+"("+list+")"+guard, TokenMark), Kind: kind}
+	}
+	// The unlock answers with its row count, which Exec reports without
+	// reading rows: one row if the lock was released, none otherwise.
+	unlock := func(unlockFn string) string {
+		return "SELECT 1 WHERE " + unlockFn + "(" + list + ")"
+	}
+	return Queries{
+		Lock:       lock("pg_advisory_lock", KindLock),
+		LockShared: lock("pg_advisory_lock_shared", KindLockShared),
+		Try:        try("pg_try_advisory_lock", KindTry),
+		TryShared:  try("pg_try_advisory_lock_shared", KindTryShared),
+		TrySharedBehind: &LockStmt{Kind: KindTrySharedBehind, Parts: strings.Split(
+			"SELECT CASE WHEN "+queued+" THEN false ELSE pg_try_advisory_lock_shared("+list+") END"+guard, TokenMark)},
+		Unlock:       unlock("pg_advisory_unlock"),
+		UnlockShared: unlock("pg_advisory_unlock_shared"),
+		Args:         args,
+		Named:        drv.Named(args),
+		KeyList:      list,
+	}
+}
+
+// waiterQueued is the SQL condition that some session of this database
+// waits, not granted, for the advisory lock whose pg_locks tag is
+// (classid, objid, objsubid), given as int8 expressions of the key.
+//
+// PostgreSQL grants a session a lock it already holds without looking at
+// the queue, so a shared session that carries a key shared would let this
+// process's new shared holders overtake a waiter that another process has
+// queued, for as long as they keep coming. A new shared holder on such a
+// session asks this first, and yields as a holder in another process would.
+func waiterQueued(classid, objid string, objsubid int) string {
+	return "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted" +
+		" AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" +
+		" AND classid::int8 = (" + classid + ")::int8 & 4294967295 AND objid::int8 = (" + objid + ")::int8 & 4294967295" +
+		" AND objsubid = " + strconv.Itoa(objsubid) + ")"
+}
+
+// TxQuery builds a transaction-lock statement for fn. Built per call: the
+// transaction path is not the hot path of a session lock, and this keeps
+// Mutex small.
+func (q Queries) TxQuery(fn string, try bool) string {
+	list := q.KeyList
+	if try {
+		return "SELECT " + fn + "(" + list + "), pg_is_in_recovery()"
+	}
+	return "SELECT pg_is_in_recovery() FROM " + fn + "(" + list + ")"
+}
