@@ -4,11 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"syscall"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -151,32 +147,3 @@ const settleBound = 500 * time.Millisecond
 // abandonGrace is how long Mutex.runLock and execRows wait, after their
 // context ends, for a driver that does not bound its own calls to return.
 const abandonGrace = 250 * time.Millisecond
-
-// SQLSTATEs of a session the server has ended: a statement that gets one
-// never ran, so the lock it asked for is not held.
-var deadSessionStates = map[string]bool{
-	"57P01": true, // admin_shutdown (server restart, pg_terminate_backend)
-	"57P02": true, // crash_shutdown
-	"57P03": true, // cannot_connect_now
-	"57P05": true, // idle_session_timeout
-}
-
-// deadSession reports whether err says that the connection's session is
-// gone, or its socket broken, so that whatever a statement on it took
-// ends with the session, and taking another connection is right: the
-// driver's ErrBadConn, a SQLSTATE of a session the server ended, or a
-// network error other than a timeout (lib/pq reports a reset connection
-// as a *net.OpError, pgx a closed one as io.ErrUnexpectedEOF). A timeout
-// is not: a driver's read timeout (bun's pgdriver has one) can fire while
-// the session waits, alive, for a lock.
-func deadSession(err error) bool {
-	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
-		return true
-	}
-	if ne, ok := errors.AsType[net.Error](err); ok {
-		return !ne.Timeout()
-	}
-	var se interface{ SQLState() string }
-	return errors.As(err, &se) && deadSessionStates[se.SQLState()]
-}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 )
 
 var (
@@ -18,12 +19,12 @@ var (
 	// restart, broken network), the keep-alive got no answer in time, or the
 	// server no longer recognises the session as the holder. Errors that wrap
 	// it also wrap the underlying cause.
-	ErrLockLost = errors.New("sqllock: lock lost")
+	ErrLockLost = errs.ErrLockLost
 
 	// ErrStandby reports a lock refused because the server is a hot standby
 	// (pg_is_in_recovery() is true). Advisory locks taken on a standby are
 	// local to it and exclude nobody on the primary. See [WithAllowStandby].
-	ErrStandby = errors.New("sqllock: server is a standby in recovery; its advisory locks exclude nobody on the primary")
+	ErrStandby = errs.ErrStandby
 
 	// ErrSharedSession reports a lock refused because its server session
 	// was already used for a lock by another client connection: a pooler
@@ -31,7 +32,7 @@ var (
 	// sits between client and server. Session-level locks cannot work there: they neither
 	// exclude nor release reliably. Use transaction-scoped locks
 	// ([Mutex.LockTx]) or connect to the server, or to a session-mode pooler.
-	ErrSharedSession = errors.New("sqllock: server session shared with another client; a transaction-mode pooler breaks session locks (use LockTx)")
+	ErrSharedSession = errs.ErrForeignSession
 
 	// ErrNotReleased reports that sqllock gave up on a session that may
 	// hold the lock (a release or a grant that got no answer, a session
@@ -40,7 +41,7 @@ var (
 	// until the server notices the session is gone (see the server's
 	// tcp_keepalives_* and idle_session_timeout settings). The caller does
 	// not hold the lock either way.
-	ErrNotReleased = errors.New("sqllock: release not confirmed: the abandoned session may hold the lock until the server ends it")
+	ErrNotReleased = errs.ErrNotReleased
 
 	// ErrLockTableFull reports that the server's lock table had no room
 	// for the lock (SQLSTATE 53200, "out of shared memory"). The table
@@ -49,14 +50,14 @@ var (
 	// by every client of the server; raise max_locks_per_transaction
 	// (a restart) to hold more locks at once. Locks already held are not
 	// affected, and the failed attempt took nothing.
-	ErrLockTableFull = errors.New("sqllock: the server's lock table is full (SQLSTATE 53200): raise max_locks_per_transaction; the table holds max_locks_per_transaction × (max_connections + max_prepared_transactions) locks of all clients")
+	ErrLockTableFull = errs.ErrLockTableFull
 
 	// ErrNoAnswer reports that sqllock stopped waiting for the server at a
 	// bound of its own, not at the caller's context: the keep-alive timeout
 	// (see [WithKeepAlive]), or the short bound on ending a session after
 	// it. The message names the bound. An error that wraps it never wraps
 	// context.Canceled or context.DeadlineExceeded on that account.
-	ErrNoAnswer = errors.New("sqllock: no answer from the server within sqllock's bound")
+	ErrNoAnswer = errs.ErrNoAnswer
 
 	// ErrNotAcquired reports that WithLock, WithLockShared or TryWithLock
 	// did not get the lock (the wait ended, the connection failed, the
@@ -69,7 +70,7 @@ var (
 	// one, gives up on any read after 10s (pgdriver.WithReadTimeout).
 	// Nothing is left held or waiting; to wait longer, raise the driver's
 	// timeout above the longest wait, or bound waits by the context alone.
-	ErrDriverTimeout = errors.New("sqllock: the driver's own network timeout ended the wait before the context did (bun's pgdriver: WithReadTimeout)")
+	ErrDriverTimeout = errs.ErrDriverTimeout
 
 	// ErrNotInTransaction reports a transaction-scoped lock call (LockTx
 	// and friends) given something that runs its statement outside an
@@ -81,7 +82,7 @@ var (
 	// 40P01) chose this lock request as the victim of a lock-order cycle.
 	// The request holds nothing; retry it, ideally after releasing other
 	// locks, or take locks in one global order.
-	ErrDeadlock = errors.New("sqllock: deadlock detected")
+	ErrDeadlock = errs.ErrDeadlock
 
 	// ErrNilDB is the sticky error of a Locker built from a nil *sql.DB.
 	ErrNilDB = errors.New("sqllock: nil *sql.DB")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 )
 
 // WithFencing gives every exclusive lock a fencing token: a number that is
@@ -89,7 +91,7 @@ var ErrFencingUnsupported = errors.New("sqllock: WithFencing needs PostgreSQL 13
 // fencingErr explains err when it says that the server lacks the functions
 // of a fenced lock statement.
 func (l *Locker) fencingErr(err error) error {
-	if l.cfg.fencing && undefinedFunction(err) {
+	if l.cfg.fencing && errs.UndefinedFunction(err) {
 		return fmt.Errorf("%w: %w", ErrFencingUnsupported, err)
 	}
 	return err

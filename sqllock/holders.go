@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 )
 
 // A Holder is one session that holds or waits for an advisory lock, as
@@ -57,7 +58,7 @@ func (m *Mutex) Holders(ctx context.Context) ([]Holder, error) {
 	}
 	hs, err := holders(ctx, m.l.db, m.key)
 	if err != nil {
-		return nil, m.fail("holders", withCtxErr(ctx, err))
+		return nil, m.fail("holders", errs.WithCtxErr(ctx, err))
 	}
 	return hs, nil
 }

@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
@@ -154,20 +154,20 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	}
 	r, conn, err := m.lockStatement(ctx, q)
 	if err != nil {
-		cause := m.l.fencingErr(classify(withCtxErr(ctx, err)))
-		if driverTimeout(ctx, err) {
+		cause := m.l.fencingErr(errs.Classify(errs.WithCtxErr(ctx, err)))
+		if errs.IsDriverTimeout(ctx, err) {
 			cause = fmt.Errorf("%w: %w", ErrDriverTimeout, err)
 		}
 		switch {
 		case conn == nil:
-		case serverRefused(ctx, err) && q.Fenced:
+		case errs.ServerRefused(ctx, err) && q.Fenced:
 			// A fenced statement takes the lock before its token, whose
 			// transaction id can fail (a full lock table): the grant
 			// survives the error, so it is undone on the same session.
 			if uerr := m.undoRefused(conn, r); uerr != nil {
 				cause = fmt.Errorf("%w (%w)", cause, uerr)
 			}
-		case serverRefused(ctx, err):
+		case errs.ServerRefused(ctx, err):
 			// The server answered the statement with an error of its own
 			// (a full lock table, a deadlock): it took nothing, and the
 			// session is sound.
@@ -295,7 +295,7 @@ func (m *Mutex) lockStatement(ctx context.Context, q *sqltext.LockStmt) (r outco
 			return r, nil, fmt.Errorf("%w (%w: backend %d: %w)", r.err, ErrNotReleased, r.pid, settleErr)
 		case abandoned:
 			return r, nil, r.err
-		case r.err == nil || ctxEnded(ctx) || !deadSession(r.err):
+		case r.err == nil || errs.CtxEnded(ctx) || !errs.DeadSession(r.err):
 			return r, conn, r.err
 		}
 		// A lock statement sent on a session that turns out dead took
@@ -428,7 +428,7 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *sqltext.LockStmt, f *inFl
 			g = sent.GuardedFor(drv.ConnPointer(dc), g.Conn, pid)
 		}
 		if !f.send(pid) {
-			r.err = withCtxErr(ctx, context.Cause(ctx))
+			r.err = errs.WithCtxErr(ctx, context.Cause(ctx))
 			return r
 		}
 		r.ran = true
@@ -452,7 +452,7 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *sqltext.LockStmt, f *inFl
 				r.n = sqltext.FlagGranted
 			}
 			return r
-		case !errors.Is(err, sql.ErrNoRows) && !m.l.statementGone(err) || ctxEnded(ctx):
+		case !errors.Is(err, sql.ErrNoRows) && !m.l.statementGone(err) || errs.CtxEnded(ctx):
 			r.err = err
 			return r
 		case moved:
@@ -521,67 +521,6 @@ func guardedAnswer(v any) (bool, error) {
 		}
 	}
 	return false, fmt.Errorf("the lock statement answered %T %v, not a boolean: whether the session holds the lock is unknown, so it is discarded", v, v)
-}
-
-// withCtxErr makes sure an error caused by the context ending wraps the
-// context's error: lib/pq reports a cancelled query as its own SQLSTATE
-// 57014 error, which does not.
-func withCtxErr(ctx context.Context, err error) error {
-	cerr := ctx.Err()
-	if cerr == nil && ctxEnded(ctx) {
-		cerr = context.DeadlineExceeded
-	}
-	if err == nil {
-		// The context's cause, read as its deadline passed but before its
-		// timer fired: nil yet.
-		return cerr
-	}
-	if cerr != nil && !errors.Is(err, cerr) {
-		return fmt.Errorf("%w: %w", cerr, err)
-	}
-	return err
-}
-
-// serverRefused reports whether err is the server's error answer to a
-// statement that ran to its end on a sound session, before ctx ended: an
-// error a statement raises is atomic, so the statement took nothing.
-// Errors of classes 57 (operator intervention: a cancel, a terminated
-// backend) and 08 (connection exception), and XX (internal), say nothing
-// of the kind.
-func serverRefused(ctx context.Context, err error) bool {
-	var se interface{ SQLState() string }
-	if ctxEnded(ctx) || !errors.As(err, &se) {
-		return false
-	}
-	state := se.SQLState()
-	if len(state) != 5 {
-		return false
-	}
-	switch state[:2] {
-	case "57", "08", "XX":
-		return false
-	}
-	return true
-}
-
-// driverTimeout reports whether err is a network timeout that ctx did not
-// cause: the driver's own read or write timeout (bun's pgdriver has a 10s
-// read timeout by default) ended the statement.
-func driverTimeout(ctx context.Context, err error) bool {
-	var ne net.Error
-	return !ctxEnded(ctx) && errors.As(err, &ne) && ne.Timeout()
-}
-
-// ctxEnded reports whether ctx has ended, or reached its deadline: a
-// driver's network deadline, taken from ctx (pgx, bun's pgdriver), can
-// fire a moment before ctx's own timer does, and its error (an i/o
-// timeout) is then the context's doing.
-func ctxEnded(ctx context.Context) bool {
-	if ctx.Err() != nil {
-		return true
-	}
-	dl, ok := ctx.Deadline()
-	return ok && !time.Now().Before(dl)
 }
 
 // Lock waits until it holds the lock exclusively, or until ctx ends. The

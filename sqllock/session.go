@@ -11,6 +11,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/schedule"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
@@ -411,7 +412,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// The server ended the session, and the lock with it; the driver
 		// has yet to notice, and the connection is discarded when it does.
 		return nil
-	case err != nil && ctxEnded(ctx):
+	case err != nil && errs.CtxEnded(ctx):
 		// Cancelled mid-query: the session goes, and the lock with it.
 		return s.endSession()
 	case err != nil:

@@ -10,6 +10,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
@@ -111,7 +112,7 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 		state, holds, alive, err := l.look(ctx, args)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			return fmt.Errorf("%w: %v", boundErr(ctx, l.cfg.timeout), err)
+			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, l.cfg.timeout), err)
 		case err != nil:
 			return err
 		case !alive:
@@ -120,7 +121,7 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 			idleSince = time.Time{}
 			if err := l.terminateHolder(ctx, args); err != nil {
 				if ctx.Err() != nil {
-					return fmt.Errorf("%w: %v", boundErr(ctx, l.cfg.timeout), err)
+					return fmt.Errorf("%w: %v", errs.BoundErr(ctx, l.cfg.timeout), err)
 				}
 				return err
 			}
@@ -134,7 +135,7 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("it still held, waited for or ran a statement towards the lock when its bound passed: %w", boundErr(ctx, l.cfg.timeout))
+			return fmt.Errorf("it still held, waited for or ran a statement towards the lock when its bound passed: %w", errs.BoundErr(ctx, l.cfg.timeout))
 		case <-time.After(poll):
 		}
 		poll = min(2*poll, 10*time.Millisecond)
@@ -157,7 +158,7 @@ func (l *Locker) look(ctx context.Context, args []any) (state string, holds, ali
 func (l *Locker) terminateHolder(ctx context.Context, args []any) error {
 	wait := time.Until(deadlineOr(ctx, time.Now().Add(l.cfg.timeout))).Milliseconds()
 	_, _, err := l.terminateOnce(ctx, sqltext.TerminateSQL, append(args, max(wait, 1)))
-	if undefinedFunction(err) {
+	if errs.UndefinedFunction(err) {
 		_, _, err = l.terminateOnce(ctx, sqltext.TerminateSQL13, args)
 	}
 	return err
@@ -183,27 +184,9 @@ func (l *Locker) terminateOnce(ctx context.Context, query string, args []any) (f
 	return found, exited, rows.Err()
 }
 
-// undefinedFunction reports a server error 42883: a function signature the
-// server does not have (pg_terminate_backend's timeout, before
-// PostgreSQL 14).
-func undefinedFunction(err error) bool {
-	var se interface{ SQLState() string }
-	return errors.As(err, &se) && se.SQLState() == "42883"
-}
-
 func deadlineOr(ctx context.Context, t time.Time) time.Time {
 	if d, ok := ctx.Deadline(); ok {
 		return d
 	}
 	return t
-}
-
-// boundErr is the error for ctx ended: ErrNoAnswer naming bound when ctx
-// is one of sqllock's own bounds that passed, else ctx's error (a caller's
-// context reaches terminate through endSession's deadline only).
-func boundErr(ctx context.Context, bound time.Duration) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Errorf("%w (%v)", ErrNoAnswer, bound)
-	}
-	return ctx.Err()
 }

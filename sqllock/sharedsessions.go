@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/keylock"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
@@ -84,7 +85,7 @@ func (p *sessionPool) take(ctx context.Context) (*session, error) {
 	// slow server is not a lost one).
 	conn, err := p.dial(ctx)
 	if err != nil {
-		s.dialErr, s.dialCtxEnded = err, ctxEnded(ctx)
+		s.dialErr, s.dialCtxEnded = err, errs.CtxEnded(ctx)
 		s.connMu.Unlock()
 		p.retire(s)
 		p.done(s)
@@ -218,21 +219,21 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 	for attempt := 0; ; attempt++ {
 		s, err := p.take(ctx)
 		if err != nil {
-			return nil, m.fail(op, withCtxErr(ctx, err))
+			return nil, m.fail(op, errs.WithCtxErr(ctx, err))
 		}
 		if err := s.lockConn(ctx); err != nil {
 			// Queued behind a statement on the session, or its dial: the
 			// caller's context ended first.
 			p.done(s)
-			return nil, m.fail(op, withCtxErr(ctx, context.Cause(ctx)))
+			return nil, m.fail(op, errs.WithCtxErr(ctx, context.Cause(ctx)))
 		}
 		if s.dead.Load() || s.conn == nil {
 			// Lost, or never connected, since it was taken: try another.
 			s.connMu.Unlock()
 			p.done(s)
 			switch {
-			case ctxEnded(ctx):
-				return nil, m.fail(op, withCtxErr(ctx, context.Cause(ctx)))
+			case errs.CtxEnded(ctx):
+				return nil, m.fail(op, errs.WithCtxErr(ctx, context.Cause(ctx)))
 			case s.conn == nil && !s.dialCtxEnded:
 				return nil, m.fail(op, s.dialErr)
 			case s.conn == nil:
@@ -271,7 +272,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			p.done(s)
 			return nil, m.fail(op, cause)
 		case refused:
-			err := m.l.fencingErr(classify(r.err))
+			err := m.l.fencingErr(errs.Classify(r.err))
 			if q.Fenced {
 				// The grant may have come before the token failed, and
 				// outlives the error (see Mutex.undoRefused). The
@@ -289,7 +290,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			s.connMu.Unlock()
 			p.done(s)
 			return nil, m.fail(op, err)
-		case deadSession(r.err) && !ctxEnded(ctx) && dead < p.n+p.l.db.Stats().Idle+1:
+		case errs.DeadSession(r.err) && !errs.CtxEnded(ctx) && dead < p.n+p.l.db.Stats().Idle+1:
 			// The server ended the session while it sat in the pool or
 			// carried locks (a restart, idle_session_timeout), or its
 			// socket broke: what the statement took ended with it, as did
@@ -297,7 +298,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			// the default mode (see Mutex.lockStatement).
 			if serr := s.loseBounded(r.err); serr != nil {
 				p.done(s)
-				return nil, m.fail(op, fmt.Errorf("%w (%w)", classify(r.err), serr))
+				return nil, m.fail(op, fmt.Errorf("%w (%w)", errs.Classify(r.err), serr))
 			}
 			p.done(s)
 			dead++
@@ -306,7 +307,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		case r.err != nil:
 			// Whether the statement took the lock is unknown: the session
 			// goes, and every lock on it.
-			err := classify(withCtxErr(ctx, r.err))
+			err := errs.Classify(errs.WithCtxErr(ctx, r.err))
 			if serr := s.loseBounded(r.err); serr != nil {
 				err = fmt.Errorf("%w (%w)", err, serr)
 			}
@@ -327,7 +328,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			p.done(s)
 			return nil, nil
 		}
-		if ctxEnded(ctx) {
+		if errs.CtxEnded(ctx) {
 			// Granted as the caller gave up: give it back.
 			err := m.unlockOn(s, shared)
 			if err != nil && !errors.Is(err, ErrLockLost) {
@@ -338,7 +339,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 				s.connMu.Unlock()
 			}
 			p.done(s)
-			cerr := withCtxErr(ctx, context.Cause(ctx))
+			cerr := errs.WithCtxErr(ctx, context.Cause(ctx))
 			if err != nil {
 				cerr = fmt.Errorf("%w (%w)", cerr, err)
 			}
@@ -368,7 +369,7 @@ func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *sqltex
 	if m.l.interruptible(s) {
 		ctx := neverEnding(ctx)
 		r = s.watched(func(dc any) outcome { return m.lockOn(ctx, dc, q, nil) })
-		return r, false, nil, r.err != nil && serverRefused(context.Background(), r.err)
+		return r, false, nil, r.err != nil && errs.ServerRefused(context.Background(), r.err)
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.l.cfg.timeout)
 	defer cancel()
@@ -377,7 +378,7 @@ func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *sqltex
 		stmtCtx = context.WithoutCancel(ctx) // see runLockWithin
 	}
 	r, abandoned, settleErr = m.runLockWithin(stmtCtx, sctx, s.conn, q)
-	return r, abandoned, settleErr, r.err != nil && serverRefused(sctx, r.err)
+	return r, abandoned, settleErr, r.err != nil && errs.ServerRefused(sctx, r.err)
 }
 
 // unlockOn runs h's unlock statement on shared session s, whose connMu

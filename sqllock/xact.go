@@ -3,11 +3,11 @@ package sqllock
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"reflect"
 
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
@@ -91,7 +91,7 @@ func (m *Mutex) txLock(ctx context.Context, tx Tx, fn string, try bool, op strin
 		err = tx.QueryRowContext(ctx, q, args...).Scan(&standby)
 	}
 	if err != nil {
-		return false, m.fail(op, classify(withCtxErr(ctx, err)))
+		return false, m.fail(op, errs.Classify(errs.WithCtxErr(ctx, err)))
 	}
 	if granted && sqlTx == nil {
 		if err := m.stillHeldInTx(ctx, tx); err != nil {
@@ -113,7 +113,7 @@ func (m *Mutex) stillHeldInTx(ctx context.Context, tx Tx) error {
 	AND pid = pg_backend_pid() AND classid = %d AND objid = %d AND objsubid = %d)`, c, o, s)
 	var held bool
 	if err := tx.QueryRowContext(ctx, q).Scan(&held); err != nil {
-		return classify(withCtxErr(ctx, err))
+		return errs.Classify(errs.WithCtxErr(ctx, err))
 	}
 	if !held {
 		return fmt.Errorf("%w: %T ran the lock statement outside a transaction block, which released the lock as the statement ended", ErrNotInTransaction, tx)
@@ -166,26 +166,4 @@ func isNil(tx Tx) bool {
 	}
 	v := reflect.ValueOf(tx)
 	return v.Kind() == reflect.Pointer && v.IsNil()
-}
-
-// SQLSTATE codes sqllock recognises in server errors.
-const (
-	sqlstateDeadlock       = "40P01" // deadlock_detected
-	sqlstateOutOfLockTable = "53200" // out_of_memory: the lock table is full
-)
-
-// classify wraps server errors that have a sentinel. Drivers expose the
-// SQLSTATE through a SQLState method (pgx's *pgconn.PgError, lib/pq's
-// *pq.Error), so no driver is imported.
-func classify(err error) error {
-	var se interface{ SQLState() string }
-	if errors.As(err, &se) {
-		switch se.SQLState() {
-		case sqlstateDeadlock:
-			return fmt.Errorf("%w: %w", ErrDeadlock, err)
-		case sqlstateOutOfLockTable:
-			return fmt.Errorf("%w: %w", ErrLockTableFull, err)
-		}
-	}
-	return err
 }

@@ -1,4 +1,4 @@
-package sqllock
+package errs
 
 import (
 	"context"
@@ -19,11 +19,11 @@ func (passedDeadline) Deadline() (time.Time, bool) { return time.Now().Add(-time
 // is still nil.
 func TestWithCtxErrPassedDeadline(t *testing.T) {
 	ctx := passedDeadline{context.Background()}
-	err := withCtxErr(ctx, context.Cause(ctx))
+	err := WithCtxErr(ctx, context.Cause(ctx))
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want context.DeadlineExceeded", err)
 	}
-	if msg := (&Error{Op: "lock", Err: err}).Error(); strings.Contains(msg, "%!") {
+	if msg := err.Error(); strings.Contains(msg, "%!") {
 		t.Fatalf("malformed message: %s", msg)
 	}
 }
