@@ -9,6 +9,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/settle"
 )
 
 // execRows runs statement q on conn's driver connection (as a statement
@@ -32,8 +33,8 @@ func (l *Locker) execRowsWithin(ctx, stop context.Context, conn *sql.Conn, q str
 	}
 	done := make(chan outcome, 1)
 	go func() { done <- l.execRaw(ctx, conn, q, args, prepared, pid) }()
-	settle := func(ctx context.Context) error { return l.terminate(ctx, pid, k) }
-	r, abandoned, settleErr := l.awaitBounded(stop, graceFor(ctx), done, settle, func(outcome) { onAbandon() })
+	end := func(ctx context.Context) error { return l.settler.Terminate(ctx, pid, k) }
+	r, abandoned, settleErr := l.awaitBounded(stop, graceFor(ctx), done, end, func(outcome) { onAbandon() })
 	return r.n, abandoned, settleErr, r.err
 }
 
@@ -98,7 +99,7 @@ type outcome struct {
 // says whether the session was seen to end, and onAbandon runs with the
 // statement's outcome once the driver returns: it must end the
 // connection's session.
-func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done chan outcome, settle func(context.Context) error, onAbandon func(outcome)) (r outcome, abandoned bool, settleErr error) {
+func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done chan outcome, end func(context.Context) error, onAbandon func(outcome)) (r outcome, abandoned bool, settleErr error) {
 	select {
 	case r := <-done:
 		return r, false, nil
@@ -113,19 +114,19 @@ func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done cha
 		case <-t.C:
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.timeout, settleBound))
+	sctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.timeout, settle.Bound))
 	defer cancel()
-	// Settle in the background, so that a settle whose own queries hang
+	// Settle in the background, so that a end whose own queries hang
 	// is bounded too; wait for it even once the driver returns, so that
-	// nothing the call started outlives it, except a settle still stuck
+	// nothing the call started outlives it, except a end still stuck
 	// when its bound passes (its queries on a silent network), which
 	// ends when its driver returns, as the abandoned statement does.
 	settled := make(chan error, 1)
-	go func() { settled <- settle(sctx) }()
+	go func() { settled <- end(sctx) }()
 	select {
 	case settleErr = <-settled:
 	case <-sctx.Done():
-		settleErr = fmt.Errorf("%w (%v)", ErrNoAnswer, min(l.cfg.timeout, settleBound))
+		settleErr = fmt.Errorf("%w (%v)", ErrNoAnswer, min(l.cfg.timeout, settle.Bound))
 	}
 	if settleErr == nil {
 		select {
@@ -137,12 +138,6 @@ func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done cha
 	go func() { onAbandon(<-done) }()
 	return outcome{err: ctx.Err()}, true, settleErr
 }
-
-// settleBound caps how long awaitBounded spends ending an abandoned
-// statement's session, beyond the keep-alive timeout that also bounds it:
-// a call whose context has ended returns within abandonGrace plus this,
-// even on a silent network, saying whether the session was seen to end.
-const settleBound = 500 * time.Millisecond
 
 // abandonGrace is how long Mutex.runLock and execRows wait, after their
 // context ends, for a driver that does not bound its own calls to return.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/settle"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
@@ -180,7 +181,7 @@ func TestFakeLockBoundedWithHungDriver(t *testing.T) {
 			} else {
 				require.ErrorIs(t, err, ErrNotReleased)
 			}
-			assert.Less(t, time.Since(start), abandonGrace+settleBound+time.Second)
+			assert.Less(t, time.Since(start), abandonGrace+settle.Bound+time.Second)
 			close(unblock)
 			require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond)
 		})
@@ -567,7 +568,7 @@ func TestFakeSharedSessionStuckStatement(t *testing.T) {
 	start := time.Now()
 	err := l.MutexKey(keyspace.Int64(43)).Lock(t.Context())
 	require.Error(t, err)
-	assert.Less(t, time.Since(start), abandonGrace+settleBound+2*time.Second)
+	assert.Less(t, time.Since(start), abandonGrace+settle.Bound+2*time.Second)
 	select {
 	case <-held.Done():
 	case <-time.After(5 * time.Second):
@@ -638,7 +639,7 @@ func TestFakeSharedSessionWatchdog(t *testing.T) {
 			err := run("the watchdog", func() error { return l.MutexKey(keyspace.Int64(43)).Lock(t.Context()) })
 			require.ErrorIs(t, err, ErrNoAnswer)
 			require.ErrorContains(t, err, "(50ms, the keep-alive timeout): the statement was interrupted")
-			assert.Less(t, time.Since(start), 50*time.Millisecond+settleBound+2*time.Second)
+			assert.Less(t, time.Since(start), 50*time.Millisecond+settle.Bound+2*time.Second)
 			select {
 			case <-held.Done():
 			case <-time.After(5 * time.Second):
@@ -692,7 +693,7 @@ func TestFakeReleaseBoundByClose(t *testing.T) {
 	took := time.Since(start)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, took, bound, "Unlock returned before its bound")
-	assert.Less(t, took, bound+settleBound+2*time.Second, "Unlock outlived its bound")
+	assert.Less(t, took, bound+settle.Bound+2*time.Second, "Unlock outlived its bound")
 	assert.NotZero(t, c.closed.Load(), "the connection is discarded")
 	assert.Zero(t, l.db.Stats().InUse)
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrNotHeld)

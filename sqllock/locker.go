@@ -10,6 +10,7 @@ import (
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/schedule"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/settle"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
@@ -38,6 +39,8 @@ type Locker struct {
 	warnedPoolFull atomic.Bool // see warnPoolFull
 
 	pool *sessionPool // shared sessions, with WithSessions; nil otherwise
+
+	settler settle.Settler // ends sessions that may hold a lock
 }
 
 // New returns a Locker over db. Options are applied in order.
@@ -76,6 +79,7 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	// The verify statement runs once per session: on a driver that does
 	// not cache statements, as a simple query with the token in its text.
 	l.verify = sqltext.BuildVerify(l.placeholders && !l.prepared, l.cfg.allowStandby)
+	l.settler = settle.Settler{DB: db, Timeout: l.cfg.timeout, Forget: l.forget}
 	if l.cfg.sessions > 0 {
 		l.pool = &sessionPool{l: l, n: l.cfg.sessions}
 	}
@@ -143,4 +147,11 @@ func keyFor(s keyspace.Strategy, name string) (k keyspace.Key, err error) {
 		return k, fmt.Errorf("keyspace strategy %T gave no valid key for this name", s)
 	}
 	return k, nil
+}
+
+// forget drops what the Locker remembers of driver connection dc, whose
+// session is gone: the session it verified there, and its statements.
+func (l *Locker) forget(dc any) {
+	l.sessions.drop(dc)
+	l.stmts.Drop(dc)
 }

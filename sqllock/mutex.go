@@ -172,13 +172,13 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 			// (a full lock table, a deadlock): it took nothing, and the
 			// session is sound.
 			if cerr := conn.Close(); cerr != nil {
-				m.l.discard(conn)
+				m.l.settler.Discard(conn)
 			}
 		default:
 			// The lock may or may not have been granted before the error (a
 			// cancel racing the grant, an answer that makes no sense): only
 			// ending the session is safe.
-			if serr := m.l.endSession(conn, r.pid, m.key); serr != nil {
+			if serr := m.l.settler.End(conn, r.pid, m.key); serr != nil {
 				cause = fmt.Errorf("%w (%w)", cause, serr)
 			}
 		}
@@ -187,12 +187,12 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	switch {
 	case r.n&sqltext.FlagForeign != 0:
 		// Nothing was taken. The session belongs to another client too.
-		m.l.discard(conn)
+		m.l.settler.Discard(conn)
 		return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection (it carries another connection's sqllock owner token)", ErrSharedSession, r.pid))
 	case r.n&sqltext.FlagStandby != 0:
 		// Nothing was taken: the connection is clean.
 		if err := conn.Close(); err != nil {
-			m.l.discard(conn)
+			m.l.settler.Discard(conn)
 		}
 		return nil, m.fail(op, ErrStandby)
 	case ctx.Err() != nil:
@@ -208,12 +208,12 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 				return nil, m.fail(op, fmt.Errorf("%w (%w)", cerr, err))
 			}
 		} else {
-			m.l.discard(conn)
+			m.l.settler.Discard(conn)
 		}
 		return nil, m.fail(op, cerr)
 	case r.n&sqltext.FlagGranted == 0:
 		if err := conn.Close(); err != nil {
-			m.l.discard(conn)
+			m.l.settler.Discard(conn)
 		}
 		return nil, nil
 	}
@@ -234,16 +234,16 @@ func (m *Mutex) undo(conn *sql.Conn, pid int64, shared, prepared bool) error {
 	q, args := m.unlockStatement(shared, prepared)
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 	defer cancel()
-	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, prepared, pid, m.key, func() { _ = m.l.endSession(conn, pid, m.key) })
+	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, prepared, pid, m.key, func() { _ = m.l.settler.End(conn, pid, m.key) })
 	switch {
 	case abandoned && settleErr != nil:
 		return fmt.Errorf("%w: the release of a lock granted after the context ended got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
 	case abandoned:
 		return nil // the session ended on the server; the driver has yet to notice
 	case err != nil || rows != 1:
-		return m.l.endSession(conn, pid, m.key)
+		return m.l.settler.End(conn, pid, m.key)
 	}
-	m.l.discard(conn)
+	m.l.settler.Discard(conn)
 	return nil
 }
 
@@ -254,17 +254,17 @@ func (m *Mutex) undoRefused(conn *sql.Conn, r outcome) error {
 	q, args := m.unlockStatement(false, r.prepared)
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 	defer cancel()
-	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, r.prepared, r.pid, m.key, func() { _ = m.l.endSession(conn, r.pid, m.key) })
+	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, r.prepared, r.pid, m.key, func() { _ = m.l.settler.End(conn, r.pid, m.key) })
 	switch {
 	case abandoned && settleErr != nil:
 		return fmt.Errorf("%w: the release of a lock granted before its token failed got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
 	case abandoned:
 		return nil
 	case err != nil || rows < 0:
-		return m.l.endSession(conn, r.pid, m.key)
+		return m.l.settler.End(conn, r.pid, m.key)
 	}
 	if cerr := conn.Close(); cerr != nil {
-		m.l.discard(conn)
+		m.l.settler.Discard(conn)
 	}
 	return nil
 }
@@ -277,7 +277,7 @@ func (m *Mutex) undoRefused(conn *sql.Conn, r outcome) error {
 // by the idle count.
 //
 // It returns the outcome (see lockOn) and the connection. With an error,
-// conn is the connection the caller must end (see Locker.endSession), or
+// conn is the connection the caller must end (see settle.Settler.End), or
 // nil when nothing is left to end (no connection, or one abandoned to a
 // statement still running, which ends it when the statement returns).
 func (m *Mutex) lockStatement(ctx context.Context, q *sqltext.LockStmt) (r outcome, conn *sql.Conn, err error) {
@@ -301,8 +301,8 @@ func (m *Mutex) lockStatement(ctx context.Context, q *sqltext.LockStmt) (r outco
 		// A lock statement sent on a session that turns out dead took
 		// nothing that outlives the session; endSession proves it.
 		if !r.ran {
-			m.l.discard(conn)
-		} else if err := m.l.endSession(conn, r.pid, m.key); err != nil {
+			m.l.settler.Discard(conn)
+		} else if err := m.l.settler.End(conn, r.pid, m.key); err != nil {
 			return r, nil, fmt.Errorf("%w (%w)", r.err, err)
 		}
 		if retries < 0 {
@@ -345,13 +345,13 @@ func (m *Mutex) runLockWithin(ctx, stop context.Context, conn *sql.Conn, q *sqlt
 	var f inFlight
 	done := make(chan outcome, 1)
 	go func() { done <- m.lockRaw(ctx, conn, q, &f) }()
-	settle := func(sctx context.Context) error {
+	end := func(sctx context.Context) error {
 		if pid := f.close(); pid != 0 {
-			return m.l.terminate(sctx, pid, m.key)
+			return m.l.settler.Terminate(sctx, pid, m.key)
 		}
 		return nil
 	}
-	r, abandoned, settleErr = m.l.awaitBounded(stop, graceFor(ctx), done, settle, func(r outcome) { _ = m.l.endSession(conn, r.pid, m.key) })
+	r, abandoned, settleErr = m.l.awaitBounded(stop, graceFor(ctx), done, end, func(r outcome) { _ = m.l.settler.End(conn, r.pid, m.key) })
 	if abandoned {
 		r.pid = f.close()
 	}

@@ -188,21 +188,21 @@ func (s *session) scheduleProbe(due time.Duration) {
 // and ends it. The caller holds connMu, which lose gives back.
 //
 // Each hold records its loss first, so that a release waiting for the
-// connection sees it; the session is made sure gone (see endSession: one
+// connection sees it; the session is made sure gone (see settle.Settler.End: one
 // query on another connection, unless the probe was abandoned, whose
 // goroutine does it) before the connection is given back, so that an
 // Unlock waiting for it returns once the server shows the lock gone; then
 // observers and holders are told, who may call Unlock; Done closes last,
 // so that whoever watches it finds the observers told.
 func (s *session) lose(cause error) {
-	_ = s.loseWith(cause, s.l.endSession)
+	_ = s.loseWith(cause, s.l.settler.End)
 }
 
 // loseBounded is lose for a call that reports the loss to its caller: it
-// ends the session within endSessionBounded's bound, and returns an error
+// ends the session within settle.Settler.EndBounded's bound, and returns an error
 // wrapping ErrNotReleased if the session could not be seen to end.
 func (s *session) loseBounded(cause error) error {
-	return s.loseWith(cause, s.l.endSessionBounded)
+	return s.loseWith(cause, s.l.settler.EndBounded)
 }
 
 // loseWith is lose, ending the session with end.
@@ -281,7 +281,7 @@ func (s *session) probe(timeout time.Duration) error {
 	case <-timer.C:
 		go func() {
 			<-ch
-			_ = s.l.endSession(s.conn, s.pid, s.key())
+			_ = s.l.settler.End(s.conn, s.pid, s.key())
 		}()
 		cancel()
 		return fmt.Errorf("keep-alive: %w (%v, the keep-alive timeout): %w", ErrNoAnswer, timeout, errAbandoned)
@@ -297,7 +297,7 @@ var errAbandoned = errors.New("the session is ended when the driver returns")
 // release unlocks the session's hold and returns the connection to the
 // pool. Whatever goes wrong, the lock does not outlive the call: when the
 // unlock cannot be confirmed, the session is ended and its end confirmed
-// on the server (see Locker.endSession), or the call says it could not
+// on the server (see settle.Settler.End), or the call says it could not
 // be. ctx bounds the unlock query; a ctx that is already done is not a
 // reason to leave the lock to a discarded connection, whose Close may not
 // end the session: the unlock then runs under ctx's values with the
@@ -386,7 +386,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		return s.endSession()
 	}
 	q, args := h.m.unlockStatement(h.shared, s.prepared)
-	rows, abandoned, settleErr, err := s.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, h.m.key, func() { _ = s.l.endSession(s.conn, s.pid, h.m.key) })
+	rows, abandoned, settleErr, err := s.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, h.m.key, func() { _ = s.l.settler.End(s.conn, s.pid, h.m.key) })
 	s.mu.Lock()
 	s.unlocking = false
 	past := s.boundPast
@@ -395,13 +395,13 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	case past && err == nil && rows == 1:
 		// The server released the lock as the bound passed: the
 		// connection, which may have been interrupted, goes.
-		s.l.discard(s.conn)
+		s.l.settler.Discard(s.conn)
 		return nil
 	case past:
 		// The bound passed while the unlock ran: it may have been
 		// interrupted, so the session goes, and the lock with it if the
 		// unlock did not release it. The release has used its bound:
-		// ending the session gets endSessionBounded's.
+		// ending the session gets settle.Settler.EndBounded's.
 		return s.endSessionBounded()
 	case abandoned && settleErr != nil:
 		// ctx ended first, the driver has not returned, and the server
@@ -416,7 +416,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// Cancelled mid-query: the session goes, and the lock with it.
 		return s.endSession()
 	case err != nil:
-		if serr := s.l.endSession(s.conn, s.pid, h.m.key); serr != nil {
+		if serr := s.l.settler.End(s.conn, s.pid, h.m.key); serr != nil {
 			return h.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
 		}
 		return h.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", ErrLockLost, err))
@@ -425,7 +425,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// the lock is unknown, so the session goes, and the lock with it.
 		return s.endSession()
 	case rows == 0:
-		if serr := s.l.endSession(s.conn, s.pid, h.m.key); serr != nil {
+		if serr := s.l.settler.End(s.conn, s.pid, h.m.key); serr != nil {
 			return h.unlockErr(serr)
 		}
 		return h.unlockErr(fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", ErrLockLost, s.pid))
@@ -436,15 +436,15 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	return nil
 }
 
-// endSession ends the session (see Locker.endSession) and reports a
+// endSession ends the session (see settle.Settler.End) and reports a
 // failure to confirm it as the unlock's error.
 func (s *session) endSession() error {
-	return s.endWith(s.l.endSession)
+	return s.endWith(s.l.settler.End)
 }
 
-// endSessionBounded is endSession within Locker.endSessionBounded's bound.
+// settle.Settler.EndBounded is endSession within settle.Settler.EndBounded's bound.
 func (s *session) endSessionBounded() error {
-	return s.endWith(s.l.endSessionBounded)
+	return s.endWith(s.l.settler.EndBounded)
 }
 
 func (s *session) endWith(end func(*sql.Conn, int64, keyspace.Key) error) error {

@@ -148,7 +148,7 @@ func (p *sessionPool) done(s *session) {
 	defer s.connMu.Unlock()
 	if s.conn != nil {
 		if err := s.conn.Close(); err != nil {
-			p.l.discard(s.conn)
+			p.l.settler.Discard(s.conn)
 		}
 	}
 }
@@ -316,7 +316,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		case r.n&sqltext.FlagForeign != 0, r.n&sqltext.FlagStandby != 0:
 			// Refused before taking anything: the session is not usable.
 			p.retire(s)
-			m.l.discard(s.conn)
+			m.l.settler.Discard(s.conn)
 			s.connMu.Unlock()
 			p.done(s)
 			if r.n&sqltext.FlagStandby != 0 {
@@ -398,7 +398,7 @@ func (m *Mutex) unlockOn(s *session, shared bool) error {
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 		defer cancel()
-		end := func() { _ = m.l.endSession(s.conn, s.pid, keyspace.Key{}) }
+		end := func() { _ = m.l.settler.End(s.conn, s.pid, keyspace.Key{}) }
 		stmtCtx := ctx // pgx bounds its own calls by their context
 		if !m.l.boundsContext {
 			stmtCtx = context.Background() // see runLockWithin

@@ -1,4 +1,7 @@
-package sqllock
+// Package settle ends server sessions that may hold an advisory lock, and
+// makes sure the server shows them gone: the client side alone cannot
+// prove it, whatever the driver.
+package settle
 
 import (
 	"context"
@@ -26,61 +29,68 @@ import (
 // So sqllock ends such a session twice over: on the client (drv.CloseSession,
 // then database/sql's Close), and on the server, where it looks for the
 // session's backend in pg_locks with the lock's key and terminates it if
-// it is still there (endSession). Only the server's answer counts: a call
+// it is still there (End). Only the server's answer counts: a call
 // returns nil only once pg_locks shows the backend no longer holds or
 // waits for the lock.
 
-// discard closes conn's session instead of returning it to the pool:
+// Discard closes conn's session instead of returning it to the pool:
 // Conn.Raw returning driver.ErrBadConn makes database/sql close the driver
 // connection, after drv.CloseSession has ended the session under any pool
-// bridge. It alone does not prove the session ended: see endSession.
-// The Locker forgets the session it verified there, which is gone.
-func (l *Locker) discard(conn *sql.Conn) {
+// bridge. It alone does not prove the session ended: see End.
+// Forget drops what the layer above remembered of the connection.
+// A Settler ends the sessions of one *sql.DB's connections. Its fields are
+// set once, before use.
+type Settler struct {
+	DB      *sql.DB
+	Timeout time.Duration // bounds each End; the keep-alive timeout
+	Forget  func(dc any)  // drops what the layer above remembers of driver connection dc
+}
+
+func (s *Settler) Discard(conn *sql.Conn) {
 	_ = conn.Raw(func(dc any) error {
-		l.sessions.drop(dc)
-		l.stmts.Drop(dc)
+		s.Forget(dc)
 		drv.CloseSession(dc)
 		return driver.ErrBadConn
 	})
 	_ = conn.Close()
 }
 
-// endSession discards conn and makes sure the server session of backend
+// End discards conn and makes sure the server session of backend
 // pid neither holds nor waits for lock k (any advisory lock, for the zero
 // Key), terminating it if it still does.
 // A pid of 0 means no lock statement ran on conn (locks run only on
 // verified sessions, whose pid is known): then there is nothing to end.
 // It is bounded by the keep-alive timeout, and returns an error wrapping
-// ErrNotReleased if it could not confirm the end.
-func (l *Locker) endSession(conn *sql.Conn, pid int64, k keyspace.Key) error {
-	l.discard(conn)
+// errs.ErrNotReleased if it could not confirm the end.
+func (s *Settler) End(conn *sql.Conn, pid int64, k keyspace.Key) error {
+	s.Discard(conn)
 	if pid == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 	defer cancel()
-	if err := l.terminate(ctx, pid, k); err != nil {
-		return fmt.Errorf("%w: backend %d: %w", ErrNotReleased, pid, err)
+	if err := s.Terminate(ctx, pid, k); err != nil {
+		return fmt.Errorf("%w: backend %d: %w", errs.ErrNotReleased, pid, err)
 	}
 	return nil
 }
 
-// endSessionBounded is endSession bounded as awaitBounded bounds its
-// settling: past min(timeout, settleBound) it reports an error wrapping
-// ErrNotReleased and lets endSession finish in the background (lib/pq
+// EndBounded is End bounded as awaitBounded bounds its
+// settling: past min(timeout, Bound) it reports an error wrapping
+// errs.ErrNotReleased and lets End finish in the background (lib/pq
 // does not bound a connection's startup by its context, so on a silent
-// network endSession's own queries wait until TCP gives up).
-func (l *Locker) endSessionBounded(conn *sql.Conn, pid int64, k keyspace.Key) error {
+// network End's own queries wait until TCP gives up).
+func (s *Settler) EndBounded(conn *sql.Conn, pid int64, k keyspace.Key) error {
 	done := make(chan error, 1)
-	go func() { done <- l.endSession(conn, pid, k) }()
-	bound := min(l.cfg.timeout, settleBound)
+	go func() { done <- s.End(conn, pid, k) }()
+	bound := min(s.Timeout, Bound)
 	t := time.NewTimer(bound)
 	defer t.Stop()
 	select {
 	case err := <-done:
 		return err
 	case <-t.C:
-		return fmt.Errorf("%w: backend %d: %w (%v)", ErrNotReleased, pid, ErrNoAnswer, bound)
+		return fmt.Errorf("%w: backend %d: %w (%v)", errs.ErrNotReleased, pid, errs.ErrNoAnswer, bound)
 	}
 }
 
@@ -94,13 +104,13 @@ func (l *Locker) endSessionBounded(conn *sql.Conn, pid int64, k keyspace.Key) er
 // costs the whole grace.
 const idleGrace = 25 * time.Millisecond
 
-// terminate settles backend pid's part in lock k, on a connection of the
+// Terminate settles backend pid's part in lock k, on a connection of the
 // pool, after the client has let go of its session: it returns once the
 // backend has exited, or stayed idle without the lock for idleGrace,
 // terminating it whenever it holds or waits for the lock; or when ctx
 // ends, with an error. A statement still running there (state active) is
 // waited for: it may yet take the lock.
-func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error {
+func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) error {
 	args := []any{pid, nil, nil, nil} // any advisory lock, for a session that carries many
 	if k.Valid() {
 		c, o, s := k.LockTag()
@@ -109,19 +119,19 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 	var idleSince time.Time
 	poll := time.Millisecond
 	for {
-		state, holds, alive, err := l.look(ctx, args)
+		state, holds, alive, err := s.look(ctx, args)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, l.cfg.timeout), err)
+			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
 		case err != nil:
 			return err
 		case !alive:
 			return nil
 		case holds:
 			idleSince = time.Time{}
-			if err := l.terminateHolder(ctx, args); err != nil {
+			if err := s.terminateHolder(ctx, args); err != nil {
 				if ctx.Err() != nil {
-					return fmt.Errorf("%w: %v", errs.BoundErr(ctx, l.cfg.timeout), err)
+					return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
 				}
 				return err
 			}
@@ -135,7 +145,7 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("it still held, waited for or ran a statement towards the lock when its bound passed: %w", errs.BoundErr(ctx, l.cfg.timeout))
+			return fmt.Errorf("it still held, waited for or ran a statement towards the lock when its bound passed: %w", errs.BoundErr(ctx, s.Timeout))
 		case <-time.After(poll):
 		}
 		poll = min(2*poll, 10*time.Millisecond)
@@ -143,9 +153,9 @@ func (l *Locker) terminate(ctx context.Context, pid int64, k keyspace.Key) error
 }
 
 // look runs sqltext.LookSQL.
-func (l *Locker) look(ctx context.Context, args []any) (state string, holds, alive bool, err error) {
+func (s *Settler) look(ctx context.Context, args []any) (state string, holds, alive bool, err error) {
 	var st sql.NullString
-	err = l.db.QueryRowContext(ctx, sqltext.LookSQL, args...).Scan(&st, &holds)
+	err = s.DB.QueryRowContext(ctx, sqltext.LookSQL, args...).Scan(&st, &holds)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", false, false, nil
 	}
@@ -155,11 +165,11 @@ func (l *Locker) look(ctx context.Context, args []any) (state string, holds, ali
 // terminateHolder terminates the backend of args if it holds or waits for
 // the lock, and waits for it to exit where the server can (PostgreSQL 14
 // and later); terminate's next look sees the rest.
-func (l *Locker) terminateHolder(ctx context.Context, args []any) error {
-	wait := time.Until(deadlineOr(ctx, time.Now().Add(l.cfg.timeout))).Milliseconds()
-	_, _, err := l.terminateOnce(ctx, sqltext.TerminateSQL, append(args, max(wait, 1)))
+func (s *Settler) terminateHolder(ctx context.Context, args []any) error {
+	wait := time.Until(deadlineOr(ctx, time.Now().Add(s.Timeout))).Milliseconds()
+	_, _, err := s.terminateOnce(ctx, sqltext.TerminateSQL, append(args, max(wait, 1)))
 	if errs.UndefinedFunction(err) {
-		_, _, err = l.terminateOnce(ctx, sqltext.TerminateSQL13, args)
+		_, _, err = s.terminateOnce(ctx, sqltext.TerminateSQL13, args)
 	}
 	return err
 }
@@ -167,8 +177,8 @@ func (l *Locker) terminateHolder(ctx context.Context, args []any) error {
 // terminateOnce runs one termination statement and reports whether it
 // found the backend with the lock, and whether every backend it
 // terminated has exited.
-func (l *Locker) terminateOnce(ctx context.Context, query string, args []any) (found, exited bool, err error) {
-	rows, err := l.db.QueryContext(ctx, query, args...)
+func (s *Settler) terminateOnce(ctx context.Context, query string, args []any) (found, exited bool, err error) {
+	rows, err := s.DB.QueryContext(ctx, query, args...)
 	if err != nil {
 		return false, false, err
 	}
@@ -190,3 +200,9 @@ func deadlineOr(ctx context.Context, t time.Time) time.Time {
 	}
 	return t
 }
+
+// Bound caps how long sqllock spends ending an abandoned
+// statement's session, beyond the keep-alive timeout that also bounds it:
+// a call whose context has ended returns within abandonGrace plus this,
+// even on a silent network, saying whether the session was seen to end.
+const Bound = 500 * time.Millisecond
