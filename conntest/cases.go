@@ -119,7 +119,7 @@ func exclusion(t *testing.T, e *env) {
 	a, b := e.mutex(), e.mutex()
 	e.must("Lock of a free lock", a.Lock)
 	if e.try("TryLock", b.TryLock) {
-		t.Fatalf("TryLock in a second session while the first holds the lock = true, want false: the lock did not exclude a second session; %s", pooler)
+		t.Fatalf("TryLock in a second session while the first holds the lock = true, want false: the lock did not exclude a second session; %s; %s", pooler, stubLocks)
 	}
 	if g := granted(e.locks(a.Key())); len(g) != 1 || g[0].shared {
 		t.Fatalf("pg_locks for %v while one session holds it: got %v, want one session holding it exclusively", a.Key(), g)

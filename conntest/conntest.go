@@ -129,6 +129,9 @@ const pooler = "a pooler in transaction or statement mode (PgBouncer pool_mode=t
 	"multiplexes sessions) between client and server breaks session-level advisory locks: connect directly " +
 	"or through a session-mode pool"
 
+// stubLocks explains the other cause of two sessions holding one key.
+const stubLocks = "or the server's advisory-lock functions are stubs that lock nothing (CockroachDB): use PostgreSQL"
+
 // discarded explains the usual cause of a lock that outlives a cancelled
 // call.
 const discarded = "sqllock ends such a session on the server (pg_terminate_backend), and that failed, or the session it " +

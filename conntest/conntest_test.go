@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -76,13 +77,15 @@ var brokenSetups = []struct {
 	name   string
 	open   func(t *testing.T) *sql.DB
 	failed []string
+	cause  string // the failures name it
 }{
-	{"simulatedTxPooler", openTxPooler, []string{"SessionPinned", "Exclusion"}},
-	{"pgbouncerTransaction", func(t *testing.T) *sql.DB { return openBouncer(t, "postgres", "transaction") }, []string{"SessionPinned", "Exclusion"}},
+	{"simulatedTxPooler", openTxPooler, []string{"SessionPinned", "Exclusion"}, "pool_mode=transaction"},
+	{"pgbouncerTransaction", func(t *testing.T) *sql.DB { return openBouncer(t, "postgres", "transaction") }, []string{"SessionPinned", "Exclusion"}, "pool_mode=transaction"},
+	{"stubAdvisoryLocks", openStubLocks, []string{"Exclusion"}, "CockroachDB"},
 }
 
-// TestBrokenSetupFails runs the suite against transaction poolers, which
-// must fail it. A failing suite would fail this test, so the suite runs in a
+// TestBrokenSetupFails runs the suite against transaction poolers and a
+// server whose advisory locks are stubs, which must fail it. A failing suite would fail this test, so the suite runs in a
 // child process (this test binary again) and this test checks that the
 // child failed, and which checks it names.
 func TestBrokenSetupFails(t *testing.T) {
@@ -129,7 +132,7 @@ func TestBrokenSetupFails(t *testing.T) {
 					t.Errorf("child output lacks %q, want %s to fail %s", want, s.name, name)
 				}
 			}
-			if want := "pool_mode=transaction"; !strings.Contains(string(out), want) {
+			if want := s.cause; !strings.Contains(string(out), want) {
 				t.Errorf("child output lacks %q, want the failures to name the likely cause", want)
 			}
 		})
@@ -153,10 +156,39 @@ func openTxPooler(t *testing.T) *sql.DB {
 	return db
 }
 
+// openStubLocks returns a *sql.DB whose server's advisory-lock functions
+// are stubs, as CockroachDB's are: each lock and try answers as granted and
+// takes nothing. Statements reach a session of their own connection, as
+// without a pooler; the server still calls itself PostgreSQL, so only what
+// the locks do (not version()) can tell.
+func openStubLocks(t *testing.T) *sql.DB {
+	inner := pgtest.DB(t, "pgx")
+	stub := regexp.MustCompile(`\bpg_(try_)?advisory_(un)?lock(_shared)?\(([^()]*)\)`)
+	p := &txPooler{inner: inner, pin: true, rewrite: func(q string) string {
+		return stub.ReplaceAllStringFunc(q, func(call string) string {
+			m := stub.FindStringSubmatch(call)
+			args := strings.Split(m[4], ",")
+			for i := range args {
+				args[i] += "::int8"
+			}
+			some := "num_nulls(" + strings.Join(args, ",") + ")"
+			if m[1] == "" && m[2] == "" {
+				return "pg_sleep(0*" + some + ")" // void, as pg_advisory_lock: "granted"
+			}
+			return "(" + some + " = 0)" // true: "granted", or "released"
+		})
+	}}
+	db := sql.OpenDB(p)
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
 // txPooler is a driver.Connector whose connections send each statement to
 // the server connection of the inner pool that has been idle the longest.
 type txPooler struct {
-	inner *sql.DB
+	inner   *sql.DB
+	pin     bool                // each client connection keeps one server connection: session semantics, as without a pooler
+	rewrite func(string) string // if set, applied to every statement
 
 	mu     sync.Mutex
 	recent []*sql.Conn // server connections of the latest statements, kept out of the pool for a while
@@ -166,9 +198,9 @@ type txPooler struct {
 // pool, whose LIFO order would otherwise hand back the latest one.
 const rotation = 2
 
-func (p *txPooler) Connect(context.Context) (driver.Conn, error) { return &clientConn{p}, nil }
+func (p *txPooler) Connect(context.Context) (driver.Conn, error) { return &clientConn{p: p}, nil }
 func (p *txPooler) Driver() driver.Driver                        { return p }
-func (p *txPooler) Open(string) (driver.Conn, error)             { return &clientConn{p}, nil }
+func (p *txPooler) Open(string) (driver.Conn, error)             { return &clientConn{p: p}, nil }
 
 // server runs f on a server connection other than the latest ones.
 func (p *txPooler) server(ctx context.Context, f func(*sql.Conn) error) error {
@@ -201,20 +233,54 @@ func (p *txPooler) close() {
 
 // clientConn is one client connection to the pooler. It supports plain
 // queries and execs only.
-type clientConn struct{ p *txPooler }
+type clientConn struct {
+	p   *txPooler
+	srv *sql.Conn // its server connection, when pinned
+}
+
+// run runs f on the client's server connection: its own when pinned,
+// else one of the pool's (see txPooler.server).
+func (c *clientConn) run(ctx context.Context, f func(*sql.Conn) error) error {
+	if !c.p.pin {
+		return c.p.server(ctx, f)
+	}
+	if c.srv == nil {
+		srv, err := c.p.inner.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		c.srv = srv
+	}
+	return f(c.srv)
+}
+
+// statement is query as the server gets it.
+func (c *clientConn) statement(query string) string {
+	if c.p.rewrite == nil {
+		return query
+	}
+	return c.p.rewrite(query)
+}
 
 var errUnsupported = errors.New("txPooler: only QueryContext and ExecContext are supported")
 
 func (c *clientConn) Prepare(string) (driver.Stmt, error) { return nil, errUnsupported }
 func (c *clientConn) Begin() (driver.Tx, error)           { return nil, errUnsupported }
 
-// Close leaves the server sessions open, as a pooler does.
-func (c *clientConn) Close() error { return nil }
+// Close leaves the server sessions open, as a pooler does; a pinned
+// connection ends its own.
+func (c *clientConn) Close() error {
+	if c.srv != nil {
+		_ = c.srv.Raw(func(any) error { return driver.ErrBadConn })
+		return c.srv.Close()
+	}
+	return nil
+}
 
 func (c *clientConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	var res sql.Result
-	err := c.p.server(ctx, func(s *sql.Conn) (err error) {
-		res, err = s.ExecContext(ctx, query, values(args)...)
+	err := c.run(ctx, func(s *sql.Conn) (err error) {
+		res, err = s.ExecContext(ctx, c.statement(query), values(args)...)
 		return err
 	})
 	return res, err
@@ -222,8 +288,8 @@ func (c *clientConn) ExecContext(ctx context.Context, query string, args []drive
 
 func (c *clientConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	rows := &memRows{}
-	err := c.p.server(ctx, func(s *sql.Conn) error {
-		rs, err := s.QueryContext(ctx, query, values(args)...)
+	err := c.run(ctx, func(s *sql.Conn) error {
+		rs, err := s.QueryContext(ctx, c.statement(query), values(args)...)
 		if err != nil {
 			return err
 		}

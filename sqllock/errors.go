@@ -59,6 +59,14 @@ var (
 	// context.Canceled or context.DeadlineExceeded on that account.
 	ErrNoAnswer = errs.ErrNoAnswer
 
+	// ErrStubLocks reports a lock refused because the server's advisory-lock
+	// functions are stubs that lock nothing: CockroachDB answers every
+	// pg_advisory_lock with true, so two holders would both "hold" one
+	// lock. The server names itself in version(); sqllock checks once per
+	// session, before the first lock on it. [conntest.Run] fails on any
+	// setup where two sessions can hold one exclusive key.
+	ErrStubLocks = errors.New("sqllock: the server's advisory locks are stubs that exclude nobody (CockroachDB): use a PostgreSQL server")
+
 	// ErrNotAcquired reports that WithLock, WithLockShared or TryWithLock
 	// did not get the lock (the wait ended, the connection failed, the
 	// session was refused), so fn did not run. It tells a failed wait from

@@ -698,3 +698,33 @@ func TestFakeReleaseBoundByClose(t *testing.T) {
 	assert.Zero(t, l.db.Stats().InUse)
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrNotHeld)
 }
+
+// A server whose advisory-lock functions are stubs (CockroachDB: they
+// answer true and lock nothing) is refused at the first lock, in both
+// modes, before any lock statement runs: two holders would both "hold" the
+// lock. The fake answers the verify statement as CockroachDB does, whose
+// version() starts with "CockroachDB".
+func TestFakeStubAdvisoryLocksRefused(t *testing.T) {
+	for _, opts := range [][]Option{nil, {WithSessions(1)}} {
+		var locks atomic.Int32
+		l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+			switch {
+			case strings.Contains(q, "version() LIKE 'CockroachDB%' THEN 8"):
+				return []driver.Value{int64(7)<<sqltext.AnswerShift | sqltext.FlagStub}, nil
+			case strings.Contains(q, "pg_advisory_lock"), strings.Contains(q, "pg_try_advisory_lock"):
+				locks.Add(1) // a stub: granted, locking nothing
+				return []driver.Value{true}, nil
+			}
+			return answerAs(q, 7), nil
+		}, opts...)
+		m := l.MutexKey(keyspace.Int64(42))
+		err := m.Lock(t.Context())
+		require.ErrorIs(t, err, ErrStubLocks)
+		require.ErrorContains(t, err, "CockroachDB")
+		ok, err := m.TryLock(t.Context())
+		require.ErrorIs(t, err, ErrStubLocks)
+		require.False(t, ok)
+		require.Zero(t, locks.Load(), "no lock statement ran")
+		require.ErrorIs(t, m.Unlock(t.Context()), ErrNotHeld)
+	}
+}

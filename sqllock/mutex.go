@@ -195,6 +195,11 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 			m.l.settler.Discard(conn)
 		}
 		return nil, m.fail(op, ErrStandby)
+	case r.n&sqltext.FlagStub != 0:
+		if err := conn.Close(); err != nil {
+			m.l.settler.Discard(conn)
+		}
+		return nil, m.fail(op, ErrStubLocks)
 	case ctx.Err() != nil:
 		// The answer came, but the context ended meanwhile: the caller
 		// holds nothing, so a grant is undone. The driver may have sent

@@ -98,7 +98,8 @@ func (c *sessionCache) drop(dc any) {
 // guarded returns lock statement q's guarded form for the session of
 // driver connection dc, verifying that session first unless this Locker
 // already did. A session the verify statement refuses yields no statement
-// and the refusal's flags (sqltext.FlagStandby, sqltext.FlagForeign). pid is the session's
+// and the refusal's flags (sqltext.FlagStandby, sqltext.FlagForeign,
+// sqltext.FlagStub). pid is the session's
 // backend pid once known, even with an error.
 func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt) (g *sqltext.Guarded, pid, flags int64, err error) {
 	p := drv.ConnPointer(dc)
@@ -130,7 +131,7 @@ func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt) (g *s
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	pid, flags = n>>sqltext.AnswerShift, n&(sqltext.FlagStandby|sqltext.FlagForeign)
+	pid, flags = n>>sqltext.AnswerShift, n&(sqltext.FlagStandby|sqltext.FlagForeign|sqltext.FlagStub)
 	if flags != 0 {
 		return nil, pid, flags, nil
 	}

@@ -251,7 +251,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			// statement did: the one to end if the session is lost.
 			s.pid = r.pid
 		}
-		if r.err == nil && r.n&(sqltext.FlagStandby|sqltext.FlagForeign) == 0 && s.dc == nil {
+		if r.err == nil && r.n&(sqltext.FlagStandby|sqltext.FlagForeign|sqltext.FlagStub) == 0 && s.dc == nil {
 			// The session's first sound answer: it can carry locks now.
 			s.dc, s.prepared = r.dc, r.prepared
 			if m.l.cfg.interval > 0 {
@@ -313,14 +313,17 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			}
 			p.done(s)
 			return nil, m.fail(op, err)
-		case r.n&sqltext.FlagForeign != 0, r.n&sqltext.FlagStandby != 0:
+		case r.n&(sqltext.FlagForeign|sqltext.FlagStandby|sqltext.FlagStub) != 0:
 			// Refused before taking anything: the session is not usable.
 			p.retire(s)
 			m.l.settler.Discard(s.conn)
 			s.connMu.Unlock()
 			p.done(s)
-			if r.n&sqltext.FlagStandby != 0 {
+			switch {
+			case r.n&sqltext.FlagStandby != 0:
 				return nil, m.fail(op, ErrStandby)
+			case r.n&sqltext.FlagStub != 0:
+				return nil, m.fail(op, ErrStubLocks)
 			}
 			return nil, m.fail(op, fmt.Errorf("%w: server session %d belongs to another client connection", ErrSharedSession, r.pid))
 		case r.n&sqltext.FlagGranted == 0:

@@ -83,22 +83,25 @@ func (m *Mutex) txLock(ctx context.Context, tx Tx, fn string, try bool, op strin
 		q, args = sqltext.Build(m.key, false).TxQuery(fn, try), nil
 	}
 	var granted = true
-	var standby bool
+	var verdict int64
 	var err error
 	if try {
-		err = tx.QueryRowContext(ctx, q, args...).Scan(&granted, &standby)
+		err = tx.QueryRowContext(ctx, q, args...).Scan(&granted, &verdict)
 	} else {
-		err = tx.QueryRowContext(ctx, q, args...).Scan(&standby)
+		err = tx.QueryRowContext(ctx, q, args...).Scan(&verdict)
 	}
 	if err != nil {
 		return false, m.fail(op, errs.Classify(errs.WithCtxErr(ctx, err)))
 	}
-	if granted && sqlTx == nil {
+	if granted && sqlTx == nil && verdict != sqltext.TxStub {
 		if err := m.stillHeldInTx(ctx, tx); err != nil {
 			return false, m.fail(op, err)
 		}
 	}
-	if granted && standby && !m.l.cfg.allowStandby {
+	if verdict == sqltext.TxStub {
+		return false, m.fail(op, ErrStubLocks)
+	}
+	if granted && verdict == sqltext.TxStandby && !m.l.cfg.allowStandby {
 		return false, m.fail(op, fmt.Errorf("%w (roll the transaction back: it holds the lock until then)", ErrStandby))
 	}
 	return granted, nil

@@ -189,7 +189,17 @@ func waiterQueued(classid, objid string, objsubid int) string {
 func (q Queries) TxQuery(fn string, try bool) string {
 	list := q.KeyList
 	if try {
-		return "SELECT " + fn + "(" + list + "), pg_is_in_recovery()"
+		return "SELECT " + fn + "(" + list + "), " + txRefusal
 	}
-	return "SELECT pg_is_in_recovery() FROM " + fn + "(" + list + ")"
+	return "SELECT " + txRefusal + " FROM " + fn + "(" + list + ")"
 }
+
+// txRefusal is a transaction lock's verdict on its server: TxStub for
+// stub advisory locks (see stubbed), TxStandby for a standby, else 0.
+const txRefusal = "CASE " + stubbed + "WHEN pg_is_in_recovery() THEN 2 ELSE 0 END"
+
+// Verdicts of a transaction lock statement (see Queries.TxQuery).
+const (
+	TxStandby = 2
+	TxStub    = 8
+)

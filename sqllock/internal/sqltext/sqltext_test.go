@@ -55,9 +55,9 @@ func TestBuildVerify(t *testing.T) {
 		placeholders, allowStandby bool
 		want                       string
 	}{
-		{false, false, "SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreign + " THEN 4 ELSE 0 END"},
-		{true, false, "SELECT pg_backend_pid()::int8*32 + CASE WHEN pg_is_in_recovery() THEN 2 WHEN " + foreignArg + " THEN 4 ELSE 0 END"},
-		{false, true, "SELECT pg_backend_pid()::int8*32 + CASE WHEN " + foreign + " THEN 4 ELSE 0 END"},
+		{false, false, "SELECT pg_backend_pid()::int8*32 + CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 WHEN " + foreign + " THEN 4 ELSE 0 END"},
+		{true, false, "SELECT pg_backend_pid()::int8*32 + CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 WHEN " + foreignArg + " THEN 4 ELSE 0 END"},
+		{false, true, "SELECT pg_backend_pid()::int8*32 + CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN " + foreign + " THEN 4 ELSE 0 END"},
 	} {
 		v := BuildVerify(tt.placeholders, tt.allowStandby)
 		if got := verifyText(v); got != tt.want {
@@ -106,11 +106,11 @@ func TestGuardedFor(t *testing.T) {
 
 func TestTxQueries(t *testing.T) {
 	q := Build(keyspace.Pair(1, 2), false)
-	if got, want := q.TxQuery("pg_advisory_xact_lock", false), "SELECT pg_is_in_recovery() FROM pg_advisory_xact_lock(1,2)"; got != want {
+	if got, want := q.TxQuery("pg_advisory_xact_lock", false), "SELECT CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 ELSE 0 END FROM pg_advisory_xact_lock(1,2)"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 	q = Build(keyspace.Int64(5), true)
-	if got, want := q.TxQuery("pg_try_advisory_xact_lock_shared", true), "SELECT pg_try_advisory_xact_lock_shared($1), pg_is_in_recovery()"; got != want {
+	if got, want := q.TxQuery("pg_try_advisory_xact_lock_shared", true), "SELECT pg_try_advisory_xact_lock_shared($1), CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 ELSE 0 END"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -39,6 +39,8 @@ func (s *Verify) Statement(addr uintptr) (string, []driver.NamedValue) {
 //	   exclude nobody (unless standbys are allowed)
 //	4  refused: the session carries another client connection's owner
 //	   token (see OwnerGUC)
+//	8  refused: the server's advisory-lock functions lock nothing
+//	   (CockroachDB: they answer true and take nothing)
 //
 // A session without a token (new, or reset by DISCARD ALL) gets this
 // connection's. CASE evaluates its branches in order, and only the branch
@@ -55,7 +57,7 @@ func BuildVerify(placeholders, allowStandby bool) *Verify {
 	if !allowStandby {
 		refuse = "WHEN pg_is_in_recovery() THEN 2 "
 	}
-	text := "SELECT pg_backend_pid()::int8*32 + CASE " + refuse + "WHEN " + foreign + " THEN 4 ELSE 0 END"
+	text := "SELECT pg_backend_pid()::int8*32 + CASE " + stubbed + refuse + "WHEN " + foreign + " THEN 4 ELSE 0 END"
 	if placeholders {
 		return &Verify{text: text}
 	}
@@ -109,6 +111,7 @@ const (
 	FlagGranted = 1
 	FlagStandby = 2
 	FlagForeign = 4
+	FlagStub    = 8
 	AnswerShift = 5
 )
 
@@ -121,3 +124,10 @@ func (s *Verify) TextWith(token string) string {
 	}
 	return strings.Join(s.parts, token)
 }
+
+// stubbed is the verify statement's first branch: servers that speak
+// PostgreSQL's protocol and have its advisory-lock functions as stubs,
+// told apart by version(). CockroachDB's pg_advisory_lock family answers
+// true and locks nothing (cockroachdb/cockroach#13546). YugabyteDB's
+// raise an error unless its advisory locks are turned on, and then lock.
+const stubbed = "WHEN version() LIKE 'CockroachDB%' THEN 8 "
