@@ -33,8 +33,9 @@ type Locker struct {
 	stmts         drv.StmtCache // the prepared statements, when prepared
 	interrupt     atomic.Int32  // how the driver's statements are interrupted (see interruptHow)
 	sched         schedule.Scheduler[*session]
-	verify        *sqltext.Verify // checks a session before the first lock on it
-	sessions      sessionCache    // the sessions that verify statements verified
+	verify        *sqltext.Verify                    // checks a session before the first lock on it
+	sessions      sessionCache                       // the sessions that verify statements verified
+	texts         [2]atomic.Pointer[sqltext.Queries] // with placeholders: the statements of int64 keys, of pair keys
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
 
@@ -128,11 +129,34 @@ func (l *Locker) MutexKey(k keyspace.Key) *Mutex {
 
 func (l *Locker) mutex(m *Mutex, k keyspace.Key) *Mutex {
 	m.key = k
-	m.q = sqltext.Build(k, l.placeholders)
-	if l.cfg.fencing {
-		m.q.Fence()
+	if !l.placeholders {
+		m.q = l.build(k, false)
+		return m
 	}
+	// With the key as parameters, the texts are the same for every key of
+	// a kind: the Mutex keeps only its arguments.
+	kind := 0
+	if _, ok := k.Int64(); !ok {
+		kind = 1
+	}
+	if m.q = l.texts[kind].Load(); m.q == nil {
+		q := l.build(k, true)
+		q.Args, q.Named = nil, nil
+		l.texts[kind].CompareAndSwap(nil, q)
+		m.q = l.texts[kind].Load()
+	}
+	m.args = sqltext.KeyArgs(k)
+	m.named = drv.Named(m.args)
 	return m
+}
+
+// build returns the statements for key k, fenced if the Locker fences.
+func (l *Locker) build(k keyspace.Key, placeholders bool) *sqltext.Queries {
+	q := sqltext.Build(k, placeholders)
+	if l.cfg.fencing {
+		q.Fence()
+	}
+	return &q
 }
 
 // keyFor runs the strategy, turning a panic or an invalid key into an error.

@@ -33,12 +33,15 @@ import (
 // several locks at once (shared locks, or a lock lost and taken again),
 // Unlock and UnlockShared release the oldest lock of their mode first.
 type Mutex struct {
-	l    *Locker
-	name string
-	key  keyspace.Key
-	q    sqltext.Queries
-	lit  atomic.Pointer[sqltext.Queries] // q with the key written in, for sessions sqllock does not prepare on (see literal)
-	err  error                           // sticky: the Locker's, or this name's key problem
+	l     *Locker
+	name  string
+	key   keyspace.Key
+	q     *sqltext.Queries                    // the Locker's statements for keys of this kind, or this key's own (literals)
+	args  []any                               // the key as q's arguments; nil with literals
+	named []driver.NamedValue                 // args, as the driver takes them
+	cache [2][sqltext.KindCount]sqltext.Cache // each lock statement's guarded form, as last made: of q, of literal()
+	lit   atomic.Pointer[sqltext.Queries]     // q with the key written in, for sessions sqllock does not prepare on (see literal)
+	err   error                               // sticky: the Locker's, or this name's key problem
 
 	mu     sync.Mutex
 	excl   []*hold // exclusive holds of Lock and TryLock, oldest first: what Unlock releases
@@ -54,25 +57,24 @@ func (m *Mutex) literal() *sqltext.Queries {
 	if q := m.lit.Load(); q != nil {
 		return q
 	}
-	q := sqltext.Build(m.key, false)
-	if m.l.cfg.fencing {
-		q.Fence()
+	if m.args == nil {
+		return m.q // its own: built with literals
 	}
-	m.lit.CompareAndSwap(nil, &q)
+	m.lit.CompareAndSwap(nil, m.l.build(m.key, false))
 	return m.lit.Load()
 }
 
 // unlockStatement returns the unlock statement and its arguments for a
 // hold taken in the given form (prepared: see drv.StmtCache).
 func (m *Mutex) unlockStatement(shared, prepared bool) (string, []driver.NamedValue) {
-	q := &m.q
+	q, args := m.q, m.named
 	if m.l.prepared && !prepared {
-		q = m.literal()
+		q, args = m.literal(), nil
 	}
 	if shared {
-		return q.UnlockShared, q.Named
+		return q.UnlockShared, args
 	}
-	return q.Unlock, q.Named
+	return q.Unlock, args
 }
 
 // Name returns the lock's name; it is empty for a Mutex made by
@@ -419,18 +421,18 @@ func (m *Mutex) lockRaw(ctx context.Context, conn *sql.Conn, q *sqltext.LockStmt
 func (m *Mutex) lockOn(ctx context.Context, dc any, q *sqltext.LockStmt, f *inFlight) (r outcome) {
 	r.dc = dc
 	for moved := false; ; moved = true {
-		g, pid, flags, err := m.l.guarded(ctx, dc, q)
+		g, pid, flags, err := m.l.guarded(ctx, dc, q, &m.cache[0][q.Kind])
 		r.pid, r.n = pid, flags
 		if err != nil || flags != 0 {
 			r.err = err
 			return r
 		}
-		args, sent := m.q.Named, q
+		args, sent := m.named, q
 		r.prepared = m.l.prepared && m.l.stmts.Direct(dc, pid)
 		if m.l.prepared && !r.prepared {
 			lq := m.literal()
-			sent, args = lq.Stmt(q.Kind), lq.Named
-			g = sent.GuardedFor(drv.ConnPointer(dc), g.Conn, pid)
+			sent, args = lq.Stmt(q.Kind), nil
+			g = sent.GuardedFor(&m.cache[1][q.Kind], drv.ConnPointer(dc), g.Conn, pid)
 		}
 		if !f.send(pid) {
 			r.err = errs.WithCtxErr(ctx, context.Cause(ctx))
@@ -468,8 +470,8 @@ func (m *Mutex) lockOn(ctx context.Context, dc any, q *sqltext.LockStmt, f *inFl
 		// here and in this statement's cache.
 		m.l.sessions.forget(g.Conn, g.PID)
 		m.l.stmts.Drop(dc) // prepared in the session that is gone
-		q.Forget()
-		sent.Forget()
+		m.cache[0][q.Kind].Forget()
+		m.cache[1][q.Kind].Forget()
 	}
 }
 

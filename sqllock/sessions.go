@@ -101,16 +101,16 @@ func (c *sessionCache) drop(dc any) {
 // and the refusal's flags (sqltext.FlagStandby, sqltext.FlagForeign,
 // sqltext.FlagStub). pid is the session's
 // backend pid once known, even with an error.
-func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt) (g *sqltext.Guarded, pid, flags int64, err error) {
+func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *sqltext.Cache) (g *sqltext.Guarded, pid, flags int64, err error) {
 	p := drv.ConnPointer(dc)
 	var ref, owner weak.Pointer[byte]
 	if p != nil {
-		if g := q.Last(); g != nil && g.Conn.Value() == p {
+		if g := q.Cached(c, p); g != nil {
 			return g, g.PID, 0, nil
 		}
 		ref = weak.Make(p)
 		if pid, ok := l.sessions.lookup(ref); ok {
-			return q.GuardedFor(p, ref, pid), pid, 0, nil
+			return q.GuardedFor(c, p, ref, pid), pid, 0, nil
 		}
 	}
 	o := drv.SessionOwner(dc)
@@ -119,7 +119,7 @@ func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt) (g *s
 		if pid, ok := l.sessions.lookup(owner); ok && p != nil {
 			// A new wrapper over a session verified before.
 			l.sessions.remember(ref, owner, pid)
-			return q.GuardedFor(p, ref, pid), pid, 0, nil
+			return q.GuardedFor(c, p, ref, pid), pid, 0, nil
 		}
 	}
 	text, args := l.verify.Statement(sqltext.ConnAddr(o))
@@ -138,5 +138,5 @@ func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt) (g *s
 	if p != nil {
 		l.sessions.remember(ref, owner, pid)
 	}
-	return q.GuardedFor(p, ref, pid), pid, 0, nil
+	return q.GuardedFor(c, p, ref, pid), pid, 0, nil
 }

@@ -75,7 +75,7 @@ func (m *Mutex) txLock(ctx context.Context, tx Tx, fn string, try bool, op strin
 	// there is one: wrappers may rewrite statements (bun formats its own
 	// placeholders) but not the transaction. A Tx of unknown make gets the
 	// key as literals, and a check that the lock outlived its statement.
-	q, args := m.q.TxQuery(fn, try), m.q.Args
+	q, args := m.q.TxQuery(fn, try), m.args
 	sqlTx := findSQLTx(reflect.ValueOf(tx), drv.MaxUnwrap)
 	if sqlTx != nil {
 		tx = sqlTx

@@ -34,18 +34,25 @@ type LockStmt struct {
 	Parts  []string
 	Kind   Kind
 	Fenced bool // answers a fencing token (see Queries.Fence)
-
-	// The guarded form as last made for a driver connection: the pool
-	// hands a Mutex the same connection again and again, so it is made
-	// once.
-	last atomic.Pointer[Guarded]
 }
 
-// Last returns the guarded form made last (see GuardedFor), or nil.
-func (s *LockStmt) Last() *Guarded { return s.last.Load() }
+// A Cache keeps the guarded form of one kind of lock statement as last
+// made for a driver connection: the pool hands a Mutex the same connection
+// again and again, so it is made once. A Mutex keeps one per kind; the
+// statements themselves are shared by every Mutex of a Locker.
+type Cache struct{ last atomic.Pointer[Guarded] }
 
 // Forget drops the guarded form made last: its session is gone.
-func (s *LockStmt) Forget() { s.last.Store(nil) }
+func (c *Cache) Forget() { c.last.Store(nil) }
+
+// Cached returns s's guarded form as c last made it for the driver
+// connection at p, or nil.
+func (s *LockStmt) Cached(c *Cache, p *byte) *Guarded {
+	if g := c.last.Load(); g != nil && g.stmt == s && g.Conn.Value() == p {
+		return g
+	}
+	return nil
+}
 
 // Kind names a LockStmt's operation, so that the same operation can
 // be found in another form of a key's queries.
@@ -80,20 +87,22 @@ type Guarded struct {
 	Conn weak.Pointer[byte] // the driver connection (see drv.ConnPointer); zero when it has none
 	PID  int64
 	Text string
+	stmt *LockStmt // made from it
 }
 
 // GuardedFor returns the guarded form for the driver connection at p,
-// whose reference is ref, and its session's backend pid. A connection
-// without a reference (p nil) gets a form made for this call alone.
-func (s *LockStmt) GuardedFor(p *byte, ref weak.Pointer[byte], pid int64) *Guarded {
+// whose reference is ref, and its session's backend pid, keeping it in c.
+// A connection without a reference (p nil) gets a form made for this call
+// alone.
+func (s *LockStmt) GuardedFor(c *Cache, p *byte, ref weak.Pointer[byte], pid int64) *Guarded {
 	if p == nil {
-		return &Guarded{PID: pid, Text: strings.Join(s.Parts, strconv.FormatInt(pid, 10))}
+		return &Guarded{PID: pid, Text: strings.Join(s.Parts, strconv.FormatInt(pid, 10)), stmt: s}
 	}
-	if g := s.last.Load(); g != nil && g.PID == pid && g.Conn.Value() == p {
+	if g := c.last.Load(); g != nil && g.stmt == s && g.PID == pid && g.Conn.Value() == p {
 		return g
 	}
-	g := &Guarded{Conn: ref, PID: pid, Text: strings.Join(s.Parts, strconv.FormatInt(pid, 10))}
-	s.last.Store(g)
+	g := &Guarded{Conn: ref, PID: pid, Text: strings.Join(s.Parts, strconv.FormatInt(pid, 10)), stmt: s}
+	c.last.Store(g)
 	return g
 }
 
@@ -203,3 +212,16 @@ const (
 	TxStandby = 2
 	TxStub    = 8
 )
+
+// KindCount is the number of lock statement kinds: a Mutex's caches.
+const KindCount = int(KindTrySharedBehind) + 1
+
+// KeyArgs returns key k as the arguments of the statements Build makes
+// with placeholders.
+func KeyArgs(k keyspace.Key) []any {
+	if n, ok := k.Int64(); ok {
+		return []any{n}
+	}
+	a, b, _ := k.Pair()
+	return []any{int64(a), int64(b)}
+}

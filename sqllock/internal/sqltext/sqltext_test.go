@@ -87,18 +87,29 @@ func TestGuardedFor(t *testing.T) {
 	a, b := new(int), new(int)
 	pa, pb := drv.ConnPointer(a), drv.ConnPointer(b)
 	ra, rb := weak.Make(pa), weak.Make(pb)
-	g1 := q.Lock.GuardedFor(pa, ra, 100)
+	var c Cache
+	g1 := q.Lock.GuardedFor(&c, pa, ra, 100)
 	if want := "SELECT pg_advisory_lock($1) IS NOT NULL WHERE pg_backend_pid() = 100"; g1.Text != want {
 		t.Errorf("guarded form %q, want %q", g1.Text, want)
 	}
-	if g := q.Lock.GuardedFor(pa, ra, 100); g != g1 {
+	if g := q.Lock.GuardedFor(&c, pa, ra, 100); g != g1 {
 		t.Error("the guarded form was made again for the same connection and session")
 	}
-	if g := q.Lock.GuardedFor(pa, ra, 101); g == g1 || g.PID != 101 {
+	if g := q.Lock.GuardedFor(&c, pa, ra, 101); g == g1 || g.PID != 101 {
 		t.Errorf("another session on the same connection got %+v", g)
 	}
-	if g := q.Lock.GuardedFor(pb, rb, 101); g.Conn != rb {
+	if g := q.Lock.GuardedFor(&c, pb, rb, 101); g.Conn != rb {
 		t.Errorf("another connection got %+v", g)
+	}
+	if g := q.Lock.Cached(&c, pb); g == nil || g.PID != 101 {
+		t.Errorf("Cached for the last connection = %+v, want its form", g)
+	}
+	if g := q.Try.Cached(&c, pb); g != nil {
+		t.Errorf("Cached for another statement = %+v, want nil", g)
+	}
+	c.Forget()
+	if g := q.Lock.Cached(&c, pb); g != nil {
+		t.Errorf("Cached after Forget = %+v, want nil", g)
 	}
 	runtime.KeepAlive(a)
 	runtime.KeepAlive(b)
