@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strconv"
@@ -21,72 +20,13 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/settle"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
-// fakeConnector is a database/sql driver whose queries run a test's
-// function, for behaviour sqlmock cannot play: a driver that ignores its
-// context, or a grant that races a cancel.
-type fakeConnector struct {
-	query   func(ctx context.Context, q string) ([]driver.Value, error)
-	closed  atomic.Int32 // connections closed
-	onClose func()       // if set, runs on each Close
-}
-
-func (c *fakeConnector) Connect(context.Context) (driver.Conn, error) { return &fakeConn{c: c}, nil }
-func (c *fakeConnector) Driver() driver.Driver                        { return nil }
-
-type fakeConn struct{ c *fakeConnector }
-
-func (f *fakeConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("fake: no Prepare") }
-func (f *fakeConn) Begin() (driver.Tx, error)           { return nil, errors.New("fake: no Begin") }
-func (f *fakeConn) Close() error {
-	f.c.closed.Add(1)
-	if f.c.onClose != nil {
-		f.c.onClose()
-	}
-	return nil
-}
-func (f *fakeConn) QueryContext(ctx context.Context, q string, _ []driver.NamedValue) (driver.Rows, error) {
-	vals, err := f.c.query(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	return &fakeRows{vals: vals}, nil
-}
-
-// ExecContext runs the test's function too: an unlock statement's answer
-// true is one row (released), false none.
-func (f *fakeConn) ExecContext(ctx context.Context, q string, _ []driver.NamedValue) (driver.Result, error) {
-	vals, err := f.c.query(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	if len(vals) == 1 && vals[0] == false {
-		return driver.RowsAffected(0), nil
-	}
-	return driver.RowsAffected(1), nil
-}
-
-type fakeRows struct {
-	vals []driver.Value
-	done bool
-}
-
-func (r *fakeRows) Columns() []string { return make([]string, len(r.vals)) }
-func (r *fakeRows) Close() error      { return nil }
-func (r *fakeRows) Next(dest []driver.Value) error {
-	if r.done || len(r.vals) == 0 { // no values: no row
-		return io.EOF
-	}
-	r.done = true
-	copy(dest, r.vals)
-	return nil
-}
-
-func newFake(t *testing.T, query func(ctx context.Context, q string) ([]driver.Value, error), opts ...Option) (*Locker, *fakeConnector) {
-	c := &fakeConnector{query: query}
+func newFake(t *testing.T, query func(ctx context.Context, q string) ([]driver.Value, error), opts ...Option) (*Locker, *fakedriver.Connector) {
+	c := &fakedriver.Connector{Query: query}
 	db := sql.OpenDB(c)
 	t.Cleanup(func() { db.Close() })
 	return New(db, append([]Option{withPlaceholders(false)}, opts...)...), c
@@ -115,11 +55,11 @@ func TestFakeGrantRacingCancelUndone(t *testing.T) {
 			assert.Equal(t, "SELECT 1 WHERE pg_advisory_unlock(42)", qs[len(qs)-1], "the grant is undone")
 			// A cancel request the driver sent may still land on the
 			// session's next statement: the connection is not reused.
-			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+			assert.Equal(t, int32(1), c.Closed.Load(), "the connection is discarded")
 			assert.Equal(t, 0, l.db.Stats().Idle)
 		} else {
 			assert.True(t, qs[len(qs)-1] == sqltext.LookSQL, "the session is looked for: %q", qs)
-			assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+			assert.Equal(t, int32(1), c.Closed.Load(), "the connection is discarded")
 		}
 	}
 }
@@ -146,9 +86,9 @@ func TestFakeKeepAliveTimeoutWithHungDriver(t *testing.T) {
 	require.ErrorIs(t, mu.Err(), ErrNoAnswer)
 	require.ErrorContains(t, mu.Err(), "(20ms, the keep-alive timeout)")
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrLockLost)
-	assert.Equal(t, int32(0), c.closed.Load(), "the connection stays with the hung driver call")
+	assert.Equal(t, int32(0), c.Closed.Load(), "the connection stays with the hung driver call")
 	close(unblock)
-	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return c.Closed.Load() == 1 }, 5*time.Second, time.Millisecond,
 		"once the driver returns, the connection is discarded")
 }
 
@@ -183,7 +123,7 @@ func TestFakeLockBoundedWithHungDriver(t *testing.T) {
 			}
 			assert.Less(t, time.Since(start), abandonGrace+settle.Bound+time.Second)
 			close(unblock)
-			require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond)
+			require.Eventually(t, func() bool { return c.Closed.Load() == 1 }, 5*time.Second, time.Millisecond)
 		})
 	}
 }
@@ -201,7 +141,7 @@ func TestFakeDeadPooledSessionRetried(t *testing.T) {
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	assert.Equal(t, int32(3), calls.Load(), "a failed session check, then a check and a lock")
-	assert.Equal(t, int32(1), c.closed.Load(), "the dead connection is discarded")
+	assert.Equal(t, int32(1), c.Closed.Load(), "the dead connection is discarded")
 }
 
 // A database that is not PostgreSQL: its driver does not understand the
@@ -215,7 +155,7 @@ func TestFakeNotPostgres(t *testing.T) {
 	require.ErrorIs(t, err, syntax)
 	assert.Contains(t, err.Error(), `lock "reports" `+mu.Key().String())
 	assert.Equal(t, 0, l.db.Stats().InUse)
-	assert.Equal(t, int32(1), c.closed.Load(), "a connection in an unknown state is discarded")
+	assert.Equal(t, int32(1), c.Closed.Load(), "a connection in an unknown state is discarded")
 }
 
 // The keep-alive costs one query per held lock per interval, never more:
@@ -253,7 +193,7 @@ func TestKeepAliveLoad(t *testing.T) {
 
 // lockWithProbeInFlight returns a Mutex holding a lock whose keep-alive
 // probe is in flight, and stays so until unblock is closed.
-func lockWithProbeInFlight(t *testing.T, timeout time.Duration) (mu *Mutex, c *fakeConnector, unblock chan struct{}) {
+func lockWithProbeInFlight(t *testing.T, timeout time.Duration) (mu *Mutex, c *fakedriver.Connector, unblock chan struct{}) {
 	probing := make(chan struct{})
 	unblock = make(chan struct{})
 	var once sync.Once
@@ -281,9 +221,9 @@ func TestFakeUnlockDuringSlowProbe(t *testing.T) {
 	start := time.Now()
 	require.ErrorIs(t, mu.Unlock(ctx), ErrLockLost, "the probe got no answer")
 	assert.Less(t, time.Since(start), 5*time.Second)
-	assert.Equal(t, int32(0), c.closed.Load())
+	assert.Equal(t, int32(0), c.Closed.Load())
 	close(unblock)
-	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return c.Closed.Load() == 1 }, 5*time.Second, time.Millisecond,
 		"the probe's goroutine ends the session")
 }
 
@@ -308,7 +248,7 @@ func TestFakeUnlockWaitsForProbe(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Unlock was not woken when the probe gave the connection back")
 	}
-	assert.Equal(t, int32(0), c.closed.Load(), "the connection went back to the pool")
+	assert.Equal(t, int32(0), c.Closed.Load(), "the connection went back to the pool")
 }
 
 // After a lock is lost and taken again, Done and Err describe the lock
@@ -387,7 +327,7 @@ func TestFakeOddLockAnswerDiscards(t *testing.T) {
 		assert.False(t, ok)
 		assert.ErrorContains(t, err, tc.want)
 		assert.ErrorContains(t, err, "the session is discarded")
-		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
+		assert.Equal(t, int32(1), c.Closed.Load(), "answer %v: the connection is discarded", tc.answer)
 	}
 	for _, tc := range []struct {
 		answer driver.Value
@@ -406,7 +346,7 @@ func TestFakeOddLockAnswerDiscards(t *testing.T) {
 		err := mu.Lock(t.Context())
 		assert.ErrorContains(t, err, tc.want)
 		assert.ErrorContains(t, err, "so it is discarded")
-		assert.Equal(t, int32(1), c.closed.Load(), "answer %v: the connection is discarded", tc.answer)
+		assert.Equal(t, int32(1), c.Closed.Load(), "answer %v: the connection is discarded", tc.answer)
 		qs := sent()
 		assert.True(t, qs[len(qs)-1] == sqltext.LookSQL, "the session is looked for: %q", qs)
 	}
@@ -471,7 +411,7 @@ func TestFakeGuardedForm(t *testing.T) {
 	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 8", sent[7])
 	assert.Equal(t, "SELECT pg_advisory_lock(42) IS NOT NULL WHERE pg_backend_pid() = 8", sent[9])
 	assert.Equal(t, "SELECT pg_try_advisory_lock(42) WHERE pg_backend_pid() = 8", sent[11], "a try uses the session the lock verified")
-	assert.Equal(t, int32(0), c.closed.Load(), "no connection was discarded")
+	assert.Equal(t, int32(0), c.Closed.Load(), "no connection was discarded")
 	// Another Mutex of the Locker uses what the first verified.
 	ok, err = l.MutexKey(keyspace.Int64(43)).TryLock(t.Context())
 	require.NoError(t, err)
@@ -495,7 +435,7 @@ func TestFakeGuardedTryContended(t *testing.T) {
 	ok, err := m.TryLock(t.Context())
 	require.NoError(t, err)
 	assert.False(t, ok)
-	assert.Equal(t, int32(0), c.closed.Load())
+	assert.Equal(t, int32(0), c.Closed.Load())
 	assert.Equal(t, 0, l.db.Stats().InUse)
 }
 
@@ -535,7 +475,7 @@ func TestFakeRefusedMoveForgetsGuard(t *testing.T) {
 // newRecordingFake is newFake, with the keep-alive off, over a driver that
 // answers each statement with answer and records it; sent returns the
 // statements so far, in order.
-func newRecordingFake(t *testing.T, answer func(q string) ([]driver.Value, error)) (l *Locker, c *fakeConnector, sent func() []string) {
+func newRecordingFake(t *testing.T, answer func(q string) ([]driver.Value, error)) (l *Locker, c *fakedriver.Connector, sent func() []string) {
 	var mu sync.Mutex
 	var qs []string
 	l, c = newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
@@ -577,7 +517,7 @@ func TestFakeSharedSessionStuckStatement(t *testing.T) {
 	require.ErrorIs(t, held.Err(), ErrLockLost)
 	require.ErrorIs(t, held.Unlock(t.Context()), ErrLockLost)
 	close(unblock)
-	require.Eventually(t, func() bool { return c.closed.Load() == 1 }, 5*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return c.Closed.Load() == 1 }, 5*time.Second, time.Millisecond,
 		"once the driver returns, the connection is discarded")
 }
 
@@ -589,7 +529,7 @@ func TestFakeSharedSessionStuckStatement(t *testing.T) {
 // error; if f has not returned within 5s, what (the bound that should
 // have interrupted the statement) failed, and run unsticks it and fails
 // the test.
-func newCloseInterruptedFake(t *testing.T, stuck func(q string) bool, answered bool, opts ...Option) (*Locker, *fakeConnector, func(what string, f func() error) error) {
+func newCloseInterruptedFake(t *testing.T, stuck func(q string) bool, answered bool, opts ...Option) (*Locker, *fakedriver.Connector, func(what string, f func() error) error) {
 	t.Helper()
 	closed := make(chan struct{})
 	var once sync.Once
@@ -603,7 +543,7 @@ func newCloseInterruptedFake(t *testing.T, stuck func(q string) bool, answered b
 		}
 		return answerAs(q, 7), nil
 	}, opts...)
-	c.onClose = unstick
+	c.OnClose = unstick
 	l.interrupt.Store(drv.InterruptClose) // as for lib/pq
 	run := func(what string, f func() error) error {
 		t.Helper()
@@ -694,7 +634,7 @@ func TestFakeReleaseBoundByClose(t *testing.T) {
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, took, bound, "Unlock returned before its bound")
 	assert.Less(t, took, bound+settle.Bound+2*time.Second, "Unlock outlived its bound")
-	assert.NotZero(t, c.closed.Load(), "the connection is discarded")
+	assert.NotZero(t, c.Closed.Load(), "the connection is discarded")
 	assert.Zero(t, l.db.Stats().InUse)
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrNotHeld)
 }

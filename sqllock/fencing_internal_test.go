@@ -36,7 +36,7 @@ func TestFakeFencingTokenOutOfRange(t *testing.T) {
 		assert.ErrorContains(t, err, "int64(42)", "the error names the lock")
 		_, held := m.Token()
 		assert.False(t, held)
-		assert.Equal(t, int32(1), c.closed.Load(), "%s: the session is ended", answer)
+		assert.Equal(t, int32(1), c.Closed.Load(), "%s: the session is ended", answer)
 	}
 }
 
@@ -61,7 +61,7 @@ func TestFakeFencingOnOldServer(t *testing.T) {
 	require.ErrorIs(t, err, ErrFencingUnsupported)
 	assert.ErrorContains(t, err, "PostgreSQL 13")
 	assert.ErrorContains(t, err, "int64(42)", "the error names the lock")
-	assert.Equal(t, int32(0), c.closed.Load(), "the refused statement took nothing")
+	assert.Equal(t, int32(0), c.Closed.Load(), "the refused statement took nothing")
 	// Shared locks need no token and work.
 	require.NoError(t, m.LockShared(context.Background()))
 	require.NoError(t, m.UnlockShared(context.Background()))

@@ -13,6 +13,7 @@ import (
 	"github.com/lib/pq"
 
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
@@ -130,7 +131,7 @@ func TestIsPgxUnderWrappers(t *testing.T) {
 // Each driver connection has its own owner token, the same on every
 // checkout; lock statements do not share their argument slices.
 func TestOwnerToken(t *testing.T) {
-	db := sql.OpenDB(&fakeConnector{})
+	db := sql.OpenDB(&fakedriver.Connector{})
 	defer db.Close()
 	ctx := context.Background()
 	a, err := db.Conn(ctx)

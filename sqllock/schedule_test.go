@@ -36,6 +36,6 @@ func TestFakeUnlockBackgroundIsBounded(t *testing.T) {
 	elapsed := time.Since(start)
 	assert.GreaterOrEqual(t, elapsed, timeout)
 	assert.Less(t, elapsed, 20*timeout)
-	assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+	assert.Equal(t, int32(1), c.Closed.Load(), "the connection is discarded")
 	assert.ErrorIs(t, mu.Unlock(context.Background()), ErrNotHeld)
 }

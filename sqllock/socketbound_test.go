@@ -15,21 +15,22 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/fakedriver"
 )
 
 // socketConnector's connections look like pgx's to drv.Socket (Conn,
 // PgConn, Conn down to a net.Conn), and their unlock blocks reading that
 // socket, as a driver does on a silent network, until a deadline passes.
-type socketConnector struct{ fakeConnector }
+type socketConnector struct{ fakedriver.Connector }
 
 func (c *socketConnector) Connect(context.Context) (driver.Conn, error) {
 	client, server := net.Pipe()
-	return &socketConn{fakeConn: fakeConn{c: &c.fakeConnector}, pgx: &sockPgx{&sockPg{client}}, peer: server}, nil
+	return &socketConn{Connection: fakedriver.Connection{C: &c.Connector}, pgx: &sockPgx{&sockPg{client}}, peer: server}, nil
 }
 
 type (
 	socketConn struct {
-		fakeConn
+		fakedriver.Connection
 		pgx  *sockPgx
 		peer net.Conn // the server's end: never answers
 	}
@@ -43,7 +44,7 @@ func (p *sockPg) Conn() net.Conn     { return p.nc }
 func (s *socketConn) Close() error {
 	s.pgx.pg.nc.Close()
 	s.peer.Close()
-	return s.fakeConn.Close()
+	return s.Connection.Close()
 }
 
 func (s *socketConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
@@ -51,7 +52,7 @@ func (s *socketConn) ExecContext(ctx context.Context, q string, args []driver.Na
 		_, err := s.pgx.pg.nc.Read(make([]byte, 1))
 		return nil, fmt.Errorf("fake: reading the unlock's answer: %w", err)
 	}
-	return s.fakeConn.ExecContext(ctx, q, args)
+	return s.Connection.ExecContext(ctx, q, args)
 }
 
 // An unlock stuck on its socket, under a context that never ends, is
@@ -61,7 +62,7 @@ func (s *socketConn) ExecContext(ctx context.Context, q string, args []driver.Na
 func TestFakeReleaseBoundOnSocket(t *testing.T) {
 	const bound = 100 * time.Millisecond
 	c := &socketConnector{}
-	c.query = func(_ context.Context, q string) ([]driver.Value, error) {
+	c.Query = func(_ context.Context, q string) ([]driver.Value, error) {
 		return answerAs(q, 7), nil
 	}
 	db := sql.OpenDB(c)
@@ -78,6 +79,6 @@ func TestFakeReleaseBoundOnSocket(t *testing.T) {
 	assert.GreaterOrEqual(t, took, bound, "Unlock returned before its bound")
 	assert.Less(t, took, bound+5*time.Second, "Unlock outlived its bound")
 	assert.Equal(t, int32(drv.InterruptSocket), l.interrupt.Load(), "the bound was kept on the socket")
-	assert.Equal(t, int32(1), c.closed.Load(), "the connection is discarded")
+	assert.Equal(t, int32(1), c.Closed.Load(), "the connection is discarded")
 	require.ErrorIs(t, mu.Unlock(t.Context()), ErrNotHeld)
 }

@@ -5,9 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"io"
 	"testing"
 
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/fakedriver"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -31,7 +31,9 @@ func (s *oldStmt) NumInput() int { return -1 }
 func (s *oldStmt) Exec([]driver.Value) (driver.Result, error) {
 	return driver.RowsAffected(len(s.c.vals)), nil
 }
-func (s *oldStmt) Query([]driver.Value) (driver.Rows, error) { return &fakeRows{vals: s.c.vals}, nil }
+func (s *oldStmt) Query([]driver.Value) (driver.Rows, error) {
+	return &fakedriver.Rows{Vals: s.c.vals}, nil
+}
 
 // skipConn's context interfaces answer ErrSkip, which sends database/sql,
 // and sqllock, to a prepared statement.
@@ -47,14 +49,14 @@ func (c *skipConn) ExecContext(context.Context, string, []driver.NamedValue) (dr
 
 // closeErrRows fails on Close, as a driver reports an error that came
 // after the row.
-type closeErrRows struct{ fakeRows }
+type closeErrRows struct{ fakedriver.Rows }
 
 func (r *closeErrRows) Close() error { return errors.New("boom after the row") }
 
 type closeErrConn struct{}
 
 func (closeErrConn) QueryContext(context.Context, string, []driver.NamedValue) (driver.Rows, error) {
-	return &closeErrRows{fakeRows{vals: []driver.Value{int64(1)}}}, nil
+	return &closeErrRows{fakedriver.Rows{Vals: []driver.Value{int64(1)}}}, nil
 }
 
 func TestDriverQueryFallbacks(t *testing.T) {
@@ -86,21 +88,4 @@ func TestDriverQueryFallbacks(t *testing.T) {
 func TestNamed(t *testing.T) {
 	assert.Nil(t, Named(nil))
 	assert.Equal(t, []driver.NamedValue{{Ordinal: 1, Value: int64(4)}, {Ordinal: 2, Value: int64(5)}}, Named([]any{int64(4), int64(5)}))
-}
-
-// fakeRows answers one row of vals, or none when vals is empty.
-type fakeRows struct {
-	vals []driver.Value
-	done bool
-}
-
-func (r *fakeRows) Columns() []string { return make([]string, len(r.vals)) }
-func (r *fakeRows) Close() error      { return nil }
-func (r *fakeRows) Next(dest []driver.Value) error {
-	if r.done || len(r.vals) == 0 {
-		return io.EOF
-	}
-	r.done = true
-	copy(dest, r.vals)
-	return nil
 }
