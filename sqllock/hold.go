@@ -129,9 +129,12 @@ func (h *hold) lostErr(cause error) error {
 	return &Error{Op: h.op("hold"), Name: h.m.name, Key: h.m.key, Err: fmt.Errorf("%w: %w", ErrLockLost, cause)}
 }
 
-// notifyLost tells the observers and the holder of a loss.
-func (h *hold) notifyLost(err error) {
-	h.observeEnd(EventLost, err)
+// notifyLost tells the observers and the holder of a loss, with n locks
+// lost with the session, this one included.
+func (h *hold) notifyLost(err error, n int) {
+	if len(h.m.l.cfg.observers) != 0 {
+		h.m.observe(Event{Kind: EventLost, Shared: h.shared, Held: time.Since(h.acquired), Err: err, SessionLocks: n})
+	}
 	if h.onLost != nil {
 		h.onLost(err)
 	}

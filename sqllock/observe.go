@@ -47,6 +47,11 @@ type Event struct {
 	Wait   time.Duration // EventAcquired, EventContended, EventFailed: time spent in the attempt
 	Held   time.Duration // EventReleased, EventLost: time the lock was held
 	Err    error         // EventFailed, EventLost
+
+	// SessionLocks is, for EventLost, how many locks the lost session
+	// carried, this one included: more than one only with WithSessions,
+	// where one session's end loses every lock on it at once.
+	SessionLocks int
 }
 
 // An Observer receives every Event of a Locker's locks, for example to
@@ -77,7 +82,9 @@ func WithObserver(o Observer) Option {
 
 // WithLogger logs lock events to l: acquisitions (with the wait) and
 // releases (with the hold time) at Debug, contention at Debug, failures at
-// Info, and losses at Warn. Off by default. A nil l is ignored.
+// Info, and losses at Warn. A shared session (WithSessions) lost with many
+// locks on it logs one warning with their count and the cause, and each
+// lock's loss at Debug. Off by default. A nil l is ignored.
 //
 // One warning is logged whatever the options: when a lock leaves no free
 // connection in the pool (SetMaxOpenConns(1) with one lock held), at Warn,
@@ -93,6 +100,9 @@ func WithLogger(l *slog.Logger) Option {
 			level = slog.LevelInfo
 		case EventLost:
 			level = slog.LevelWarn
+			if e.SessionLocks > 1 {
+				level = slog.LevelDebug // the session's warning said it
+			}
 		}
 		ctx := context.Background()
 		if !l.Enabled(ctx, level) {

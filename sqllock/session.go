@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -225,14 +226,28 @@ func (s *session) loseWith(cause error, end func(*sql.Conn, int64, keyspace.Key)
 		settleErr = end(s.conn, s.pid, s.key())
 	}
 	s.connMu.Unlock()
+	if len(holds) > 1 {
+		s.warnLost(len(holds), cause)
+	}
 	for i, h := range holds {
 		if firsts[i] {
 			h.leaveTable() // the server holds nothing for it now
-			h.notifyLost(errs[i])
+			h.notifyLost(errs[i], len(holds))
 			h.closeDone()
 		}
 	}
 	return settleErr
+}
+
+// warnLost logs, once, that a shared session was lost with n locks on it,
+// to the Locker's logger (WithLogger): one line, where each lock's loss
+// would be n.
+func (s *session) warnLost(n int, cause error) {
+	if s.l.cfg.logger == nil {
+		return
+	}
+	s.l.cfg.logger.LogAttrs(context.Background(), slog.LevelWarn, "sqllock: shared session lost, and every lock it carried",
+		slog.Int("locks", n), slog.Int64("backend", s.pid), slog.String("err", cause.Error()))
 }
 
 // key returns the lock a session of its own carries, or the zero Key for

@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -320,6 +322,49 @@ func TestSessionsSharedHoldersQueueBehindWaiter(t *testing.T) {
 				require.NoError(t, b.UnlockShared(t.Context()))
 				waitRows(t, db, k, 0, 0)
 			})
+		}
+	})
+}
+
+// A shared session lost with many locks on it logs one warning, with their
+// count and the cause, not one per lock; each lock still reports its own
+// loss (Err, observers, which see how many went with the session).
+func TestSessionsLossLoggedOnce(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		const n = 40
+		var buf syncBuffer
+		logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		var lost atomic.Int32
+		var batch atomic.Int32
+		obs := sqllock.ObserverFunc(func(e sqllock.Event) {
+			if e.Kind == sqllock.EventLost {
+				lost.Add(1)
+				batch.Store(int32(e.SessionLocks))
+			}
+		})
+		l := sqllock.New(db, sqllock.WithSessions(1), sqllock.WithLogger(logger), sqllock.WithObserver(obs), fastLoss)
+		ms := make([]*sqllock.Mutex, n)
+		for i := range ms {
+			ms[i] = l.Mutex(fmt.Sprintf("%s/%d", t.Name(), i))
+			require.NoError(t, ms[i].Lock(t.Context()))
+		}
+		terminate(t, db, backendOf(t, db, ms[0].Key()))
+		for _, m := range ms {
+			select {
+			case <-m.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the loss went unnoticed")
+			}
+			require.ErrorIs(t, m.Err(), sqllock.ErrLockLost)
+		}
+		out := buf.String()
+		assert.Equal(t, 1, strings.Count(out, "level=WARN"), "one warning for the session: %s", out)
+		assert.Contains(t, out, fmt.Sprintf("locks=%d", n))
+		assert.Contains(t, out, "shared session lost")
+		assert.Equal(t, int32(n), lost.Load(), "each lock's loss reaches the observers")
+		assert.Equal(t, int32(n), batch.Load())
+		for _, m := range ms {
+			require.ErrorIs(t, m.Unlock(t.Context()), sqllock.ErrLockLost)
 		}
 	})
 }
