@@ -81,6 +81,8 @@ func TestMainCodes(t *testing.T) {
 		{"negative grace", []string{"--grace", "-1s", "name", "--", "true"}, ExitUsage, "", `invalid value "-1s" for --grace: must not be negative`},
 		{"unknown keyspace", []string{"--keyspace", "crc32", "name", "--", "true"}, ExitUsage, "",
 			`unknown keyspace "crc32": valid keyspaces are django-pglock, django-pglocks, golang-migrate, golang-migrate-url, goose`},
+		{"scoped keyspace, bad namespace", []string{"--keyspace", "scoped:abc", "name", "--", "true"}, ExitUsage, "",
+			`keyspace "scoped:abc": the namespace "abc" of scoped:<n> must be a decimal int32`},
 		{"int64 keyspace, bad name", []string{"--keyspace", "int64", "nightly", "--", "true"}, ExitUsage, "", `lock name "nightly" is not a bigint key`},
 		{"int64 keyspace, pair name", []string{"--keyspace", "int64", "1,2", "--", "true"}, ExitUsage, "", "not a bigint key"},
 		{"pair keyspace, int name", []string{"--keyspace", "pair", "42", "--", "true"}, ExitUsage, "", "not an int pair"},
@@ -101,6 +103,8 @@ func TestMainCodes(t *testing.T) {
 		{"command not executable", []string{"name", "--", "cli_test.go"}, ExitNotFound, "", "not found"},
 		{"command path not executable", []string{"name", "--", "./cli_test.go"}, ExitCannotRun, "", "permission denied"},
 		{"bad connection string", []string{"--db", "postgres://u:s3cretpw@127.0.0.1:notaport/x", "name", "--", "true"}, ExitUsage, "", "bad connection string from --db"},
+		{"misspelt scheme", []string{"--db", "postgress://postgres@127.0.0.1/nu", "name", "--", "true"}, ExitUsage, "",
+			`bad connection string from --db: unknown scheme "postgress": a connection URL starts with postgres:// or postgresql:// (did you mean postgres://?)`},
 		{"unreachable database", []string{"--db", "postgres://postgres:s3cretpw@127.0.0.1:1/x", "-v", "name", "--", "touch", marker}, ExitUnavailable, "", "cannot reach the database postgres@127.0.0.1:1/x (from --db)"},
 		{"unreachable database, status", []string{"status", "--db", "postgres://postgres:s3cretpw@127.0.0.1:1/x", "name"}, ExitUnavailable, "", "cannot reach the database"},
 	} {
@@ -313,7 +317,8 @@ func TestResolveDB(t *testing.T) {
 		{"", env("PG_CONNECTION_STRING", "p", "DATABASE_URL", "d"), "p", "PG_CONNECTION_STRING"},
 		{"", env("PG_CONNECTION_STRING", "", "DATABASE_URL", "d"), "d", "DATABASE_URL"},
 		{"", env("DATABASE_URL", "d"), "d", "DATABASE_URL"},
-		{"", env(), "", "the libpq environment (PGHOST, PGUSER, ...)"},
+		{"", env("PGHOST", "/run/postgresql"), "", "the libpq environment (PGHOST, PGUSER, ...)"},
+		{"", env(), "", "the libpq defaults (no --db, PG_CONNECTION_STRING, DATABASE_URL or PG* variable is set)"},
 	} {
 		got := resolveDB(tc.flag, tc.env)
 		if got.dsn != tc.wantDSN || got.from != tc.wantFrom {

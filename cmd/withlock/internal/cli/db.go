@@ -48,8 +48,17 @@ func resolveDB(flagValue string, lookupEnv func(string) (string, bool)) dbSource
 			return dbSource{v, name}
 		}
 	}
-	return dbSource{"", "the libpq environment (PGHOST, PGUSER, ...)"}
+	for _, name := range libpqVars {
+		if v, ok := lookupEnv(name); ok && v != "" {
+			return dbSource{"", "the libpq environment (PGHOST, PGUSER, ...)"}
+		}
+	}
+	return dbSource{"", "the libpq defaults (no --db, PG_CONNECTION_STRING, DATABASE_URL or PG* variable is set)"}
 }
+
+// libpqVars are the libpq environment variables that name a server or how
+// to reach it.
+var libpqVars = []string{"PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PGSERVICE", "PGSSLMODE", "PGPASSFILE"}
 
 // parseDB parses the connection string into a pgx configuration for a pool
 // whose sessions call themselves appName in pg_stat_activity.
@@ -59,6 +68,13 @@ func resolveDB(flagValue string, lookupEnv func(string) (string, bool)) dbSource
 // queued for the lock after withlock has gone: a backend blocked in
 // pg_advisory_lock does not notice that its client closed the socket.
 func parseDB(src dbSource, appName string) (*pgx.ConnConfig, error) {
+	if scheme, _, ok := strings.Cut(src.dsn, "://"); ok && scheme != "postgres" && scheme != "postgresql" && !strings.ContainsAny(scheme, " =") {
+		err := fmt.Errorf("unknown scheme %q: a connection URL starts with postgres:// or postgresql://", scheme)
+		if s := nearest(scheme, []string{"postgres", "postgresql"}); s != "" {
+			err = fmt.Errorf("%w (did you mean %s://?)", err, s)
+		}
+		return nil, err
+	}
 	cfg, err := pgx.ParseConfig(src.dsn)
 	if err != nil {
 		return nil, err

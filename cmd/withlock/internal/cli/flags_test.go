@@ -59,6 +59,7 @@ func TestNearest(t *testing.T) {
 		{"--keep-alive", "--keepalive"},
 		{"--conflict", "--conflict-exit-code"},
 		{"--shard", "--shared"},
+		{"--fence", "--fencing"},
 		{"-e", "-E"},
 		{"--dv", "--db"},
 		{"--json", ""},

@@ -33,6 +33,9 @@ var errUnknownScheme = errors.New("unknown keyspace")
 func lookupScheme(name string) (scheme, error) {
 	s, err := keyspace.Lookup(name)
 	if err != nil {
+		if n, ok := strings.CutPrefix(name, "scoped:"); ok {
+			return scheme{}, fmt.Errorf("keyspace %q: the namespace %q of scoped:<n> must be a decimal int32, as in scoped:42", name, n)
+		}
 		if errors.Is(err, keyspace.ErrUnknownStrategy) {
 			return scheme{}, fmt.Errorf("%w %q: valid keyspaces are %s", errUnknownScheme, name, strings.Join(schemeNames(), ", "))
 		}

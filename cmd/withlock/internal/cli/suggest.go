@@ -18,6 +18,8 @@ func nearest(typed string, candidates []string) string {
 		case d == 0:
 		case len(t) >= 3 && strings.HasPrefix(n, t):
 			d = 1
+		case len(t) >= 5 && len(n) >= len(t)+2 && commonPrefix(t, n) >= len(t)-1:
+			d = 2 // all but its last letter start a longer candidate: --fence, --fencing
 		case len(t) < 2 || len(n) < 2 || d > max(1, len(t)/3):
 			continue
 		}
@@ -55,4 +57,13 @@ func editDistance(a, b string) int {
 		}
 	}
 	return d[len(a)][len(b)]
+}
+
+// commonPrefix returns the length of the longest prefix a and b share.
+func commonPrefix(a, b string) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
 }
