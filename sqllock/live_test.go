@@ -857,3 +857,31 @@ func TestPoolFilledBySharedSessionWarns(t *testing.T) {
 		assert.Contains(t, out, "max_open_conns=1")
 	})
 }
+
+// WithLock after a loss: fn's own error comes back wrapped with the loss
+// (errors.Is finds both), and fn returning its context's cause, the loss
+// itself, is not said twice.
+func TestWithLockLossAndFnError(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		errFn := errors.New("fn failed")
+		for _, returned := range []string{"cause", "own"} {
+			m := sqllock.New(db, fastLoss).Mutex(t.Name() + "/" + returned)
+			err := m.WithLock(t.Context(), func(ctx context.Context) error {
+				terminate(t, db, backendOf(t, db, m.Key()))
+				<-ctx.Done()
+				if returned == "cause" {
+					return context.Cause(ctx)
+				}
+				return errFn
+			})
+			t.Logf("%s: %v", returned, err)
+			require.ErrorIs(t, err, sqllock.ErrLockLost)
+			require.NotErrorIs(t, err, sqllock.ErrNoAnswer, "a terminated backend answered: no bound of sqllock's ended anything")
+			if returned == "own" {
+				require.ErrorIs(t, err, errFn)
+				continue
+			}
+			assert.NotContains(t, err.Error(), "and fn returned", "the loss is said once")
+		}
+	})
+}

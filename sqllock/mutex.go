@@ -739,7 +739,10 @@ func (m *Mutex) Err() error {
 // runs, fn's context is cancelled with a cause wrapping [ErrLockLost] (see
 // [context.Cause]), and WithLock returns an error wrapping ErrLockLost even
 // if fn returned nil. fn should stop its work when its context ends. An
-// error fn returns comes back as fn returned it.
+// error fn returns comes back as fn returned it, unless the release failed
+// or found the lock lost: then WithLock's error wraps both (errors.Is
+// finds either), or is fn's alone when fn returned the loss itself
+// (context.Cause of its context).
 //
 // The release does not depend on ctx: it is bounded by the keep-alive
 // timeout, after which the session is ended instead (see [Mutex.Unlock]).
@@ -833,6 +836,10 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 		return true, fnErr
 	case fnErr == nil:
 		return true, relErr
+	case errors.Is(fnErr, ErrLockLost) && errors.Is(relErr, ErrLockLost):
+		// fn returned its context's cause, the loss: saying it twice
+		// adds nothing.
+		return true, fnErr
 	}
 	return true, fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
 }

@@ -283,7 +283,7 @@ func (s *session) probe(timeout time.Duration) error {
 	case r := <-ch:
 		cancel()
 		switch {
-		case r.err != nil && ctx.Err() != nil:
+		case r.err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 			// The driver gave up at the probe's own deadline: %v, so
 			// that the loss does not read as a context the holder ended.
 			return fmt.Errorf("keep-alive: %w (%v, the keep-alive timeout): %v", ErrNoAnswer, timeout, r.err)
