@@ -276,3 +276,20 @@ func ExampleToken() {
 	// leading with a token: true
 	// context canceled
 }
+
+// Break a stuck lock: end the sessions that hold it. Each holder learns
+// of its loss as usual.
+func ExampleMutex_Terminate() {
+	db, err := sql.Open("pgx", os.Getenv("PG_CONNECTION_STRING"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	ended, err := sqllock.New(db).Mutex("billing/nightly").Terminate(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, h := range ended {
+		fmt.Printf("ended backend %d (%s, since %v)\n", h.PID, h.ApplicationName, h.BackendStart)
+	}
+}

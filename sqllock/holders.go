@@ -3,10 +3,13 @@ package sqllock
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A Holder is one session that holds or waits for an advisory lock, as
@@ -81,4 +84,60 @@ func holders(ctx context.Context, db *sql.DB, k keyspace.Key) ([]Holder, error) 
 		out = append(out, h)
 	}
 	return out, rows.Err()
+}
+
+// Terminate ends the server sessions that hold the Mutex's lock, in the
+// current database, and returns them as they were: for a holder that hangs
+// (a stuck process, a frozen VM), not one that died, which the server ends
+// by itself. Each holder learns of the loss as usual (Done, Err, WithLock's
+// context; withlock exits 74). Waiters are left alone. With no holder it
+// returns no Holder and no error.
+//
+// Terminating another role's session needs the pg_signal_backend role (or
+// superuser); without it the error says so. On PostgreSQL 14 and later
+// Terminate returns once the sessions have exited, within ctx.
+func (m *Mutex) Terminate(ctx context.Context) ([]Holder, error) {
+	if ctx == nil {
+		return nil, m.fail("terminate", ErrNilContext)
+	}
+	if m.err != nil {
+		return nil, m.fail("terminate", m.err)
+	}
+	hs, err := holders(ctx, m.l.db, m.key)
+	if err != nil {
+		return nil, m.fail("terminate", errs.WithCtxErr(ctx, err))
+	}
+	var ended []Holder
+	for _, h := range hs {
+		if !h.Granted || h.PID == 0 {
+			continue
+		}
+		if err := terminateBackend(ctx, m.l.db, h.PID); err != nil {
+			return ended, m.fail("terminate", err)
+		}
+		ended = append(ended, h)
+	}
+	return ended, nil
+}
+
+// terminateBackend ends backend pid and, where the server can (PostgreSQL
+// 14 and later), waits for it to exit, within ctx or 5 seconds.
+func terminateBackend(ctx context.Context, db *sql.DB, pid int64) error {
+	wait := int64(5000)
+	if d, ok := ctx.Deadline(); ok {
+		wait = max(1, time.Until(d).Milliseconds())
+	}
+	var exited bool
+	err := db.QueryRowContext(ctx, sqltext.TerminateBackendSQL, pid, wait).Scan(&exited)
+	if errs.UndefinedFunction(err) {
+		err = db.QueryRowContext(ctx, sqltext.TerminateBackendSQL13, pid).Scan(&exited)
+	}
+	var se interface{ SQLState() string }
+	switch {
+	case errors.As(err, &se) && se.SQLState() == "42501":
+		return fmt.Errorf("backend %d: the role may not end that session: another role's session needs the pg_signal_backend role, a superuser's needs superuser (%w)", pid, err)
+	case err != nil:
+		return fmt.Errorf("backend %d: %w", pid, errs.WithCtxErr(ctx, err))
+	}
+	return nil
 }

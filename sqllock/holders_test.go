@@ -2,12 +2,14 @@ package sqllock_test
 
 import (
 	"database/sql"
+	"net/url"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
@@ -46,4 +48,64 @@ func TestHolderState(t *testing.T) {
 		require.NoError(t, <-got)
 		require.NoError(t, waiter.Unlock(t.Context()))
 	})
+}
+
+// Terminate ends the sessions that hold the lock, not the waiters; each
+// holder learns of its loss, and the waiter gets the lock. With no holder
+// it ends nothing.
+func TestTerminateHolders(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db, fastLoss)
+		holder, waiter, admin := l.Mutex(t.Name()), l.Mutex(t.Name()), sqllock.New(db).Mutex(t.Name())
+		require.NoError(t, holder.Lock(t.Context()))
+		pid := backendOf(t, db, holder.Key())
+		got := make(chan error, 1)
+		go func() { got <- waiter.Lock(t.Context()) }()
+		waitRows(t, db, holder.Key(), 1, 1)
+
+		ended, err := admin.Terminate(t.Context())
+		require.NoError(t, err)
+		require.Len(t, ended, 1)
+		assert.Equal(t, pid, ended[0].PID)
+		assert.True(t, ended[0].Granted)
+		select {
+		case <-holder.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the holder never learned of its loss")
+		}
+		require.ErrorIs(t, holder.Err(), sqllock.ErrLockLost)
+		require.NoError(t, <-got, "the waiter gets the lock")
+		require.ErrorIs(t, holder.Unlock(t.Context()), sqllock.ErrLockLost)
+		require.NoError(t, waiter.Unlock(t.Context()))
+
+		ended, err = admin.Terminate(t.Context())
+		require.NoError(t, err)
+		assert.Empty(t, ended, "nobody holds it")
+		waitRows(t, db, holder.Key(), 0, 0)
+	})
+}
+
+// A role that may not signal the holder's backend gets an error that says
+// what it lacks, and the holder keeps its lock.
+func TestTerminateNotPermitted(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t)
+	su := faultOpen(t, "pgx", c.DSN())
+	_, err := su.ExecContext(t.Context(), "CREATE ROLE noterm LOGIN")
+	require.NoError(t, err)
+	u, err := url.Parse(c.DSN())
+	require.NoError(t, err)
+	u.User = url.User("noterm")
+	for _, driver := range []string{"postgres", "pgx"} {
+		t.Run(driver, func(t *testing.T) {
+			holder := sqllock.New(su).Mutex(t.Name())
+			require.NoError(t, holder.Lock(t.Context()))
+			defer func() { require.NoError(t, holder.Unlock(t.Context())) }()
+			db := faultOpen(t, driver, u.String())
+			_, err := sqllock.New(db).Mutex(t.Name()).Terminate(t.Context())
+			t.Logf("Terminate as noterm: %v", err)
+			require.ErrorContains(t, err, "pg_signal_backend")
+			require.NoError(t, holder.Err(), "the holder keeps its lock")
+		})
+	}
 }

@@ -41,6 +41,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		switch sub := nearest(args[0], subcommands); {
 		case args[0] == "status":
 			return runStatus(ctx, args[1:], stdout, log)
+		case args[0] == "terminate":
+			return runTerminate(ctx, args[1:], stdout, log)
 		case sub != "" && !strings.HasPrefix(args[0], "-"):
 			return usageError(log, subcommandError(args, args[0]))
 		}
@@ -62,7 +64,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 
 // subcommands are the words that, first on the command line, select
 // another form than the run form.
-var subcommands = []string{"status"}
+var subcommands = []string{"status", "terminate"}
 
 // subcommandError is the error for a run-form command line without "--"
 // whose first argument, word, is or nearly is a subcommand: a misspelt or
@@ -209,6 +211,7 @@ func help() string {
 	return `Usage:
   withlock [flags] <lockName> -- <command> [args...]
   withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]
+  withlock terminate <lockName> [--db <conn>] [--keyspace <name>] [--json]
 
 withlock runs a command while holding the PostgreSQL advisory lock called
 lockName, so that only one such command runs at a time across every host that

@@ -58,6 +58,7 @@ func TestEndToEnd(t *testing.T) {
 		{"VerboseHidesPassword", testVerboseHidesPassword},
 		{"Environment", testEnvironment},
 		{"Status", testStatus},
+		{"Terminate", testTerminate},
 		{"Keyspaces", testKeyspaces},
 		{"Fencing", testFencing},
 		{"KilledHolder", testKilledHolder},
@@ -949,4 +950,26 @@ func testFencing(t *testing.T, e *e2e) {
 		t.Errorf("--fencing -s: exit %d, stderr %q", code, stderr)
 	}
 	e.assertFree(t, name)
+}
+
+// testTerminate breaks a stuck lock: withlock terminate ends the session
+// of a holder whose command hangs, says who it was, and exits 0; the holder
+// learns of the loss (exit 74); with nobody holding, it says so and exits 0.
+func testTerminate(t *testing.T, e *e2e) {
+	name := t.Name()
+	a := e.start(t, nil, "--keepalive", "100ms", e.dbFlag(), name, "--", "sh", "-c", "echo started; exec sleep 60")
+	a.stdout.waitFor(t, "A's stdout", "started")
+	e.waitSessions(t, name, 1, 0, patience)
+
+	code, stdout, stderr := e.run(t, nil, "terminate", e.dbFlag(), name)
+	if code != ExitOK || !strings.Contains(stdout, "ended backend ") || !strings.Contains(stdout, `application "withlock:`+name+`"`) {
+		t.Fatalf("withlock terminate: exit %d, stdout %q, stderr %q; want 0 and the holder it ended", code, stdout, stderr)
+	}
+	a.expect(t, ExitLockLost)
+	e.assertFree(t, name)
+
+	code, stdout, _ = e.run(t, nil, "terminate", e.dbFlag(), name)
+	if code != ExitOK || !strings.Contains(stdout, "is not held: nothing ended") {
+		t.Errorf("withlock terminate of a free lock: exit %d, stdout %q; want 0 and that it is not held", code, stdout)
+	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
+	"github.com/jackc/pgx/v5"
 )
 
 // statusTimeout bounds the whole of withlock status.
@@ -30,8 +31,14 @@ type statusOptions struct {
 // parseStatus parses the arguments after "status": <lockName> and flags, in
 // any order. It returns errHelp for -h and --help.
 func parseStatus(args []string) (*statusOptions, error) {
+	return parseLockCommand("status", args)
+}
+
+// parseLockCommand parses the arguments of a subcommand about one lock
+// (status, terminate): <lockName> and flags, in any order.
+func parseLockCommand(sub string, args []string) (*statusOptions, error) {
 	o := &statusOptions{keyspace: defaultScheme}
-	fs := newFlags("withlock status")
+	fs := newFlags("withlock " + sub)
 	fs.stringVar(&o.db, "db")
 	fs.stringVar(&o.keyspace, "keyspace")
 	fs.boolVar(&o.json, "json")
@@ -41,9 +48,9 @@ func parseStatus(args []string) (*statusOptions, error) {
 	case err != nil:
 		return nil, err
 	case len(positional) == 0 || positional[0] == "":
-		return nil, errors.New("status: no lock name: withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]")
+		return nil, fmt.Errorf("%s: no lock name: withlock %s <lockName> [--db <conn>] [--keyspace <name>] [--json]", sub, sub)
 	case len(positional) > 1:
-		return nil, fmt.Errorf("status: unexpected argument %q: give one lock name", positional[1])
+		return nil, fmt.Errorf("%s: unexpected argument %q: give one lock name", sub, positional[1])
 	}
 	o.lockName = positional[0]
 	if o.scheme, err = lookupScheme(o.keyspace); err != nil {
@@ -53,6 +60,26 @@ func parseStatus(args []string) (*statusOptions, error) {
 		return nil, fmt.Errorf("--keyspace %s: %w", o.keyspace, err)
 	}
 	return o, nil
+}
+
+// open connects to the database of o, as application appName, and returns
+// the Mutex of o's lock, with a function that closes the connection; or a
+// nil Mutex and the exit status, having said why.
+func (o *statusOptions) open(ctx context.Context, appName string, log *logger) (*sqllock.Mutex, *pgx.ConnConfig, func(), int) {
+	src := resolveDB(o.db, os.LookupEnv)
+	log.r.addDSN(src.dsn)
+	cfg, err := parseDB(src, appName)
+	if err != nil {
+		return nil, nil, nil, usageError(log, fmt.Errorf("bad connection string from %s: %w", src.from, err))
+	}
+	log.r.addSecret(cfg.Password)
+	db, err := connect(ctx, cfg)
+	if err != nil {
+		log.printf("cannot reach the database %s (from %s): %v", describeDB(cfg), src.from, err)
+		return nil, nil, nil, ExitUnavailable
+	}
+	mu := sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy)).Mutex(o.lockName)
+	return mu, cfg, func() { _ = db.Close() }, ExitOK
 }
 
 // statusHelp is the text of withlock status --help.
@@ -86,23 +113,13 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger
 	case err != nil:
 		return usageError(log, err)
 	}
-	src := resolveDB(o.db, os.LookupEnv)
-	log.r.addDSN(src.dsn)
-	cfg, err := parseDB(src, "withlock-status")
-	if err != nil {
-		return usageError(log, fmt.Errorf("bad connection string from %s: %w", src.from, err))
-	}
-	log.r.addSecret(cfg.Password)
-
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
-	db, err := connect(ctx, cfg)
-	if err != nil {
-		log.printf("cannot reach the database %s (from %s): %v", describeDB(cfg), src.from, err)
-		return ExitUnavailable
+	mu, cfg, closeDB, code := o.open(ctx, "withlock-status", log)
+	if mu == nil {
+		return code
 	}
-	defer db.Close()
-	mu := sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy)).Mutex(o.lockName)
+	defer closeDB()
 	hs, err := mu.Holders(ctx)
 	if err != nil {
 		log.printf("cannot read the lock's holders from %s: %v", describeDB(cfg), err)
