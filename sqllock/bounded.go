@@ -116,9 +116,9 @@ func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done cha
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.timeout, settle.Bound))
 	defer cancel()
-	// Settle in the background, so that a end whose own queries hang
+	// Settle in the background, so that a settle whose own queries hang
 	// is bounded too; wait for it even once the driver returns, so that
-	// nothing the call started outlives it, except a end still stuck
+	// nothing the call started outlives it, except a settle still stuck
 	// when its bound passes (its queries on a silent network), which
 	// ends when its driver returns, as the abandoned statement does.
 	settled := make(chan error, 1)

@@ -47,3 +47,7 @@ func StatementRunning(l *Locker) bool {
 	}
 	return false
 }
+
+// WithLiterals makes a Locker write keys into its statements' text, as
+// behind poolers it cannot prepare on.
+var WithLiterals = withPlaceholders(false)

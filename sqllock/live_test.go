@@ -375,6 +375,32 @@ func TestExplicitKeysAtTheEdges(t *testing.T) {
 	})
 }
 
+// A second shared holder on a shared session asks pg_locks whether anyone
+// waits for the key, in SQL that takes the key as parameters or as
+// literals: at the edges too. The drivers take turns (the keys are the
+// same for all), and the test runs apart from TestExplicitKeysAtTheEdges,
+// whose exclusive locks would queue as waiters.
+func TestSharedHoldersAtTheEdges(t *testing.T) {
+	for _, s := range setups {
+		db := s.open(t)
+		for _, opts := range [][]sqllock.Option{{sqllock.WithSessions(1)}, {sqllock.WithSessions(1), sqllock.WithLiterals}} {
+			l := sqllock.New(db, opts...)
+			for _, k := range []keyspace.Key{
+				keyspace.Int64(-9223372036854775808), keyspace.Int64(9223372036854775807),
+				keyspace.Pair(-2147483648, 5), keyspace.Pair(5, -2147483648),
+			} {
+				a, b := l.MutexKey(k), l.MutexKey(k)
+				require.NoError(t, a.LockShared(t.Context()), "%s %v", s.name, k)
+				ok, err := b.TryLockShared(t.Context())
+				require.NoError(t, err, "%s %v", s.name, k)
+				require.True(t, ok, "%s %v", s.name, k)
+				require.NoError(t, b.UnlockShared(t.Context()))
+				require.NoError(t, a.UnlockShared(t.Context()))
+			}
+		}
+	}
+}
+
 func TestServerErrorsNameTheLock(t *testing.T) {
 	// A closed port: the error names the lock and wraps the driver's error.
 	for _, driver := range []string{"postgres", "pgx"} {

@@ -457,7 +457,7 @@ func (s *session) endSession() error {
 	return s.endWith(s.l.settler.End)
 }
 
-// settle.Settler.EndBounded is endSession within settle.Settler.EndBounded's bound.
+// endSessionBounded is endSession within settle.Settler.EndBounded's bound.
 func (s *session) endSessionBounded() error {
 	return s.endWith(s.l.settler.EndBounded)
 }

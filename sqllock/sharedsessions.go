@@ -381,7 +381,20 @@ func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *sqltex
 		stmtCtx = context.WithoutCancel(ctx) // see runLockWithin
 	}
 	r, abandoned, settleErr = m.runLockWithin(stmtCtx, sctx, s.conn, q)
-	return r, abandoned, settleErr, r.err != nil && errs.ServerRefused(sctx, r.err)
+	refused = r.err != nil && errs.ServerRefused(sctx, r.err)
+	r.err = ownBound(sctx, m.l.cfg.timeout, r.err)
+	return r, abandoned, settleErr, refused
+}
+
+// ownBound returns err, which a statement bounded by sctx, a bound of
+// sqllock's own, returned: as ErrNoAnswer naming the bound when sctx ended
+// (pgx returns its context's error), with the driver's error as text, so
+// that no context error the caller did not cause is wrapped.
+func ownBound(sctx context.Context, bound time.Duration, err error) error {
+	if err == nil || sctx.Err() == nil {
+		return err
+	}
+	return fmt.Errorf("%w (%v, the keep-alive timeout): %v", ErrNoAnswer, bound, err)
 }
 
 // unlockOn runs h's unlock statement on shared session s, whose connMu
@@ -407,6 +420,7 @@ func (m *Mutex) unlockOn(s *session, shared bool) error {
 			stmtCtx = context.Background() // see runLockWithin
 		}
 		rows, abandoned, settleErr, err = m.l.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
+		err = ownBound(ctx, m.l.cfg.timeout, err)
 	}
 	switch {
 	case abandoned:

@@ -33,11 +33,6 @@ import (
 // returns nil only once pg_locks shows the backend no longer holds or
 // waits for the lock.
 
-// Discard closes conn's session instead of returning it to the pool:
-// Conn.Raw returning driver.ErrBadConn makes database/sql close the driver
-// connection, after drv.CloseSession has ended the session under any pool
-// bridge. It alone does not prove the session ended: see End.
-// Forget drops what the layer above remembered of the connection.
 // A Settler ends the sessions of one *sql.DB's connections. Its fields are
 // set once, before use.
 type Settler struct {
@@ -46,6 +41,11 @@ type Settler struct {
 	Forget  func(dc any)  // drops what the layer above remembers of driver connection dc
 }
 
+// Discard closes conn's session instead of returning it to the pool:
+// Conn.Raw returning driver.ErrBadConn makes database/sql close the driver
+// connection, after drv.CloseSession has ended the session under any pool
+// bridge, and Forget drops what the layer above remembered of it. It alone
+// does not prove the session ended: see End.
 func (s *Settler) Discard(conn *sql.Conn) {
 	_ = conn.Raw(func(dc any) error {
 		s.Forget(dc)

@@ -123,7 +123,9 @@ func Build(k keyspace.Key, placeholders bool) Queries {
 		if placeholders {
 			list, args = "$1", []any{n}
 		}
-		queued = waiterQueued(list+"::int8 >> 32", list+"::int8", 1)
+		// In parentheses: :: binds tighter than unary minus, and
+		// -9223372036854775808::int8 is out of range.
+		queued = waiterQueued("("+list+")::int8 >> 32", "("+list+")::int8", 1)
 	} else {
 		a, b, _ := k.Pair()
 		x, y := strconv.FormatInt(int64(a), 10), strconv.FormatInt(int64(b), 10)
@@ -131,7 +133,7 @@ func Build(k keyspace.Key, placeholders bool) Queries {
 			x, y, args = "$1", "$2", []any{int64(a), int64(b)}
 		}
 		list = x + "," + y
-		queued = waiterQueued(x+"::int4", y+"::int4", 2)
+		queued = waiterQueued("("+x+")::int4", "("+y+")::int4", 2)
 	}
 	// A lock runs on a session that the Locker verified (see
 	// BuildVerify), in the guarded form: it takes the lock only if the

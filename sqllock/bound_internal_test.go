@@ -1,0 +1,28 @@
+package sqllock
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// A statement that sqllock's own bound ended (pgx returns its context's
+// error) reports ErrNoAnswer, not the context error: the caller ended no
+// context. Before the bound passes, errors go through as they are.
+func TestOwnBound(t *testing.T) {
+	ended, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
+	defer cancel()
+	<-ended.Done()
+	err := ownBound(ended, time.Second, context.DeadlineExceeded)
+	if !errors.Is(err, ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("ownBound after the bound: %v; want ErrNoAnswer and no context error", err)
+	}
+	other := errors.New("server said no")
+	if err := ownBound(context.Background(), time.Second, other); err != other {
+		t.Fatalf("ownBound before the bound: %v; want the error as it is", err)
+	}
+	if err := ownBound(ended, time.Second, nil); err != nil {
+		t.Fatalf("ownBound of nil: %v", err)
+	}
+}
