@@ -104,10 +104,11 @@ func WithAllowStandby(allow bool) Option {
 }
 
 // withPlaceholders forces the SQL shape: true sends keys as bind
-// parameters ($1), false writes them into the SQL text. By default sqllock
-// uses parameters with pgx (which caches prepared statements per connection)
-// and literals otherwise (one round trip on every driver, since lib/pq sends
-// a query with parameters as two). Unexported: tests and benchmarks use it.
+// parameters ($1) without sqllock preparing anything, false writes them
+// into the SQL text. By default keys are parameters on every driver: pgx
+// prepares and caches by itself, and sqllock prepares its statements once
+// per connection for the others (see drv.StmtCache). Unexported: tests and
+// benchmarks use it.
 func withPlaceholders(on bool) Option {
 	return func(c *config) { c.placeholders = &on }
 }

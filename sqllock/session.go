@@ -23,8 +23,9 @@ import (
 // each tick probes the connection and schedules the next one. When the
 // session dies, every hold it carries learns of it.
 //
-// Each session carries one hold, taken on a connection of its own, and is
-// given up when that hold is released.
+// In the default mode a session carries one hold, taken on a connection
+// of its own, and is given up when that hold is released; with
+// WithSessions, a shared session carries many (see sessionPool).
 //
 // The connection has one user at a time: whoever holds connMu, a tick's
 // probe or a release. A release waits for a probe in flight, which its

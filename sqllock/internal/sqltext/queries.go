@@ -148,9 +148,9 @@ func Build(k keyspace.Key, placeholders bool) Queries {
 	// transaction pooler, under which session locks do not hold anyway);
 	// so the guarded form refuses what the verify statement would. It
 	// costs the server little more than a bare pg_advisory_lock, where the
-	// verify statement's expressions cost it several microseconds (up to
-	// 20% more time per Lock+Unlock with pgx on this project's benchmark
-	// machine), which is why they run once per session.
+	// verify statement's expressions cost it several microseconds, which
+	// is why they run once per session (docs/benchmarks.md has the
+	// measurements).
 	guard := SessionGuard
 	lock := func(lockFn string, kind Kind) *LockStmt {
 		return &LockStmt{Parts: strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, TokenMark), Kind: kind}

@@ -76,8 +76,7 @@ const ProbeSQL = "SELECT pg_backend_pid()"
 // transaction-mode pooler, where a second client's lock would be granted
 // re-entrantly: the lock statement refuses it. The mark is set once per
 // session, not per lock, so the hot path reads a setting but never writes
-// one (writing it on every lock and unlock cost ~10% of the server's lock
-// throughput).
+// one (docs/design.md has what writing it on every lock cost).
 const OwnerGUC = "sqllock.owner"
 
 // ProcessToken tells this process's connections from other processes':
