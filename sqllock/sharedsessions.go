@@ -205,15 +205,13 @@ func (m *Mutex) acquireShared(ctx context.Context, shared, try bool, onLost func
 // bounded by the keep-alive timeout. It returns (nil, nil) when another
 // process holds the lock.
 func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost func(error), timed bool) (*hold, error) {
-	q := m.q.Try
 	p := m.l.pool
+	// Other shared holders of this process: the session may carry the key
+	// already (see sqltext.waiterQueued), which the session tells below.
+	others := false
 	if shared {
-		q = m.q.TryShared
-		if n, _ := p.keys.Held(m.key); n > 1 {
-			// Other shared holders of this process: their session may
-			// carry the key already (see waiterQueued).
-			q = m.q.TrySharedBehind
-		}
+		n, _ := p.keys.Held(m.key)
+		others = n > 1
 	}
 	dead := 0 // sessions found dead, and retried
 	for attempt := 0; ; attempt++ {
@@ -244,6 +242,13 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 				return nil, m.fail(op, errors.New("no shared session stayed alive long enough to take the lock"))
 			}
 			continue
+		}
+		q := m.q.Try
+		switch {
+		case others && s.carriesShared(m.key):
+			q = m.q.TrySharedBehind
+		case shared:
+			q = m.q.TryShared
 		}
 		r, abandoned, settleErr, refused := m.lockStatementOnShared(ctx, s, q)
 		if s.pid == 0 {
@@ -516,4 +521,17 @@ func (s *session) lockConn(ctx context.Context) error {
 	}
 	gaveUp = true
 	return ctx.Err()
+}
+
+// carriesShared reports whether s carries a shared hold of key k, on which
+// the server would grant another shared hold without looking at its queue.
+func (s *session) carriesShared(k keyspace.Key) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range s.carried {
+		if h.shared && h.m.key == k {
+			return true
+		}
+	}
+	return false
 }
