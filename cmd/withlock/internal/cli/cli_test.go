@@ -371,3 +371,13 @@ func TestRedactor(t *testing.T) {
 		t.Errorf("--db=value: redact = %q, want it masked", got)
 	}
 }
+
+// A connect error that pgx lists twice (sslmode=prefer tries each address
+// with TLS and without) is printed once.
+func TestConnectErrorSaysEachAttemptOnce(t *testing.T) {
+	err := errors.New("failed to connect to `user=postgres database=postgres`:\n\t127.0.0.1:1 (127.0.0.1): dial error: refused\n\t127.0.0.1:1 (127.0.0.1): dial error: refused\n\t[::1]:1 (::1): dial error: refused")
+	want := "failed to connect to `user=postgres database=postgres`:\n\t127.0.0.1:1 (127.0.0.1): dial error: refused\n\t[::1]:1 (::1): dial error: refused"
+	if got := connectError(err); got != want {
+		t.Errorf("connectError:\ngot  %q\nwant %q", got, want)
+	}
+}

@@ -285,3 +285,20 @@ func uniq(ss []string) []string {
 	}
 	return out
 }
+
+// connectError is err's text with repeated lines said once: pgx lists
+// every attempt of a connect, and with sslmode=prefer (the default) it
+// tries each address twice, with TLS and without, failing the same way.
+func connectError(err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	out := lines[:0]
+	seen := make(map[string]bool, len(lines))
+	for _, l := range lines {
+		if seen[l] {
+			continue
+		}
+		seen[l] = true
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}

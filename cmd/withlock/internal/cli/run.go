@@ -63,7 +63,7 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 		if code, ok := gaveUp(g, o, log); ok {
 			return code
 		}
-		log.printf("cannot reach the database %s (from %s): %v", describeDB(cfg), src.from, err)
+		log.printf("cannot reach the database %s (from %s): %s", describeDB(cfg), src.from, connectError(err))
 		return ExitUnavailable
 	}
 	defer db.Close()

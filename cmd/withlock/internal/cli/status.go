@@ -75,7 +75,7 @@ func (o *statusOptions) open(ctx context.Context, appName string, log *logger) (
 	log.r.addSecret(cfg.Password)
 	db, err := connect(ctx, cfg)
 	if err != nil {
-		log.printf("cannot reach the database %s (from %s): %v", describeDB(cfg), src.from, err)
+		log.printf("cannot reach the database %s (from %s): %s", describeDB(cfg), src.from, connectError(err))
 		return nil, nil, nil, ExitUnavailable
 	}
 	mu := sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy)).Mutex(o.lockName)
