@@ -124,11 +124,17 @@ func (e *Error) Error() string {
 	}
 	if e.Err != nil {
 		// Causes that are this package's sentinels keep their meaning
-		// without repeating the package name.
-		s += ": " + strings.TrimPrefix(e.Err.Error(), "sqllock: ")
+		// without repeating the package name, nested ones too.
+		cause := strings.TrimPrefix(e.Err.Error(), "sqllock: ")
+		s += ": " + nestedPrefix.Replace(cause)
 	}
 	return s
 }
+
+// nestedPrefix drops the package name where a nested cause of this
+// package's starts: "lock lost: sqllock: no answer" reads "lock lost: no
+// answer".
+var nestedPrefix = strings.NewReplacer(": sqllock: ", ": ", "(sqllock: ", "(")
 
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
