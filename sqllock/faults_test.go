@@ -977,10 +977,12 @@ func TestFaultSlowServerOpensSharedSession(t *testing.T) {
 		p.Blackhole()
 		ctx, cancel = context.WithTimeout(t.Context(), 2*timeout)
 		defer cancel()
-		err := l.Mutex(t.Name() + "/2").Lock(ctx)
+		m2 := l.Mutex(t.Name() + "/2")
+		err := m2.Lock(ctx)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.NoError(t, p.Close())
 		faultNoConnsInUse(t, db)
+		waitRows(t, direct, m2.Key(), 0, 0)
 	})
 }
 

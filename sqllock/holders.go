@@ -9,7 +9,6 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
-	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A Holder is one session that holds or waits for an advisory lock, as
@@ -90,8 +89,9 @@ func holders(ctx context.Context, db *sql.DB, k keyspace.Key) ([]Holder, error) 
 // current database, and returns them as they were: for a holder that hangs
 // (a stuck process, a frozen VM), not one that died, which the server ends
 // by itself. Each holder learns of the loss as usual (Done, Err, WithLock's
-// context; withlock exits 74). Waiters are left alone. With no holder it
-// returns no Holder and no error.
+// context; withlock exits 74). Waiters are left alone, and so is a holder
+// that let go meanwhile, whose session may serve other work by then. With
+// no holder it returns no Holder and no error.
 //
 // Terminating another role's session needs the pg_signal_backend role (or
 // superuser); without it the error says so. On PostgreSQL 14 and later
@@ -112,32 +112,16 @@ func (m *Mutex) Terminate(ctx context.Context) ([]Holder, error) {
 		if !h.Granted || h.PID == 0 {
 			continue
 		}
-		if err := terminateBackend(ctx, m.l.db, h.PID); err != nil {
-			return ended, m.fail("terminate", err)
+		found, err := m.l.settler.EndHolder(ctx, h.PID, m.key)
+		var se interface{ SQLState() string }
+		switch {
+		case errors.As(err, &se) && se.SQLState() == "42501":
+			return ended, m.fail("terminate", fmt.Errorf("backend %d: the role may not end that session: another role's session needs the pg_signal_backend role, a superuser's needs superuser (%w)", h.PID, err))
+		case err != nil:
+			return ended, m.fail("terminate", fmt.Errorf("backend %d: %w", h.PID, errs.WithCtxErr(ctx, err)))
+		case found:
+			ended = append(ended, h)
 		}
-		ended = append(ended, h)
 	}
 	return ended, nil
-}
-
-// terminateBackend ends backend pid and, where the server can (PostgreSQL
-// 14 and later), waits for it to exit, within ctx or 5 seconds.
-func terminateBackend(ctx context.Context, db *sql.DB, pid int64) error {
-	wait := int64(5000)
-	if d, ok := ctx.Deadline(); ok {
-		wait = max(1, time.Until(d).Milliseconds())
-	}
-	var exited bool
-	err := db.QueryRowContext(ctx, sqltext.TerminateBackendSQL, pid, wait).Scan(&exited)
-	if errs.UndefinedFunction(err) {
-		err = db.QueryRowContext(ctx, sqltext.TerminateBackendSQL13, pid).Scan(&exited)
-	}
-	var se interface{ SQLState() string }
-	switch {
-	case errors.As(err, &se) && se.SQLState() == "42501":
-		return fmt.Errorf("backend %d: the role may not end that session: another role's session needs the pg_signal_backend role, a superuser's needs superuser (%w)", pid, err)
-	case err != nil:
-		return fmt.Errorf("backend %d: %w", pid, errs.WithCtxErr(ctx, err))
-	}
-	return nil
 }

@@ -166,7 +166,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 			// A fenced statement takes the lock before its token, whose
 			// transaction id can fail (a full lock table): the grant
 			// survives the error, so it is undone on the same session.
-			if uerr := m.undoRefused(conn, r); uerr != nil {
+			if uerr := m.undo(conn, r.pid, false, r.prepared, false); uerr != nil {
 				cause = fmt.Errorf("%w (%w)", cause, uerr)
 			}
 		case errs.ServerRefused(ctx, err):
@@ -211,7 +211,7 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 		// connection does not go back to the pool.
 		cerr := ctx.Err()
 		if r.n&sqltext.FlagGranted != 0 {
-			if err := m.undo(conn, r.pid, shared, r.prepared); err != nil {
+			if err := m.undo(conn, r.pid, shared, r.prepared, true); err != nil {
 				return nil, m.fail(op, fmt.Errorf("%w (%w)", cerr, err))
 			}
 		} else {
@@ -233,45 +233,32 @@ func (m *Mutex) acquireConn(ctx context.Context, shared, try bool, onLost func(e
 	return h, nil
 }
 
-// undo releases a lock granted on conn after its caller stopped waiting,
-// bounded by the keep-alive timeout rather than the caller's context, and
-// discards conn (see acquireConn); if the release is not confirmed, the
-// session is ended.
-func (m *Mutex) undo(conn *sql.Conn, pid int64, shared, prepared bool) error {
+// undo releases a lock that a call which is failing may have been
+// granted on conn, bounded by the keep-alive timeout rather than the
+// caller's context; if the release is not confirmed, the session is ended.
+// After a cancelled wait (cancelled: the grant is known) conn is discarded,
+// since the driver may have sent the server a cancel request that could
+// land on the next statement (see acquireConn); after a fenced statement's
+// error, which may or may not have granted the lock, the session is sound
+// and conn goes back to the pool.
+func (m *Mutex) undo(conn *sql.Conn, pid int64, shared, prepared, cancelled bool) error {
 	q, args := m.unlockStatement(shared, prepared)
 	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
 	defer cancel()
 	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, prepared, pid, m.key, func() { _ = m.l.settler.End(conn, pid, m.key) })
 	switch {
 	case abandoned && settleErr != nil:
-		return fmt.Errorf("%w: the release of a lock granted after the context ended got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
+		return fmt.Errorf("%w: the release of a lock granted as the call failed got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
 	case abandoned:
 		return nil // the session ended on the server; the driver has yet to notice
-	case err != nil || rows != 1:
+	case err != nil || rows < 0 || cancelled && rows != 1:
 		return m.l.settler.End(conn, pid, m.key)
-	}
-	m.l.settler.Discard(conn)
-	return nil
-}
-
-// undoRefused releases whatever a fenced lock statement that the server
-// answered with an error granted on conn before the error, and returns
-// conn to the pool; if the release is not confirmed, the session is ended.
-func (m *Mutex) undoRefused(conn *sql.Conn, r outcome) error {
-	q, args := m.unlockStatement(false, r.prepared)
-	ctx, cancel := context.WithTimeout(context.Background(), m.l.cfg.timeout)
-	defer cancel()
-	rows, abandoned, settleErr, err := m.l.execRows(ctx, conn, q, args, r.prepared, r.pid, m.key, func() { _ = m.l.settler.End(conn, r.pid, m.key) })
-	switch {
-	case abandoned && settleErr != nil:
-		return fmt.Errorf("%w: the release of a lock granted before its token failed got no answer within %v, and its session could not be ended: %w", ErrNotReleased, m.l.cfg.timeout, settleErr)
-	case abandoned:
-		return nil
-	case err != nil || rows < 0:
-		return m.l.settler.End(conn, r.pid, m.key)
-	}
-	if cerr := conn.Close(); cerr != nil {
+	case cancelled:
 		m.l.settler.Discard(conn)
+	default:
+		if cerr := conn.Close(); cerr != nil {
+			m.l.settler.Discard(conn)
+		}
 	}
 	return nil
 }

@@ -287,7 +287,7 @@ func (s *session) probe(timeout time.Duration) error {
 		case r.err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 			// The driver gave up at the probe's own deadline: %v, so
 			// that the loss does not read as a context the holder ended.
-			return fmt.Errorf("keep-alive: %w (%v, the keep-alive timeout): %v", ErrNoAnswer, timeout, r.err)
+			return fmt.Errorf("keep-alive: %w: %v", errs.KeepAliveTimeout(timeout), r.err)
 		case r.err != nil:
 			return fmt.Errorf("keep-alive query failed: %w", r.err)
 		case r.pid != s.pid:
@@ -300,7 +300,7 @@ func (s *session) probe(timeout time.Duration) error {
 			_ = s.l.settler.End(s.conn, s.pid, s.key())
 		}()
 		cancel()
-		return fmt.Errorf("keep-alive: %w (%v, the keep-alive timeout): %w", ErrNoAnswer, timeout, errAbandoned)
+		return fmt.Errorf("keep-alive: %w: %w", errs.KeepAliveTimeout(timeout), errAbandoned)
 	}
 }
 
@@ -353,7 +353,7 @@ func (s *session) release(ctx context.Context) error {
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
 		bound := s.l.cfg.timeout
-		s.releaseCancel = func() { cancel(fmt.Errorf("%w (%v, the keep-alive timeout)", ErrNoAnswer, bound)) }
+		s.releaseCancel = func() { cancel(errs.KeepAliveTimeout(bound)) }
 		s.l.sched.After(s, s.l.cfg.timeout, dueRelease)
 		defer func() {
 			s.l.sched.Cancel(s)

@@ -269,7 +269,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 		case abandoned:
 			// The driver did not return: its session is ended, and every
 			// lock on it with it.
-			cause := fmt.Errorf("lock statement: %w (%v, the keep-alive timeout): %w", ErrNoAnswer, m.l.cfg.timeout, errAbandoned)
+			cause := fmt.Errorf("lock statement: %w: %w", errs.KeepAliveTimeout(m.l.cfg.timeout), errAbandoned)
 			if settleErr != nil {
 				cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
 			}
@@ -280,7 +280,7 @@ func (m *Mutex) lockOnShared(ctx context.Context, op string, shared bool, onLost
 			err := m.l.fencingErr(errs.Classify(r.err))
 			if q.Fenced {
 				// The grant may have come before the token failed, and
-				// outlives the error (see Mutex.undoRefused). The
+				// outlives the error (see Mutex.undo). The
 				// in-process table keeps every other holder of this
 				// process off the key, so the session holds it at most
 				// once: one unlock undoes it.
@@ -387,19 +387,8 @@ func (m *Mutex) lockStatementOnShared(ctx context.Context, s *session, q *sqltex
 	}
 	r, abandoned, settleErr = m.runLockWithin(stmtCtx, sctx, s.conn, q)
 	refused = r.err != nil && errs.ServerRefused(sctx, r.err)
-	r.err = ownBound(sctx, m.l.cfg.timeout, r.err)
+	r.err = errs.OwnBound(sctx, m.l.cfg.timeout, r.err)
 	return r, abandoned, settleErr, refused
-}
-
-// ownBound returns err, which a statement bounded by sctx, a bound of
-// sqllock's own, returned: as ErrNoAnswer naming the bound when sctx ended
-// (pgx returns its context's error), with the driver's error as text, so
-// that no context error the caller did not cause is wrapped.
-func ownBound(sctx context.Context, bound time.Duration, err error) error {
-	if err == nil || sctx.Err() == nil {
-		return err
-	}
-	return fmt.Errorf("%w (%v, the keep-alive timeout): %v", ErrNoAnswer, bound, err)
 }
 
 // unlockOn runs h's unlock statement on shared session s, whose connMu
@@ -425,11 +414,11 @@ func (m *Mutex) unlockOn(s *session, shared bool) error {
 			stmtCtx = context.Background() // see runLockWithin
 		}
 		rows, abandoned, settleErr, err = m.l.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
-		err = ownBound(ctx, m.l.cfg.timeout, err)
+		err = errs.OwnBound(ctx, m.l.cfg.timeout, err)
 	}
 	switch {
 	case abandoned:
-		cause := fmt.Errorf("unlock: %w (%v, the keep-alive timeout): %w", ErrNoAnswer, m.l.cfg.timeout, errAbandoned)
+		cause := fmt.Errorf("unlock: %w: %w", errs.KeepAliveTimeout(m.l.cfg.timeout), errAbandoned)
 		if settleErr != nil {
 			cause = fmt.Errorf("%w (%w: %w)", cause, ErrNotReleased, settleErr)
 		}

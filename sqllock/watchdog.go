@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 )
 
 // Statements on a shared session (WithSessions) must not run under their
@@ -49,7 +50,7 @@ func (s *session) watched(run func(dc any) outcome) (r outcome) {
 			if r.err != nil {
 				cause = r.err.Error()
 			}
-			r.err = fmt.Errorf("%w (%v, the keep-alive timeout): the statement was interrupted (%v)", ErrNoAnswer, s.l.cfg.timeout, cause)
+			r.err = fmt.Errorf("%w: the statement was interrupted (%v)", errs.KeepAliveTimeout(s.l.cfg.timeout), cause)
 		}
 		return nil
 	})

@@ -117,6 +117,8 @@ func ExecRows(ctx context.Context, dc any, query string, args []driver.NamedValu
 	return stmtExecRows(ctx, st, args)
 }
 
+// Prepare prepares query on driver connection dc, with its context where
+// the driver takes one.
 func Prepare(ctx context.Context, dc any, query string) (driver.Stmt, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

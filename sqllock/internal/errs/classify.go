@@ -140,3 +140,20 @@ func DeadSession(err error) bool {
 	var se interface{ SQLState() string }
 	return errors.As(err, &se) && deadSessionStates[se.SQLState()]
 }
+
+// KeepAliveTimeout is ErrNoAnswer naming the keep-alive timeout, bound,
+// as the bound that ended a statement.
+func KeepAliveTimeout(bound time.Duration) error {
+	return fmt.Errorf("%w (%v, the keep-alive timeout)", ErrNoAnswer, bound)
+}
+
+// OwnBound returns err, which a statement bounded by sctx, a bound of
+// sqllock's own, returned: as KeepAliveTimeout when sctx ended (pgx returns
+// its context's error), with the driver's error as text, so that no
+// context error the caller did not cause is wrapped.
+func OwnBound(sctx context.Context, bound time.Duration, err error) error {
+	if err == nil || sctx.Err() == nil {
+		return err
+	}
+	return fmt.Errorf("%w: %v", KeepAliveTimeout(bound), err)
+}

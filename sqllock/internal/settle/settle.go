@@ -111,11 +111,7 @@ const idleGrace = 25 * time.Millisecond
 // ends, with an error. A statement still running there (state active) is
 // waited for: it may yet take the lock.
 func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) error {
-	args := []any{pid, nil, nil, nil} // any advisory lock, for a session that carries many
-	if k.Valid() {
-		c, o, s := k.LockTag()
-		args = []any{pid, int64(c), int64(o), int64(s)}
-	}
+	args := lockArgs(pid, k)
 	var idleSince time.Time
 	poll := time.Millisecond
 	for {
@@ -129,7 +125,7 @@ func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) erro
 			return nil
 		case holds:
 			idleSince = time.Time{}
-			if err := s.terminateHolder(ctx, args); err != nil {
+			if _, err := s.endHolder(ctx, args); err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
 				}
@@ -162,16 +158,35 @@ func (s *Settler) look(ctx context.Context, args []any) (state string, holds, al
 	return st.String, holds, err == nil, err
 }
 
-// terminateHolder terminates the backend of args if it holds or waits for
-// the lock, and waits for it to exit where the server can (PostgreSQL 14
-// and later); terminate's next look sees the rest.
-func (s *Settler) terminateHolder(ctx context.Context, args []any) error {
-	wait := time.Until(deadlineOr(ctx, time.Now().Add(s.Timeout))).Milliseconds()
-	_, _, err := s.terminateOnce(ctx, sqltext.TerminateSQL, append(args, max(wait, 1)))
-	if errs.UndefinedFunction(err) {
-		_, _, err = s.terminateOnce(ctx, sqltext.TerminateSQL13, args)
+// lockArgs are the arguments that name backend pid and lock k (any
+// advisory lock, for the zero Key: a session that carries many) in
+// sqltext.LookSQL and sqltext.TerminateSQL.
+func lockArgs(pid int64, k keyspace.Key) []any {
+	if !k.Valid() {
+		return []any{pid, nil, nil, nil}
 	}
-	return err
+	c, o, sub := k.LockTag()
+	return []any{pid, int64(c), int64(o), int64(sub)}
+}
+
+// EndHolder terminates backend pid if it still holds or waits for lock k,
+// and waits for it to exit where the server can (PostgreSQL 14 and later),
+// within ctx or the Settler's timeout. It reports whether it found the
+// backend with the lock: one that let go meanwhile, whose session may now
+// serve other work, is left alone.
+func (s *Settler) EndHolder(ctx context.Context, pid int64, k keyspace.Key) (found bool, err error) {
+	return s.endHolder(ctx, lockArgs(pid, k))
+}
+
+// endHolder is EndHolder for the arguments of lockArgs; Terminate's next
+// look sees whether the backend has exited.
+func (s *Settler) endHolder(ctx context.Context, args []any) (found bool, err error) {
+	wait := time.Until(deadlineOr(ctx, time.Now().Add(s.Timeout))).Milliseconds()
+	found, _, err = s.terminateOnce(ctx, sqltext.TerminateSQL, append(args, max(wait, 1)))
+	if errs.UndefinedFunction(err) {
+		found, _, err = s.terminateOnce(ctx, sqltext.TerminateSQL13, args)
+	}
+	return found, err
 }
 
 // terminateOnce runs one termination statement and reports whether it

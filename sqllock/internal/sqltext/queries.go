@@ -115,6 +115,9 @@ const TokenMark = "\x00"
 // Build).
 const SessionGuard = " WHERE pg_backend_pid() = " + TokenMark
 
+// Build returns the statements of key k: with placeholders, the key as
+// parameters $1 (int64) or $1, $2 (pair), whose texts are the same for
+// every key of a kind; else the key written into the text.
 func Build(k keyspace.Key, placeholders bool) Queries {
 	var list, queued string
 	var args []any

@@ -27,11 +27,3 @@ WHERE locktype = 'advisory' AND pid = $1 AND ` + LockTagMatch + `
 const TerminateSQL13 = `SELECT pg_terminate_backend(pid) FROM pg_locks
 WHERE locktype = 'advisory' AND pid = $1 AND ` + LockTagMatch + `
 	AND pid <> pg_backend_pid()`
-
-// TerminateBackendSQL ends backend $1 and waits up to $2 milliseconds for
-// it to exit (PostgreSQL 14 and later); TerminateBackendSQL13 does not
-// wait.
-const (
-	TerminateBackendSQL   = "SELECT pg_terminate_backend($1::int, $2::int8)"
-	TerminateBackendSQL13 = "SELECT pg_terminate_backend($1::int)"
-)

@@ -1,4 +1,4 @@
-package sqllock
+package errs
 
 import (
 	"context"
@@ -14,15 +14,15 @@ func TestOwnBound(t *testing.T) {
 	ended, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
 	defer cancel()
 	<-ended.Done()
-	err := ownBound(ended, time.Second, context.DeadlineExceeded)
+	err := OwnBound(ended, time.Second, context.DeadlineExceeded)
 	if !errors.Is(err, ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("ownBound after the bound: %v; want ErrNoAnswer and no context error", err)
 	}
 	other := errors.New("server said no")
-	if err := ownBound(context.Background(), time.Second, other); err != other {
+	if err := OwnBound(context.Background(), time.Second, other); err != other {
 		t.Fatalf("ownBound before the bound: %v; want the error as it is", err)
 	}
-	if err := ownBound(ended, time.Second, nil); err != nil {
+	if err := OwnBound(ended, time.Second, nil); err != nil {
 		t.Fatalf("ownBound of nil: %v", err)
 	}
 }
