@@ -16,13 +16,13 @@ func TestOwnBound(t *testing.T) {
 	<-ended.Done()
 	err := OwnBound(ended, time.Second, context.DeadlineExceeded)
 	if !errors.Is(err, ErrNoAnswer) || errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("ownBound after the bound: %v; want ErrNoAnswer and no context error", err)
+		t.Fatalf("OwnBound after the bound: %v; want ErrNoAnswer and no context error", err)
 	}
 	other := errors.New("server said no")
 	if err := OwnBound(context.Background(), time.Second, other); err != other {
-		t.Fatalf("ownBound before the bound: %v; want the error as it is", err)
+		t.Fatalf("OwnBound before the bound: %v; want the error as it is", err)
 	}
 	if err := OwnBound(ended, time.Second, nil); err != nil {
-		t.Fatalf("ownBound of nil: %v", err)
+		t.Fatalf("OwnBound of nil: %v", err)
 	}
 }
