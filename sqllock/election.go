@@ -189,7 +189,7 @@ func (e *Election) logDelay() {
 	}
 	logger.LogAttrs(context.Background(), slog.LevelInfo,
 		"sqllock: election won; waiting the takeover delay before leading, so that a leader that lost its session has noticed and stopped (WithTakeoverDelay; it follows WithKeepAlive)",
-		slog.String("lock", e.m.name), slog.Duration("delay", e.delay))
+		slog.String("lock", e.m.t.Name), slog.Duration("delay", e.delay))
 }
 
 func (e *Election) notify(leading bool, err error) {

@@ -12,7 +12,7 @@ import (
 var (
 	// ErrNotHeld reports an Unlock or UnlockShared of a lock that the
 	// Mutex does not hold in that mode.
-	ErrNotHeld = errors.New("sqllock: lock not held")
+	ErrNotHeld = errs.ErrNotHeld
 
 	// ErrLockLost reports that a lock stopped being held before it was
 	// released: its database session ended (terminated backend, server
@@ -65,7 +65,7 @@ var (
 	// lock. The server names itself in version(); sqllock checks once per
 	// session, before the first lock on it. [conntest.Run] fails on any
 	// setup where two sessions can hold one exclusive key.
-	ErrStubLocks = errors.New("sqllock: the server's advisory locks are stubs that exclude nobody (CockroachDB): use a PostgreSQL server")
+	ErrStubLocks = errs.ErrStubLocks
 
 	// ErrNotAcquired reports that WithLock, WithLockShared or TryWithLock
 	// did not get the lock (the wait ended, the connection failed, the

@@ -29,25 +29,40 @@ func InterruptKind(conn *sql.Conn) string {
 }
 
 // StatementRunning reports whether a statement runs, watched, on one of
-// l's shared sessions (WithSessions).
+// l's multiplexed sessions (WithSessions).
 func StatementRunning(l *Locker) bool {
-	if l.pool == nil {
-		return false
-	}
-	l.pool.mu.Lock()
-	open := append([]*session(nil), l.pool.open...)
-	l.pool.mu.Unlock()
-	for _, s := range open {
-		s.mu.Lock()
-		running := s.stmtRunning
-		s.mu.Unlock()
-		if running {
-			return true
-		}
-	}
-	return false
+	return l.sessions.StatementRunning()
 }
 
 // WithLiterals makes a Locker write keys into its statements' text, as
 // behind poolers it cannot prepare on.
 var WithLiterals = withPlaceholders(false)
+
+// driverConn returns conn's driver connection.
+func driverConn(conn *sql.Conn) (dc any) {
+	_ = conn.Raw(func(c any) error {
+		dc = c
+		return nil
+	})
+	return dc
+}
+
+// WithPlaceholders forces the SQL shape (see withPlaceholders).
+var WithPlaceholders = withPlaceholders
+
+// DBOf returns the *sql.DB l takes its locks on.
+func DBOf(l *Locker) *sql.DB { return l.db }
+
+// SetInterrupt makes l interrupt statements how (see drv.InterruptWith),
+// as with another driver.
+func SetInterrupt(l *Locker, how int) { l.sessions.SetInterruptForTest(how) }
+
+// SetBoundsContext makes l treat its driver as one that bounds its own
+// calls by their context (pgx), or not.
+func SetBoundsContext(l *Locker, b bool) { l.sessions.SetBoundsContextForTest(b) }
+
+// Interrupt returns how l interrupts statements, once known.
+func Interrupt(l *Locker) int { return l.sessions.Interrupt() }
+
+// DriverConn returns conn's driver connection.
+func DriverConn(conn *sql.Conn) any { return driverConn(conn) }

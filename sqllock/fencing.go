@@ -2,10 +2,9 @@ package sqllock
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/session"
 )
 
 // WithFencing gives every exclusive lock a fencing token: a number that is
@@ -55,10 +54,10 @@ func WithFencing() Option {
 func (m *Mutex) Token() (uint64, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, list := range [][]*hold{m.excl, m.scoped} {
+	for _, list := range [][]*session.Grant{m.excl, m.scoped} {
 		for _, h := range list {
-			if !h.shared && h.token != 0 && h.err() == nil {
-				return h.token, true
+			if !h.Shared() && h.Token() != 0 && h.Err() == nil {
+				return h.Token(), true
 			}
 		}
 	}
@@ -86,13 +85,4 @@ func Token(ctx context.Context) (uint64, bool) {
 // [WithFencing] that the server refused for lack of the functions fencing
 // tokens need (SQLSTATE 42883): a server older than PostgreSQL 13. The
 // attempt took nothing.
-var ErrFencingUnsupported = errors.New("sqllock: WithFencing needs PostgreSQL 13 or later (pg_current_xact_id, pg_logical_emit_message)")
-
-// fencingErr explains err when it says that the server lacks the functions
-// of a fenced lock statement.
-func (l *Locker) fencingErr(err error) error {
-	if l.cfg.fencing && errs.UndefinedFunction(err) {
-		return fmt.Errorf("%w: %w", ErrFencingUnsupported, err)
-	}
-	return err
-}
+var ErrFencingUnsupported = errs.ErrFencingUnsupported

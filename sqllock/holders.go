@@ -3,12 +3,12 @@ package sqllock
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // A Holder is one session that holds or waits for an advisory lock, as
@@ -33,19 +33,6 @@ type Holder struct {
 	StateChange time.Time
 }
 
-// holdersSQL lists every session holding or waiting for one key. Keys
-// show in pg_locks as (classid, objid, objsubid); see keyspace.Key.LockTag.
-// waitstart exists from PostgreSQL 14 on; read through to_jsonb, it is NULL
-// before. pid is NULL for a lock of a prepared transaction.
-const holdersSQL = `SELECT COALESCE(l.pid, 0), l.mode = 'ShareLock', l.granted,
-	COALESCE(a.application_name, ''), COALESCE(host(a.client_addr), ''),
-	a.backend_start, (to_jsonb(l) ->> 'waitstart')::timestamptz, a.state_change,
-	COALESCE(a.state, '')
-FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-	AND l.classid = $1 AND l.objid = $2 AND l.objsubid = $3
-ORDER BY l.granted DESC, 7 NULLS FIRST, l.pid`
-
 // Holders lists the sessions that hold or wait for the Mutex's lock, in
 // the current database: holders first, then waiters in the order they began
 // waiting. Seeing other users' application_name and client address needs
@@ -58,7 +45,7 @@ func (m *Mutex) Holders(ctx context.Context) ([]Holder, error) {
 	if m.err != nil {
 		return nil, m.fail("holders", m.err)
 	}
-	hs, err := holders(ctx, m.l.db, m.key)
+	hs, err := holders(ctx, m.l.db, m.t.Key)
 	if err != nil {
 		return nil, m.fail("holders", errs.WithCtxErr(ctx, err))
 	}
@@ -67,7 +54,7 @@ func (m *Mutex) Holders(ctx context.Context) ([]Holder, error) {
 
 func holders(ctx context.Context, db *sql.DB, k keyspace.Key) ([]Holder, error) {
 	c, o, s := k.LockTag()
-	rows, err := db.QueryContext(ctx, holdersSQL, int64(c), int64(o), int64(s))
+	rows, err := db.QueryContext(ctx, sqltext.HoldersSQL, int64(c), int64(o), int64(s))
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +90,7 @@ func (m *Mutex) Terminate(ctx context.Context) ([]Holder, error) {
 	if m.err != nil {
 		return nil, m.fail("terminate", m.err)
 	}
-	hs, err := holders(ctx, m.l.db, m.key)
+	hs, err := holders(ctx, m.l.db, m.t.Key)
 	if err != nil {
 		return nil, m.fail("terminate", errs.WithCtxErr(ctx, err))
 	}
@@ -112,10 +99,9 @@ func (m *Mutex) Terminate(ctx context.Context) ([]Holder, error) {
 		if !h.Granted || h.PID == 0 {
 			continue
 		}
-		found, err := m.l.settler.EndHolder(ctx, h.PID, m.key)
-		var se interface{ SQLState() string }
+		found, err := m.l.sessions.EndHolder(ctx, h.PID, m.t.Key)
 		switch {
-		case errors.As(err, &se) && se.SQLState() == "42501":
+		case errs.NotPermitted(err):
 			return ended, m.fail("terminate", fmt.Errorf("backend %d: the role may not end that session: another role's session needs the pg_signal_backend role, a superuser's needs superuser (%w)", h.PID, err))
 		case err != nil:
 			return ended, m.fail("terminate", fmt.Errorf("backend %d: %w", h.PID, errs.WithCtxErr(ctx, err)))

@@ -109,3 +109,37 @@ func TestTerminateNotPermitted(t *testing.T) {
 		})
 	}
 }
+
+func TestHolders(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		l := sqllock.New(db)
+		a, b, c := l.Mutex(t.Name()), l.Mutex(t.Name()), l.Mutex(t.Name())
+		hs, err := a.Holders(t.Context())
+		require.NoError(t, err)
+		assert.Empty(t, hs)
+
+		require.NoError(t, a.LockShared(t.Context()))
+		require.NoError(t, b.LockShared(t.Context()))
+		got := make(chan error, 1)
+		go func() { got <- c.Lock(t.Context()) }()
+		waitRows(t, db, a.Key(), 2, 1)
+
+		hs, err = a.Holders(t.Context())
+		require.NoError(t, err)
+		require.Len(t, hs, 3)
+		for i, h := range hs {
+			assert.NotZero(t, h.PID)
+			assert.False(t, h.BackendStart.IsZero())
+			if i < 2 {
+				assert.True(t, h.Granted && h.Shared, "holder %d: %+v", i, h)
+			} else {
+				assert.True(t, !h.Granted && !h.Shared, "waiter: %+v", h)
+				assert.False(t, h.WaitStart.IsZero())
+			}
+		}
+		require.NoError(t, a.UnlockShared(t.Context()))
+		require.NoError(t, b.UnlockShared(t.Context()))
+		require.NoError(t, <-got)
+		require.NoError(t, c.Unlock(t.Context()))
+	})
+}

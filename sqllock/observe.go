@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/session"
 )
 
 // EventKind says what happened to a lock.
@@ -17,7 +18,8 @@ const (
 	// EventContended: a TryLock found the lock held elsewhere.
 	EventContended
 	// EventFailed: a lock attempt failed (context ended, server error,
-	// refused standby or shared session); Event.Err says why.
+	// refused standby, a session another client uses: ErrSharedSession);
+	// Event.Err says why.
 	EventFailed
 	// EventReleased: a held lock was released; Event.Held is how long it
 	// was held.
@@ -82,7 +84,7 @@ func WithObserver(o Observer) Option {
 
 // WithLogger logs lock events to l: acquisitions (with the wait) and
 // releases (with the hold time) at Debug, contention at Debug, failures at
-// Info, and losses at Warn. A shared session (WithSessions) lost with many
+// Info, and losses at Warn. A session of WithSessions lost with many
 // locks on it logs one warning with their count and the cause, and each
 // lock's loss at Debug. Off by default. A nil l is ignored.
 //
@@ -128,8 +130,23 @@ func WithLogger(l *slog.Logger) Option {
 
 // observe sends e to the Locker's observers.
 func (m *Mutex) observe(e Event) {
-	e.Name, e.Key = m.name, m.key
-	for _, o := range m.l.cfg.observers {
+	m.l.observe(&m.t, e)
+}
+
+func (l *Locker) observe(t *session.Target, e Event) {
+	e.Name, e.Key = t.Name, t.Key
+	for _, o := range l.cfg.observers {
 		o.Observe(e)
 	}
+}
+
+// observeEnd tells the observers of a grant's end, from the session layer:
+// a release (lost nil), or a loss with the number of locks its session
+// carried (0 when the release found it).
+func (l *Locker) observeEnd(g *session.Grant, lost error, sessionLocks int) {
+	e := Event{Kind: EventReleased, Shared: g.Shared(), Held: time.Since(g.Acquired()), Err: lost, SessionLocks: sessionLocks}
+	if lost != nil {
+		e.Kind = EventLost
+	}
+	l.observe(g.Target(), e)
 }

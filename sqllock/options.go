@@ -103,6 +103,37 @@ func WithAllowStandby(allow bool) Option {
 	return func(c *config) { c.allowStandby = allow }
 }
 
+// WithSessions makes the Locker's locks share at most n server sessions,
+// instead of taking a connection each: a process can then hold thousands
+// of locks on a few connections.
+//
+// Semantics stay those of the default mode:
+//   - Holders in this process exclude each other exactly as holders in two
+//     processes do (PostgreSQL would grant a session a lock it already
+//     holds): they queue in the Locker first, in arrival order.
+//   - An uncontended lock is one round trip on one of those sessions. A lock
+//     that another process holds is waited for in the server, on a
+//     connection of its own, and held there, as in the default mode.
+//   - Statements on those sessions are bounded by the keep-alive timeout,
+//     not by the caller's context, whose end would make a driver drop the
+//     connection and every lock on it. A caller whose context ends stops
+//     waiting; what its statement did is settled.
+//   - One keep-alive probe per session and interval. When such a session
+//     dies, every lock it carries is reported lost, and the Locker's logger
+//     (WithLogger) gets one warning with their count; an unlock the server
+//     answers with false loses that lock alone.
+//
+// n must be positive.
+func WithSessions(n int) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.fail(fmt.Errorf("sqllock: WithSessions(%d): want at least one session", n))
+			return
+		}
+		c.sessions = n
+	}
+}
+
 // withPlaceholders forces the SQL shape: true sends keys as bind
 // parameters ($1) without sqllock preparing anything, false writes them
 // into the SQL text. By default keys are parameters on every driver: pgx

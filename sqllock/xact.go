@@ -38,28 +38,28 @@ type Tx interface {
 // lock is released when tx commits or rolls back. A deadlock between
 // transactions returns an error wrapping [ErrDeadlock].
 func (m *Mutex) LockTx(ctx context.Context, tx Tx) error {
-	_, err := m.txLock(ctx, tx, "pg_advisory_xact_lock", false, "lock tx")
+	_, err := m.txLock(ctx, tx, false, false, "lock tx")
 	return err
 }
 
 // LockSharedTx is [Mutex.LockTx] in shared mode.
 func (m *Mutex) LockSharedTx(ctx context.Context, tx Tx) error {
-	_, err := m.txLock(ctx, tx, "pg_advisory_xact_lock_shared", false, "lock shared tx")
+	_, err := m.txLock(ctx, tx, true, false, "lock shared tx")
 	return err
 }
 
 // TryLockTx takes the lock exclusively for tx if no one holds it, in one
 // round trip; it returns (false, nil) when the lock is held elsewhere.
 func (m *Mutex) TryLockTx(ctx context.Context, tx Tx) (bool, error) {
-	return m.txLock(ctx, tx, "pg_try_advisory_xact_lock", true, "trylock tx")
+	return m.txLock(ctx, tx, false, true, "trylock tx")
 }
 
 // TryLockSharedTx is [Mutex.TryLockTx] in shared mode.
 func (m *Mutex) TryLockSharedTx(ctx context.Context, tx Tx) (bool, error) {
-	return m.txLock(ctx, tx, "pg_try_advisory_xact_lock_shared", true, "trylock shared tx")
+	return m.txLock(ctx, tx, true, true, "trylock shared tx")
 }
 
-func (m *Mutex) txLock(ctx context.Context, tx Tx, fn string, try bool, op string) (bool, error) {
+func (m *Mutex) txLock(ctx context.Context, tx Tx, shared, try bool, op string) (bool, error) {
 	switch {
 	case ctx == nil:
 		return false, m.fail(op, ErrNilContext)
@@ -75,12 +75,12 @@ func (m *Mutex) txLock(ctx context.Context, tx Tx, fn string, try bool, op strin
 	// there is one: wrappers may rewrite statements (bun formats its own
 	// placeholders) but not the transaction. A Tx of unknown make gets the
 	// key as literals, and a check that the lock outlived its statement.
-	q, args := m.q.TxQuery(fn, try), m.args
+	q, args := m.t.Q.TxQuery(shared, try), m.t.Args
 	sqlTx := findSQLTx(reflect.ValueOf(tx), drv.MaxUnwrap)
 	if sqlTx != nil {
 		tx = sqlTx
 	} else {
-		q, args = sqltext.Build(m.key, false).TxQuery(fn, try), nil
+		q, args = sqltext.Build(m.t.Key, false).TxQuery(shared, try), nil
 	}
 	var granted = true
 	var verdict int64
@@ -111,11 +111,8 @@ func (m *Mutex) txLock(ctx context.Context, tx Tx, fn string, try bool, op strin
 // was just granted: a Tx that runs statements outside a transaction block
 // released it when the statement ended.
 func (m *Mutex) stillHeldInTx(ctx context.Context, tx Tx) error {
-	c, o, s := m.key.LockTag()
-	q := fmt.Sprintf(`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-	AND pid = pg_backend_pid() AND classid = %d AND objid = %d AND objsubid = %d)`, c, o, s)
 	var held bool
-	if err := tx.QueryRowContext(ctx, q).Scan(&held); err != nil {
+	if err := tx.QueryRowContext(ctx, sqltext.HeldInTx(m.t.Key)).Scan(&held); err != nil {
 		return errs.Classify(errs.WithCtxErr(ctx, err))
 	}
 	if !held {

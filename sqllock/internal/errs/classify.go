@@ -94,6 +94,19 @@ func CtxEnded(ctx context.Context) bool {
 	return ok && !time.Now().Before(dl)
 }
 
+// StatementGone reports a server error 26000 (invalid_sql_statement_name):
+// a prepared statement that does not exist in the connection's session.
+func StatementGone(err error) bool {
+	var se interface{ SQLState() string }
+	return errors.As(err, &se) && se.SQLState() == "26000"
+}
+
+// NotPermitted reports a server error 42501 (insufficient_privilege).
+func NotPermitted(err error) bool {
+	var se interface{ SQLState() string }
+	return errors.As(err, &se) && se.SQLState() == "42501"
+}
+
 // UndefinedFunction reports a server error 42883: a function signature the
 // server does not have (pg_terminate_backend's timeout, before
 // PostgreSQL 14).

@@ -31,4 +31,13 @@ var (
 
 	// ErrDeadlock is sqllock.ErrDeadlock.
 	ErrDeadlock = errors.New("sqllock: deadlock detected")
+
+	// ErrNotHeld is sqllock.ErrNotHeld.
+	ErrNotHeld = errors.New("sqllock: lock not held")
+
+	// ErrStubLocks is sqllock.ErrStubLocks.
+	ErrStubLocks = errors.New("sqllock: the server's advisory locks are stubs that exclude nobody (CockroachDB): use a PostgreSQL server")
+
+	// ErrFencingUnsupported is sqllock.ErrFencingUnsupported.
+	ErrFencingUnsupported = errors.New("sqllock: WithFencing needs PostgreSQL 13 or later (pg_current_xact_id, pg_logical_emit_message)")
 )

@@ -6,6 +6,7 @@ package sqltext
 
 import (
 	"database/sql/driver"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -197,10 +198,17 @@ func waiterQueued(classid, objid string, objsubid int) string {
 		" AND objsubid = " + strconv.Itoa(objsubid) + ")"
 }
 
-// TxQuery builds a transaction-lock statement for fn. Built per call: the
-// transaction path is not the hot path of a session lock, and this keeps
-// Mutex small.
-func (q Queries) TxQuery(fn string, try bool) string {
+// TxQuery builds a transaction-lock statement (pg_advisory_xact_lock and
+// friends). Built per call: the transaction path is not the hot path of a
+// session lock, and this keeps Mutex small.
+func (q Queries) TxQuery(shared, try bool) string {
+	fn := "pg_advisory_xact_lock"
+	if try {
+		fn = "pg_try_advisory_xact_lock"
+	}
+	if shared {
+		fn += "_shared"
+	}
 	list := q.KeyList
 	if try {
 		return "SELECT " + fn + "(" + list + "), " + txRefusal
@@ -230,3 +238,25 @@ func KeyArgs(k keyspace.Key) []any {
 	a, b, _ := k.Pair()
 	return []any{int64(a), int64(b)}
 }
+
+// HeldInTx asks whether the session holds transaction lock k, which a Tx
+// that runs statements outside a transaction block released at once.
+func HeldInTx(k keyspace.Key) string {
+	c, o, s := k.LockTag()
+	return fmt.Sprintf(`SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+	AND pid = pg_backend_pid() AND classid = %d AND objid = %d AND objsubid = %d)`, c, o, s)
+}
+
+// HoldersSQL lists every session holding or waiting for one key, given as
+// its lock tag (see keyspace.Key.LockTag): holders first, then waiters in
+// the order they began waiting. waitstart exists from PostgreSQL 14 on;
+// read through to_jsonb, it is NULL before. pid is NULL for a lock of a
+// prepared transaction.
+const HoldersSQL = `SELECT COALESCE(l.pid, 0), l.mode = 'ShareLock', l.granted,
+	COALESCE(a.application_name, ''), COALESCE(host(a.client_addr), ''),
+	a.backend_start, (to_jsonb(l) ->> 'waitstart')::timestamptz, a.state_change,
+	COALESCE(a.state, '')
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+	AND l.classid = $1 AND l.objid = $2 AND l.objsubid = $3
+ORDER BY l.granted DESC, 7 NULLS FIRST, l.pid`

@@ -117,11 +117,11 @@ func TestGuardedFor(t *testing.T) {
 
 func TestTxQueries(t *testing.T) {
 	q := Build(keyspace.Pair(1, 2), false)
-	if got, want := q.TxQuery("pg_advisory_xact_lock", false), "SELECT CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 ELSE 0 END FROM pg_advisory_xact_lock(1,2)"; got != want {
+	if got, want := q.TxQuery(false, false), "SELECT CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 ELSE 0 END FROM pg_advisory_xact_lock(1,2)"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 	q = Build(keyspace.Int64(5), true)
-	if got, want := q.TxQuery("pg_try_advisory_xact_lock_shared", true), "SELECT pg_try_advisory_xact_lock_shared($1), CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 ELSE 0 END"; got != want {
+	if got, want := q.TxQuery(true, true), "SELECT pg_try_advisory_xact_lock_shared($1), CASE WHEN version() LIKE 'CockroachDB%' THEN 8 WHEN pg_is_in_recovery() THEN 2 ELSE 0 END"; got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }

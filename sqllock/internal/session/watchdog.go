@@ -1,4 +1,4 @@
-package sqllock
+package session
 
 import (
 	"fmt"
@@ -7,33 +7,31 @@ import (
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 )
 
-// Statements on a shared session (WithSessions) must not run under their
-// caller's context (see WithSessions), so something else must bound them.
-// Where the driver can be interrupted (see drv.InterruptWith), the statement
-// runs in the caller's goroutine, watched by the session's own scheduler
-// entry: a keep-alive tick that finds a statement running past the
-// keep-alive timeout interrupts it, and the statement returns at once,
-// with an error; its caller then ends the session and reports every lock
-// on it lost. Elsewhere the statement runs in a goroutine of its own that
-// the caller stops waiting for (see Locker.awaitBounded), which costs a
-// goroutine hand-off per statement: about a tenth of an uncontended
-// Lock+Unlock, measured on lib/pq.
+// Statements on a multiplexed session must not run under their caller's
+// context, whose end would make a driver drop the connection and every
+// lock on it, so something else must bound them. Where the driver can be
+// interrupted (see drv.InterruptWith), the statement runs in the caller's
+// goroutine, and a keep-alive tick that finds it running past the
+// keep-alive timeout interrupts it: it returns at once with an error, and
+// its caller ends the session, reporting every lock on it lost. Elsewhere
+// the statement runs in a goroutine of its own that the caller stops
+// waiting for (see Manager.awaitBounded): a hand-off per statement.
 
-// interruptible reports whether statements on shared session s run in
+// interruptible reports whether statements on multiplexed session s run in
 // the caller's goroutine, watched (see session.watched).
-func (l *Locker) interruptible(s *session) bool {
-	how := int(l.interrupt.Load())
+func (m *Manager) interruptible(s *session) bool {
+	how := int(m.interrupt.Load())
 	if how == drv.InterruptUnknown {
 		how = drv.InterruptNone
 		_ = s.conn.Raw(func(dc any) error {
-			how = l.interruptHow(dc)
+			how = m.interruptHow(dc)
 			return nil
 		})
 	}
 	return how != drv.InterruptNone
 }
 
-// watched runs a statement on the shared session's connection in the
+// watched runs a statement on the multiplexed session's connection in the
 // caller's goroutine, bounded by the keep-alive timeout: past it, a tick
 // of the session interrupts it (see session.watchdog). An interrupted
 // statement reports an error saying so, even if it got its answer as the
@@ -50,7 +48,7 @@ func (s *session) watched(run func(dc any) outcome) (r outcome) {
 			if r.err != nil {
 				cause = r.err.Error()
 			}
-			r.err = fmt.Errorf("%w: the statement was interrupted (%v)", errs.KeepAliveTimeout(s.l.cfg.timeout), cause)
+			r.err = fmt.Errorf("%w: the statement was interrupted (%v)", errs.KeepAliveTimeout(s.m.cfg.Timeout), cause)
 		}
 		return nil
 	})
@@ -63,11 +61,11 @@ func (s *session) watched(run func(dc any) outcome) (r outcome) {
 // watch records that a statement is about to run on dc, and makes sure
 // the session's scheduler entry runs by the time its bound passes.
 func (s *session) watch(dc any) {
-	now := s.l.sched.Now()
+	now := s.m.sched.Now()
 	s.mu.Lock()
 	s.stmtDC, s.stmtSince, s.stmtRunning = dc, now, true
 	s.mu.Unlock()
-	s.l.sched.AtLatest(s, now+s.l.cfg.timeout, dueProbe)
+	s.m.sched.AtLatest(s, now+s.m.cfg.Timeout, dueProbe)
 }
 
 // unwatch records that the statement has returned, and reports whether it
@@ -97,8 +95,8 @@ func (s *session) watchdog() bool {
 		s.mu.Unlock()
 		return false
 	}
-	if due := s.stmtSince + s.l.cfg.timeout; s.l.sched.Now() < due {
-		s.l.sched.Schedule(s, due, dueProbe)
+	if due := s.stmtSince + s.m.cfg.Timeout; s.m.sched.Now() < due {
+		s.m.sched.Schedule(s, due, dueProbe)
 		s.mu.Unlock()
 		return true
 	}
@@ -106,19 +104,19 @@ func (s *session) watchdog() bool {
 	s.stmtInterrupted = true
 	s.mu.Unlock()
 	if first {
-		drv.Interrupt(dc, int(s.l.interrupt.Load()))
+		drv.Interrupt(dc, int(s.m.interrupt.Load()))
 	}
 	return true
 }
 
 // interruptHow returns how statements on driver connection dc, one of
-// the Locker's, can be interrupted. The answer is the same for every
-// connection of a Locker's pool, so it is worked out once.
-func (l *Locker) interruptHow(dc any) int {
-	how := int(l.interrupt.Load())
+// the Manager's, can be interrupted. The answer is the same for every
+// connection of a Manager's pool, so it is worked out once.
+func (m *Manager) interruptHow(dc any) int {
+	how := int(m.interrupt.Load())
 	if how == drv.InterruptUnknown {
 		how = drv.InterruptWith(dc)
-		l.interrupt.Store(int32(how))
+		m.interrupt.Store(int32(how))
 	}
 	return how
 }

@@ -1,4 +1,4 @@
-package sqllock
+package session
 
 import (
 	"context"
@@ -9,10 +9,10 @@ import (
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
-// A sessionCache remembers, for each driver connection of the pool, the
+// A verifiedCache remembers, for each driver connection of the pool, the
 // backend pid of the session that the verify statement (see sqltext.BuildVerify)
 // verified on it, so that locks on that connection run the guarded form
-// at once. A Locker has one.
+// at once. A Manager has one.
 //
 // Entries are keyed by a weak reference to the driver connection, which
 // neither keeps a closed connection alive nor matches a new connection
@@ -21,19 +21,19 @@ import (
 // drv.SessionOwner), the object that owns the session is remembered too, so
 // that the next wrapper over the same session finds it. Entries of
 // connections that are gone are dropped as new ones arrive.
-type sessionCache struct {
+type verifiedCache struct {
 	mu      sync.RWMutex
-	entries map[weak.Pointer[byte]]sessionEntry
+	entries map[weak.Pointer[byte]]verifiedEntry
 	limit   int // prune when the map reaches this size
 }
 
-type sessionEntry struct {
+type verifiedEntry struct {
 	pid   int64
 	owner weak.Pointer[byte] // the session's owner, when it is not the key itself
 }
 
 // lookup returns the pid verified on the driver connection ref, if any.
-func (c *sessionCache) lookup(ref weak.Pointer[byte]) (int64, bool) {
+func (c *verifiedCache) lookup(ref weak.Pointer[byte]) (int64, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	e, ok := c.entries[ref]
@@ -42,11 +42,11 @@ func (c *sessionCache) lookup(ref weak.Pointer[byte]) (int64, bool) {
 
 // remember records pid as verified on the driver connection ref, whose
 // session's owner is owner (the zero reference when ref is its own).
-func (c *sessionCache) remember(ref, owner weak.Pointer[byte], pid int64) {
+func (c *verifiedCache) remember(ref, owner weak.Pointer[byte], pid int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.entries == nil {
-		c.entries = make(map[weak.Pointer[byte]]sessionEntry)
+		c.entries = make(map[weak.Pointer[byte]]verifiedEntry)
 	}
 	if len(c.entries) >= c.limit {
 		for r := range c.entries {
@@ -56,16 +56,16 @@ func (c *sessionCache) remember(ref, owner weak.Pointer[byte], pid int64) {
 		}
 		c.limit = max(64, 2*len(c.entries))
 	}
-	c.entries[ref] = sessionEntry{pid: pid, owner: owner}
+	c.entries[ref] = verifiedEntry{pid: pid, owner: owner}
 	if owner != (weak.Pointer[byte]{}) {
-		c.entries[owner] = sessionEntry{pid: pid}
+		c.entries[owner] = verifiedEntry{pid: pid}
 	}
 }
 
 // forget drops the entry of the driver connection ref, and of its
 // session's owner, if it still says pid: the connection's session is no
 // longer that one.
-func (c *sessionCache) forget(ref weak.Pointer[byte], pid int64) {
+func (c *verifiedCache) forget(ref weak.Pointer[byte], pid int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[ref]
@@ -80,7 +80,7 @@ func (c *sessionCache) forget(ref weak.Pointer[byte], pid int64) {
 
 // drop forgets driver connection dc and its session's owner, whose
 // session is being ended.
-func (c *sessionCache) drop(dc any) {
+func (c *verifiedCache) drop(dc any) {
 	p := drv.ConnPointer(dc)
 	refs := []*byte{p}
 	if op := drv.ConnPointer(drv.SessionOwner(dc)); op != p {
@@ -96,12 +96,12 @@ func (c *sessionCache) drop(dc any) {
 }
 
 // guarded returns lock statement q's guarded form for the session of
-// driver connection dc, verifying that session first unless this Locker
+// driver connection dc, verifying that session first unless this Manager
 // already did. A session the verify statement refuses yields no statement
 // and the refusal's flags (sqltext.FlagStandby, sqltext.FlagForeign,
 // sqltext.FlagStub). pid is the session's
 // backend pid once known, even with an error.
-func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *sqltext.Cache) (g *sqltext.Guarded, pid, flags int64, err error) {
+func (m *Manager) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *sqltext.Cache) (g *sqltext.Guarded, pid, flags int64, err error) {
 	p := drv.ConnPointer(dc)
 	var ref, owner weak.Pointer[byte]
 	if p != nil {
@@ -109,20 +109,20 @@ func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *sq
 			return g, g.PID, 0, nil
 		}
 		ref = weak.Make(p)
-		if pid, ok := l.sessions.lookup(ref); ok {
+		if pid, ok := m.verified.lookup(ref); ok {
 			return q.GuardedFor(c, p, ref, pid), pid, 0, nil
 		}
 	}
 	o := drv.SessionOwner(dc)
 	if op := drv.ConnPointer(o); op != nil && op != p {
 		owner = weak.Make(op)
-		if pid, ok := l.sessions.lookup(owner); ok && p != nil {
+		if pid, ok := m.verified.lookup(owner); ok && p != nil {
 			// A new wrapper over a session verified before.
-			l.sessions.remember(ref, owner, pid)
+			m.verified.remember(ref, owner, pid)
 			return q.GuardedFor(c, p, ref, pid), pid, 0, nil
 		}
 	}
-	text, args := l.verify.Statement(sqltext.ConnAddr(o))
+	text, args := m.verify.Statement(sqltext.ConnAddr(o))
 	v, err := drv.QueryValue(ctx, dc, text, args)
 	var n int64
 	if err == nil {
@@ -136,7 +136,7 @@ func (l *Locker) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *sq
 		return nil, pid, flags, nil
 	}
 	if p != nil {
-		l.sessions.remember(ref, owner, pid)
+		m.verified.remember(ref, owner, pid)
 	}
 	return q.GuardedFor(c, p, ref, pid), pid, 0, nil
 }

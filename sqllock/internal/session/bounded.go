@@ -1,4 +1,4 @@
-package sqllock
+package session
 
 import (
 	"context"
@@ -9,32 +9,33 @@ import (
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/settle"
 )
 
 // execRows runs statement q on conn's driver connection (as a statement
 // prepared there when prepared: see drv.StmtCache) and returns the number of
-// rows it produced, bounded by ctx as Mutex.runLock is. It costs less than
+// rows it produced, bounded by ctx as runLock is. It costs less than
 // a query: no rows to read. q runs in the session of backend pid
 // and concerns lock k: if ctx ends and the driver does not return, that
-// backend is ended on the server (see Locker.awaitBounded). If the
+// backend is ended on the server (see Manager.awaitBounded). If the
 // statement is abandoned all the same, onAbandon runs once the driver
 // returns; settleErr says why the session could not be ended.
-func (l *Locker) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
-	return l.execRowsWithin(ctx, ctx, conn, q, args, prepared, pid, k, onAbandon)
+func (m *Manager) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
+	return m.execRowsWithin(ctx, ctx, conn, q, args, prepared, pid, k, onAbandon)
 }
 
 // execRowsWithin is execRows with the statement run under ctx and the
-// wait for it bounded by stop (see Mutex.runLockWithin).
-func (l *Locker) execRowsWithin(ctx, stop context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
-	if l.boundsContext || stop.Done() == nil {
-		r := l.execRaw(ctx, conn, q, args, prepared, pid)
+// wait for it bounded by stop (see runLockWithin).
+func (m *Manager) execRowsWithin(ctx, stop context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
+	if m.boundsContext || stop.Done() == nil {
+		r := m.execRaw(ctx, conn, q, args, prepared, pid)
 		return r.n, false, nil, r.err
 	}
 	done := make(chan outcome, 1)
-	go func() { done <- l.execRaw(ctx, conn, q, args, prepared, pid) }()
-	end := func(ctx context.Context) error { return l.settler.Terminate(ctx, pid, k) }
-	r, abandoned, settleErr := l.awaitBounded(stop, graceFor(ctx), done, end, func(outcome) { onAbandon() })
+	go func() { done <- m.execRaw(ctx, conn, q, args, prepared, pid) }()
+	end := func(ctx context.Context) error { return m.settler.Terminate(ctx, pid, k) }
+	r, abandoned, settleErr := m.awaitBounded(stop, graceFor(ctx), done, end, func(outcome) { onAbandon() })
 	return r.n, abandoned, settleErr, r.err
 }
 
@@ -54,12 +55,12 @@ func graceFor(ctx context.Context) time.Duration {
 	if ctx.Done() == nil {
 		return 0
 	}
-	return abandonGrace
+	return AbandonGrace
 }
 
-func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
+func (m *Manager) execRaw(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
 	if err := conn.Raw(func(dc any) error {
-		r = l.execOn(ctx, dc, q, args, prepared, pid)
+		r = m.execOn(ctx, dc, q, args, prepared, pid)
 		return nil
 	}); err != nil {
 		r.err = err
@@ -68,9 +69,9 @@ func (l *Locker) execRaw(ctx context.Context, conn *sql.Conn, q string, args []d
 }
 
 // execOn runs statement q on driver connection dc, as execRows does.
-func (l *Locker) execOn(ctx context.Context, dc any, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
+func (m *Manager) execOn(ctx context.Context, dc any, q string, args []driver.NamedValue, prepared bool, pid int64) (r outcome) {
 	if prepared {
-		r.n, r.err = l.stmts.ExecRows(ctx, dc, pid, q, args)
+		r.n, r.err = m.stmts.ExecRows(ctx, dc, pid, q, args)
 	} else {
 		r.n, r.err = drv.ExecRows(ctx, dc, q, args)
 	}
@@ -99,7 +100,7 @@ type outcome struct {
 // says whether the session was seen to end, and onAbandon runs with the
 // statement's outcome once the driver returns: it must end the
 // connection's session.
-func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done chan outcome, end func(context.Context) error, onAbandon func(outcome)) (r outcome, abandoned bool, settleErr error) {
+func (m *Manager) awaitBounded(ctx context.Context, grace time.Duration, done chan outcome, end func(context.Context) error, onAbandon func(outcome)) (r outcome, abandoned bool, settleErr error) {
 	select {
 	case r := <-done:
 		return r, false, nil
@@ -114,7 +115,7 @@ func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done cha
 		case <-t.C:
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.timeout, settle.Bound))
+	sctx, cancel := context.WithTimeout(context.Background(), min(m.cfg.Timeout, settle.Bound))
 	defer cancel()
 	// Settle in the background, so that a settle whose own queries hang
 	// is bounded too; wait for it even once the driver returns, so that
@@ -126,7 +127,7 @@ func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done cha
 	select {
 	case settleErr = <-settled:
 	case <-sctx.Done():
-		settleErr = fmt.Errorf("%w (%v)", ErrNoAnswer, min(l.cfg.timeout, settle.Bound))
+		settleErr = fmt.Errorf("%w (%v)", errs.ErrNoAnswer, min(m.cfg.Timeout, settle.Bound))
 	}
 	if settleErr == nil {
 		select {
@@ -139,6 +140,6 @@ func (l *Locker) awaitBounded(ctx context.Context, grace time.Duration, done cha
 	return outcome{err: ctx.Err()}, true, settleErr
 }
 
-// abandonGrace is how long Mutex.runLock and execRows wait, after their
+// AbandonGrace is how long runLock and execRows wait, after their
 // context ends, for a driver that does not bound its own calls to return.
-const abandonGrace = 250 * time.Millisecond
+const AbandonGrace = 250 * time.Millisecond

@@ -1,4 +1,4 @@
-package sqllock
+package session
 
 import (
 	"context"
@@ -19,60 +19,60 @@ import (
 
 // A session is a server session that carries granted locks: the pinned
 // connection whose backend owns them, and the keep-alive that watches it.
-// The keep-alive is an entry in the Locker's scheduler, not a goroutine:
+// The keep-alive is an entry in the Manager's scheduler, not a goroutine:
 // each tick probes the connection and schedules the next one. When the
-// session dies, every hold it carries learns of it.
+// session dies, every grant it carries learns of it.
 //
-// In the default mode a session carries one hold, taken on a connection
-// of its own, and is given up when that hold is released; with
-// WithSessions, a shared session carries many (see sessionPool).
+// In the default mode a session carries one grant, taken on a connection
+// of its own, and is given up when that grant is released; a multiplexed
+// session (Config.Multiplex) carries many (see multiplexed).
 //
 // The connection has one user at a time: whoever holds connMu, a tick's
 // probe or a release. A release waits for a probe in flight, which its
 // own timeout bounds. A tick that finds the connection in use by a
-// statement on a shared session watches that statement instead (see
+// statement on a multiplexed session watches that statement instead (see
 // session.watchdog).
 type session struct {
-	l        *Locker
+	m        *Manager
 	conn     *sql.Conn
-	dc       any   // conn's driver connection, for fireBound; on a shared session, nil until its first sound answer
-	pid      int64 // the backend that owns the locks
-	prepared bool  // the lock and unlock statements run prepared on conn (see drv.StmtCache)
-	hold     *hold // the hold a session of its own carries; nil for a shared one
+	dc       any    // conn's driver connection, for fireBound; on a multiplexed session, nil until its first sound answer
+	pid      int64  // the backend that owns the locks
+	prepared bool   // the lock and unlock statements run prepared on conn (see drv.StmtCache)
+	grant    *Grant // the grant a session of its own carries; nil for a multiplexed one
 
-	// A shared session (WithSessions) carries many holds. Its pool counts
-	// its users (guarded by the pool's mutex).
-	pool    *sessionPool
-	users   int         // holds carried and acquisitions in flight
-	carried []*hold     // the holds it carries, guarded by mu
-	first   [1]*hold    // carried's first backing array: a session carrying one lock allocates none for it
-	dead    atomic.Bool // lost or refused: no new holds
+	// A multiplexed session carries many grants. mux counts its users
+	// (guarded by mux.mu).
+	mux     *multiplexed
+	users   int         // grants carried and acquisitions in flight
+	carried []*Grant    // the grants it carries, guarded by mu
+	first   [1]*Grant   // carried's first backing array: a session carrying one lock allocates none for it
+	dead    atomic.Bool // lost or refused: no new grants
 
 	connMu sync.Mutex // held by whoever uses conn
 
-	// Why a shared session's connection could not be opened, and whether
+	// Why a multiplexed session's connection could not be opened, and whether
 	// its dialer's context ended then; set before connMu is given back.
 	dialErr      error
 	dialCtxEnded bool
 
-	sched schedule.Entry // the session's entry in the Locker's scheduler
+	sched schedule.Entry // the session's entry in the Manager's scheduler
 	// releaseCancel ends a release's context when its bound passes; set
 	// before the dueRelease entry is scheduled. Nil when the bound is
 	// kept by interrupting the driver instead (see fireBound).
 	releaseCancel context.CancelFunc
 
-	mu        sync.Mutex // guards the fields below; taken before a hold's mu
+	mu        sync.Mutex // guards the fields below; taken before a grant's mu
 	stopped   bool       // a release has begun: no more probes
 	unlocking bool       // a release's unlock statement is running on conn
 	boundPast bool       // the release's bound has passed (interrupt bound only)
 
-	// A statement running on a shared session in its caller's goroutine
+	// A statement running on a multiplexed session in its caller's goroutine
 	// (see session.watched).
 	stmtRunning     bool
 	stmtSince       time.Duration // when it began (see schedule.Scheduler.Now)
 	stmtDC          any           // the driver connection it runs on
 	stmtInterrupted bool          // the watchdog interrupted it
-	// When the next keep-alive probe of a shared session is due: a
+	// When the next keep-alive probe of a multiplexed session is due: a
 	// watchdog's entry that comes earlier does not probe (see tick).
 	probeAt time.Duration
 }
@@ -84,16 +84,16 @@ const (
 )
 
 // startSession makes s the session of conn (driver connection dc, backend
-// pid) that carries h, and starts watching it.
-func (l *Locker) startSession(s *session, conn *sql.Conn, dc any, pid int64, prepared bool, h *hold) {
-	*s = session{l: l, conn: conn, dc: dc, pid: pid, prepared: prepared, hold: h}
-	h.s = s
-	if l.cfg.interval > 0 {
-		l.sched.After(s, l.cfg.interval, dueProbe)
+// pid) that carries g, and starts watching it.
+func (m *Manager) startSession(s *session, conn *sql.Conn, dc any, pid int64, prepared bool, g *Grant) {
+	*s = session{m: m, conn: conn, dc: dc, pid: pid, prepared: prepared, grant: g}
+	g.s = s
+	if m.cfg.Interval > 0 {
+		m.sched.After(s, m.cfg.Interval, dueProbe)
 	}
 }
 
-// Entry returns the session's entry in the Locker's scheduler.
+// Entry returns the session's entry in the Manager's scheduler.
 func (s *session) Entry() *schedule.Entry { return &s.sched }
 
 // Run does the work of the session's scheduler entry.
@@ -124,7 +124,7 @@ func (s *session) fireBound() {
 	unlocking := s.unlocking
 	s.mu.Unlock()
 	if unlocking {
-		drv.Interrupt(s.dc, s.l.interruptHow(s.dc))
+		drv.Interrupt(s.dc, s.m.interruptHow(s.dc))
 	}
 }
 
@@ -144,24 +144,24 @@ func (s *session) tick() {
 	stopped, probeAt := s.stopped, s.probeAt
 	s.mu.Unlock()
 	switch {
-	case stopped || s.l.cfg.interval <= 0 || s.dc == nil:
+	case stopped || s.m.cfg.Interval <= 0 || s.dc == nil:
 		// Released; or a watchdog's entry (see session.watch), with no
-		// keep-alive to run, or on a shared session that has yet to give
+		// keep-alive to run, or on a multiplexed session that has yet to give
 		// a sound answer.
 		s.connMu.Unlock()
 		return
-	case s.l.sched.Now() < probeAt:
+	case s.m.sched.Now() < probeAt:
 		// A watchdog's entry, due before the next probe: wait for that.
 		s.mu.Lock()
 		if !s.stopped {
-			s.l.sched.Schedule(s, probeAt, dueProbe)
+			s.m.sched.Schedule(s, probeAt, dueProbe)
 		}
 		s.mu.Unlock()
 		s.connMu.Unlock()
 		return
 	}
-	sent := s.l.sched.Now()
-	cause := s.probe(s.l.cfg.timeout)
+	sent := s.m.sched.Now()
+	cause := s.probe(s.m.cfg.Timeout)
 	if cause != nil {
 		s.lose(cause)
 		return
@@ -173,7 +173,7 @@ func (s *session) tick() {
 	// which holds connMu, cannot be running then.
 	s.mu.Lock()
 	if !s.stopped {
-		s.scheduleProbe(sent + s.l.cfg.interval)
+		s.scheduleProbe(sent + s.m.cfg.Interval)
 	}
 	s.mu.Unlock()
 	s.connMu.Unlock()
@@ -183,13 +183,13 @@ func (s *session) tick() {
 // (see schedule.Scheduler.Now). The caller holds mu.
 func (s *session) scheduleProbe(due time.Duration) {
 	s.probeAt = due
-	s.l.sched.Schedule(s, due, dueProbe)
+	s.m.sched.Schedule(s, due, dueProbe)
 }
 
-// lose reports the session's death, for cause, to the holds it carries,
+// lose reports the session's death, for cause, to the grants it carries,
 // and ends it. The caller holds connMu, which lose gives back.
 //
-// Each hold records its loss first, so that a release waiting for the
+// Each grant records its loss first, so that a release waiting for the
 // connection sees it; the session is made sure gone (see settle.Settler.End: one
 // query on another connection, unless the probe was abandoned, whose
 // goroutine does it) before the connection is given back, so that an
@@ -197,67 +197,66 @@ func (s *session) scheduleProbe(due time.Duration) {
 // observers and holders are told, who may call Unlock; Done closes last,
 // so that whoever watches it finds the observers told.
 func (s *session) lose(cause error) {
-	_ = s.loseWith(cause, s.l.settler.End)
+	_ = s.loseWith(cause, s.m.settler.End)
 }
 
 // loseBounded is lose for a call that reports the loss to its caller: it
 // ends the session within settle.Settler.EndBounded's bound, and returns an error
-// wrapping ErrNotReleased if the session could not be seen to end.
+// wrapping errs.ErrNotReleased if the session could not be seen to end.
 func (s *session) loseBounded(cause error) error {
-	return s.loseWith(cause, s.l.settler.EndBounded)
+	return s.loseWith(cause, s.m.settler.EndBounded)
 }
 
 // loseWith is lose, ending the session with end.
 func (s *session) loseWith(cause error, end func(*sql.Conn, int64, keyspace.Key) error) (settleErr error) {
-	holds := []*hold{s.hold}
-	if s.pool != nil {
-		s.pool.retire(s)
+	grants := []*Grant{s.grant}
+	if s.mux != nil {
+		s.mux.retire(s)
 		s.mu.Lock()
-		holds = append([]*hold(nil), s.carried...)
+		grants = append([]*Grant(nil), s.carried...)
 		s.stopped = true
 		s.mu.Unlock()
 	}
-	errs := make([]error, len(holds))
-	firsts := make([]bool, len(holds))
-	for i, h := range holds {
-		errs[i] = h.lostErr(cause)
-		firsts[i] = h.markEnded(errs[i])
+	losses := make([]error, len(grants))
+	firsts := make([]bool, len(grants))
+	for i, g := range grants {
+		losses[i] = g.lostErr(cause)
+		firsts[i] = g.markEnded(losses[i])
 	}
 	if !errors.Is(cause, errAbandoned) {
 		settleErr = end(s.conn, s.pid, s.key())
 	}
 	s.connMu.Unlock()
-	if len(holds) > 1 {
-		s.warnLost(len(holds), cause)
+	if len(grants) > 1 {
+		s.warnLost(len(grants), cause)
 	}
-	for i, h := range holds {
+	for i, g := range grants {
 		if firsts[i] {
-			h.leaveTable() // the server holds nothing for it now
-			h.notifyLost(errs[i], len(holds))
-			h.closeDone()
+			g.leaveTable() // the server holds nothing for it now
+			g.notifyLost(losses[i], len(grants))
+			g.closeDone()
 		}
 	}
 	return settleErr
 }
 
-// warnLost logs, once, that a shared session was lost with n locks on it,
-// to the Locker's logger (WithLogger): one line, where each lock's loss
-// would be n.
+// warnLost logs, once, that a multiplexed session was lost with n locks on
+// it, to Config.Logger: one line, where each lock's loss would be n.
 func (s *session) warnLost(n int, cause error) {
-	if s.l.cfg.logger == nil {
+	if s.m.cfg.Logger == nil {
 		return
 	}
-	s.l.cfg.logger.LogAttrs(context.Background(), slog.LevelWarn, "sqllock: shared session lost, and every lock it carried",
+	s.m.cfg.Logger.LogAttrs(context.Background(), slog.LevelWarn, "sqllock: session lost, and every lock it carried (WithSessions)",
 		slog.Int("locks", n), slog.Int64("backend", s.pid), slog.String("err", cause.Error()))
 }
 
 // key returns the lock a session of its own carries, or the zero Key for
-// a shared session: ending it concerns every advisory lock it holds.
+// a multiplexed session: ending it concerns every advisory lock it holds.
 func (s *session) key() keyspace.Key {
-	if s.hold == nil {
+	if s.grant == nil {
 		return keyspace.Key{}
 	}
-	return s.hold.m.key
+	return s.grant.t.Key
 }
 
 // probe runs the keep-alive query. A driver may not return on a dead
@@ -297,20 +296,20 @@ func (s *session) probe(timeout time.Duration) error {
 	case <-timer.C:
 		go func() {
 			<-ch
-			_ = s.l.settler.End(s.conn, s.pid, s.key())
+			_ = s.m.settler.End(s.conn, s.pid, s.key())
 		}()
 		cancel()
 		return fmt.Errorf("keep-alive: %w: %w", errs.KeepAliveTimeout(timeout), errAbandoned)
 	}
 }
 
-// errAbandoned marks a statement (a probe, or a lock or unlock on a shared
-// session) that got no answer in time: the goroutine that waits for the
+// errAbandoned marks a statement (a probe, or a lock or unlock on a
+// multiplexed session) that got no answer in time: the goroutine that waits for the
 // driver ends the session when it returns. Ending it now would wait for
 // that driver call too: conn.Raw has one user at a time.
 var errAbandoned = errors.New("the session is ended when the driver returns")
 
-// release unlocks the session's hold and returns the connection to the
+// release unlocks the session's grant and returns the connection to the
 // pool. Whatever goes wrong, the lock does not outlive the call: when the
 // unlock cannot be confirmed, the session is ended and its end confirmed
 // on the server (see settle.Settler.End), or the call says it could not
@@ -319,7 +318,7 @@ var errAbandoned = errors.New("the session is ended when the driver returns")
 // end the session: the unlock then runs under ctx's values with the
 // keep-alive timeout as its bound, as for a ctx that never ends.
 func (s *session) release(ctx context.Context) error {
-	h := s.hold
+	g := s.grant
 	if ctx.Err() != nil {
 		ctx = context.WithoutCancel(ctx)
 	}
@@ -339,33 +338,33 @@ func (s *session) release(ctx context.Context) error {
 	// probe's, if any.
 	switch {
 	case ctx.Done() != nil:
-		s.l.sched.Cancel(s) // the next probe, if any
-	case s.l.interruptHow(s.dc) != drv.InterruptNone:
+		s.m.sched.Cancel(s) // the next probe, if any
+	case s.m.interruptHow(s.dc) != drv.InterruptNone:
 		// The entry interrupts the unlock (see fireBound), which runs
 		// with a context the driver need not watch: that spares it a
 		// cancellable context and the watch on it (nine allocations with
 		// pgx; on lib/pq, the goroutine that waits for the unlock and
 		// the one lib/pq starts to watch the context).
-		s.l.sched.After(s, s.l.cfg.timeout, dueRelease)
-		defer s.l.sched.Cancel(s)
+		s.m.sched.After(s, s.m.cfg.Timeout, dueRelease)
+		defer s.m.sched.Cancel(s)
 	default:
 		// The entry cancels the unlock's context.
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
-		bound := s.l.cfg.timeout
+		bound := s.m.cfg.Timeout
 		s.releaseCancel = func() { cancel(errs.KeepAliveTimeout(bound)) }
-		s.l.sched.After(s, s.l.cfg.timeout, dueRelease)
+		s.m.sched.After(s, s.m.cfg.Timeout, dueRelease)
 		defer func() {
-			s.l.sched.Cancel(s)
+			s.m.sched.Cancel(s)
 			cancel(nil)
 		}()
 	}
 	err := s.releaseConn(ctx, haveConn)
 	switch {
 	case err == nil:
-		h.observeEnd(EventReleased, nil)
-	case errors.Is(err, ErrLockLost) && err != h.lost: // the keep-alive reported its own finding
-		h.observeEnd(EventLost, err)
+		g.observeEnd(nil)
+	case errors.Is(err, errs.ErrLockLost) && err != g.lost: // the keep-alive reported its own finding
+		g.observeEnd(err)
 	}
 	return err
 }
@@ -373,25 +372,25 @@ func (s *session) release(ctx context.Context) error {
 // releaseConn unlocks on the connection, taking it from the keep-alive
 // first unless haveConn says the caller did.
 func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
-	h := s.hold
+	g := s.grant
 	// Take the connection from the keep-alive, waiting for a probe in
 	// flight: its own timeout bounds it.
 	if !haveConn {
 		s.connMu.Lock()
 	}
 	defer s.connMu.Unlock()
-	// Stop the keep-alive, end the hold and, unless the bound has passed
+	// Stop the keep-alive, end the grant and, unless the bound has passed
 	// or ctx has ended, mark the unlock as running, in one critical
 	// section.
 	s.mu.Lock()
 	s.stopped = true
-	lost, ended := h.endForRelease()
+	lost, ended := g.endForRelease()
 	unlock := !ended && !s.boundPast && ctx.Err() == nil
 	s.unlocking = unlock
 	s.mu.Unlock()
 	if ended {
 		if lost == nil {
-			lost = h.unlockErr(ErrNotHeld)
+			lost = g.unlockErr(errs.ErrNotHeld)
 		}
 		return lost
 	}
@@ -401,8 +400,8 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		}
 		return s.endSession()
 	}
-	q, args := h.m.unlockStatement(h.shared, s.prepared)
-	rows, abandoned, settleErr, err := s.l.execRows(ctx, s.conn, q, args, s.prepared, s.pid, h.m.key, func() { _ = s.l.settler.End(s.conn, s.pid, h.m.key) })
+	q, args := g.t.unlockStatement(g.shared, s.prepared)
+	rows, abandoned, settleErr, err := s.m.execRows(ctx, s.conn, q, args, s.prepared, s.pid, g.t.Key, func() { _ = s.m.settler.End(s.conn, s.pid, g.t.Key) })
 	s.mu.Lock()
 	s.unlocking = false
 	past := s.boundPast
@@ -411,7 +410,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	case past && err == nil && rows == 1:
 		// The server released the lock as the bound passed: the
 		// connection, which may have been interrupted, goes.
-		s.l.settler.Discard(s.conn)
+		s.m.settler.Discard(s.conn)
 		return nil
 	case past:
 		// The bound passed while the unlock ran: it may have been
@@ -423,7 +422,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// ctx ended first, the driver has not returned, and the server
 		// could not be told to end the session: it is ended when the
 		// driver returns.
-		return h.unlockErr(fmt.Errorf("%w: the unlock got no answer before it was stopped (%w), and ending its session failed: %w", ErrNotReleased, context.Cause(ctx), settleErr))
+		return g.unlockErr(fmt.Errorf("%w: the unlock got no answer before it was stopped (%w), and ending its session failed: %w", errs.ErrNotReleased, context.Cause(ctx), settleErr))
 	case abandoned:
 		// The server ended the session, and the lock with it; the driver
 		// has yet to notice, and the connection is discarded when it does.
@@ -432,22 +431,22 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// Cancelled mid-query: the session goes, and the lock with it.
 		return s.endSession()
 	case err != nil:
-		if serr := s.l.settler.End(s.conn, s.pid, h.m.key); serr != nil {
-			return h.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
+		if serr := s.m.settler.End(s.conn, s.pid, g.t.Key); serr != nil {
+			return g.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
 		}
-		return h.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", ErrLockLost, err))
+		return g.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", errs.ErrLockLost, err))
 	case rows < 0:
 		// The driver does not report row counts: whether the unlock found
 		// the lock is unknown, so the session goes, and the lock with it.
 		return s.endSession()
 	case rows == 0:
-		if serr := s.l.settler.End(s.conn, s.pid, h.m.key); serr != nil {
-			return h.unlockErr(serr)
+		if serr := s.m.settler.End(s.conn, s.pid, g.t.Key); serr != nil {
+			return g.unlockErr(serr)
 		}
-		return h.unlockErr(fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", ErrLockLost, s.pid))
+		return g.unlockErr(fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", errs.ErrLockLost, s.pid))
 	}
 	if err := s.conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
-		return h.unlockErr(err)
+		return g.unlockErr(err)
 	}
 	return nil
 }
@@ -455,17 +454,17 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 // endSession ends the session (see settle.Settler.End) and reports a
 // failure to confirm it as the unlock's error.
 func (s *session) endSession() error {
-	return s.endWith(s.l.settler.End)
+	return s.endWith(s.m.settler.End)
 }
 
 // endSessionBounded is endSession within settle.Settler.EndBounded's bound.
 func (s *session) endSessionBounded() error {
-	return s.endWith(s.l.settler.EndBounded)
+	return s.endWith(s.m.settler.EndBounded)
 }
 
 func (s *session) endWith(end func(*sql.Conn, int64, keyspace.Key) error) error {
-	if err := end(s.conn, s.pid, s.hold.m.key); err != nil {
-		return s.hold.unlockErr(err)
+	if err := end(s.conn, s.pid, s.grant.t.Key); err != nil {
+		return s.grant.unlockErr(err)
 	}
 	return nil
 }
