@@ -3,20 +3,18 @@ package conntest_test
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/advisorylock/go-advisory-lock/conntest"
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
@@ -147,11 +145,11 @@ func TestBrokenSetupFails(t *testing.T) {
 func openTxPooler(t *testing.T) *sql.DB {
 	inner := pgtest.DB(t, "pgx")
 	inner.SetMaxIdleConns(32) // server sessions outlive their statements
-	p := &txPooler{inner: inner}
+	p := &fakedriver.Pooler{Inner: inner}
 	db := sql.OpenDB(p)
 	t.Cleanup(func() {
 		_ = db.Close()
-		p.close()
+		p.Close()
 	})
 	return db
 }
@@ -164,7 +162,7 @@ func openTxPooler(t *testing.T) *sql.DB {
 func openStubLocks(t *testing.T) *sql.DB {
 	inner := pgtest.DB(t, "pgx")
 	stub := regexp.MustCompile(`\bpg_(try_)?advisory_(un)?lock(_shared)?\(([^()]*)\)`)
-	p := &txPooler{inner: inner, pin: true, rewrite: func(q string) string {
+	p := &fakedriver.Pooler{Inner: inner, Pin: true, Rewrite: func(q string) string {
 		return stub.ReplaceAllStringFunc(q, func(call string) string {
 			m := stub.FindStringSubmatch(call)
 			args := strings.Split(m[4], ",")
@@ -181,166 +179,4 @@ func openStubLocks(t *testing.T) *sql.DB {
 	db := sql.OpenDB(p)
 	t.Cleanup(func() { _ = db.Close() })
 	return db
-}
-
-// txPooler is a driver.Connector whose connections send each statement to
-// the server connection of the inner pool that has been idle the longest.
-type txPooler struct {
-	inner   *sql.DB
-	pin     bool                // each client connection keeps one server connection: session semantics, as without a pooler
-	rewrite func(string) string // if set, applied to every statement
-
-	mu     sync.Mutex
-	recent []*sql.Conn // server connections of the latest statements, kept out of the pool for a while
-}
-
-// rotation is how many recent server connections stay out of the inner
-// pool, whose LIFO order would otherwise hand back the latest one.
-const rotation = 2
-
-func (p *txPooler) Connect(context.Context) (driver.Conn, error) { return &clientConn{p: p}, nil }
-func (p *txPooler) Driver() driver.Driver                        { return p }
-func (p *txPooler) Open(string) (driver.Conn, error)             { return &clientConn{p: p}, nil }
-
-// server runs f on a server connection other than the latest ones.
-func (p *txPooler) server(ctx context.Context, f func(*sql.Conn) error) error {
-	c, err := p.inner.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	err = f(c)
-	p.mu.Lock()
-	p.recent = append(p.recent, c)
-	var back *sql.Conn
-	if len(p.recent) > rotation {
-		back, p.recent = p.recent[0], p.recent[1:]
-	}
-	p.mu.Unlock()
-	if back != nil {
-		_ = back.Close()
-	}
-	return err
-}
-
-func (p *txPooler) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.recent {
-		_ = c.Close()
-	}
-	p.recent = nil
-}
-
-// clientConn is one client connection to the pooler. It supports plain
-// queries and execs only.
-type clientConn struct {
-	p   *txPooler
-	srv *sql.Conn // its server connection, when pinned
-}
-
-// run runs f on the client's server connection: its own when pinned,
-// else one of the pool's (see txPooler.server).
-func (c *clientConn) run(ctx context.Context, f func(*sql.Conn) error) error {
-	if !c.p.pin {
-		return c.p.server(ctx, f)
-	}
-	if c.srv == nil {
-		srv, err := c.p.inner.Conn(ctx)
-		if err != nil {
-			return err
-		}
-		c.srv = srv
-	}
-	return f(c.srv)
-}
-
-// statement is query as the server gets it.
-func (c *clientConn) statement(query string) string {
-	if c.p.rewrite == nil {
-		return query
-	}
-	return c.p.rewrite(query)
-}
-
-var errUnsupported = errors.New("txPooler: only QueryContext and ExecContext are supported")
-
-func (c *clientConn) Prepare(string) (driver.Stmt, error) { return nil, errUnsupported }
-func (c *clientConn) Begin() (driver.Tx, error)           { return nil, errUnsupported }
-
-// Close leaves the server sessions open, as a pooler does; a pinned
-// connection ends its own.
-func (c *clientConn) Close() error {
-	if c.srv != nil {
-		_ = c.srv.Raw(func(any) error { return driver.ErrBadConn })
-		return c.srv.Close()
-	}
-	return nil
-}
-
-func (c *clientConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	var res sql.Result
-	err := c.run(ctx, func(s *sql.Conn) (err error) {
-		res, err = s.ExecContext(ctx, c.statement(query), values(args)...)
-		return err
-	})
-	return res, err
-}
-
-func (c *clientConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	rows := &memRows{}
-	err := c.run(ctx, func(s *sql.Conn) error {
-		rs, err := s.QueryContext(ctx, c.statement(query), values(args)...)
-		if err != nil {
-			return err
-		}
-		defer rs.Close()
-		if rows.cols, err = rs.Columns(); err != nil {
-			return err
-		}
-		for rs.Next() {
-			row := make([]any, len(rows.cols))
-			ptrs := make([]any, len(row))
-			for i := range row {
-				ptrs[i] = &row[i]
-			}
-			if err := rs.Scan(ptrs...); err != nil {
-				return err
-			}
-			rows.data = append(rows.data, row)
-		}
-		return rs.Err()
-	})
-	if err != nil {
-		return nil, err
-	}
-	return rows, nil
-}
-
-func values(args []driver.NamedValue) []any {
-	vs := make([]any, len(args))
-	for i, a := range args {
-		vs[i] = a.Value
-	}
-	return vs
-}
-
-// memRows is a result read in full before its server connection went back
-// to the pool.
-type memRows struct {
-	cols []string
-	data [][]any
-}
-
-func (r *memRows) Columns() []string { return r.cols }
-func (r *memRows) Close() error      { return nil }
-
-func (r *memRows) Next(dest []driver.Value) error {
-	if len(r.data) == 0 {
-		return io.EOF
-	}
-	for i, v := range r.data[0] {
-		dest[i] = v
-	}
-	r.data = r.data[1:]
-	return nil
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/advisorylock/go-advisory-lock/internal/tcpproxy"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
-	"github.com/advisorylock/go-advisory-lock/sqllock/internal/fakedriver"
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

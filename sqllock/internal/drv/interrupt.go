@@ -22,7 +22,7 @@ import (
 //     then returns; lib/pq's Close writes a Terminate message and closes
 //     the socket, and touches nothing a statement in flight uses.
 
-// Ways to interrupt a statement (sqllock's Locker.interruptHow caches the answer).
+// Ways to interrupt a statement (session.Manager.interruptHow caches the answer).
 const (
 	InterruptUnknown = iota
 	InterruptNone    // the driver cannot be interrupted: a goroutine waits for it

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/advisorylock/go-advisory-lock/sqllock/internal/fakedriver"
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )

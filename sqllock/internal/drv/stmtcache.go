@@ -7,28 +7,18 @@ import (
 	"sync"
 )
 
-// lib/pq sends a statement with parameters as two round trips (Parse and
-// Describe, then Bind and Execute), and one without parameters as a simple
-// query, which the server parses and plans anew each time. A statement it
-// has prepared runs in one round trip (Bind, Execute) on a plan the server
-// keeps. Measured per Lock+Unlock on lib/pq (docs/benchmarks.md), the
-// prepared guarded statements beat the fastest hand-written literal form,
-// where the literal guarded ones lost to it.
+// lib/pq sends a statement with parameters as two round trips, and one
+// without as a simple query the server plans anew each time; a statement
+// it has prepared runs in one round trip on a kept plan (docs/benchmarks.md
+// compares the forms). So on drivers other than pgx (which prepares and
+// caches by itself), sqllock prepares each lock and unlock text once per
+// driver connection, with the key as parameters. A StmtCache keeps them.
 //
-// So on drivers other than pgx (which prepares and caches by itself),
-// sqllock prepares each lock and unlock text once per driver connection,
-// with the key as parameters: a handful of statements per connection,
-// whatever the number of keys. A StmtCache keeps them.
-//
-// The cache holds the statements, and so their connections, strongly: a
-// statement refers to its connection, so a weakly keyed cache would never
-// see a closed connection go. It forgets a connection that sqllock ends
-// (drop), and keeps at most stmtConns connections, forgetting the least
-// recently used beyond that. A forgotten connection's statements cannot be
-// closed at once (another goroutine may be using the connection): they are
-// retired, and closed the next time sqllock uses that connection. A pool
-// with more than stmtConns connections busy with locks pays a prepare (and
-// a close) now and then, and leaves no statements behind.
+// It holds statements, and so their connections, strongly (a weakly keyed
+// cache would never see a closed connection go): it forgets a connection
+// sqllock ends (Drop), and keeps at most stmtConns connections, least
+// recently used first out. A forgotten connection's statements are closed
+// the next time sqllock uses it, since another goroutine may be using it.
 
 // Prepared statements are safe only on a session that is the client
 // connection's alone. lib/pq names its statements "1", "2", ... per

@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/advisorylock/go-advisory-lock/sqllock/internal/fakedriver"
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 

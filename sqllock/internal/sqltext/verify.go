@@ -46,7 +46,7 @@ func (s *Verify) Statement(addr uintptr) (string, []driver.NamedValue) {
 // connection's. CASE evaluates its branches in order, and only the branch
 // taken, so a standby is not marked. It takes no lock: a lock is taken
 // only on a session whose pid is known, so that a session abandoned in an
-// unknown state can always be found on the server (see Locker.endSession).
+// unknown state can always be found on the server (see settle.Settler.End).
 func BuildVerify(placeholders, allowStandby bool) *Verify {
 	token := "'" + TokenMark + "'"
 	if placeholders {

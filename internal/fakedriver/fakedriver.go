@@ -1,8 +1,10 @@
-// Package fakedriver is a database/sql driver whose statements run a
-// test's function, for behaviour that neither a live server nor sqlmock
-// can play: a driver that ignores its context, a grant that races a
-// cancel, an answer that makes no sense. sqllock's tests and those of the
-// packages below it import it, instead of each writing its own.
+// Package fakedriver holds database/sql drivers for tests: Connector,
+// whose statements run a test's function, for behaviour that neither a
+// live server nor sqlmock can play (a driver that ignores its context, a
+// grant that races a cancel, an answer that makes no sense); and Pooler,
+// which plays a transaction-mode pooler in front of a real server. The
+// tests of sqllock, of the packages below it and of conntest import it,
+// instead of each writing its own.
 package fakedriver
 
 import (
