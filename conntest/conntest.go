@@ -24,7 +24,7 @@
 // it, and the options your application gives sqllock.New:
 //
 //	func TestLocks(t *testing.T) { conntest.Run(t, openDB(t)) }
-//	func TestSharedSessions(t *testing.T) { conntest.Run(t, openDB(t), sqllock.WithSessions(4)) }
+//	func TestWithSessions(t *testing.T) { conntest.Run(t, openDB(t), sqllock.WithSessions(4)) }
 //
 // # Checks
 //

@@ -220,6 +220,24 @@ func ExampleWithSessions() {
 	// Output: locks held: 100 connections in use: 2
 }
 
+// A holder that stops (a paused container, a frozen VM) loses its lock
+// once its session has been idle for the lease; a live holder's keep-alive
+// keeps it. Here: probes every second, a frozen holder's lock free within
+// 5s.
+func ExampleWithLease() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db, sqllock.WithKeepAlive(time.Second, 2*time.Second), sqllock.WithLease(5*time.Second))
+	err := locker.Mutex("example/lease").WithLock(context.Background(), func(ctx context.Context) error {
+		fmt.Println("held under a 5s lease")
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output: held under a 5s lease
+}
+
 // Pass the lock's fencing token with every write it protects; the resource
 // refuses a token older than one it has seen (see docs/recipes.md).
 func ExampleWithFencing() {

@@ -45,6 +45,10 @@ func New(db *sql.DB, opts ...Option) *Locker {
 	if l.cfg.fencing && l.cfg.allowStandby {
 		l.cfg.fail(errors.New("sqllock: WithFencing cannot be combined with WithAllowStandby: a standby cannot hand out transaction ids"))
 	}
+	lease, err := l.cfg.leaseFor()
+	if err != nil {
+		l.cfg.fail(err)
+	}
 	if l.cfg.err != nil {
 		return l
 	}
@@ -54,6 +58,7 @@ func New(db *sql.DB, opts ...Option) *Locker {
 		Timeout:      l.cfg.timeout,
 		Multiplex:    l.cfg.sessions,
 		Fencing:      l.cfg.fencing,
+		Lease:        lease,
 		AllowStandby: l.cfg.allowStandby,
 		Placeholders: l.cfg.placeholders,
 		Logger:       l.cfg.logger,

@@ -99,7 +99,7 @@ func TestLockTableFull(t *testing.T) {
 
 // With WithSessions, a full lock table fails the lock on the shared
 // session without ending it: the locks it carries keep going.
-func TestLockTableFullSharedSession(t *testing.T) {
+func TestLockTableFullMultiplexedSession(t *testing.T) {
 	t.Parallel()
 	c := pgtest.NewCluster(t, "max_locks_per_transaction=10", "max_connections=20")
 	for _, driver := range []string{"postgres", "pgx"} {

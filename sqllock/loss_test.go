@@ -24,7 +24,7 @@ import (
 )
 
 func TestMockKeepAliveSeesOtherBackend(t *testing.T) {
-	l, mock := newMock(t, sqllock.WithKeepAlive(time.Millisecond, time.Second))
+	l, mock := newMock(t, sqllock.WithKeepAlive(time.Millisecond, time.Second), sqllock.WithLease(0))
 	expectLock(mock, 7)
 	mock.ExpectQuery(sqltext.ProbeSQL).WillReturnRows(sqlmock.NewRows([]string{"pid"}).AddRow(8))
 	expectEnded(mock, 7)

@@ -30,10 +30,11 @@ type config struct {
 	allowStandby bool
 	placeholders *bool // nil: decided from the driver
 	observers    []Observer
-	logger       *slog.Logger // WithLogger's; warnings go there, else to slog.Default()
-	sessions     int          // WithSessions: > 0, locks share at most this many server sessions
-	fencing      bool         // WithFencing: exclusive grants carry a fencing token
-	err          error        // first invalid option
+	logger       *slog.Logger   // WithLogger's; warnings go there, else to slog.Default()
+	sessions     int            // WithSessions: > 0, locks share at most this many server sessions
+	fencing      bool           // WithFencing: exclusive grants carry a fencing token
+	lease        *time.Duration // WithLease; nil: derived from the keep-alive (see leaseFor)
+	err          error          // first invalid option
 }
 
 func defaultConfig() config {
@@ -132,6 +133,52 @@ func WithSessions(n int) Option {
 		}
 		c.sessions = n
 	}
+}
+
+// WithLease sets how long a holder that stops (SIGSTOP, a frozen VM or
+// container, a long pause) keeps its lock: the server ends a lock's
+// session once it has been idle for d, and the lock with it. A live
+// holder's keep-alive probes keep its session busy every interval, so d
+// must be longer than the keep-alive interval (see [WithKeepAlive]); a
+// holder that resumes after losing its lock learns of it from its next
+// probe, at once.
+//
+// By default the lease is the keep-alive's loss bound, max(interval,
+// timeout) + timeout: 10s with the defaults, so a frozen holder's lock is
+// free within 10s of its last probe. WithLease(0) turns the lease off:
+// then a holder whose process stops keeps its lock until it resumes or its
+// connection breaks. With the keep-alive off there is no lease.
+//
+// The lease is the session's idle_session_timeout (PostgreSQL 14 and
+// later), set by the statement that grants the lock and given back, with
+// the session's own value, by the unlock of its last lock: a connection
+// back in the pool carries no setting of sqllock's. Older servers have no
+// such setting, and their locks no lease. d is rounded to milliseconds; a
+// negative d is invalid.
+func WithLease(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail(fmt.Errorf("sqllock: WithLease: negative lease %v", d))
+			return
+		}
+		c.lease = &d
+	}
+}
+
+// leaseFor returns the lease of c (see WithLease), or an error when it
+// would end a live holder's session.
+func (c *config) leaseFor() (time.Duration, error) {
+	switch {
+	case c.interval <= 0 && c.lease != nil && *c.lease > 0:
+		return 0, fmt.Errorf("sqllock: WithLease(%v) needs the keep-alive, whose probes keep a live holder's session from idling: WithKeepAlive turned it off", *c.lease)
+	case c.interval <= 0:
+		return 0, nil
+	case c.lease == nil:
+		return max(c.interval, c.timeout) + c.timeout, nil
+	case *c.lease > 0 && *c.lease <= c.interval:
+		return 0, fmt.Errorf("sqllock: WithLease(%v) must be longer than the keep-alive interval %v, or a live holder's session idles out between probes", *c.lease, c.interval)
+	}
+	return *c.lease, nil
 }
 
 // withPlaceholders forces the SQL shape: true sends keys as bind

@@ -52,7 +52,7 @@ func (b *syncBuffer) String() string {
 
 // With WithSessions too: a shared session that takes the pool's last
 // connection says so, once.
-func TestPoolFilledBySharedSessionWarns(t *testing.T) {
+func TestPoolFilledByMultiplexedSessionWarns(t *testing.T) {
 	eachDriver(t, func(t *testing.T, db *sql.DB) {
 		var buf syncBuffer
 		logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -35,7 +35,7 @@ func TestMockStandbyRefused(t *testing.T) {
 	require.NoError(t, mu.Unlock(t.Context()))
 }
 
-func TestMockSharedSessionRefused(t *testing.T) {
+func TestMockForeignSessionRefused(t *testing.T) {
 	l, mock := newMock(t)
 	// The session already carries another client's marker: no lock is
 	// tried, and sqllock must refuse and discard.

@@ -379,7 +379,7 @@ func TestSessionsLossLoggedOnce(t *testing.T) {
 // never returns from is bounded: the call fails, every lock the session
 // carries is reported lost, and neither waits for the stuck driver call,
 // whose goroutine ends the session once the driver returns.
-func TestFakeSharedSessionStuckStatement(t *testing.T) {
+func TestFakeMultiplexedSessionStuckStatement(t *testing.T) {
 	unblock := make(chan struct{})
 	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		if strings.Contains(q, "(43)") {
@@ -412,7 +412,7 @@ func TestFakeSharedSessionStuckStatement(t *testing.T) {
 // the session carries is reported lost, and nothing waits for the driver.
 // A statement that gets its answer as it is interrupted fails all the
 // same: its connection is closed.
-func TestFakeSharedSessionWatchdog(t *testing.T) {
+func TestFakeMultiplexedSessionWatchdog(t *testing.T) {
 	for _, answered := range []bool{false, true} {
 		t.Run(fmt.Sprintf("answered=%v", answered), func(t *testing.T) {
 			l, _, run := newCloseInterruptedFake(t, func(q string) bool { return strings.Contains(q, "(43)") }, answered,
@@ -440,7 +440,7 @@ func TestFakeSharedSessionWatchdog(t *testing.T) {
 // the timeout, statements on a shared session pull its scheduler entry
 // forward, and the entry that fires early waits for the probe's time
 // instead of probing.
-func TestFakeSharedSessionWatchAddsNoProbes(t *testing.T) {
+func TestFakeMultiplexedSessionWatchAddsNoProbes(t *testing.T) {
 	var probes atomic.Int32
 	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
 		if q == sqltext.ProbeSQL {
@@ -460,7 +460,7 @@ func TestFakeSharedSessionWatchAddsNoProbes(t *testing.T) {
 	require.NoError(t, held.Unlock(t.Context()))
 }
 
-// TestFaultSilentNetworkSharedSession cuts the network under a shared
+// TestFaultSilentNetworkMultiplexedSession cuts the network under a shared
 // session (WithSessions) that carries two locks, a and b, then runs a call
 // that needs the session: an Unlock of a, or a Lock of a third key, each
 // with a context that never ends. The library bounds statements on a
@@ -472,7 +472,7 @@ func TestFakeSharedSessionWatchAddsNoProbes(t *testing.T) {
 // lock after the Locker was idle, on a pooled connection whose backend is
 // known. That backend may have granted the lock, so it is ended too, or
 // the call says it could not be.
-func TestFaultSilentNetworkSharedSession(t *testing.T) {
+func TestFaultSilentNetworkMultiplexedSession(t *testing.T) {
 	const (
 		interval, timeout = time.Minute, 500 * time.Millisecond // the keep-alive stays out of the way
 		slack             = time.Second                         // scheduling on a busy machine, -race
@@ -539,11 +539,11 @@ func TestFaultSilentNetworkSharedSession(t *testing.T) {
 	})
 }
 
-// TestFaultDeadPooledSharedSession: with WithSessions, a pooled connection
+// TestFaultDeadPooledMultiplexedSession: with WithSessions, a pooled connection
 // whose session the server ended while it sat idle (a restart, or
 // idle_session_timeout) is retried on another, as in the default mode,
 // instead of failing the Lock that gets it.
-func TestFaultDeadPooledSharedSession(t *testing.T) {
+func TestFaultDeadPooledMultiplexedSession(t *testing.T) {
 	t.Parallel()
 	c := pgtest.NewCluster(t)
 	for _, fault := range []string{"restart", "idle_session_timeout"} {
@@ -581,11 +581,11 @@ func TestFaultDeadPooledSharedSession(t *testing.T) {
 	}
 }
 
-// TestFaultBusySharedSessionHonoursContext: while a statement on a shared
+// TestFaultBusyMultiplexedSessionHonoursContext: while a statement on a shared
 // session gets no answer (a silent network; equally a stopped backend),
 // other callers that queue for the session return when their own context
 // ends, not when the stuck statement's bound passes.
-func TestFaultBusySharedSessionHonoursContext(t *testing.T) {
+func TestFaultBusyMultiplexedSessionHonoursContext(t *testing.T) {
 	const (
 		interval, timeout = 200 * time.Millisecond, 3 * time.Second
 		wait, slack       = 300 * time.Millisecond, 700 * time.Millisecond
@@ -631,11 +631,11 @@ func TestFaultBusySharedSessionHonoursContext(t *testing.T) {
 	})
 }
 
-// TestFaultSlowServerOpensSharedSession: a server slow to accept a new
+// TestFaultSlowServerOpensMultiplexedSession: a server slow to accept a new
 // shared session's connection is waited for as long as the caller's
 // context allows, not cut off by the keep-alive timeout with an error
 // that blames a context the caller never ended.
-func TestFaultSlowServerOpensSharedSession(t *testing.T) {
+func TestFaultSlowServerOpensMultiplexedSession(t *testing.T) {
 	const interval, timeout = 100 * time.Millisecond, 300 * time.Millisecond
 	eachFaultSetup(t, func(t *testing.T, s faultSetup) {
 		p, proxied := faultProxy(t, pgtest.DSN(t))

@@ -32,11 +32,12 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 		}
 		switch {
 		case conn == nil:
-		case errs.ServerRefused(ctx, err) && q.Fenced:
-			// A fenced statement takes the lock before its token, whose
-			// transaction id can fail (a full lock table): the grant
-			// survives the error, so it is undone on the same session.
-			if uerr := m.undo(conn, t, r.pid, false, r.prepared, false); uerr != nil {
+		case errs.ServerRefused(ctx, err) && q.AfterGrant:
+			// The statement takes the lock before its token, whose
+			// transaction id can fail (a full lock table), or its lease:
+			// the grant survives the error, so it is undone on the same
+			// session, which holds nothing else.
+			if uerr := m.undo(conn, t, r.pid, shared, r.prepared, false); uerr != nil {
 				cause = fmt.Errorf("%w (%w)", cause, uerr)
 			}
 		case errs.ServerRefused(ctx, err):
@@ -104,11 +105,12 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 // caller's context; if the release is not confirmed, the session is ended.
 // After a cancelled wait (cancelled: the grant is known) conn is discarded,
 // since the driver may have sent the server a cancel request that could
-// land on the next statement (see acquireConn); after a fenced statement's
-// error, which may or may not have granted the lock, the session is sound
-// and conn goes back to the pool.
+// land on the next statement (see acquireConn); after the error of a
+// statement that works after its grant (sqltext.LockStmt.AfterGrant), which
+// may or may not have granted the lock, the session is sound and conn goes
+// back to the pool.
 func (m *Manager) undo(conn *sql.Conn, t *Target, pid int64, shared, prepared, cancelled bool) error {
-	q, args := t.unlockStatement(shared, prepared)
+	q, args := t.unlockStatement(shared, prepared, true)
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Timeout)
 	defer cancel()
 	rows, abandoned, settleErr, err := m.execRows(ctx, conn, q, args, prepared, pid, t.Key, func() { _ = m.settler.End(conn, pid, t.Key) })

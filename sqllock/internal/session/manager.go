@@ -29,6 +29,7 @@ type Config struct {
 	Timeout      time.Duration // keep-alive timeout, and the bound of releases and multiplexed statements
 	Multiplex    int           // > 0: locks share at most this many sessions (WithSessions)
 	Fencing      bool          // exclusive grants carry a fencing token
+	Lease        time.Duration // > 0: a holder whose session idles this long loses it (see sqltext.LeaseOn)
 	AllowStandby bool
 	Placeholders *bool        // nil: keys are parameters, prepared by sqllock unless the driver is pgx
 	Logger       *slog.Logger // warnings; nil: slog.Default()

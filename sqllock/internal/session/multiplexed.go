@@ -245,13 +245,19 @@ func (m *Manager) lockMultiplexed(ctx context.Context, t *Target, req Request) (
 			return nil, cause
 		case refused:
 			err := m.fencingErr(errs.Classify(r.err))
-			if q.Fenced {
-				// The grant may have come before the token failed, and
-				// outlives the error (see Manager.undo). The
+			if q.AfterGrant {
+				// The grant may have come before the token or the lease
+				// failed, and outlives the error (see Manager.undo). The
 				// in-process table keeps every other holder of this
 				// process off the key, so the session holds it at most
-				// once: one unlock undoes it.
-				if uerr := m.unlockOn(s, t, false); uerr != nil && !errors.Is(uerr, errs.ErrLockLost) {
+				// once and one unlock undoes it; except a shared lock
+				// the session already carries, which the unlock could
+				// release instead: the session goes then.
+				uerr := errAmbiguousGrant
+				if !shared || !s.carriesShared(t.Key) {
+					uerr = m.unlockOn(s, t, shared)
+				}
+				if uerr != nil && !errors.Is(uerr, errs.ErrLockLost) {
 					if serr := s.loseBounded(uerr); serr != nil { // gives connMu back
 						err = fmt.Errorf("%w (%w)", err, serr)
 					}
@@ -361,7 +367,12 @@ func (m *Manager) lockStatementMultiplexed(ctx context.Context, s *session, t *T
 // loses the session (see session.lose). An abandoned statement's session
 // is ended when its driver returns.
 func (m *Manager) unlockOn(s *session, t *Target, shared bool) error {
-	q, args := t.unlockStatement(shared, s.prepared)
+	// The last lock on the session gives its setting back (see
+	// sqltext.LeaseOff). Whoever adds one holds connMu, as the caller does.
+	s.mu.Lock()
+	last := len(s.carried) == 0
+	s.mu.Unlock()
+	q, args := t.unlockStatement(shared, s.prepared, last)
 	var rows int64
 	var abandoned bool
 	var settleErr, err error
@@ -487,3 +498,7 @@ func (s *session) carriesShared(k keyspace.Key) bool {
 	}
 	return false
 }
+
+// errAmbiguousGrant is why a multiplexed session is ended after a failed
+// statement that may have granted a shared lock it already carried.
+var errAmbiguousGrant = errors.New("a shared lock statement failed after its grant, on a session that carries the lock already: ending the session is the only sure release")

@@ -54,6 +54,9 @@ func (m *Manager) build(k keyspace.Key, placeholders bool) *sqltext.Queries {
 	if m.cfg.Fencing {
 		q.Fence()
 	}
+	if m.cfg.Lease > 0 {
+		q.Lease(m.cfg.Lease)
+	}
 	return &q
 }
 
@@ -73,16 +76,23 @@ func (t *Target) literal() *sqltext.Queries {
 }
 
 // unlockStatement returns the unlock statement and its arguments for a
-// lock taken in the given form (prepared: see drv.StmtCache).
-func (t *Target) unlockStatement(shared, prepared bool) (string, []driver.NamedValue) {
+// lock taken in the given form (prepared: see drv.StmtCache); last says
+// that the session carries no other lock, and gets its setting back (see
+// sqltext.LeaseOff).
+func (t *Target) unlockStatement(shared, prepared, last bool) (string, []driver.NamedValue) {
 	q, args := t.Q, t.named
 	if t.m.prepared && !prepared {
 		q, args = t.literal(), nil
 	}
-	if shared {
+	switch {
+	case shared && last:
 		return q.UnlockShared, args
+	case shared:
+		return q.UnlockSharedKeep, args
+	case last:
+		return q.Unlock, args
 	}
-	return q.Unlock, args
+	return q.UnlockKeep, args
 }
 
 // fail makes the error of operation op on t's lock (see Config.Fail).

@@ -25,10 +25,8 @@ const FencedToken = "CASE WHEN pg_logical_emit_message(true, 'sqllock', '') IS N
 // that found the lock taken, or no row for another session (see
 // Build).
 func (q *Queries) Fence() {
-	q.Lock = &LockStmt{Kind: KindLock, Fenced: true, Parts: strings.Split(
-		"SELECT CASE WHEN pg_advisory_lock("+q.KeyList+") IS NOT NULL THEN "+FencedToken+" END"+SessionGuard, TokenMark)}
-	q.Try = &LockStmt{Kind: KindTry, Fenced: true, Parts: strings.Split(
-		"SELECT CASE WHEN pg_try_advisory_lock("+q.KeyList+") THEN "+FencedToken+" ELSE '0' END"+SessionGuard, TokenMark)}
+	q.fenced = true
+	q.assemble()
 }
 
 // A token is the timeline in the high bits of a non-negative int64 and

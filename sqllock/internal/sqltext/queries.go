@@ -10,37 +10,44 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 	"weak"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
 )
 
-// Queries holds the SQL for one key, built once per Mutex. Keys are
-// integers, so writing them into the SQL text is safe; lock names never
-// reach SQL.
+// Queries holds the SQL for one key, or with the key as parameters for
+// every key of a kind. Keys are integers, so writing them into the SQL
+// text is safe; lock names never reach SQL.
 type Queries struct {
-	Lock, LockShared     *LockStmt // see LockStmt
-	Try, TryShared       *LockStmt
-	TrySharedBehind      *LockStmt           // tryShared that yields to a queued waiter (see waiterQueued)
-	Unlock, UnlockShared string              // -> one row if released, else none
-	Args                 []any               // the key as bind parameters, or nil with literals
-	Named                []driver.NamedValue // args, as the driver takes them
-	KeyList              string              // the key as SQL arguments: "42", "1,2" or "$1,$2"
+	Lock, LockShared             *LockStmt // see LockStmt
+	Try, TryShared               *LockStmt
+	TrySharedBehind              *LockStmt           // tryShared that yields to a queued waiter (see waiterQueued)
+	Unlock, UnlockShared         string              // -> one row if released, else none; gives a lease's setting back
+	UnlockKeep, UnlockSharedKeep string              // the same, keeping the lease, for a session that carries other locks
+	Args                         []any               // the key as bind parameters, or nil with literals
+	Named                        []driver.NamedValue // args, as the driver takes them
+	KeyList                      string              // the key as SQL arguments: "42", "1,2" or "$1,$2"
+
+	queued string        // the SQL condition that a waiter is queued for the key (see waiterQueued)
+	fenced bool          // see Fence
+	lease  time.Duration // see Lease
 }
 
 // A LockStmt is one lock operation in its guarded form (see Build),
 // split where the verified session's backend pid goes.
 type LockStmt struct {
-	Parts  []string
-	Kind   Kind
-	Fenced bool // answers a fencing token (see Queries.Fence)
+	Parts      []string
+	Kind       Kind
+	Fenced     bool // answers a fencing token (see Queries.Fence)
+	AfterGrant bool // does work after the grant that can fail (a token, a lease): an error may leave the lock granted
 }
 
 // A Cache keeps the guarded form of one kind of lock statement as last
 // made for a driver connection: the pool hands a Mutex the same connection
-// again and again, so it is made once. A Mutex keeps one per kind; the
-// statements themselves are shared by every Mutex of a Locker.
+// again and again, so it is made once. A session.Target keeps one per
+// kind; the statements themselves are shared by every key of a kind.
 type Cache struct{ last atomic.Pointer[Guarded] }
 
 // Forget drops the guarded form made last: its session is gone.
@@ -139,47 +146,75 @@ func Build(k keyspace.Key, placeholders bool) Queries {
 		list = x + "," + y
 		queued = waiterQueued("("+x+")::int4", "("+y+")::int4", 2)
 	}
-	// A lock runs on a session that the Locker verified (see
-	// BuildVerify), in the guarded form: it takes the lock only if the
-	// session is still the one verified, by backend pid, and answers true
-	// (granted), false (a try that found the lock taken) or no row
-	// (another session: nothing taken; see Mutex.lockOn). The pid test is
-	// a one-time filter, which the server evaluates before the select
-	// list, so it runs first. A session cannot become a standby, and it
-	// keeps this connection's token (another client can take it only
-	// after something resets the session's settings: DISCARD ALL, which
-	// also drops the session's locks, or RESET ALL, sent through a
-	// transaction pooler, under which session locks do not hold anyway);
-	// so the guarded form refuses what the verify statement would. It
-	// costs the server little more than a bare pg_advisory_lock, where the
-	// verify statement's expressions cost it several microseconds, which
-	// is why they run once per session (docs/benchmarks.md has the
-	// measurements).
-	guard := SessionGuard
-	lock := func(lockFn string, kind Kind) *LockStmt {
-		return &LockStmt{Parts: strings.Split("SELECT "+lockFn+"("+list+") IS NOT NULL"+guard, TokenMark), Kind: kind}
+	q := Queries{Args: args, Named: drv.Named(args), KeyList: list, queued: queued}
+	q.assemble()
+	return q
+}
+
+// assemble writes q's lock and unlock statements for its key list, its
+// fencing and its lease.
+//
+// A lock runs on a verified session (see BuildVerify) in the guarded form:
+// it takes the lock only if the session is still the one verified, by
+// backend pid, and answers true (granted), false (a try that found the
+// lock taken) or no row (another session: nothing taken). The pid test is
+// a one-time filter, evaluated before the select list. A session cannot
+// become a standby and keeps its owner token (only a reset of its
+// settings, DISCARD ALL or RESET ALL, lets another client take it), so the
+// guarded form refuses what the verify statement would, at the cost of a
+// bare pg_advisory_lock.
+func (q *Queries) assemble() {
+	list, on := q.KeyList, "true"
+	if q.lease > 0 {
+		on = LeaseOn(q.lease)
 	}
-	try := func(tryFn string, kind Kind) *LockStmt {
-		return &LockStmt{Parts: strings.Split("SELECT "+tryFn+"("+list+")"+guard, TokenMark), Kind: kind}
+	// granted is the answer of a grant: true, or a fencing token; both
+	// after the lease is set, if any, which CASE orders.
+	granted := func(fenced bool) string {
+		switch {
+		case fenced && q.lease > 0:
+			return "CASE WHEN " + on + " THEN " + FencedToken + " END"
+		case fenced:
+			return FencedToken
+		}
+		return on
 	}
+	stmt := func(kind Kind, fenced bool, text string) *LockStmt {
+		return &LockStmt{Kind: kind, Fenced: fenced, AfterGrant: fenced || q.lease > 0, Parts: strings.Split("SELECT "+text+SessionGuard, TokenMark)}
+	}
+	lock := func(fn string, kind Kind, fenced bool) *LockStmt {
+		if !fenced && q.lease == 0 {
+			return stmt(kind, false, fn+"("+list+") IS NOT NULL")
+		}
+		return stmt(kind, fenced, "CASE WHEN "+fn+"("+list+") IS NOT NULL THEN "+granted(fenced)+" END")
+	}
+	refused := "false" // a try's answer when the lock is taken
+	try := func(fn string, kind Kind, fenced bool) *LockStmt {
+		if !fenced && q.lease == 0 {
+			return stmt(kind, false, fn+"("+list+")")
+		}
+		no := refused
+		if fenced {
+			no = "'0'"
+		}
+		return stmt(kind, fenced, "CASE WHEN "+fn+"("+list+") THEN "+granted(fenced)+" ELSE "+no+" END")
+	}
+	q.Lock = lock("pg_advisory_lock", KindLock, q.fenced)
+	q.LockShared = lock("pg_advisory_lock_shared", KindLockShared, false)
+	q.Try = try("pg_try_advisory_lock", KindTry, q.fenced)
+	q.TryShared = try("pg_try_advisory_lock_shared", KindTryShared, false)
+	q.TrySharedBehind = stmt(KindTrySharedBehind, false, "CASE WHEN "+q.queued+" THEN false WHEN pg_try_advisory_lock_shared("+list+") THEN "+on+" ELSE false END")
 	// The unlock answers with its row count, which Exec reports without
-	// reading rows: one row if the lock was released, none otherwise.
-	unlock := func(unlockFn string) string {
-		return "SELECT 1 WHERE " + unlockFn + "(" + list + ")"
+	// reading rows: one row if the lock was released, none otherwise. The
+	// last lock a session carries gives the session's setting back.
+	unlock := func(fn string, last bool) string {
+		if !last || q.lease == 0 {
+			return "SELECT 1 WHERE " + fn + "(" + list + ")"
+		}
+		return "SELECT 1 WHERE CASE WHEN " + fn + "(" + list + ") THEN " + LeaseOff + " ELSE false END"
 	}
-	return Queries{
-		Lock:       lock("pg_advisory_lock", KindLock),
-		LockShared: lock("pg_advisory_lock_shared", KindLockShared),
-		Try:        try("pg_try_advisory_lock", KindTry),
-		TryShared:  try("pg_try_advisory_lock_shared", KindTryShared),
-		TrySharedBehind: &LockStmt{Kind: KindTrySharedBehind, Parts: strings.Split(
-			"SELECT CASE WHEN "+queued+" THEN false ELSE pg_try_advisory_lock_shared("+list+") END"+guard, TokenMark)},
-		Unlock:       unlock("pg_advisory_unlock"),
-		UnlockShared: unlock("pg_advisory_unlock_shared"),
-		Args:         args,
-		Named:        drv.Named(args),
-		KeyList:      list,
-	}
+	q.Unlock, q.UnlockShared = unlock("pg_advisory_unlock", true), unlock("pg_advisory_unlock_shared", true)
+	q.UnlockKeep, q.UnlockSharedKeep = unlock("pg_advisory_unlock", false), unlock("pg_advisory_unlock_shared", false)
 }
 
 // waiterQueued is the SQL condition that some session of this database

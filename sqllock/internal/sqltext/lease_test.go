@@ -1,0 +1,44 @@
+package sqltext
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// With a lease, every grant sets it and counts as work after the grant; the
+// unlocks of a session's last lock give it back, the others keep it.
+// Without one, the statements are the plain ones.
+func TestLease(t *testing.T) {
+	q := Build(keyspace.Int64(42), true)
+	plain := q
+	q.Fence()
+	q.Lease(10 * time.Second)
+	on := LeaseOn(10 * time.Second)
+	if !strings.Contains(on, "'10000'") {
+		t.Errorf("LeaseOn(10s) = %s; want the lease in milliseconds", on)
+	}
+	for _, s := range []*LockStmt{q.Lock, q.LockShared, q.Try, q.TryShared, q.TrySharedBehind} {
+		text := strings.Join(s.Parts, "7")
+		if !strings.Contains(text, on) || !s.AfterGrant {
+			t.Errorf("kind %d: %s (after grant %v); want the lease set after the grant", s.Kind, text, s.AfterGrant)
+		}
+	}
+	if !q.Lock.Fenced || !strings.Contains(strings.Join(q.Lock.Parts, "7"), FencedToken) {
+		t.Errorf("the fenced lock lost its token: %s", q.Lock.Parts)
+	}
+	for _, u := range []string{q.Unlock, q.UnlockShared} {
+		if !strings.Contains(u, LeaseOff) {
+			t.Errorf("%s; want the lease given back", u)
+		}
+	}
+	if q.UnlockKeep != plain.Unlock || q.UnlockSharedKeep != plain.UnlockShared {
+		t.Errorf("keep forms %q, %q; want the plain unlocks", q.UnlockKeep, q.UnlockSharedKeep)
+	}
+	q.Lease(0)
+	if q.Unlock != plain.Unlock || q.LockShared.AfterGrant || strings.Join(q.LockShared.Parts, "") != strings.Join(plain.LockShared.Parts, "") {
+		t.Errorf("Lease(0) left %q, %q", q.Unlock, q.LockShared.Parts)
+	}
+}
