@@ -10,9 +10,9 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/lib/pq"
 
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
-	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 

@@ -13,11 +13,11 @@ import (
 	"time"
 
 	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/internal/tcpproxy"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
-	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
-	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/settle"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 	"github.com/stretchr/testify/assert"
