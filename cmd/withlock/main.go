@@ -16,5 +16,8 @@ import (
 )
 
 func main() {
+	if status, ok := cli.Guard(); ok {
+		os.Exit(status)
+	}
 	os.Exit(cli.Main(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }

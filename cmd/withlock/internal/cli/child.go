@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -51,6 +52,11 @@ type childResult struct {
 // process has exited. If ctx has ended already, the command does not start.
 // If withlock dies first, the command gets deathSignal where there is one.
 func (c *child) run(ctx context.Context, sigs <-chan os.Signal) childResult {
+	if guardSupported {
+		if res, ok := c.runGuarded(ctx, sigs); ok {
+			return res
+		}
+	}
 	cmd := exec.CommandContext(ctx, c.path, c.args[1:]...)
 	cmd.Args = c.args
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = c.stdin, c.stdout, c.stderr
@@ -87,3 +93,63 @@ func (c *child) run(ctx context.Context, sigs <-chan os.Signal) childResult {
 		}
 	}
 }
+
+// runGuarded runs the command under a guard (see guard_linux.go): withlock
+// started again as its parent, which kills the command's whole process
+// tree when withlock dies, or after the grace period when ctx ends (the
+// lock was lost); signals go to it through a pipe. ok is false if the
+// guard could not be set up: the command then runs as withlock's child.
+func (c *child) runGuarded(ctx context.Context, sigs <-chan os.Signal) (res childResult, ok bool) {
+	self, err := os.Executable()
+	if err != nil {
+		return res, false
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return res, false
+	}
+	defer w.Close()
+	rfd, err := inheritableCopy(r)
+	_ = r.Close()
+	if err != nil {
+		return res, false
+	}
+	cmd := exec.Command(self, append([]string{c.path}, c.args...)...)
+	cmd.Args[0] = "withlock (guard)"
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = c.stdin, c.stdout, c.stderr
+	cmd.Env = append(os.Environ(), c.env...)
+	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d %v", guardEnv, rfd, c.grace))
+	start := time.Now()
+	err = cmd.Start()
+	closeFDs(append(c.fds, rfd)) // the guard has its own copies now
+	if err != nil {
+		return childResult{err: err}, true
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	lost := ctx.Done()
+	for {
+		select {
+		case sig := <-sigs:
+			if n := signalNumber(sig); n > 0 && n < 256 {
+				_, _ = w.Write([]byte{byte(n)})
+			}
+		case <-lost:
+			lost = nil
+			_, _ = w.Write([]byte{guardLost})
+			// Should the guard not end the tree in time, end the guard:
+			// its command gets the death signal.
+			t := time.AfterFunc(c.grace+treeKillBound, func() { _ = cmd.Process.Kill() })
+			defer t.Stop()
+		case <-done:
+			return childResult{started: true, status: exitStatus(cmd.ProcessState), duration: time.Since(start)}, true
+		}
+	}
+}
+
+// treeKillBound is how long withlock gives a guard, past the grace period,
+// to end the command's tree after a lost lock before it ends the guard.
+const treeKillBound = 6 * time.Second

@@ -67,9 +67,10 @@ func testKilledHolder(t *testing.T, e *e2e) {
 }
 
 // testKilledHolderGrandchild: a process the command started (here a
-// background subshell; the command itself waits for it) keeps the lock
-// after withlock is killed, until it exits, whether or not the command was
-// stopped with withlock.
+// background subshell; the command itself waits for it) dies with
+// withlock where the command runs under a guard (Linux), and the lock
+// passes on only once it has; elsewhere it keeps the lock until it exits.
+// Either way the next command never overlaps it.
 func testKilledHolderGrandchild(t *testing.T, e *e2e) {
 	name, dir := t.Name(), t.TempDir()
 	a := e.start(t, nil, e.dbFlag(), name, "--", "sh", "-c", "("+loopA+") & wait", "A", dir)
@@ -79,15 +80,79 @@ func testKilledHolderGrandchild(t *testing.T, e *e2e) {
 	e.waitSessions(t, name, 1, 1, patience)
 
 	a.signal(t, syscall.SIGKILL)
-	waitLines(t, dir, "a", countLines(t, dir, "a")+3) // the subshell writes on
-	e.waitSessions(t, name, 1, 1, 0)                  // and B still waits
-	stopLoop(t, dir)
+	if !guardSupported {
+		waitLines(t, dir, "a", countLines(t, dir, "a")+3) // the subshell writes on
+		e.waitSessions(t, name, 1, 1, 0)                  // and B still waits
+		stopLoop(t, dir)
+	}
+	killed := time.Now()
 	b.expect(t, 0)
 	assertNoOverlap(t, dir)
-	if countLines(t, dir, "a-last") != 1 {
+	if guardSupported {
+		if countLines(t, dir, "a-last") != 0 {
+			t.Errorf("the background subshell ran to its end, want it killed with withlock")
+		}
+		// B's command ran 200ms; it started at once, not after a lease.
+		if took := time.Since(killed); took > 3*time.Second {
+			t.Errorf("B finished %v after A was killed, want the lock passed on at once", took)
+		}
+	} else if countLines(t, dir, "a-last") != 1 {
 		t.Errorf("the background subshell did not end as asked")
 	}
 	e.waitSessions(t, name, 0, 0, 5*time.Second)
+}
+
+// testFrozenHolder: withlock, its guard and its command all stopped at
+// once (SIGSTOP to the process group: a paused container, a frozen VM),
+// with no server setting. The lease ends the lock's session, so the next
+// withlock gets the lock within it; resumed, the first withlock learns of
+// the loss from its next probe, stops its command and exits 74.
+func testFrozenHolder(t *testing.T, e *e2e) {
+	if testing.Short() {
+		t.Skip("waits out the default lease, 10s")
+	}
+	name, dir := t.Name(), t.TempDir()
+	a := e.startGroup(t, e.dbFlag(), name, "--", "sh", "-c", loopA, "A", dir)
+	t.Cleanup(func() { stopLoop(t, dir) })
+	a.stdout.waitFor(t, "A's stdout", "started")
+	b := e.start(t, nil, args(e.dbFlag(), name, "--", commandB, dir)...)
+	e.waitSessions(t, name, 1, 1, patience)
+
+	group := -a.cmd.Process.Pid
+	if err := syscall.Kill(group, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	b.expect(t, 0)
+	took := time.Since(frozen) - 200*time.Millisecond // B's command runs 200ms
+	t.Logf("lease: the next withlock got the lock %v after the holder froze", took.Round(time.Millisecond))
+	if took > 15*time.Second {
+		t.Errorf("the next withlock got the lock %v after the holder froze, want at most 15s", took)
+	}
+	before := countLines(t, dir, "a")
+	if err := syscall.Kill(group, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	a.expect(t, ExitLockLost)
+	t.Logf("lease: the resumed withlock exited %v after it resumed; its command wrote %d lines meanwhile", a.exited.Sub(resumed).Round(time.Millisecond), countLines(t, dir, "a")-before)
+	if d := a.exited.Sub(resumed); d > 3*time.Second {
+		t.Errorf("the resumed withlock exited %v after it resumed, want within 3s", d)
+	}
+	if !strings.Contains(a.stderr.String(), "lost lock") {
+		t.Errorf("A's stderr %q: want the loss reported", a.stderr)
+	}
+	if countLines(t, dir, "a-last") != 0 {
+		t.Errorf("A's command ran to its end, want it stopped")
+	}
+	e.waitSessions(t, name, 0, 0, 5*time.Second)
+}
+
+// startGroup is start in a process group of its own, which a test can stop
+// and resume as a whole.
+func (e *e2e) startGroup(t *testing.T, args ...string) *proc {
+	t.Helper()
+	return e.startWith(t, nil, &syscall.SysProcAttr{Setpgid: true}, args...)
 }
 
 // unixDBFlag returns a --db flag that reaches the test server through its

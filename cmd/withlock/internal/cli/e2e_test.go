@@ -63,6 +63,7 @@ func TestEndToEnd(t *testing.T) {
 		{"Fencing", testFencing},
 		{"KilledHolder", testKilledHolder},
 		{"KilledHolderGrandchild", testKilledHolderGrandchild},
+		{"FrozenHolder", testFrozenHolder},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -167,7 +168,14 @@ type proc struct {
 // killed if it still runs when the test ends.
 func (e *e2e) start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return e.startWith(t, env, nil, args...)
+}
+
+// startWith is start with the process attributes attr.
+func (e *e2e) startWith(t *testing.T, env []string, attr *syscall.SysProcAttr, args ...string) *proc {
+	t.Helper()
 	p := &proc{cmd: exec.Command(e.bin, args...), stdout: newOutput(), stderr: newOutput(), done: make(chan struct{})}
+	p.cmd.SysProcAttr = attr
 	if env == nil {
 		env = baseEnv()
 	}

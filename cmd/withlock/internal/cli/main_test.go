@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -10,4 +11,9 @@ import (
 
 // No goroutine outlives the tests: signal forwarders, child waiters and
 // sqllock's keep-alives all end.
-func TestMain(m *testing.M) { pgtest.Main(m, func() error { return goleak.Find() }) }
+func TestMain(m *testing.M) {
+	if status, ok := Guard(); ok { // the commands of in-process runs start under this binary
+		os.Exit(status)
+	}
+	pgtest.Main(m, func() error { return goleak.Find() })
+}

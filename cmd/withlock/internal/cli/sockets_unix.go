@@ -53,23 +53,34 @@ func dupSocket(c net.Conn) (int, error) {
 		return -1, err
 	}
 	fd, dupErr := -1, error(nil)
-	err = rc.Control(func(sysfd uintptr) {
-		var low []int // dup takes the lowest free number: hold those until past them
-		defer func() { closeFDs(low) }()
-		for {
-			if fd, dupErr = syscall.Dup(int(sysfd)); dupErr != nil || fd >= minInheritedFD {
-				return
-			}
-			low = append(low, fd)
-		}
-	})
+	err = rc.Control(func(sysfd uintptr) { fd, dupErr = dupAbove(int(sysfd)) })
 	if err != nil {
 		return -1, err
 	}
-	if dupErr != nil {
-		return -1, os.NewSyscallError("dup", dupErr)
+	return fd, dupErr
+}
+
+// inheritableCopy returns a duplicate of f's descriptor that the next
+// command withlock starts inherits, numbered minInheritedFD or above.
+func inheritableCopy(f *os.File) (int, error) {
+	return dupAbove(int(f.Fd()))
+}
+
+// dupAbove duplicates descriptor fd, without close-on-exec, at
+// minInheritedFD or above.
+func dupAbove(fd int) (int, error) {
+	var low []int // dup takes the lowest free number: hold those until past them
+	defer func() { closeFDs(low) }()
+	for {
+		d, err := syscall.Dup(fd)
+		if err != nil {
+			return -1, os.NewSyscallError("dup", err)
+		}
+		if d >= minInheritedFD {
+			return d, nil
+		}
+		low = append(low, d)
 	}
-	return fd, nil
 }
 
 // closeFDs closes descriptors from inheritable.
