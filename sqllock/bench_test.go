@@ -362,26 +362,18 @@ func waitWaiters(b *testing.B, db *sql.DB, k keyspace.Key, n int) {
 	b.Fatalf("no waiter on %v", k)
 }
 
-// BenchmarkParallel runs 8 goroutines, each locking and unlocking its own key.
+// BenchmarkParallel runs 8 goroutines per CPU, each locking and unlocking its own key.
+//
+// The library side runs without the lease (WithLease(0)): the reference
+// sets none, and under a load that the server's CPU bounds, the lease's
+// two set_config calls per cycle show; BenchmarkLeaseParallel measures
+// them.
 func BenchmarkParallel(b *testing.B) {
 	benchDrivers(b, 16, func(b *testing.B, db *sql.DB) {
-		ctx := context.Background()
 		base := benchKey(b)
 		bn, _ := base.Int64()
-		libRef(b, func(b *testing.B) {
-			l := sqllock.New(db)
-			var next atomic.Int64
-			b.SetParallelism(8)
-			b.ReportAllocs()
-			defer reportCPU(b)()
-			b.RunParallel(func(pb *testing.PB) {
-				mu := l.MutexKey(keyspace.Int64(bn + next.Add(1)))
-				for pb.Next() {
-					check(b, mu.Lock(ctx))
-					check(b, mu.Unlock(ctx))
-				}
-			})
-		}, func(b *testing.B) {
+		libRef(b, parallelLoop(sqllock.New(db, sqllock.WithLease(0)), bn), func(b *testing.B) {
+			ctx := context.Background()
 			var next atomic.Int64
 			b.SetParallelism(8)
 			b.ReportAllocs()
@@ -454,6 +446,46 @@ func BenchmarkKeepAlive(b *testing.B) {
 		k := benchKey(b)
 		alternate(b, "keepalive=on", lockUnlockLoop(sqllock.New(db), k),
 			"keepalive=off", lockUnlockLoop(sqllock.New(db, sqllock.WithKeepAlive(0, 0)), k))
+	})
+}
+
+// parallelLoop is a benchmark side where 16 goroutines lock and unlock keys
+// of their own, from base+1 on, with l.
+func parallelLoop(l *sqllock.Locker, base int64) func(b *testing.B) {
+	return func(b *testing.B) {
+		ctx := context.Background()
+		var next atomic.Int64
+		b.SetParallelism(8)
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		b.RunParallel(func(pb *testing.PB) {
+			mu := l.MutexKey(keyspace.Int64(base + next.Add(1)))
+			for pb.Next() {
+				check(b, mu.Lock(ctx))
+				check(b, mu.Unlock(ctx))
+			}
+		})
+	}
+}
+
+// BenchmarkLease measures what the lease (WithLease, on by default) costs
+// per uncontended Lock+Unlock: lease=on over lease=off, paired in one run.
+// The difference is two set_config calls in the server.
+func BenchmarkLease(b *testing.B) {
+	benchDrivers(b, 1, func(b *testing.B, db *sql.DB) {
+		k := benchKey(b)
+		alternate(b, "lease=on", lockUnlockLoop(sqllock.New(db), k),
+			"lease=off", lockUnlockLoop(sqllock.New(db, sqllock.WithLease(0)), k))
+	})
+}
+
+// BenchmarkLeaseParallel is BenchmarkLease under BenchmarkParallel's load,
+// where the server's CPU is the bound.
+func BenchmarkLeaseParallel(b *testing.B) {
+	benchDrivers(b, 16, func(b *testing.B, db *sql.DB) {
+		base, _ := benchKey(b).Int64()
+		alternate(b, "lease=on", parallelLoop(sqllock.New(db), base),
+			"lease=off", parallelLoop(sqllock.New(db, sqllock.WithLease(0)), base))
 	})
 }
 

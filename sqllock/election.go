@@ -54,9 +54,12 @@ func WithBackoff(min, max time.Duration) ElectionOption {
 // that tolerates a brief overlap.
 // A negative delay keeps the default.
 //
-// No lock service can protect work from a leader whose whole process
-// stalls (a long GC pause, SIGSTOP) past that bound; work that must never
-// overlap should also be fenced in the resource it writes. With
+// A leader whose whole process stalls (a long GC pause, SIGSTOP) keeps
+// the lock only for the lease (see [WithLease]: by default the same
+// bound), after which the next leader takes over; when the stalled one
+// resumes, its overdue probe cancels its fn at once, but it may run for
+// that moment beside the new leader, which no delay can prevent. Work that
+// must never overlap should also be fenced in the resource it writes. With
 // [WithFencing], fn gets a token ([Token]) that the resource can check on
 // every write, which protects whatever the timing: the delay then adds
 // nothing to fenced writes, and WithTakeoverDelay(0) lets a new leader

@@ -150,11 +150,12 @@ func WithSessions(n int) Option {
 // connection breaks. With the keep-alive off there is no lease.
 //
 // The lease is the session's idle_session_timeout (PostgreSQL 14 and
-// later), set by the statement that grants the lock and given back, with
-// the session's own value, by the unlock of its last lock: a connection
-// back in the pool carries no setting of sqllock's. Older servers have no
-// such setting, and their locks no lease. d is rounded to milliseconds; a
-// negative d is invalid.
+// later), set by the statement that grants the lock and reset by the
+// unlock of the session's last lock: a connection back in the pool carries
+// no setting of sqllock's. A session with an idle_session_timeout of its
+// own (from the connection string, the role or the database) keeps it and
+// gets no lease. Older servers have no such setting, and their locks no
+// lease. d is rounded to milliseconds; a negative d is invalid.
 func WithLease(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 {

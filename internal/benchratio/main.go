@@ -150,6 +150,10 @@ func report(w io.Writer, r results) (failed int) {
 			{name: "FencedLockUnlock", maxRatio: 1.05},
 			// What fencing costs per lock: on over off, no target.
 			{name: "Fencing", lib: "fencing=on", ref: "fencing=off"},
+			// What the lease costs per lock, alone and under load: on over
+			// off, no target.
+			{name: "Lease", lib: "lease=on", ref: "lease=off"},
+			{name: "LeaseParallel", lib: "lease=on", ref: "lease=off"},
 		} {
 			if s.lib == "" {
 				s.lib, s.ref = "impl=lib", "impl=ref"
@@ -173,6 +177,9 @@ func report(w io.Writer, r results) (failed int) {
 			}
 			if s.name == "Fencing" {
 				targets = append(targets, fmt.Sprintf("fencing costs %+.1f µs per lock", (lib-ref)/1e3))
+			}
+			if s.name == "Lease" || s.name == "LeaseParallel" {
+				targets = append(targets, fmt.Sprintf("the lease costs %+.1f µs per lock", (lib-ref)/1e3))
 			}
 			if s.name == "KeepAlive" {
 				targets = append(targets, "keep-alive on / off (none expected)")

@@ -30,7 +30,7 @@ func TestLease(t *testing.T) {
 		t.Errorf("the fenced lock lost its token: %s", q.Lock.Parts)
 	}
 	for _, u := range []string{q.Unlock, q.UnlockShared} {
-		if !strings.Contains(u, LeaseOff) {
+		if !strings.Contains(u, LeaseOff(10*time.Second)) || !strings.Contains(u, "= '10s'") {
 			t.Errorf("%s; want the lease given back", u)
 		}
 	}
@@ -40,5 +40,15 @@ func TestLease(t *testing.T) {
 	q.Lease(0)
 	if q.Unlock != plain.Unlock || q.LockShared.AfterGrant || strings.Join(q.LockShared.Parts, "") != strings.Join(plain.LockShared.Parts, "") {
 		t.Errorf("Lease(0) left %q, %q", q.Unlock, q.LockShared.Parts)
+	}
+}
+
+// shown writes a duration as the server shows it (checked against
+// PostgreSQL 15's SHOW).
+func TestShown(t *testing.T) {
+	for ms, want := range map[int64]string{10000: "10s", 1500: "1500ms", 60000: "1min", 90000: "90s", 7200000: "2h", 86400000: "1d", 60500: "60500ms", 800: "800ms"} {
+		if got := shown(ms); got != want {
+			t.Errorf("shown(%d) = %q, want %q", ms, got, want)
+		}
 	}
 }

@@ -211,7 +211,7 @@ func (q *Queries) assemble() {
 		if !last || q.lease == 0 {
 			return "SELECT 1 WHERE " + fn + "(" + list + ")"
 		}
-		return "SELECT 1 WHERE CASE WHEN " + fn + "(" + list + ") THEN " + LeaseOff + " ELSE false END"
+		return "SELECT 1 WHERE CASE WHEN " + fn + "(" + list + ") THEN " + LeaseOff(q.lease) + " ELSE false END"
 	}
 	q.Unlock, q.UnlockShared = unlock("pg_advisory_unlock", true), unlock("pg_advisory_unlock_shared", true)
 	q.UnlockKeep, q.UnlockSharedKeep = unlock("pg_advisory_unlock", false), unlock("pg_advisory_unlock_shared", false)
