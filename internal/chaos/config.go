@@ -24,13 +24,13 @@ type Config struct {
 
 	Fenced bool // guard the accesses with the tokens; false shows the damage without
 
-	KeepAlive          time.Duration // sqllock.WithKeepAlive interval, and withlock --keepalive
-	KeepAliveTimeout   time.Duration // sqllock.WithKeepAlive timeout (withlock's is fixed at 5s)
-	IdleSessionTimeout time.Duration // of the workers' sessions: frees a silent or paused holder's lock
-	Pause              time.Duration // how long a paused holder stays stopped
-	Silence            time.Duration // how long a holder's network stays silent
-	GapMin, GapMax     time.Duration // between two faults
-	WorkMin, WorkMax   time.Duration // the work inside a critical section
+	KeepAlive        time.Duration // sqllock.WithKeepAlive interval, and withlock --keepalive
+	KeepAliveTimeout time.Duration // sqllock.WithKeepAlive timeout (withlock's is fixed at 5s)
+	Lease            time.Duration // the library workers' sqllock.WithLease: frees a silent or paused holder's lock (withlock's is its default)
+	Pause            time.Duration // how long a paused holder stays stopped
+	Silence          time.Duration // how long a holder's network stays silent
+	GapMin, GapMax   time.Duration // between two faults
+	WorkMin, WorkMax time.Duration // the work inside a critical section
 
 	Seed int64 // of the fault schedule; 0 picks one
 
@@ -46,30 +46,28 @@ type Config struct {
 //
 // The keep-alive (200ms interval, 400ms timeout) gives a library holder on
 // a silent network a loss bound of max(interval, timeout) + timeout =
-// 800ms; idle_session_timeout 1.5s is longer, so the holder learns of the
-// loss before the server frees the lock (docs/reliability.md, "Silent
-// network"), and longer than the interval plus a round trip, so that live
-// holders keep their sessions. withlock's probe timeout is fixed at 5s, so
-// a withlock holder on a silent network learns later than the server frees
-// the lock: that is one of the overlaps fencing is for. Pauses and
-// silences last 2.5s, past idle_session_timeout plus the time for another
-// worker to be granted.
+// 800ms; the library workers' lease, 1.5s, is longer, so the holder learns
+// of the loss before the server frees the lock (docs/reliability.md,
+// "Silent network"). No server setting frees a paused or silent holder's
+// lock: the lease does. withlock's probe timeout is fixed at 5s, and its
+// lease is its default, 10s. Pauses and silences last 2.5s, past the
+// library lease plus the time for another worker to be granted.
 func DefaultConfig() Config {
 	return Config{
 		PQ: 2, PGX: 2, Withlock: 2,
 		PQSessions: 1, PGXSessions: 1,
-		Grants:             2000,
-		Timeout:            15 * time.Minute,
-		Fenced:             true,
-		KeepAlive:          200 * time.Millisecond,
-		KeepAliveTimeout:   400 * time.Millisecond,
-		IdleSessionTimeout: 1500 * time.Millisecond,
-		Pause:              2500 * time.Millisecond,
-		Silence:            2500 * time.Millisecond,
-		GapMin:             time.Second,
-		GapMax:             3 * time.Second,
-		WorkMin:            2 * time.Millisecond,
-		WorkMax:            30 * time.Millisecond,
+		Grants:           3000,
+		Timeout:          15 * time.Minute,
+		Fenced:           true,
+		KeepAlive:        200 * time.Millisecond,
+		KeepAliveTimeout: 400 * time.Millisecond,
+		Lease:            1500 * time.Millisecond,
+		Pause:            2500 * time.Millisecond,
+		Silence:          2500 * time.Millisecond,
+		GapMin:           time.Second,
+		GapMax:           3 * time.Second,
+		WorkMin:          2 * time.Millisecond,
+		WorkMax:          30 * time.Millisecond,
 	}
 }
 
@@ -98,11 +96,11 @@ func (c *Config) validate() error {
 		return errors.New("chaos: Config.WithlockPath is not set")
 	case c.Dir == "":
 		return errors.New("chaos: Config.Dir is not set")
-	case c.IdleSessionTimeout <= max(c.KeepAlive, c.KeepAliveTimeout)+c.KeepAliveTimeout:
-		return fmt.Errorf("chaos: idle_session_timeout %v must exceed the keep-alive's loss bound %v",
-			c.IdleSessionTimeout, max(c.KeepAlive, c.KeepAliveTimeout)+c.KeepAliveTimeout)
-	case c.Pause <= c.IdleSessionTimeout || c.Silence <= c.IdleSessionTimeout:
-		return errors.New("chaos: pauses and silences must outlast idle_session_timeout")
+	case c.Lease <= max(c.KeepAlive, c.KeepAliveTimeout)+c.KeepAliveTimeout:
+		return fmt.Errorf("chaos: the lease %v must exceed the keep-alive's loss bound %v",
+			c.Lease, max(c.KeepAlive, c.KeepAliveTimeout)+c.KeepAliveTimeout)
+	case c.Pause <= c.Lease || c.Silence <= c.Lease:
+		return errors.New("chaos: pauses and silences must outlast the lease")
 	case c.GapMax < c.GapMin || c.WorkMax < c.WorkMin:
 		return errors.New("chaos: a range's maximum is below its minimum")
 	}

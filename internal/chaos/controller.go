@@ -183,13 +183,13 @@ func (c *controller) workers() ([]*worker, error) {
 		w.spec = Spec{
 			Worker: name, Kind: kind, Driver: driver,
 			DSN: fmt.Sprintf("host=%s port=%s user=%s dbname=postgres sslmode=disable connect_timeout=5"+
-				" target_session_attrs=read-write options='-c idle_session_timeout=%d'",
-				strings.Join(hosts, ","), strings.Join(ports, ","), roleName(name), c.cfg.IdleSessionTimeout.Milliseconds()),
+				" target_session_attrs=read-write", strings.Join(hosts, ","), strings.Join(ports, ","), roleName(name)),
 			Records:          filepath.Join(c.cfg.Dir, name+".jsonl"),
 			LockName:         lockName,
 			Fenced:           c.cfg.Fenced,
 			KeepAlive:        c.cfg.KeepAlive,
 			KeepAliveTimeout: c.cfg.KeepAliveTimeout,
+			Lease:            c.cfg.Lease,
 			Sessions:         sl.sessions,
 			WorkMin:          c.cfg.WorkMin,
 			WorkMax:          c.cfg.WorkMax,
@@ -282,10 +282,10 @@ func (c *controller) injectFaults(ctx context.Context, started time.Time) error 
 }
 
 // waitLocksGone waits until no advisory lock is left on the server, for
-// at most the server's own bound on a dead holder's session
-// (idle_session_timeout) plus a margin, and returns how many are left.
+// at most the longest lease (withlock's default, max(interval, 5s) + 5s)
+// plus a margin, and returns how many are left.
 func (c *controller) waitLocksGone(ctx context.Context) (int, error) {
-	deadline := time.Now().Add(c.cfg.IdleSessionTimeout + 5*time.Second)
+	deadline := time.Now().Add(max(c.cfg.Lease, max(c.cfg.KeepAlive, 5*time.Second)+5*time.Second) + 5*time.Second)
 	for {
 		var n int
 		if err := c.admin.QueryRowContext(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'`).Scan(&n); err != nil {

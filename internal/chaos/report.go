@@ -44,8 +44,8 @@ func (r *Result) WriteReport(w io.Writer) error {
 	} else {
 		b.WriteString(".\n")
 	}
-	fmt.Fprintf(&b, "- Keep-alive %v / %v (withlock: `--keepalive %v`, probe timeout 5s), `idle_session_timeout` %v on the workers' sessions, pauses and silences %v, work %v–%v per section, faults every %v–%v.\n\n",
-		c.KeepAlive, c.KeepAliveTimeout, c.KeepAlive, c.IdleSessionTimeout, c.Pause, c.WorkMin, c.WorkMax, c.GapMin, c.GapMax)
+	fmt.Fprintf(&b, "- Keep-alive %v / %v (withlock: `--keepalive %v`, probe timeout 5s), leases %v (library, `WithLease`) and %v (withlock's default), no server setting, pauses and silences %v, work %v–%v per section, faults every %v–%v.\n\n",
+		c.KeepAlive, c.KeepAliveTimeout, c.KeepAlive, c.Lease, max(c.KeepAlive, 5*time.Second)+5*time.Second, c.Pause, c.WorkMin, c.WorkMax, c.GapMin, c.GapMax)
 
 	b.WriteString("| | |\n|---|---|\n")
 	fmt.Fprintf(&b, "| Grants (critical sections) | %d |\n", r.Grants)

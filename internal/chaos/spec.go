@@ -39,6 +39,7 @@ type Spec struct {
 	Fenced           bool          `json:"fenced"`
 	KeepAlive        time.Duration `json:"keepalive"`
 	KeepAliveTimeout time.Duration `json:"keepalive_timeout"`
+	Lease            time.Duration `json:"lease"`    // a library worker's sqllock.WithLease
 	Sessions         int           `json:"sessions"` // a library worker's sqllock.WithSessions; 0: a connection per lock
 	WorkMin          time.Duration `json:"work_min"`
 	WorkMax          time.Duration `json:"work_max"`

@@ -21,7 +21,7 @@ import (
 const (
 	maxWait      = 2 * time.Second        // one WithLock's wait, so that a stop request is seen soon
 	retryPause   = 50 * time.Millisecond  // after a lock attempt failed (server down, ...)
-	connMaxIdle  = 500 * time.Millisecond // below the sessions' idle_session_timeout
+	connMaxIdle  = 500 * time.Millisecond // idle pooled connections close soon: a restart or failover leaves few dead ones to find
 	tokenEnvName = "WITHLOCK_TOKEN"       // where withlock --fencing puts the token
 )
 
@@ -39,7 +39,7 @@ func runWorker(s Spec) int {
 	defer db.Close()
 	db.SetConnMaxIdleTime(connMaxIdle)
 
-	opts := []sqllock.Option{sqllock.WithFencing(), sqllock.WithKeepAlive(s.KeepAlive, s.KeepAliveTimeout)}
+	opts := []sqllock.Option{sqllock.WithFencing(), sqllock.WithKeepAlive(s.KeepAlive, s.KeepAliveTimeout), sqllock.WithLease(s.Lease)}
 	if s.Sessions > 0 {
 		opts = append(opts, sqllock.WithSessions(s.Sessions))
 	}
