@@ -111,4 +111,10 @@ func (c *Config) validate() error {
 type Servers struct {
 	Primary *pgtest.Cluster
 	Standby *pgtest.Cluster // a streaming standby of Primary; nil: no failover
+	// Resource holds the protected counter, apart from the locks' server,
+	// which the run restarts and fails over: then the failover is to an
+	// asynchronous standby that loses the primary's last commits. Nil: the
+	// counter is on Primary, and the failover is to a synchronous standby,
+	// which loses none.
+	Resource *pgtest.Cluster
 }

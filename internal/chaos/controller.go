@@ -29,7 +29,9 @@ type controller struct {
 	rng      *rand.Rand
 	primary  *pgtest.Cluster
 	standby  *pgtest.Cluster
-	admin    *sql.DB // the controller's own connection to the primary
+	admin    *sql.DB         // the controller's own connection to the primary
+	resource *pgtest.Cluster // where the counter lives, if not on the primary
+	res      *sql.DB         // the controller's connection to resource; nil: admin
 	fleet    *fleet
 	faults   []Fault
 	restarts int
@@ -48,15 +50,23 @@ func Run(ctx context.Context, cfg Config, srv Servers) (*Result, error) {
 		cfg.Seed = time.Now().UnixNano()
 	}
 	c := &controller{
-		cfg:     cfg,
-		rng:     rand.New(rand.NewPCG(uint64(cfg.Seed), 0)),
-		primary: srv.Primary,
-		standby: srv.Standby,
+		cfg:      cfg,
+		rng:      rand.New(rand.NewPCG(uint64(cfg.Seed), 0)),
+		primary:  srv.Primary,
+		standby:  srv.Standby,
+		resource: srv.Resource,
 	}
 	if err := c.reopenAdmin(); err != nil {
 		return nil, err
 	}
 	defer func() { c.admin.Close() }()
+	if c.resource != nil {
+		var err error
+		if c.res, err = sql.Open("pgx", c.resource.DSN()); err != nil {
+			return nil, fmt.Errorf("chaos: %w", err)
+		}
+		defer c.res.Close()
+	}
 
 	var version string
 	if err := c.admin.QueryRowContext(ctx, `SHOW server_version`).Scan(&version); err != nil {
@@ -77,7 +87,7 @@ func Run(ctx context.Context, cfg Config, srv Servers) (*Result, error) {
 	for i, w := range workers {
 		names[i] = w.spec.Worker
 	}
-	if err := createSchema(ctx, c.admin, names); err != nil {
+	if err := createSchema(ctx, c.admin, c.res, names); err != nil {
 		return nil, err
 	}
 	if c.standby != nil {
@@ -100,7 +110,7 @@ func Run(ctx context.Context, cfg Config, srv Servers) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	history, counter, err := readHistory(context.WithoutCancel(ctx), c.admin)
+	history, counter, err := readHistory(context.WithoutCancel(ctx), c.counterDB())
 	if err != nil {
 		return nil, err
 	}
@@ -124,6 +134,7 @@ func Run(ctx context.Context, cfg Config, srv Servers) (*Result, error) {
 	res.Run = RunInfo{
 		Config: cfg, Started: started, Elapsed: elapsed, ServerVersion: version,
 		Failover: srv.Standby != nil,
+		Counter:  srv.Resource != nil,
 	}
 	return res, nil
 }
@@ -184,6 +195,7 @@ func (c *controller) workers() ([]*worker, error) {
 			Worker: name, Kind: kind, Driver: driver,
 			DSN: fmt.Sprintf("host=%s port=%s user=%s dbname=postgres sslmode=disable connect_timeout=5"+
 				" target_session_attrs=read-write", strings.Join(hosts, ","), strings.Join(ports, ","), roleName(name)),
+			ResourceDSN:      c.resourceDSN(name),
 			Records:          filepath.Join(c.cfg.Dir, name+".jsonl"),
 			LockName:         lockName,
 			Fenced:           c.cfg.Fenced,
@@ -298,6 +310,14 @@ func (c *controller) waitLocksGone(ctx context.Context) (int, error) {
 	}
 }
 
+// counterDB is the controller's connection to the counter's server.
+func (c *controller) counterDB() *sql.DB {
+	if c.res != nil {
+		return c.res
+	}
+	return c.admin
+}
+
 // reopenAdmin (re)connects the controller to the current primary.
 func (c *controller) reopenAdmin() error {
 	if c.admin != nil {
@@ -315,4 +335,13 @@ func (c *controller) logf(format string, args ...any) {
 	if c.cfg.Log != nil {
 		fmt.Fprintf(c.cfg.Log, format+"\n", args...)
 	}
+}
+
+// resourceDSN is how worker name reaches the counter: on its own server,
+// directly, or through the same proxies as its locks.
+func (c *controller) resourceDSN(name string) string {
+	if c.resource == nil {
+		return ""
+	}
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable connect_timeout=5", c.resource.Port(), roleName(name))
 }

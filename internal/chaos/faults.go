@@ -16,7 +16,7 @@ const (
 	FaultTerminate = "terminate" // the holder's backend ended (pg_terminate_backend)
 	FaultRestart   = "restart"   // the server restarted, -m immediate and -m fast in turn
 	FaultSilence   = "silence"   // the holder's network silenced (tcpproxy.Blackhole) past the loss bound, then resumed
-	FaultFailover  = "failover"  // the primary stopped (-m immediate), the synchronous standby promoted
+	FaultFailover  = "failover"  // the primary stopped (-m immediate), its standby promoted (asynchronous, losing commits, when the counter has a server of its own)
 )
 
 // FaultKinds lists every fault kind, in report order.
@@ -134,9 +134,12 @@ func (c *controller) restart() (Fault, error) {
 	return f, c.reopenAdmin()
 }
 
-// failover stops the primary as a crash would and promotes its synchronous
-// standby; the workers' multi-host connection strings (target_session_attrs
-// read-write) find it.
+// failover stops the primary as a crash would and promotes its standby;
+// the workers' multi-host connection strings (target_session_attrs
+// read-write) find it. With the counter on a server of its own, the
+// standby is first made asynchronous and its replication frozen while the
+// workers go on taking the lock on the primary alone: the promoted standby
+// has lost those commits, and hands out their transaction ids again.
 func (c *controller) failover(ctx context.Context) (Fault, error) {
 	state, err := c.waitSync(ctx)
 	if err != nil {
@@ -144,6 +147,13 @@ func (c *controller) failover(ctx context.Context) (Fault, error) {
 	}
 	f := Fault{Kind: FaultFailover, Start: time.Now().UnixNano(),
 		Detail: fmt.Sprintf("primary stopped (-m immediate), standby (replication %s) promoted", state)}
+	if c.resource != nil {
+		lost, err := c.freezeReplication(ctx)
+		if err != nil {
+			return Fault{}, err
+		}
+		f.Detail = fmt.Sprintf("standby made asynchronous and cut off, %d grants on the primary alone (their commits lost), primary stopped (-m immediate), standby promoted", lost)
+	}
 	if err := c.primary.StopMode("immediate"); err != nil {
 		return Fault{}, fmt.Errorf("chaos: stopping the primary: %w", err)
 	}
@@ -177,4 +187,44 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+}
+
+// frozenFor is how long the workers take the lock on the primary alone
+// before an asynchronous failover.
+const frozenFor = time.Second
+
+// freezeReplication makes the standby asynchronous and cuts it off from
+// the primary, then lets the workers take the lock on the primary alone
+// for frozenFor, and returns how many grants began meanwhile.
+func (c *controller) freezeReplication(ctx context.Context) (int, error) {
+	for _, q := range []string{`ALTER SYSTEM SET synchronous_standby_names = ''`, `SELECT pg_reload_conf()`} {
+		if _, err := c.admin.ExecContext(ctx, q); err != nil {
+			return 0, fmt.Errorf("chaos: making the standby asynchronous: %w", err)
+		}
+	}
+	sdb, err := sql.Open("pgx", c.standby.DSN())
+	if err != nil {
+		return 0, err
+	}
+	defer sdb.Close()
+	for _, q := range []string{`ALTER SYSTEM SET primary_conninfo = ''`, `SELECT pg_reload_conf()`} {
+		if _, err := sdb.ExecContext(ctx, q); err != nil {
+			return 0, fmt.Errorf("chaos: cutting the standby off: %w", err)
+		}
+	}
+	deadline := time.Now().Add(syncWait)
+	for {
+		var n int
+		err := c.admin.QueryRowContext(ctx, `SELECT count(*) FROM pg_stat_replication`).Scan(&n)
+		if err == nil && n == 0 {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return 0, fmt.Errorf("chaos: the standby still replicates after %v (%d, %v)", syncWait, n, err)
+		}
+		sleep(ctx, 20*time.Millisecond)
+	}
+	before := countBegins(c.cfg.Dir)
+	sleep(ctx, frozenFor)
+	return countBegins(c.cfg.Dir) - before, nil
 }

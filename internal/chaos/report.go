@@ -18,6 +18,7 @@ type RunInfo struct {
 	Elapsed       time.Duration
 	ServerVersion string
 	Failover      bool   // a standby was there to fail over to
+	Counter       bool   // the counter had a server of its own (the failover was asynchronous)
 	Command       string // how to reproduce the run
 }
 
@@ -40,10 +41,12 @@ func (r *Result) WriteReport(w io.Writer) error {
 	fmt.Fprintf(&b, "- Workers: %d library on lib/pq, %d library on pgx (`WithLock`, `sqllock.Token`; %s), %d `withlock --fencing` (sections alternately on lib/pq and pgx, reading `WITHLOCK_TOKEN`); each through loopback proxies of its own",
 		c.PQ, c.PGX, sharingWorkers(c), c.Withlock)
 	if r.Run.Failover {
-		b.WriteString(", on a two-host connection string (primary, standby; `target_session_attrs=read-write`) that every client, lib/pq and pgx alike, follows to the promoted standby.\n")
-	} else {
-		b.WriteString(".\n")
+		b.WriteString(", on a two-host connection string (primary, standby; `target_session_attrs=read-write`) that every client, lib/pq and pgx alike, follows to the promoted standby")
 	}
+	if r.Run.Counter {
+		b.WriteString(". The counter lives on a server of its own, which no fault touches; the failover is to an asynchronous standby cut off from the primary first, so the grants made meanwhile are lost with their commits and their transaction ids handed out again")
+	}
+	b.WriteString(".\n")
 	fmt.Fprintf(&b, "- Keep-alive %v / %v (withlock: `--keepalive %v`, probe timeout 5s), leases %v (library, `WithLease`) and %v (withlock's default), no server setting, pauses and silences %v, work %v–%v per section, faults every %v–%v.\n\n",
 		c.KeepAlive, c.KeepAliveTimeout, c.KeepAlive, c.Lease, max(c.KeepAlive, 5*time.Second)+5*time.Second, c.Pause, c.WorkMin, c.WorkMax, c.GapMin, c.GapMax)
 

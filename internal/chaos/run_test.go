@@ -20,11 +20,13 @@ func TestMain(m *testing.M) {
 
 // TestChaosShort is a short chaos run (ShortConfig: one worker of each
 // kind, every fault kind once, at least 100 grants) on a cluster of its own
-// with a synchronous standby. It fails on any violation the checker finds.
+// with a standby, which it fails over to asynchronously, losing commits;
+// the counter lives on a third. It fails on any violation the checker finds.
 // Without PostgreSQL's server binaries it skips, or fails when CI is true.
 func TestChaosShort(t *testing.T) {
 	primary := pgtest.NewCluster(t)
 	standby := pgtest.NewStandby(t, primary)
+	resource := pgtest.NewCluster(t)
 	dir := t.TempDir()
 	cfg := chaos.ShortConfig()
 	cfg.Dir = dir
@@ -37,7 +39,7 @@ func TestChaosShort(t *testing.T) {
 	}
 	cfg.Log = logWriter{t}
 
-	res, err := chaos.Run(t.Context(), cfg, chaos.Servers{Primary: primary, Standby: standby})
+	res, err := chaos.Run(t.Context(), cfg, chaos.Servers{Primary: primary, Standby: standby, Resource: resource})
 	if err != nil {
 		t.Fatal(err)
 	}

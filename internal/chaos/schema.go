@@ -64,16 +64,24 @@ const (
 func roleName(worker string) string { return "chaos_" + worker }
 
 // createSchema creates the tables and one role per worker.
-func createSchema(ctx context.Context, db *sql.DB, workers []string) error {
-	if _, err := db.ExecContext(ctx, schemaSQL); err != nil {
+func createSchema(ctx context.Context, locks, counter *sql.DB, workers []string) error {
+	if counter == nil {
+		counter = locks
+	}
+	if _, err := counter.ExecContext(ctx, schemaSQL); err != nil {
 		return fmt.Errorf("chaos: creating tables: %w", err)
 	}
 	for _, w := range workers {
 		r := roleName(w)
+		if counter != locks {
+			if _, err := locks.ExecContext(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN`, r)); err != nil {
+				return fmt.Errorf("chaos: creating role %s: %w", r, err)
+			}
+		}
 		stmt := fmt.Sprintf(`CREATE ROLE %[1]s LOGIN;
 GRANT SELECT, INSERT, UPDATE ON chaos_counter, chaos_access TO %[1]s;
 GRANT USAGE ON SEQUENCE chaos_access_seq_seq, chaos_token TO %[1]s`, r)
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
+		if _, err := counter.ExecContext(ctx, stmt); err != nil {
 			return fmt.Errorf("chaos: creating role %s: %w", r, err)
 		}
 	}

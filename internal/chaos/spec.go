@@ -32,8 +32,9 @@ const (
 type Spec struct {
 	Worker           string        `json:"worker"`
 	Kind             string        `json:"kind"`
-	Driver           string        `json:"driver"` // database/sql driver name: "postgres" (lib/pq) or "pgx"
-	DSN              string        `json:"dsn"`
+	Driver           string        `json:"driver"`       // database/sql driver name: "postgres" (lib/pq) or "pgx"
+	DSN              string        `json:"dsn"`          // the locks' server
+	ResourceDSN      string        `json:"resource_dsn"` // the protected counter's server
 	Records          string        `json:"records"`
 	LockName         string        `json:"lock"`
 	Fenced           bool          `json:"fenced"`

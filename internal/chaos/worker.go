@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,7 +31,7 @@ const (
 func runWorker(s Spec) int {
 	stop, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	rec, db, err := openWorker(s)
+	rec, db, err := openWorker(s, s.DSN)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "chaos worker %s: %v\n", s.Worker, err)
 		return 2
@@ -38,6 +39,14 @@ func runWorker(s Spec) int {
 	defer rec.Close()
 	defer db.Close()
 	db.SetConnMaxIdleTime(connMaxIdle)
+	counter := db
+	if s.ResourceDSN != "" {
+		if counter, err = sql.Open(s.Driver, s.ResourceDSN); err != nil {
+			fmt.Fprintf(os.Stderr, "chaos worker %s: %v\n", s.Worker, err)
+			return 2
+		}
+		defer counter.Close()
+	}
 
 	opts := []sqllock.Option{sqllock.WithFencing(), sqllock.WithKeepAlive(s.KeepAlive, s.KeepAliveTimeout), sqllock.WithLease(s.Lease)}
 	if s.Sessions > 0 {
@@ -45,7 +54,7 @@ func runWorker(s Spec) int {
 	}
 	locker := sqllock.New(db, opts...)
 	mu := locker.Mutex(s.LockName)
-	sec := newSection(s, db, rec, os.Getpid())
+	sec := newSection(s, counter, rec, os.Getpid())
 	for stop.Err() == nil {
 		var token uint64
 		// The section's context is not stop's: a stop request lets the
@@ -96,28 +105,58 @@ func runSectionCommand(s Spec) int {
 		fmt.Fprintf(os.Stderr, "chaos section %s: bad %s %q\n", s.Worker, tokenEnvName, os.Getenv(tokenEnvName))
 		return 2
 	}
-	rec, db, err := openWorker(s)
+	dsn := s.DSN
+	if s.ResourceDSN != "" {
+		dsn = s.ResourceDSN
+	}
+	rec, db, err := openWorker(s, dsn)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "chaos section %s: %v\n", s.Worker, err)
 		return 2
 	}
 	defer rec.Close()
 	defer db.Close()
-	if err := newSection(s, db, rec, os.Getppid()).run(ctx, token, start); err != nil {
+	if err := newSection(s, db, rec, withlockPID()).run(ctx, token, start); err != nil {
 		fmt.Fprintf(os.Stderr, "chaos section %s: %v\n", s.Worker, err)
 		return 1
 	}
 	return 0
 }
 
-// openWorker opens what a worker process records to and the database its
-// critical sections use, as s names them.
-func openWorker(s Spec) (*Recorder, *sql.DB, error) {
+// withlockPID is the pid of the withlock that runs this section: its
+// parent, or its grandparent where withlock runs commands under a guard
+// (Linux: the parent is then "withlock (guard)").
+func withlockPID() int {
+	ppid := os.Getppid()
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ppid))
+	if err != nil || !strings.HasPrefix(string(cmdline), "withlock (guard)\x00") {
+		return ppid
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", ppid))
+	if err != nil {
+		return ppid
+	}
+	// The fields after the command name, which is in parentheses: state,
+	// then the parent's pid.
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 2 {
+		return ppid
+	}
+	if gp, err := strconv.Atoi(f[1]); err == nil {
+		return gp
+	}
+	return ppid
+}
+
+// openWorker opens what a worker process records to, and the database at
+// dsn.
+func openWorker(s Spec, dsn string) (*Recorder, *sql.DB, error) {
 	rec, err := OpenRecorder(s.Records)
 	if err != nil {
 		return nil, nil, err
 	}
-	db, err := sql.Open(s.Driver, s.DSN)
+	db, err := sql.Open(s.Driver, dsn)
 	if err != nil {
 		_ = rec.Close()
 		return nil, nil, err

@@ -81,7 +81,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	defer destroy(stderr, primary)
-	srv := chaos.Servers{Primary: primary}
+	resource, err := pgtest.StartCluster()
+	if err != nil {
+		return fail(err)
+	}
+	defer destroy(stderr, resource)
+	srv := chaos.Servers{Primary: primary, Resource: resource}
 	if !*noFailover {
 		if srv.Standby, err = pgtest.StartStandby(primary); err != nil {
 			return fail(err)
