@@ -121,10 +121,13 @@ func (c *child) runGuarded(ctx context.Context, sigs <-chan os.Signal) (res chil
 	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d %v", guardEnv, rfd, c.grace))
 	start := time.Now()
 	err = cmd.Start()
-	closeFDs(append(c.fds, rfd)) // the guard has its own copies now
+	closeFDs([]int{rfd})
 	if err != nil {
-		return childResult{err: err}, true
+		// withlock's own binary could not be started again (replaced
+		// or removed since it started): the command runs unguarded.
+		return res, false
 	}
+	closeFDs(c.fds) // the guard has its own copies now
 	done := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()

@@ -133,12 +133,14 @@ func (o *orders) run() {
 			if !o.begin() {
 				return
 			}
-			_ = o.p.Signal(syscall.SIGTERM)
-			t := time.NewTimer(o.grace)
-			select {
-			case <-t.C:
-			case <-o.done:
-				t.Stop()
+			if o.grace > 0 { // --grace 0: SIGKILL at once
+				_ = o.p.Signal(syscall.SIGTERM)
+				t := time.NewTimer(o.grace)
+				select {
+				case <-t.C:
+				case <-o.done:
+					t.Stop()
+				}
 			}
 			killTree() // what the command started, too
 			return
