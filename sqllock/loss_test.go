@@ -6,7 +6,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -75,7 +74,7 @@ func TestKeepAliveLoad(t *testing.T) {
 		case q == sqltext.ProbeSQL:
 			probes.Add(1)
 			return []driver.Value{int64(7)}, nil
-		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
+		case isUnlock(q):
 			return []driver.Value{true}, nil
 		}
 		return answerAs(q, 7), nil
@@ -168,7 +167,7 @@ func TestFakeDoneDescribesLiveLock(t *testing.T) {
 			return nil, errors.New("terminating connection due to administrator command")
 		case q == sqltext.ProbeSQL:
 			return []driver.Value{int64(7)}, nil
-		case strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock("):
+		case isUnlock(q):
 			return []driver.Value{true}, nil
 		}
 		return answerAs(q, 7), nil

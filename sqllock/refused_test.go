@@ -29,7 +29,7 @@ func TestMockStandbyRefused(t *testing.T) {
 	assert.NotContains(t, v, "pg_is_in_recovery", "allowed standbys keep their locks")
 	mock.ExpectQuery(v).WillReturnRows(verified(7, 0)) // the statement does not even ask
 	mock.ExpectQuery(guardedSQL(q42.Lock, 7)).WillReturnRows(granted(true))
-	mock.ExpectExec(q42.Unlock).WillReturnResult(unlocked(true))
+	mock.ExpectExec(guardedSQL(q42.Unlock, 7)).WillReturnResult(unlocked(true))
 	mu := l.MutexKey(keyspace.Int64(42))
 	require.NoError(t, mu.Lock(t.Context()))
 	require.NoError(t, mu.Unlock(t.Context()))

@@ -58,20 +58,20 @@ func TestMockEndSessionTerminates(t *testing.T) {
 	mock.ExpectQuery(guardedSQL(q42.Lock, 7)).WillReturnError(boom)
 	mock.ExpectClose()
 	look := func(pid int64) *sqlmock.ExpectedQuery {
-		return mock.ExpectQuery(sqltext.LookSQL).WithArgs(pid, int64(0), int64(42), int64(1))
+		return mock.ExpectQuery(lookSQL(pid)).WithoutArgs()
 	}
-	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}).AddRow("active", true))
-	mock.ExpectQuery(sqltext.TerminateSQL).WithArgs(int64(7), int64(0), int64(42), int64(1), sqlmock.AnyArg()).
+	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists", "self"}).AddRow("active", true, false))
+	mock.ExpectQuery(terminateSQL(7)).WithoutArgs().
 		WillReturnRows(sqlmock.NewRows([]string{"pg_terminate_backend"}).AddRow(true))
-	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}))
+	look(7).WillReturnRows(sqlmock.NewRows([]string{"state", "exists", "self"}))
 	require.ErrorIs(t, l.MutexKey(keyspace.Int64(42)).Lock(t.Context()), boom)
 
 	denied := errors.New("permission denied to terminate process")
 	mock.ExpectQuery(verifySQL).WillReturnRows(verified(8, 0))
 	mock.ExpectQuery(guardedSQL(q42.Lock, 8)).WillReturnError(boom)
 	mock.ExpectClose()
-	look(8).WillReturnRows(sqlmock.NewRows([]string{"state", "exists"}).AddRow("idle", true))
-	mock.ExpectQuery(sqltext.TerminateSQL).WithArgs(int64(8), int64(0), int64(42), int64(1), sqlmock.AnyArg()).WillReturnError(denied)
+	look(8).WillReturnRows(sqlmock.NewRows([]string{"state", "exists", "self"}).AddRow("idle", true, false))
+	mock.ExpectQuery(terminateSQL(8)).WithoutArgs().WillReturnError(denied)
 	err := l.MutexKey(keyspace.Int64(42)).Lock(t.Context())
 	require.ErrorIs(t, err, boom)
 	require.ErrorIs(t, err, sqllock.ErrNotReleased)
@@ -308,7 +308,7 @@ func TestFakeUnlockBackgroundIsBounded(t *testing.T) {
 		if q == sqltext.ProbeSQL {
 			return []driver.Value{int64(7)}, nil
 		}
-		if strings.HasPrefix(q, "SELECT 1 WHERE pg_advisory_unlock(") {
+		if isUnlock(q) {
 			<-ctx.Done() // a silent network, under a driver that honours its context
 			return nil, ctx.Err()
 		}

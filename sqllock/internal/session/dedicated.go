@@ -37,7 +37,7 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 			// transaction id can fail (a full lock table), or its lease:
 			// the grant survives the error, so it is undone on the same
 			// session, which holds nothing else.
-			if uerr := m.undo(conn, t, r.pid, shared, r.prepared, false); uerr != nil {
+			if uerr := m.undo(conn, r.dc, t, r.pid, shared, r.prepared, false); uerr != nil {
 				cause = fmt.Errorf("%w (%w)", cause, uerr)
 			}
 		case errs.ServerRefused(ctx, err):
@@ -82,7 +82,7 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 		// connection does not go back to the pool.
 		cerr := ctx.Err()
 		if r.n&sqltext.FlagGranted != 0 {
-			if err := m.undo(conn, t, r.pid, shared, r.prepared, true); err != nil {
+			if err := m.undo(conn, r.dc, t, r.pid, shared, r.prepared, true); err != nil {
 				return nil, fmt.Errorf("%w (%w)", cerr, err)
 			}
 		} else {
@@ -109,8 +109,8 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 // statement that works after its grant (sqltext.LockStmt.AfterGrant), which
 // may or may not have granted the lock, the session is sound and conn goes
 // back to the pool.
-func (m *Manager) undo(conn *sql.Conn, t *Target, pid int64, shared, prepared, cancelled bool) error {
-	q, args := t.unlockStatement(shared, prepared, true)
+func (m *Manager) undo(conn *sql.Conn, dc any, t *Target, pid int64, shared, prepared, cancelled bool) error {
+	q, args := t.unlockStatement(shared, prepared, true, dc, pid)
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Timeout)
 	defer cancel()
 	rows, abandoned, settleErr, err := m.execRows(ctx, conn, q, args, prepared, pid, t.Key, func() { _ = m.settler.End(conn, pid, t.Key) })

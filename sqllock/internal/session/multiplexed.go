@@ -372,7 +372,7 @@ func (m *Manager) unlockOn(s *session, t *Target, shared bool) error {
 	s.mu.Lock()
 	last := len(s.carried) == 0
 	s.mu.Unlock()
-	q, args := t.unlockStatement(shared, s.prepared, last)
+	q, args := t.unlockStatement(shared, s.prepared, last, s.dc, s.pid)
 	var rows int64
 	var abandoned bool
 	var settleErr, err error

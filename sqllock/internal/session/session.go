@@ -400,7 +400,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		}
 		return s.endSession()
 	}
-	q, args := g.t.unlockStatement(g.shared, s.prepared, true)
+	q, args := g.t.unlockStatement(g.shared, s.prepared, true, s.dc, s.pid)
 	rows, abandoned, settleErr, err := s.m.execRows(ctx, s.conn, q, args, s.prepared, s.pid, g.t.Key, func() { _ = s.m.settler.End(s.conn, s.pid, g.t.Key) })
 	s.mu.Lock()
 	s.unlocking = false

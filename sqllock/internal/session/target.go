@@ -3,6 +3,7 @@ package session
 import (
 	"database/sql/driver"
 	"sync/atomic"
+	"weak"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
@@ -76,23 +77,35 @@ func (t *Target) literal() *sqltext.Queries {
 }
 
 // unlockStatement returns the unlock statement and its arguments for a
-// lock taken in the given form (prepared: see drv.StmtCache); last says
-// that the session carries no other lock, and gets its setting back (see
-// sqltext.LeaseOff).
-func (t *Target) unlockStatement(shared, prepared, last bool) (string, []driver.NamedValue) {
-	q, args := t.Q, t.named
+// lock taken in the given form (prepared: see drv.StmtCache) on driver
+// connection dc, in the form guarded for its session, backend pid; last
+// says that the session carries no other lock, and gets its setting back
+// (see sqltext.LeaseOff).
+func (t *Target) unlockStatement(shared, prepared, last bool, dc any, pid int64) (string, []driver.NamedValue) {
+	q, args, form := t.Q, t.named, 0
 	if t.m.prepared && !prepared {
-		q, args = t.literal(), nil
+		q, args, form = t.literal(), nil, 1
 	}
+	var s *sqltext.LockStmt
 	switch {
 	case shared && last:
-		return q.UnlockShared, args
+		s = q.UnlockShared
 	case shared:
-		return q.UnlockSharedKeep, args
+		s = q.UnlockSharedKeep
 	case last:
-		return q.Unlock, args
+		s = q.Unlock
+	default:
+		s = q.UnlockKeep
 	}
-	return q.UnlockKeep, args
+	c, p := &t.cache[form][s.Kind], drv.ConnPointer(dc)
+	if g := s.Cached(c, p); g != nil && g.PID == pid {
+		return g.Text, args
+	}
+	var ref weak.Pointer[byte]
+	if p != nil {
+		ref = weak.Make(p)
+	}
+	return s.GuardedFor(c, p, ref, pid).Text, args
 }
 
 // fail makes the error of operation op on t's lock (see Config.Fail).

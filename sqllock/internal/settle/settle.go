@@ -94,6 +94,10 @@ func (s *Settler) EndBounded(conn *sql.Conn, pid int64, k keyspace.Key) error {
 	}
 }
 
+// maxLookRetries bounds how often Terminate looks again after its own
+// session ended under the look.
+const maxLookRetries = 3
+
 // idleGrace is how long terminate watches a backend that is idle without
 // the lock before it takes that as settled. A statement the client sent
 // before it let go may still be on its way (through a pooler, two hops);
@@ -111,21 +115,42 @@ const idleGrace = 25 * time.Millisecond
 // ends, with an error. A statement still running there (state active) is
 // waited for: it may yet take the lock.
 func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) error {
-	args := lockArgs(pid, k)
 	var idleSince time.Time
 	poll := time.Millisecond
+	var pinned *sql.Tx
+	lookRetries := 0
+	defer func() {
+		if pinned != nil {
+			_ = pinned.Rollback()
+		}
+	}()
 	for {
-		state, holds, alive, err := s.look(ctx, args)
+		state, holds, alive, self, err := s.look(ctx, pid, k)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
+		case err != nil && errs.DeadSession(err) && lookRetries < maxLookRetries:
+			// The look's own session ended under it (behind a transaction
+			// pooler, another settling may have ended that session): look
+			// again, from another, a few times.
+			lookRetries++
+			idleSince = time.Time{}
 		case err != nil:
 			return err
 		case !alive:
 			return nil
+		case self:
+			// A transaction pooler sent the look to the very session it
+			// looks for, which cannot end itself. A transaction pins the
+			// server session it lands on to its client connection: once
+			// one lands on that session, the next looks go to others.
+			idleSince = time.Time{}
+			if pinned == nil {
+				pinned = s.pin(ctx, pid)
+			}
 		case holds:
 			idleSince = time.Time{}
-			if _, err := s.endHolder(ctx, args); err != nil {
+			if _, err := s.EndHolder(ctx, pid, k); err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
 				}
@@ -148,25 +173,30 @@ func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) erro
 	}
 }
 
-// look runs sqltext.LookSQL.
-func (s *Settler) look(ctx context.Context, args []any) (state string, holds, alive bool, err error) {
-	var st sql.NullString
-	err = s.DB.QueryRowContext(ctx, sqltext.LookSQL, args...).Scan(&st, &holds)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", false, false, nil
+// pin opens a transaction on a connection of the pool and keeps it open if
+// it reached the session of backend pid (see Terminate); else it returns
+// nil.
+func (s *Settler) pin(ctx context.Context, pid int64) *sql.Tx {
+	tx, err := s.DB.BeginTx(ctx, nil)
+	if err != nil {
+		return nil
 	}
-	return st.String, holds, err == nil, err
+	var got int64
+	if err := tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&got); err != nil || got != pid {
+		_ = tx.Rollback()
+		return nil
+	}
+	return tx
 }
 
-// lockArgs are the arguments that name backend pid and lock k (any
-// advisory lock, for the zero Key: a session that carries many) in
-// sqltext.LookSQL and sqltext.TerminateSQL.
-func lockArgs(pid int64, k keyspace.Key) []any {
-	if !k.Valid() {
-		return []any{pid, nil, nil, nil}
+// look runs sqltext.Look.
+func (s *Settler) look(ctx context.Context, pid int64, k keyspace.Key) (state string, holds, alive, self bool, err error) {
+	var st sql.NullString
+	err = s.DB.QueryRowContext(ctx, sqltext.Look(pid, k)).Scan(&st, &holds, &self)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, false, false, nil
 	}
-	c, o, sub := k.LockTag()
-	return []any{pid, int64(c), int64(o), int64(sub)}
+	return st.String, holds, err == nil, self, err
 }
 
 // EndHolder terminates backend pid if it still holds or waits for lock k,
@@ -175,16 +205,10 @@ func lockArgs(pid int64, k keyspace.Key) []any {
 // backend with the lock: one that let go meanwhile, whose session may now
 // serve other work, is left alone.
 func (s *Settler) EndHolder(ctx context.Context, pid int64, k keyspace.Key) (found bool, err error) {
-	return s.endHolder(ctx, lockArgs(pid, k))
-}
-
-// endHolder is EndHolder for the arguments of lockArgs; Terminate's next
-// look sees whether the backend has exited.
-func (s *Settler) endHolder(ctx context.Context, args []any) (found bool, err error) {
 	wait := time.Until(deadlineOr(ctx, time.Now().Add(s.Timeout))).Milliseconds()
-	found, _, err = s.terminateOnce(ctx, sqltext.TerminateSQL, append(args, max(wait, 1)))
+	found, _, err = s.terminateOnce(ctx, sqltext.Terminate(pid, k, max(wait, 1)))
 	if errs.UndefinedFunction(err) {
-		found, _, err = s.terminateOnce(ctx, sqltext.TerminateSQL13, args)
+		found, _, err = s.terminateOnce(ctx, sqltext.Terminate(pid, k, 0))
 	}
 	return found, err
 }
@@ -192,8 +216,8 @@ func (s *Settler) endHolder(ctx context.Context, args []any) (found bool, err er
 // terminateOnce runs one termination statement and reports whether it
 // found the backend with the lock, and whether every backend it
 // terminated has exited.
-func (s *Settler) terminateOnce(ctx context.Context, query string, args []any) (found, exited bool, err error) {
-	rows, err := s.DB.QueryContext(ctx, query, args...)
+func (s *Settler) terminateOnce(ctx context.Context, query string) (found, exited bool, err error) {
+	rows, err := s.DB.QueryContext(ctx, query)
 	if err != nil {
 		return false, false, err
 	}

@@ -29,17 +29,18 @@ func TestLease(t *testing.T) {
 	if !q.Lock.Fenced || !strings.Contains(strings.Join(q.Lock.Parts, "7"), FencedToken) {
 		t.Errorf("the fenced lock lost its token: %s", q.Lock.Parts)
 	}
-	for _, u := range []string{q.Unlock, q.UnlockShared} {
-		if !strings.Contains(u, LeaseOff(10*time.Second)) || !strings.Contains(u, "= '10s'") {
-			t.Errorf("%s; want the lease given back", u)
+	text := func(s *LockStmt) string { return strings.Join(s.Parts, "7") }
+	for _, u := range []*LockStmt{q.Unlock, q.UnlockShared} {
+		if !strings.Contains(text(u), LeaseOff(10*time.Second)) || !strings.Contains(text(u), "= '10s'") {
+			t.Errorf("%s; want the lease given back", text(u))
 		}
 	}
-	if q.UnlockKeep != plain.Unlock || q.UnlockSharedKeep != plain.UnlockShared {
-		t.Errorf("keep forms %q, %q; want the plain unlocks", q.UnlockKeep, q.UnlockSharedKeep)
+	if text(q.UnlockKeep) != text(plain.Unlock) || text(q.UnlockSharedKeep) != text(plain.UnlockShared) {
+		t.Errorf("keep forms %q, %q; want the plain unlocks", text(q.UnlockKeep), text(q.UnlockSharedKeep))
 	}
 	q.Lease(0)
-	if q.Unlock != plain.Unlock || q.LockShared.AfterGrant || strings.Join(q.LockShared.Parts, "") != strings.Join(plain.LockShared.Parts, "") {
-		t.Errorf("Lease(0) left %q, %q", q.Unlock, q.LockShared.Parts)
+	if text(q.Unlock) != text(plain.Unlock) || q.LockShared.AfterGrant || text(q.LockShared) != text(plain.LockShared) {
+		t.Errorf("Lease(0) left %q, %q", text(q.Unlock), q.LockShared.Parts)
 	}
 }
 

@@ -24,8 +24,8 @@ type Queries struct {
 	Lock, LockShared             *LockStmt // see LockStmt
 	Try, TryShared               *LockStmt
 	TrySharedBehind              *LockStmt           // tryShared that yields to a queued waiter (see waiterQueued)
-	Unlock, UnlockShared         string              // -> one row if released, else none; gives a lease's setting back
-	UnlockKeep, UnlockSharedKeep string              // the same, keeping the lease, for a session that carries other locks
+	Unlock, UnlockShared         *LockStmt           // -> one row if released, else none; gives a lease's setting back
+	UnlockKeep, UnlockSharedKeep *LockStmt           // the same, keeping the lease, for a session that carries other locks
 	Args                         []any               // the key as bind parameters, or nil with literals
 	Named                        []driver.NamedValue // args, as the driver takes them
 	KeyList                      string              // the key as SQL arguments: "42", "1,2" or "$1,$2"
@@ -72,6 +72,10 @@ const (
 	KindTry
 	KindTryShared
 	KindTrySharedBehind
+	KindUnlock
+	KindUnlockShared
+	KindUnlockKeep
+	KindUnlockSharedKeep
 )
 
 // Stmt returns q's lock statement of the given kind.
@@ -85,6 +89,14 @@ func (q *Queries) Stmt(kind Kind) *LockStmt {
 		return q.TryShared
 	case KindTrySharedBehind:
 		return q.TrySharedBehind
+	case KindUnlock:
+		return q.Unlock
+	case KindUnlockShared:
+		return q.UnlockShared
+	case KindUnlockKeep:
+		return q.UnlockKeep
+	case KindUnlockSharedKeep:
+		return q.UnlockSharedKeep
 	}
 	return q.Lock
 }
@@ -205,16 +217,22 @@ func (q *Queries) assemble() {
 	q.TryShared = try("pg_try_advisory_lock_shared", KindTryShared, false)
 	q.TrySharedBehind = stmt(KindTrySharedBehind, false, "CASE WHEN "+q.queued+" THEN false WHEN pg_try_advisory_lock_shared("+list+") THEN "+on+" ELSE false END")
 	// The unlock answers with its row count, which Exec reports without
-	// reading rows: one row if the lock was released, none otherwise. The
-	// last lock a session carries gives the session's setting back.
-	unlock := func(fn string, last bool) string {
-		if !last || q.lease == 0 {
-			return "SELECT 1 WHERE " + fn + "(" + list + ")"
+	// reading rows: one row if the lock was released, none otherwise. It is
+	// guarded as the lock is: on another session (a pooler moved the
+	// connection), which may hold the same key for another client, it
+	// releases nothing. The last lock a session carries gives the
+	// session's setting back.
+	unlock := func(fn string, kind Kind, last bool) *LockStmt {
+		released := "true"
+		if last && q.lease > 0 {
+			released = LeaseOff(q.lease)
 		}
-		return "SELECT 1 WHERE CASE WHEN " + fn + "(" + list + ") THEN " + LeaseOff(q.lease) + " ELSE false END"
+		return &LockStmt{Kind: kind, Parts: strings.Split("SELECT 1 WHERE CASE WHEN pg_backend_pid() <> "+TokenMark+
+			" THEN false WHEN "+fn+"("+list+") THEN "+released+" ELSE false END", TokenMark)}
 	}
-	q.Unlock, q.UnlockShared = unlock("pg_advisory_unlock", true), unlock("pg_advisory_unlock_shared", true)
-	q.UnlockKeep, q.UnlockSharedKeep = unlock("pg_advisory_unlock", false), unlock("pg_advisory_unlock_shared", false)
+	q.Unlock, q.UnlockShared = unlock("pg_advisory_unlock", KindUnlock, true), unlock("pg_advisory_unlock_shared", KindUnlockShared, true)
+	q.UnlockKeep = unlock("pg_advisory_unlock", KindUnlockKeep, false)
+	q.UnlockSharedKeep = unlock("pg_advisory_unlock_shared", KindUnlockSharedKeep, false)
 }
 
 // waiterQueued is the SQL condition that some session of this database
@@ -261,8 +279,8 @@ const (
 	TxStub    = 8
 )
 
-// KindCount is the number of lock statement kinds: a Mutex's caches.
-const KindCount = int(KindTrySharedBehind) + 1
+// KindCount is the number of statement kinds a Target caches guarded forms of.
+const KindCount = int(KindUnlockSharedKeep) + 1
 
 // KeyArgs returns key k as the arguments of the statements Build makes
 // with placeholders.

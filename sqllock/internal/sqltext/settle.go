@@ -1,29 +1,51 @@
 package sqltext
 
-// LookSQL reports how backend $1 stands towards the advisory lock ($2,
-// $3, $4), or towards any advisory lock when they are NULL (a session that
-// carries many): no row once it has exited; else its state in
-// pg_stat_activity ("active" while it runs a statement, NULL where the role
-// may not see it) and whether it holds or waits for the lock.
-const LookSQL = `SELECT a.state, EXISTS (SELECT 1 FROM pg_locks l
-	WHERE l.locktype = 'advisory' AND l.pid = a.pid AND ` + LockTagMatch + `)
-FROM pg_stat_activity a WHERE a.pid = $1 AND a.pid <> pg_backend_pid()`
+import (
+	"strconv"
 
-// LockTagMatch matches pg_locks rows of the advisory lock ($2, $3, $4), or
-// of any when they are NULL.
-const LockTagMatch = `($2::int8 IS NULL OR (classid::int8 = $2 AND objid::int8 = $3 AND objsubid::int8 = $4))`
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
 
-// TerminateSQL terminates the backend $1 if it holds or waits for the
-// advisory lock ($2, $3, $4) (see keyspace.Key.LockTag; any when they are
-// NULL), and waits up to $5 milliseconds for it to exit. It answers one
+// The statements that settle a session are written with their numbers in
+// the text, not as parameters: behind a transaction pooler, a driver that
+// sends a statement's parse and its execution in two round trips (lib/pq)
+// may see them reach two server sessions.
+
+// Look reports how backend pid stands towards advisory lock k, or towards
+// any advisory lock for the zero Key (a session that carries many): no row
+// once it has exited; else its state in pg_stat_activity ("active" while
+// it runs a statement, NULL where the role may not see it), whether it
+// holds or waits for the lock, and whether it is the session the statement
+// runs in (behind a transaction pooler it can be: then it must be looked
+// for again from another).
+func Look(pid int64, k keyspace.Key) string {
+	return `SELECT a.state, EXISTS (SELECT 1 FROM pg_locks l
+	WHERE l.locktype = 'advisory' AND l.pid = a.pid AND ` + tagMatch(k) + `), a.pid = pg_backend_pid()
+FROM pg_stat_activity a WHERE a.pid = ` + strconv.FormatInt(pid, 10)
+}
+
+// Terminate terminates backend pid if it holds or waits for advisory lock
+// k (any, for the zero Key), and waits up to waitMS milliseconds for it to
+// exit; without waitMS (0: PostgreSQL 13 and older, whose
+// pg_terminate_backend does not wait) it returns at once. It answers one
 // row per lock entry found: true once the backend has exited. A session
 // never terminates itself.
-const TerminateSQL = `SELECT pg_terminate_backend(pid, $5::int8) FROM pg_locks
-WHERE locktype = 'advisory' AND pid = $1 AND ` + LockTagMatch + `
-	AND pid <> pg_backend_pid()`
+func Terminate(pid int64, k keyspace.Key, waitMS int64) string {
+	call := "pg_terminate_backend(pid)"
+	if waitMS > 0 {
+		call = "pg_terminate_backend(pid, " + strconv.FormatInt(waitMS, 10) + ")"
+	}
+	return "SELECT " + call + " FROM pg_locks WHERE locktype = 'advisory' AND pid = " + strconv.FormatInt(pid, 10) +
+		" AND " + tagMatch(k) + " AND pid <> pg_backend_pid()"
+}
 
-// TerminateSQL13 is TerminateSQL for PostgreSQL 13 and older, whose
-// pg_terminate_backend does not wait; terminate then polls pg_locks.
-const TerminateSQL13 = `SELECT pg_terminate_backend(pid) FROM pg_locks
-WHERE locktype = 'advisory' AND pid = $1 AND ` + LockTagMatch + `
-	AND pid <> pg_backend_pid()`
+// tagMatch matches pg_locks rows of advisory lock k, or of any for the
+// zero Key.
+func tagMatch(k keyspace.Key) string {
+	if !k.Valid() {
+		return "true"
+	}
+	c, o, s := k.LockTag()
+	return "classid::int8 = " + strconv.FormatInt(int64(c), 10) + " AND objid::int8 = " + strconv.FormatInt(int64(o), 10) +
+		" AND objsubid::int8 = " + strconv.FormatInt(int64(s), 10)
+}

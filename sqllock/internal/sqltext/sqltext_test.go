@@ -25,18 +25,18 @@ func TestBuildQueries(t *testing.T) {
 		{keyspace.Int64(-5), false,
 			"SELECT pg_advisory_lock(-5) IS NOT NULL WHERE pg_backend_pid() = PID",
 			"SELECT pg_try_advisory_lock(-5) WHERE pg_backend_pid() = PID",
-			"SELECT 1 WHERE pg_advisory_unlock(-5)", 0},
+			"SELECT 1 WHERE CASE WHEN pg_backend_pid() <> PID THEN false WHEN pg_advisory_unlock(-5) THEN true ELSE false END", 0},
 		{keyspace.Pair(-2147483648, 7), true,
 			"SELECT pg_advisory_lock($1,$2) IS NOT NULL WHERE pg_backend_pid() = PID",
 			"SELECT pg_try_advisory_lock($1,$2) WHERE pg_backend_pid() = PID",
-			"SELECT 1 WHERE pg_advisory_unlock($1,$2)", 2},
+			"SELECT 1 WHERE CASE WHEN pg_backend_pid() <> PID THEN false WHEN pg_advisory_unlock($1,$2) THEN true ELSE false END", 2},
 	}
 	for _, tt := range tests {
 		q := Build(tt.key, tt.placeholders)
 		for _, c := range []struct{ name, got, want string }{
 			{"guarded lock", guardedText(q.Lock), tt.guardedLock},
 			{"guarded try", guardedText(q.Try), tt.guardTry},
-			{"unlock", q.Unlock, tt.unlock},
+			{"unlock", guardedText(q.Unlock), tt.unlock},
 		} {
 			if c.got != c.want {
 				t.Errorf("buildQueries(%v, %v).%s:\ngot  %s\nwant %s", tt.key, tt.placeholders, c.name, c.got, c.want)
