@@ -80,6 +80,15 @@ func parseDB(src dbSource, appName string) (*pgx.ConnConfig, error) {
 		return nil, err
 	}
 	cfg.RuntimeParams["application_name"] = appName
+	// pgx's default caches named prepared statements per connection, which
+	// a transaction-mode pooler (PgBouncer before 1.21, Supavisor, RDS
+	// Proxy) breaks: the next statement reaches another server session
+	// (42P05, 26000). withlock runs a handful of statements, so it uses
+	// unnamed ones, each parsed and run in one round trip, unless the
+	// connection string chooses a mode itself.
+	if !strings.Contains(src.dsn, "default_query_exec_mode") {
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}

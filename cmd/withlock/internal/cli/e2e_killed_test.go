@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 )
 
 // The tests here kill withlock with SIGKILL (kill -9, the OOM killer) while
@@ -235,5 +237,26 @@ func assertNoOverlap(t *testing.T, dir string) {
 			t.Fatalf("log %q...: A wrote %q after B started (line %d, B started at %d), want no overlap",
 				lines[:min(len(lines), start+i+3)], l, start+i+1, start+1)
 		}
+	}
+}
+
+// testTransactionPooler: withlock with the user's plain connection string
+// to PgBouncer in transaction mode. Its statements must survive transaction
+// pooling (no prepared statement of a session that the next statement does
+// not reach: 42P05, 26000); whether the lock is then granted depends on
+// which server session the pooler lends, and a refusal names the pooler.
+func testTransactionPooler(t *testing.T, e *e2e) {
+	b := pgtest.NewBouncer(t, "transaction", 2)
+	for i := range 3 {
+		code, _, stderr := e.run(t, nil, "--db="+b.DSN(), fmt.Sprintf("%s/%d", t.Name(), i), "--", "true")
+		for _, bad := range []string{"42P05", "26000", "prepared statement"} {
+			if strings.Contains(stderr, bad) {
+				t.Fatalf("withlock through the pooler: exit %d, %s", code, stderr)
+			}
+		}
+		if code != 0 && !strings.Contains(stderr, "pooler") {
+			t.Errorf("withlock through the pooler: exit %d without naming the pooler: %s", code, stderr)
+		}
+		t.Logf("through PgBouncer in transaction mode: exit %d %s", code, strings.TrimSpace(stderr))
 	}
 }

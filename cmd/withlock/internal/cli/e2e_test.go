@@ -64,6 +64,7 @@ func TestEndToEnd(t *testing.T) {
 		{"KilledHolder", testKilledHolder},
 		{"KilledHolderGrandchild", testKilledHolderGrandchild},
 		{"FrozenHolder", testFrozenHolder},
+		{"TransactionPooler", testTransactionPooler},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
