@@ -20,7 +20,33 @@ type Election struct {
 	max     time.Duration
 	delay   time.Duration // takeover delay
 	onState func(leading bool, err error)
-	leading atomic.Bool
+	state   atomic.Uint32 // an ElectionState
+}
+
+// An ElectionState says where a candidate stands (see [Election.State]).
+type ElectionState uint32
+
+const (
+	// ElectionIdle: Run is not running.
+	ElectionIdle ElectionState = iota
+	// ElectionFollowing: Run campaigns; another process leads, or none
+	// does and the lock is on its way.
+	ElectionFollowing
+	// ElectionWaiting: this process holds the election's lock and waits
+	// out the takeover delay before fn runs; it does not lead yet.
+	ElectionWaiting
+	// ElectionLeading: this process leads: fn runs.
+	ElectionLeading
+)
+
+var stateNames = [...]string{ElectionIdle: "idle", ElectionFollowing: "following", ElectionWaiting: "waiting", ElectionLeading: "leading"}
+
+// String returns "idle", "following", "waiting" or "leading".
+func (s ElectionState) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "unknown"
 }
 
 // ElectionOption configures an [Election].
@@ -134,10 +160,14 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) 
 		return e.m.fail("election", e.m.err)
 	}
 	delay := e.min
+	e.state.Store(uint32(ElectionFollowing))
+	defer e.state.Store(uint32(ElectionIdle))
 	for {
 		led := false
 		err := e.m.WithLock(ctx, func(ctx context.Context) error {
 			if e.delay > 0 {
+				e.state.Store(uint32(ElectionWaiting))
+				defer e.state.CompareAndSwap(uint32(ElectionWaiting), uint32(ElectionFollowing))
 				e.logDelay()
 				t := time.NewTimer(e.delay)
 				select {
@@ -148,14 +178,14 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) 
 				}
 			}
 			led = true
-			e.leading.Store(true)
-			stop := context.AfterFunc(ctx, func() { e.leading.Store(false) })
+			e.state.Store(uint32(ElectionLeading))
+			stop := context.AfterFunc(ctx, func() { e.state.Store(uint32(ElectionFollowing)) })
 			defer stop()
 			e.notify(true, nil)
 			return fn(ctx)
 		})
 		if led {
-			e.leading.Store(false)
+			e.state.Store(uint32(ElectionFollowing))
 		}
 		if ctx.Err() != nil {
 			if led {
@@ -203,11 +233,20 @@ func (e *Election) notify(leading bool, err error) {
 
 // Leading reports whether this process leads now, through a Run of this
 // Election.
-func (e *Election) Leading() bool { return e.leading.Load() }
+func (e *Election) Leading() bool { return e.State() == ElectionLeading }
+
+// State says where this process stands in the election, through a Run of
+// this Election: following, waiting out the takeover delay with the lock
+// won, leading, or idle (no Run). Unlike [Election.Leader], which asks the
+// server who holds the lock, a candidate that won and waits is not
+// leading yet.
+func (e *Election) State() ElectionState { return ElectionState(e.state.Load()) }
 
 // Leader reports who leads now, as the server sees it: the session that
 // holds the election's lock, with its pid, application_name and client
-// address. ok is false when no one leads. ctx bounds the query. To tell
+// address. A candidate that has just won holds the lock while it waits out
+// the takeover delay, before its fn runs: its own [Election.State] says
+// ElectionWaiting then. ok is false when no one leads. ctx bounds the query. To tell
 // leaders apart by name, give each process's pool its own
 // application_name (in the connection string, or pgx's RuntimeParams), as
 // withlock does with "withlock:<lock name>".

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -118,5 +119,99 @@ func TestElectionLogsTakeoverDelay(t *testing.T) {
 		require.ErrorIs(t, err, context.Canceled)
 		assert.Contains(t, buf.String(), "waiting the takeover delay")
 		assert.Contains(t, buf.String(), "delay=30ms")
+	})
+}
+
+// State tells a candidate that waits out the takeover delay from one that
+// leads, and from one that follows; Run ending with its context (a
+// shutdown) steps down at once, releasing the lock for the next.
+func TestElectionState(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		newElection := func() *sqllock.Election {
+			l := sqllock.New(db, sqllock.WithKeepAlive(50*time.Millisecond, 200*time.Millisecond))
+			return l.Election(t.Name(), sqllock.WithTakeoverDelay(300*time.Millisecond), sqllock.WithBackoff(5*time.Millisecond, 20*time.Millisecond))
+		}
+		waitState := func(e *sqllock.Election, want sqllock.ElectionState) {
+			t.Helper()
+			require.Eventually(t, func() bool { return e.State() == want }, 5*time.Second, time.Millisecond, "state %v, want %v", e.State(), want)
+		}
+		a, b := newElection(), newElection()
+		assert.Equal(t, sqllock.ElectionIdle, a.State())
+		actx, stopA := context.WithCancel(t.Context())
+		aDone := make(chan error, 1)
+		go func() {
+			aDone <- a.Run(actx, func(ctx context.Context) error { <-ctx.Done(); return context.Cause(ctx) })
+		}()
+		waitState(a, sqllock.ElectionWaiting)
+		assert.False(t, a.Leading(), "a candidate waiting out the delay does not lead")
+		leader, ok, err := a.Leader(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok, "the server shows the lock held during the delay")
+		waitState(a, sqllock.ElectionLeading)
+
+		bctx, stopB := context.WithCancel(t.Context())
+		defer stopB()
+		bDone := make(chan error, 1)
+		go func() {
+			bDone <- b.Run(bctx, func(ctx context.Context) error { <-ctx.Done(); return nil })
+		}()
+		waitState(b, sqllock.ElectionFollowing)
+
+		// Shutdown: a's context ends; Run steps down within the keep-alive
+		// timeout, and b wins.
+		stopA()
+		start := time.Now()
+		select {
+		case err := <-aDone:
+			assert.ErrorIs(t, err, context.Canceled)
+		case <-time.After(2 * time.Second):
+			t.Fatal("Run did not return after its context ended")
+		}
+		assert.Less(t, time.Since(start), time.Second)
+		assert.Equal(t, sqllock.ElectionIdle, a.State())
+		waitState(b, sqllock.ElectionLeading)
+		now, ok, err := b.Leader(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok)
+		assert.NotEqual(t, leader.PID, now.PID)
+		stopB()
+		<-bDone
+		assert.Equal(t, sqllock.ElectionIdle, b.State())
+	})
+}
+
+// OnLeadership hears of a lost leadership once, with the loss said once,
+// when fn returns its context's cause as the recipes do.
+func TestElectionLossReportedOnce(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		lost := make(chan error, 4)
+		l := sqllock.New(db, sqllock.WithKeepAlive(20*time.Millisecond, 200*time.Millisecond))
+		e := l.Election(t.Name(), sqllock.WithTakeoverDelay(0), sqllock.WithBackoff(time.Second, time.Second),
+			sqllock.OnLeadership(func(leading bool, err error) {
+				if !leading && err != nil {
+					lost <- err
+				}
+			}))
+		leading := make(chan struct{}, 1)
+		done := make(chan error, 1)
+		go func() {
+			done <- e.Run(ctx, func(ctx context.Context) error {
+				leading <- struct{}{}
+				<-ctx.Done()
+				return context.Cause(ctx)
+			})
+		}()
+		<-leading
+		leader, ok, err := e.Leader(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok)
+		terminate(t, db, leader.PID)
+		err = <-lost
+		require.ErrorIs(t, err, sqllock.ErrLockLost)
+		assert.Equal(t, 1, strings.Count(err.Error(), "lock lost"), "said once: %v", err)
+		cancel()
+		<-done
 	})
 }

@@ -311,3 +311,13 @@ func ExampleMutex_Terminate() {
 		fmt.Printf("ended backend %d (%s, since %v)\n", h.PID, h.ApplicationName, h.BackendStart)
 	}
 }
+
+// A status page shows where this process stands: following, waiting out
+// the takeover delay with the lock won, or leading.
+func ExampleElection_State() {
+	db := openDB()
+	defer db.Close()
+	e := sqllock.New(db).Election("example/state")
+	fmt.Println("before Run:", e.State())
+	// Output: before Run: idle
+}
