@@ -111,10 +111,12 @@ func Example_perTenantJobs() {
 	}
 	defer db.Close()
 
-	// One Locker per tenant, each in the tenant's own key namespace: two
-	// tenants' locks never collide, whatever their names. Lockers are cheap.
+	// One Locker for all tenants, each tenant in its own key namespace: two
+	// tenants' locks never collide, whatever their names, and they share
+	// the Locker (with WithSessions, its few sessions).
+	locker := sqllock.New(db)
 	lockerFor := func(tenantID int32) *sqllock.Locker {
-		return sqllock.New(db, sqllock.WithKeyspace(keyspace.Scoped(tenantID)))
+		return locker.Keyspace(keyspace.Scoped(tenantID))
 	}
 	fmt.Println("tenant 7:", lockerFor(7).Mutex("examples/invoicing").Key())
 	fmt.Println("tenant 8:", lockerFor(8).Mutex("examples/invoicing").Key())

@@ -321,3 +321,14 @@ func ExampleElection_State() {
 	fmt.Println("before Run:", e.State())
 	// Output: before Run: idle
 }
+
+// Many keyspaces (a tenant each) over one Locker and its sessions.
+func ExampleLocker_Keyspace() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db, sqllock.WithSessions(2))
+	tenant7 := locker.Keyspace(keyspace.Scoped(7))
+	tenant8 := locker.Keyspace(keyspace.Scoped(8))
+	fmt.Println(tenant7.Mutex("invoicing").Key(), tenant8.Mutex("invoicing").Key())
+	// Output: pair(7,-2052698607) pair(8,-2052698607)
+}

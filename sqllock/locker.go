@@ -97,6 +97,23 @@ func (l *Locker) Mutex(name string) *Mutex {
 	return l.mutex(m, key)
 }
 
+// Keyspace returns a Locker that names its locks with strategy s and
+// shares everything else with l: the pool, the options and, with
+// [WithSessions], the sessions its locks share. Per-tenant locks with
+// [keyspace.Scoped] are one Locker and a Keyspace per tenant: with
+// WithSessions(n), every tenant's locks together hold at most n sessions,
+// where a Locker per tenant would hold n each. A nil s becomes the
+// returned Locker's sticky error.
+func (l *Locker) Keyspace(s keyspace.Strategy) *Locker {
+	v := *l
+	if s == nil {
+		v.cfg.fail(errors.New("sqllock: Locker.Keyspace: nil keyspace.Strategy"))
+		return &v
+	}
+	v.cfg.strategy = s
+	return &v
+}
+
 // MutexKey returns a mutex for an explicit key, bypassing the keyspace
 // strategy. An invalid key (the zero Key) becomes the Mutex's sticky error.
 func (l *Locker) MutexKey(k keyspace.Key) *Mutex {

@@ -668,3 +668,47 @@ func TestFaultSlowServerOpensMultiplexedSession(t *testing.T) {
 		waitRows(t, direct, m2.Key(), 0, 0)
 	})
 }
+
+// Locker.Keyspace: many keyspaces (a tenant each) share one Locker's
+// sessions, so that 50 tenants' locks held at once take WithSessions(4)'s
+// four connections, where a Locker per tenant would take four each; within
+// a tenant, locks exclude across views as ever.
+func TestSessionsSharedByKeyspaces(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		db.SetMaxOpenConns(6)
+		l := sqllock.New(db, sqllock.WithSessions(4))
+		var held []*sqllock.Mutex
+		for tenant := range 50 {
+			mu := l.Keyspace(keyspace.Scoped(int32(tenant))).Mutex(t.Name())
+			require.NoError(t, mu.Lock(t.Context()))
+			held = append(held, mu)
+		}
+		assert.LessOrEqual(t, db.Stats().InUse, 4, "50 tenants' locks on the Locker's sessions")
+		assert.NotEqual(t, held[0].Key(), held[1].Key(), "tenants' keys differ")
+		ok, err := l.Keyspace(keyspace.Scoped(3)).Mutex(t.Name()).TryLock(t.Context())
+		require.NoError(t, err)
+		assert.False(t, ok, "tenant 3's lock, through another view, is held")
+		for _, mu := range held {
+			require.NoError(t, mu.Unlock(t.Context()))
+		}
+		_, err = l.Keyspace(nil).Mutex("x").TryLock(t.Context())
+		assert.ErrorContains(t, err, "nil keyspace.Strategy")
+	})
+}
+
+// A pool that cannot open the sessions WithSessions asks for is said so,
+// once, where callers would otherwise wait with nothing to say why.
+func TestSessionsFewConnectionsWarn(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		db.SetMaxOpenConns(3)
+		var buf syncBuffer
+		l := sqllock.New(db, sqllock.WithSessions(4), sqllock.WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
+		for range 2 {
+			mu := l.Mutex(t.Name())
+			require.NoError(t, mu.Lock(t.Context()))
+			require.NoError(t, mu.Unlock(t.Context()))
+		}
+		assert.Equal(t, 1, strings.Count(buf.String(), "cannot open the sessions WithSessions asks for"), "%s", buf.String())
+		assert.Contains(t, buf.String(), "max_open_conns=3")
+	})
+}

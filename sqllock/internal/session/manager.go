@@ -60,6 +60,7 @@ type Manager struct {
 	settler       settle.Settler                     // ends sessions that may hold a lock
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
+	warnedFewConns atomic.Bool // see warnFewConns
 }
 
 // New returns a Manager for cfg.

@@ -143,6 +143,7 @@ func (p *multiplexed) removeLocked(s *session) {
 // the process's table, then on a multiplexed session, or, when another
 // process holds it and the caller waits, on a connection of its own.
 func (m *Manager) acquireMultiplexed(ctx context.Context, t *Target, req Request) (*Grant, error) {
+	m.warnFewConns(t)
 	keys := &m.mux.keys
 	if req.Try {
 		if !keys.TryLock(t.Key, req.Shared) {
