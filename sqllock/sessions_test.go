@@ -712,3 +712,43 @@ func TestSessionsFewConnectionsWarn(t *testing.T) {
 		assert.Contains(t, buf.String(), "max_open_conns=3")
 	})
 }
+
+// A session carrying many tenants' locks (one Locker, a Keyspace each) that
+// the server ends is reported lost within the keep-alive interval, 2s with
+// the defaults, to every lock it carried.
+func TestSessionsKeyspacesLossWithinInterval(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the default keep-alive")
+	}
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		db.SetMaxOpenConns(6)
+		l := sqllock.New(db, sqllock.WithSessions(2))
+		var held []*sqllock.Mutex
+		for tenant := range 20 {
+			mu := l.Keyspace(keyspace.Scoped(int32(tenant))).Mutex(t.Name())
+			require.NoError(t, mu.Lock(t.Context()))
+			held = append(held, mu)
+		}
+		observer := pgtest.DB(t, "pgx")
+		pid := backendOf(t, observer, held[0].Key())
+		ended := time.Now()
+		terminate(t, observer, pid)
+		select {
+		case <-held[0].Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("the loss was not reported within 5s")
+		}
+		took := time.Since(ended)
+		t.Logf("loss of a session carrying tenants' locks reported after %v", took.Round(time.Millisecond))
+		assert.Less(t, took, sqllock.DefaultKeepAliveInterval+500*time.Millisecond)
+		lost := 0
+		for _, mu := range held {
+			if errors.Is(mu.Err(), sqllock.ErrLockLost) {
+				lost++
+				continue
+			}
+			require.NoError(t, mu.Unlock(t.Context()))
+		}
+		assert.Positive(t, lost)
+	})
+}
