@@ -752,3 +752,20 @@ func TestSessionsKeyspacesLossWithinInterval(t *testing.T) {
 		assert.Positive(t, lost)
 	})
 }
+
+// A multiplexed session whose last lock's unlock found nothing gave back
+// nothing of its lease either (the unlock answers both at once): the
+// session is discarded at its end, never returned to the pool.
+func TestFakeMultiplexedSessionUnlockLostNotPooled(t *testing.T) {
+	l, c := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if isUnlock(q) {
+			return []driver.Value{false}, nil
+		}
+		return answerAs(q, 7), nil
+	}, sqllock.WithSessions(1), sqllock.WithKeepAlive(time.Hour, time.Second))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrLockLost)
+	assert.Equal(t, int32(1), c.Closed.Load(), "the session is discarded")
+	assert.Equal(t, 0, sqllock.DBOf(l).Stats().Idle, "nothing went back to the pool")
+}

@@ -118,7 +118,12 @@ func (p *multiplexed) done(s *session) {
 	s.connMu.Lock() // a probe in flight finishes first
 	defer s.connMu.Unlock()
 	if s.conn != nil {
-		if err := s.conn.Close(); err != nil {
+		s.mu.Lock()
+		unclean := s.unclean
+		s.mu.Unlock()
+		if unclean {
+			p.m.settler.Discard(s.conn)
+		} else if err := s.conn.Close(); err != nil {
 			p.m.settler.Discard(s.conn)
 		}
 	}
@@ -401,6 +406,12 @@ func (m *Manager) unlockOn(s *session, t *Target, shared bool) error {
 	case err != nil:
 		return err
 	case rows != 1:
+		// The unlock found nothing, so its statement gave nothing back
+		// either (see sqltext.LeaseOff): the session may keep a lease, and
+		// must not go back to the pool.
+		s.mu.Lock()
+		s.unclean = true
+		s.mu.Unlock()
 		return fmt.Errorf("%w: the unlock did not find it in its session (backend %d)", errs.ErrLockLost, s.pid)
 	}
 	return nil

@@ -63,6 +63,7 @@ type session struct {
 
 	mu        sync.Mutex // guards the fields below; taken before a grant's mu
 	stopped   bool       // a release has begun: no more probes
+	unclean   bool       // may carry a setting of sqllock's (a lease): discarded, not pooled, at its end
 	unlocking bool       // a release's unlock statement is running on conn
 	boundPast bool       // the release's bound has passed (interrupt bound only)
 
