@@ -75,18 +75,18 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 	case m.err != nil:
 		return nil, m.fail(op, m.err)
 	}
-	req := session.Request{Shared: shared, Try: try, OnLost: onLost}
-	if len(m.l.cfg.observers) == 0 {
-		g, err := m.l.sessions.Acquire(ctx, &m.t, req)
-		if err != nil {
-			return nil, m.fail(op, err)
-		}
-		return g, nil
+	observed := len(m.l.cfg.observers) != 0
+	var start time.Time
+	if observed {
+		start = time.Now()
 	}
-	start := time.Now()
-	g, err := m.l.sessions.Acquire(ctx, &m.t, req)
+	g, err := m.l.sessions.Acquire(ctx, &m.t, session.Request{Shared: shared, Try: try, OnLost: onLost})
 	if err != nil {
 		err = m.fail(op, err)
+		g = nil
+	}
+	if !observed {
+		return g, err
 	}
 	e := Event{Shared: shared, Wait: time.Since(start), Err: err}
 	switch {

@@ -200,12 +200,11 @@ func (q *Queries) assemble() {
 		}
 		return stmt(kind, fenced, "CASE WHEN "+fn+"("+list+") IS NOT NULL THEN "+granted(fenced)+" END")
 	}
-	refused := "false" // a try's answer when the lock is taken
 	try := func(fn string, kind Kind, fenced bool) *LockStmt {
 		if !fenced && q.lease == 0 {
 			return stmt(kind, false, fn+"("+list+")")
 		}
-		no := refused
+		no := "false" // a try's answer when the lock is taken
 		if fenced {
 			no = "'0'"
 		}

@@ -256,7 +256,9 @@ pg_stat_activity. If that session ends while the command runs, the command is
 stopped (SIGTERM, then SIGKILL after --grace) and withlock exits 74. The
 command inherits the session's socket: if withlock is killed, the lock is
 held until the command, and anything it started that kept the socket, has
-exited (on Linux and FreeBSD the command is killed with withlock).
+exited (on Linux the command and everything it started are killed with
+withlock; on FreeBSD the command is). A withlock stopped with its command
+(SIGSTOP, a paused container) loses the lock after its lease, 10s.
 SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to the
 command; while withlock still waits, they stop the wait and nothing runs.
 
