@@ -23,6 +23,7 @@ type Locker struct {
 	db       *sql.DB
 	cfg      config
 	sessions *session.Manager // takes the locks; nil with a sticky error
+	obs      *observing       // nil without observers
 }
 
 // New returns a Locker over db. Options are applied in order.
@@ -65,6 +66,7 @@ func New(db *sql.DB, opts ...Option) *Locker {
 		Fail:         fail,
 	}
 	if len(l.cfg.observers) != 0 {
+		l.obs = newObserving(l.cfg.observers)
 		sc.Ended = l.observeEnd
 	}
 	l.sessions = session.New(sc)

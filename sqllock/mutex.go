@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/session"
@@ -75,30 +74,18 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 	case m.err != nil:
 		return nil, m.fail(op, m.err)
 	}
-	observed := len(m.l.cfg.observers) != 0
-	var start time.Time
-	if observed {
-		start = time.Now()
+	var a *attempt
+	if m.l.obs != nil {
+		a = m.l.obs.start(ctx, &m.t, shared, try)
 	}
 	g, err := m.l.sessions.Acquire(ctx, &m.t, session.Request{Shared: shared, Try: try, OnLost: onLost})
 	if err != nil {
 		err = m.fail(op, err)
 		g = nil
 	}
-	if !observed {
-		return g, err
+	if a != nil {
+		m.l.obs.acquired(a, &m.t, shared, g, err)
 	}
-	e := Event{Shared: shared, Wait: time.Since(start), Err: err}
-	switch {
-	case err != nil:
-		e.Kind = EventFailed
-	case g == nil:
-		e.Kind = EventContended
-	default:
-		e.Kind = EventAcquired
-		e.Wait = g.Acquired().Sub(start)
-	}
-	m.observe(e)
 	return g, err
 }
 
@@ -234,7 +221,7 @@ func (m *Mutex) unlock(ctx context.Context, shared bool) error {
 	(*list)[n] = nil
 	*list = (*list)[:n]
 	m.mu.Unlock()
-	return h.Release(ctx)
+	return m.release(ctx, h)
 }
 
 // oldest returns the lock Done and Err describe: the oldest exclusive lock
@@ -392,7 +379,7 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	m.mu.Unlock()
 	release := func() error {
 		m.remove(h)
-		return h.Release(rctx)
+		return m.release(rctx, h)
 	}
 	returned := false
 	defer func() {

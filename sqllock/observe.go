@@ -2,7 +2,9 @@ package sqllock
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -22,7 +24,9 @@ const (
 	// Event.Err says why.
 	EventFailed
 	// EventReleased: a held lock was released; Event.Held is how long it
-	// was held.
+	// was held. Event.Err is the unlock's error if the release could not
+	// be confirmed (it wraps ErrNotReleased, say): the lock is not
+	// this process's any more either way.
 	EventReleased
 	// EventLost: a held lock was lost (keep-alive failure, unlock that
 	// found nothing); Event.Err wraps ErrLockLost and the cause.
@@ -63,6 +67,39 @@ type Event struct {
 // safe for concurrent use.
 type Observer interface {
 	Observe(Event)
+}
+
+// An AttemptObserver is an [Observer] that also hears of each attempt to
+// take a lock as it starts, with the caller's context: what a tracer
+// needs to make the attempt's spans children of the caller's span (the
+// module otelsqllock does so). Pass it to [WithObserver] as any Observer.
+//
+// Lock, TryLock, WithLock, TryWithLock and their shared forms call
+// ObserveAttempt on the caller's goroutine before the attempt's first
+// statement; ctx is the context that bounds the wait (WithLock's, with
+// [MaxWait] if given). ObserveAttempt returns the attempt's observer, to
+// which the attempt's events then go instead of to Observe: first
+// EventAcquired, EventContended or EventFailed, then, for a lock acquired,
+// one EventReleased or EventLost. They arrive one at a time, in that
+// order, the last one possibly on another goroutine (the keep-alive's). A
+// nil return sends the attempt's events to Observe. ObserveAttempt must be
+// fast, must not block and must be safe for concurrent use, as Observe.
+//
+// A call that fails before it starts (a nil context, a Mutex with a
+// sticky error) makes no attempt. Transaction-scoped locks ([Mutex.LockTx]
+// and its forms) are not observed.
+type AttemptObserver interface {
+	Observer
+	ObserveAttempt(ctx context.Context, a Attempt) Observer
+}
+
+// An Attempt describes a lock attempt as it starts, for
+// [AttemptObserver].
+type Attempt struct {
+	Name   string       // the lock's name; empty for explicit keys
+	Key    keyspace.Key // the lock's key
+	Shared bool         // shared mode
+	Try    bool         // TryLock or TryWithLock: no wait
 }
 
 // ObserverFunc adapts a function to an [Observer].
@@ -128,15 +165,114 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// observe sends e to the Locker's observers.
-func (m *Mutex) observe(e Event) {
-	m.l.observe(&m.t, e)
+// observing follows a Locker's observed lock attempts to their end. It is
+// shared by the Lockers of Locker.Keyspace, as the session layer and its
+// Ended hook are; nil without observers, when the lock path does nothing
+// of it.
+type observing struct {
+	observers []Observer
+
+	mu     sync.Mutex
+	grants map[*session.Grant]*attempt // acquired, not yet ended
 }
 
-func (l *Locker) observe(t *session.Target, e Event) {
+// attempt is one lock attempt: the observers its events go to, one per
+// Observer of the Locker. A grant whose end came before its attempt
+// was registered (a loss seen at once) has only that end, in ended.
+type attempt struct {
+	obs   []Observer
+	start time.Time
+	ended *Event
+}
+
+func newObserving(observers []Observer) *observing {
+	return &observing{observers: observers, grants: make(map[*session.Grant]*attempt)}
+}
+
+// start begins an attempt on t's lock with the caller's ctx.
+func (o *observing) start(ctx context.Context, t *session.Target, shared, try bool) *attempt {
+	a := &attempt{obs: o.observers}
+	copied := false
+	for i, ob := range o.observers {
+		ao, ok := ob.(AttemptObserver)
+		if !ok {
+			continue
+		}
+		per := ao.ObserveAttempt(ctx, Attempt{Name: t.Name, Key: t.Key, Shared: shared, Try: try})
+		if per == nil {
+			continue
+		}
+		if !copied { // the Locker's list stays as it is
+			a.obs, copied = append([]Observer(nil), o.observers...), true
+		}
+		a.obs[i] = per
+	}
+	a.start = time.Now() // after the observers' own work
+	return a
+}
+
+// acquired tells a's observers how the attempt ended: g granted, none
+// (contended), or err. A granted attempt is followed to its end.
+func (o *observing) acquired(a *attempt, t *session.Target, shared bool, g *session.Grant, err error) {
+	e := Event{Shared: shared, Wait: time.Since(a.start), Err: err}
+	switch {
+	case err != nil:
+		e.Kind = EventFailed
+	case g == nil:
+		e.Kind = EventContended
+	default:
+		e.Kind = EventAcquired
+		e.Wait = g.Acquired().Sub(a.start)
+	}
+	a.tell(t, e)
+	if g == nil {
+		return
+	}
+	o.mu.Lock()
+	early := o.grants[g]
+	if early == nil {
+		o.grants[g] = a
+		o.mu.Unlock()
+		return
+	}
+	delete(o.grants, g)
+	o.mu.Unlock()
+	a.tell(t, *early.ended)
+}
+
+// ended tells g's attempt of g's end, from the session layer (the Ended
+// hook): a release, or a loss, which may come before the attempt is
+// registered (a loss seen at once); then the attempt tells it.
+func (o *observing) ended(g *session.Grant, e Event) {
+	o.mu.Lock()
+	a := o.grants[g]
+	if a == nil {
+		o.grants[g] = &attempt{ended: &e}
+		o.mu.Unlock()
+		return
+	}
+	delete(o.grants, g)
+	o.mu.Unlock()
+	a.tell(g.Target(), e)
+}
+
+// endedUntold tells g's attempt of g's end, if no one has: after a
+// release, which comes after the attempt's registration.
+func (o *observing) endedUntold(g *session.Grant, e Event) {
+	o.mu.Lock()
+	a := o.grants[g]
+	delete(o.grants, g)
+	o.mu.Unlock()
+	if a != nil {
+		a.tell(g.Target(), e)
+	}
+}
+
+// tell sends e, about t's lock, to a's observers.
+func (a *attempt) tell(t *session.Target, e Event) {
 	e.Name, e.Key = t.Name, t.Key
-	for _, o := range l.cfg.observers {
-		o.Observe(e)
+	for _, ob := range a.obs {
+		ob.Observe(e)
 	}
 }
 
@@ -148,5 +284,25 @@ func (l *Locker) observeEnd(g *session.Grant, lost error, sessionLocks int) {
 	if lost != nil {
 		e.Kind = EventLost
 	}
-	l.observe(g.Target(), e)
+	l.obs.ended(g, e)
+}
+
+// release releases g. Observed, it makes sure that g's attempt hears of
+// its end: the session layer reports a release and a loss, but not a
+// release it could not confirm (ErrNotReleased, an unlock that failed),
+// which comes as EventReleased, or EventLost if the error wraps
+// ErrLockLost, with the error. A grant the keep-alive found lost is told
+// by the keep-alive.
+func (m *Mutex) release(ctx context.Context, g *session.Grant) error {
+	err := g.Release(ctx)
+	o := m.l.obs
+	if o == nil || errors.Is(g.Err(), ErrLockLost) {
+		return err
+	}
+	e := Event{Kind: EventReleased, Shared: g.Shared(), Held: time.Since(g.Acquired()), Err: err}
+	if errors.Is(err, ErrLockLost) {
+		e.Kind = EventLost
+	}
+	o.endedUntold(g, e)
+	return err
 }

@@ -4,15 +4,21 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/DATA-DOG/go-sqlmock"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 type recorder struct {
@@ -73,4 +79,151 @@ func TestObserver(t *testing.T) {
 		assert.Contains(t, logs.String(), "sqllock: lock acquired")
 		assert.Contains(t, logs.String(), "level=WARN msg=\"sqllock: lock lost\"")
 	})
+}
+
+// attemptRecorder is an AttemptObserver that records each attempt with
+// the value of ctxKey in its context, and that attempt's events apart.
+type attemptRecorder struct {
+	recorder // events that came to Observe: none, unless nilFor says so
+	nilFor   func(sqllock.Attempt) bool
+
+	mu       sync.Mutex
+	attempts []*recordedAttempt
+}
+
+type ctxKey struct{}
+
+type recordedAttempt struct {
+	recorder
+	a   sqllock.Attempt
+	val any
+}
+
+func (r *attemptRecorder) ObserveAttempt(ctx context.Context, a sqllock.Attempt) sqllock.Observer {
+	if r.nilFor != nil && r.nilFor(a) {
+		return nil
+	}
+	ra := &recordedAttempt{a: a, val: ctx.Value(ctxKey{})}
+	r.mu.Lock()
+	r.attempts = append(r.attempts, ra)
+	r.mu.Unlock()
+	return ra
+}
+
+func (r *attemptRecorder) all() []*recordedAttempt {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.attempts)
+}
+
+// An AttemptObserver gets each attempt with the caller's context, and the
+// attempt's events in order through the observer it returned; a plain
+// Observer beside it still gets every event.
+func TestAttemptObserver(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		plain, ar := &recorder{}, &attemptRecorder{}
+		l := sqllock.New(db, fastLoss, sqllock.WithObserver(plain), sqllock.WithObserver(ar))
+		a, b := l.Mutex(t.Name()), l.Mutex(t.Name())
+		ctx := func(v string) context.Context { return context.WithValue(t.Context(), ctxKey{}, v) }
+
+		require.NoError(t, a.Lock(ctx("lock")))
+		ok, err := b.TryLockShared(ctx("try"))
+		require.NoError(t, err)
+		require.False(t, ok)
+		wctx, cancel := context.WithTimeout(ctx("wait"), 20*time.Millisecond)
+		require.Error(t, b.Lock(wctx))
+		cancel()
+		require.NoError(t, a.Unlock(t.Context()))
+		require.NoError(t, a.WithLock(ctx("withlock"), func(context.Context) error { return nil }))
+		require.NoError(t, a.Lock(ctx("lost")))
+		terminate(t, db, backendOf(t, db, a.Key()))
+		<-a.Done()
+		require.ErrorIs(t, a.Unlock(t.Context()), sqllock.ErrLockLost)
+
+		E := func(ks ...sqllock.EventKind) []sqllock.EventKind { return ks }
+		want := []struct {
+			val   string
+			try   bool
+			sh    bool
+			kinds []sqllock.EventKind
+		}{
+			{"lock", false, false, E(sqllock.EventAcquired, sqllock.EventReleased)},
+			{"try", true, true, E(sqllock.EventContended)},
+			{"wait", false, false, E(sqllock.EventFailed)},
+			{"withlock", false, false, E(sqllock.EventAcquired, sqllock.EventReleased)},
+			{"lost", false, false, E(sqllock.EventAcquired, sqllock.EventLost)},
+		}
+		got := ar.all()
+		require.Len(t, got, len(want))
+		for i, w := range want {
+			assert.Equal(t, w.val, got[i].val, "attempt %d gets the caller's context", i)
+			assert.Equal(t, sqllock.Attempt{Name: t.Name(), Key: a.Key(), Shared: w.sh, Try: w.try}, got[i].a)
+			assert.Equal(t, w.kinds, got[i].kinds(), "attempt %q", w.val)
+		}
+		assert.Empty(t, ar.kinds(), "an attempt's events go to its own observer")
+		assert.Equal(t, E(sqllock.EventAcquired, sqllock.EventContended, sqllock.EventFailed, sqllock.EventReleased,
+			sqllock.EventAcquired, sqllock.EventReleased, sqllock.EventAcquired, sqllock.EventLost),
+			plain.kinds(), "a plain Observer beside it gets every event")
+	})
+}
+
+// An AttemptObserver that returns nil for an attempt gets its events in
+// Observe.
+func TestFakeAttemptObserverNil(t *testing.T) {
+	ar := &attemptRecorder{nilFor: func(a sqllock.Attempt) bool { return !a.Try }}
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) { return answerAs(q, 7), nil },
+		sqllock.WithKeepAlive(0, 0), sqllock.WithObserver(ar))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	require.NoError(t, mu.Unlock(t.Context()))
+	ok, err := mu.TryLock(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, mu.Unlock(t.Context()))
+	assert.Equal(t, []sqllock.EventKind{sqllock.EventAcquired, sqllock.EventReleased}, ar.kinds())
+	require.Len(t, ar.all(), 1)
+	assert.Equal(t, []sqllock.EventKind{sqllock.EventAcquired, sqllock.EventReleased}, ar.all()[0].kinds())
+}
+
+// A loss the keep-alive sees at once, perhaps before Lock has returned,
+// still reaches the attempt after its EventAcquired, once.
+func TestFakeAttemptObserverLossOrder(t *testing.T) {
+	for range 20 {
+		ar := &attemptRecorder{}
+		l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+			if q == sqltext.ProbeSQL {
+				return nil, errors.New("server closed the connection")
+			}
+			return answerAs(q, 7), nil
+		}, sqllock.WithKeepAlive(time.Nanosecond, time.Second), sqllock.WithObserver(ar))
+		mu := l.MutexKey(keyspace.Int64(42))
+		require.NoError(t, mu.Lock(t.Context()))
+		<-mu.Done()
+		require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrLockLost)
+		require.Len(t, ar.all(), 1)
+		assert.Equal(t, []sqllock.EventKind{sqllock.EventAcquired, sqllock.EventLost}, ar.all()[0].kinds())
+	}
+}
+
+// A release that cannot be confirmed (the unlock failed, and the session
+// could not be ended) is still the end of the hold for observers:
+// EventReleased, with Unlock's error. The session layer does not report
+// it; sqllock used to leave the hold open.
+func TestMockUnconfirmedReleaseObserved(t *testing.T) {
+	rec := &recorder{}
+	l, mock := newMock(t, sqllock.WithObserver(rec))
+	expectLock(mock, 7)
+	mock.ExpectExec(unlockSQL).WillReturnError(errors.New("protocol confusion"))
+	mock.ExpectClose()
+	mock.ExpectQuery(lookSQL(7)).WithoutArgs().
+		WillReturnRows(sqlmock.NewRows([]string{"state", "exists", "self"}).AddRow("idle", true, false))
+	mock.ExpectQuery(terminateSQL(7)).WithoutArgs().WillReturnError(errors.New("permission denied to terminate process"))
+	mu := l.MutexKey(keyspace.Int64(42))
+	require.NoError(t, mu.Lock(t.Context()))
+	err := mu.Unlock(t.Context())
+	require.ErrorIs(t, err, sqllock.ErrNotReleased)
+	require.Equal(t, []sqllock.EventKind{sqllock.EventAcquired, sqllock.EventReleased}, rec.kinds())
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	assert.ErrorIs(t, rec.events[1].Err, sqllock.ErrNotReleased)
 }
