@@ -14,11 +14,13 @@ all: lint test
 provision:
 	@scripts/provision
 
-## test: unit tests, live tests and the conformance suite, with -race; then the driver matrix
-## (drivers/) and interop/: withlock against the real golang-migrate, goose, Rails, django-pglocks and Node clients
+## test: unit tests, live tests and the conformance suite, with -race; then the examples, the OpenTelemetry
+## observer (otelsqllock/), the driver matrix (drivers/) and interop/: withlock against the real golang-migrate,
+## goose, Rails, django-pglocks and Node clients
 test: provision
 	$(GO) test -race -shuffle=on -count=1 -timeout 10m ./...
 	$(GO) run ./internal/withpg -- sh -c "cd examples && $(GO) test -race -count=1 -timeout 5m ./..."
+	$(GO) run ./internal/withpg -- sh -c "cd otelsqllock && $(GO) test -race -count=1 -timeout 5m ./..."
 	$(GO) run ./internal/withpg -- sh -c "cd drivers && $(GO) test -race -count=1 -parallel 4 -timeout 10m ./..."
 	$(GO) run ./internal/withpg -- sh -c "cd interop && $(GO) test -count=1 -timeout 5m ./... && cd gooselegacy && $(GO) test -count=1 -timeout 5m ./..."
 
@@ -31,6 +33,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd examples && $(GO) vet ./...
+	cd otelsqllock && $(GO) vet ./... && $(STATICCHECK) ./...
 	cd drivers && $(GO) vet ./...
 	cd interop && $(GO) vet ./... && cd harness && $(GO) vet ./... && cd ../gooselegacy && $(GO) vet ./...
 	$(STATICCHECK) ./...

@@ -181,6 +181,7 @@ type observing struct {
 // was registered (a loss seen at once) has only that end, in ended.
 type attempt struct {
 	obs   []Observer
+	own   [2]Observer // obs's array, when it is the attempt's own and this fits it
 	start time.Time
 	ended *Event
 }
@@ -203,7 +204,7 @@ func (o *observing) start(ctx context.Context, t *session.Target, shared, try bo
 			continue
 		}
 		if !copied { // the Locker's list stays as it is
-			a.obs, copied = append([]Observer(nil), o.observers...), true
+			a.obs, copied = append(a.own[:0], o.observers...), true
 		}
 		a.obs[i] = per
 	}
@@ -247,7 +248,8 @@ func (o *observing) ended(g *session.Grant, e Event) {
 	o.mu.Lock()
 	a := o.grants[g]
 	if a == nil {
-		o.grants[g] = &attempt{ended: &e}
+		early := e // only this end escapes
+		o.grants[g] = &attempt{ended: &early}
 		o.mu.Unlock()
 		return
 	}

@@ -1,0 +1,325 @@
+package otelsqllock_test
+
+import (
+	"context"
+	"database/sql"
+	"flag"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "github.com/lib/pq"              // registers "postgres"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/otelsqllock"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+)
+
+func TestMain(m *testing.M) {
+	_ = pgtest.ExportEnv() // for the examples; tests report a missing server themselves
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f != nil && f.Value.String() != "" {
+		// A benchmark's pool of one connection is full while a lock is
+		// held, which sqllock warns of once per Locker: keep the output
+		// to results.
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
+	pgtest.Main(m)
+}
+
+// fastLoss makes a terminated session's loss show within tens of
+// milliseconds.
+var fastLoss = sqllock.WithKeepAlive(20*time.Millisecond, 2*time.Second)
+
+// otelSetup is an Observer over the SDK with in-memory exporters: every
+// span ended so far, and the metrics on demand.
+type otelSetup struct {
+	obs    *otelsqllock.Observer
+	spans  *tracetest.SpanRecorder
+	reader *sdkmetric.ManualReader
+	tracer trace.Tracer // the caller's, for the parent spans
+}
+
+func newOtel(t *testing.T, opts ...otelsqllock.Option) *otelSetup {
+	t.Helper()
+	s := &otelSetup{spans: tracetest.NewSpanRecorder(), reader: sdkmetric.NewManualReader()}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(s.spans))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(s.reader))
+	t.Cleanup(func() {
+		_ = tp.Shutdown(context.Background())
+		_ = mp.Shutdown(context.Background())
+	})
+	obs, err := otelsqllock.New(append([]otelsqllock.Option{
+		otelsqllock.WithTracerProvider(tp), otelsqllock.WithMeterProvider(mp)}, opts...)...)
+	require.NoError(t, err)
+	s.obs, s.tracer = obs, tp.Tracer("test")
+	return s
+}
+
+// metrics collects the metrics now.
+func (s *otelSetup) metrics(t *testing.T) metricdata.ResourceMetrics {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	require.NoError(t, s.reader.Collect(t.Context(), &rm))
+	return rm
+}
+
+// value returns metric name's value summed over the data points that
+// carry every attribute of want: a sum's value, a histogram's count. ok
+// is false if no data point matched.
+func value(rm metricdata.ResourceMetrics, name string, want ...attribute.KeyValue) (v int64, ok bool) {
+	matches := func(set attribute.Set) bool {
+		for _, kv := range want {
+			if got, has := set.Value(kv.Key); !has || got != kv.Value {
+				return false
+			}
+		}
+		return true
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != name {
+				continue
+			}
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					if matches(p.Attributes) {
+						v, ok = v+p.Value, true
+					}
+				}
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					if matches(p.Attributes) {
+						v, ok = v+int64(p.Count), true
+					}
+				}
+			}
+		}
+	}
+	return v, ok
+}
+
+// counts returns the value of each metric the package documents.
+func counts(rm metricdata.ResourceMetrics, want ...attribute.KeyValue) map[string]int64 {
+	m := map[string]int64{}
+	for _, name := range []string{"sqllock.lock.attempts", "sqllock.lock.acquired", "sqllock.lock.contended",
+		"sqllock.lock.failed", "sqllock.lock.lost", "sqllock.lock.held",
+		"sqllock.lock.wait.duration", "sqllock.lock.hold.duration"} {
+		m[name], _ = value(rm, name, want...)
+	}
+	return m
+}
+
+// spansNamed returns the ended spans called name, in the order they ended.
+func spansNamed(s *otelSetup, name string) []sdktrace.ReadOnlySpan {
+	var out []sdktrace.ReadOnlySpan
+	for _, sp := range s.spans.Ended() {
+		if sp.Name() == name {
+			out = append(out, sp)
+		}
+	}
+	return out
+}
+
+func attr(sp sdktrace.ReadOnlySpan, k attribute.Key) attribute.Value {
+	for _, kv := range sp.Attributes() {
+		if kv.Key == k {
+			return kv.Value
+		}
+	}
+	return attribute.Value{}
+}
+
+// eachDriver runs f as a parallel subtest on lib/pq and on pgx's stdlib.
+func eachDriver(t *testing.T, f func(t *testing.T, db *sql.DB)) {
+	for _, d := range pgtest.Drivers() {
+		t.Run(d, func(t *testing.T) {
+			t.Parallel()
+			f(t, pgtest.DB(t, d))
+		})
+	}
+}
+
+// backendOf returns the pid of a backend holding k.
+func backendOf(t *testing.T, db *sql.DB, k keyspace.Key) int64 {
+	t.Helper()
+	c, o, s := k.LockTag()
+	var pid int64
+	require.NoError(t, db.QueryRowContext(t.Context(), `
+		SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+		AND classid = $1 AND objid = $2 AND objsubid = $3 LIMIT 1`, int64(c), int64(o), int64(s)).Scan(&pid))
+	return pid
+}
+
+// A lock taken, tried while held, waited for in vain and released: an
+// acquire span for each attempt and a hold span for the lock, all children
+// of the caller's span, and the metrics of each outcome; the held gauge
+// is 1 while the lock is held and 0 after Unlock.
+func TestSpansAndMetrics(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		o := newOtel(t)
+		l := sqllock.New(db, sqllock.WithObserver(o.obs))
+		name := "otelsqllock/" + t.Name()
+		a, b := l.Mutex(name), l.Mutex(name)
+		ctx, request := o.tracer.Start(t.Context(), "request")
+
+		require.NoError(t, a.Lock(ctx))
+		held, _ := value(o.metrics(t), "sqllock.lock.held")
+		assert.Equal(t, int64(1), held, "held while held")
+		ok, err := b.TryLock(ctx)
+		require.NoError(t, err)
+		require.False(t, ok)
+		wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		require.ErrorIs(t, b.Lock(wctx), context.DeadlineExceeded)
+		cancel()
+		require.NoError(t, a.Unlock(t.Context()))
+		request.End()
+
+		acquires := spansNamed(o, "sqllock.acquire")
+		holds := spansNamed(o, "sqllock.hold")
+		require.Len(t, acquires, 3)
+		require.Len(t, holds, 1)
+		for _, sp := range append(acquires, holds...) {
+			assert.Equal(t, request.SpanContext().TraceID(), sp.SpanContext().TraceID(), "%s: in the caller's trace", sp.Name())
+			assert.Equal(t, request.SpanContext().SpanID(), sp.Parent().SpanID(), "%s: a child of the caller's span", sp.Name())
+			assert.Equal(t, name, attr(sp, otelsqllock.AttrLockName).AsString())
+			assert.Equal(t, a.Key().String(), attr(sp, otelsqllock.AttrLockKey).AsString())
+			assert.Equal(t, "exclusive", attr(sp, otelsqllock.AttrLockMode).AsString())
+		}
+		for i, want := range []struct {
+			outcome string
+			try     bool
+			status  codes.Code
+		}{{"acquired", false, codes.Unset}, {"contended", true, codes.Unset}, {"failed", false, codes.Error}} {
+			sp := acquires[i]
+			assert.Equal(t, want.outcome, attr(sp, otelsqllock.AttrLockOutcome).AsString(), "attempt %d", i)
+			assert.Equal(t, want.try, attr(sp, otelsqllock.AttrLockTry).AsBool(), "attempt %d", i)
+			assert.Equal(t, want.status, sp.Status().Code, "attempt %d", i)
+		}
+		require.NotEmpty(t, acquires[2].Events(), "the failed attempt records its error")
+		assert.Equal(t, "exception", acquires[2].Events()[0].Name)
+		assert.Contains(t, acquires[2].Status().Description, "deadline exceeded")
+		hold := holds[0]
+		assert.Equal(t, codes.Unset, hold.Status().Code)
+		assert.False(t, hold.StartTime().Before(acquires[0].EndTime()), "the hold starts at the grant")
+		assert.False(t, hold.EndTime().Before(acquires[2].EndTime()), "the hold outlasts the attempts made meanwhile")
+
+		rm := o.metrics(t)
+		assert.Equal(t, map[string]int64{
+			"sqllock.lock.attempts": 3, "sqllock.lock.acquired": 1, "sqllock.lock.contended": 1,
+			"sqllock.lock.failed": 1, "sqllock.lock.lost": 0, "sqllock.lock.held": 0,
+			"sqllock.lock.wait.duration": 3, "sqllock.lock.hold.duration": 1,
+		}, counts(rm, otelsqllock.AttrLockName.String(name), otelsqllock.AttrLockMode.String("exclusive")))
+		for _, oc := range []string{"acquired", "contended", "failed"} {
+			n, _ := value(rm, "sqllock.lock.wait.duration", otelsqllock.AttrLockOutcome.String(oc))
+			assert.Equal(t, int64(1), n, "waits that ended %s", oc)
+		}
+		_, keyed := value(rm, "sqllock.lock.attempts", otelsqllock.AttrLockKey.String(a.Key().String()))
+		assert.False(t, keyed, "the key is no metric attribute")
+	})
+}
+
+// A lock whose session the server ends (pg_terminate_backend) is counted
+// lost, no longer held, and its hold span says so.
+func TestLost(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		o := newOtel(t)
+		l := sqllock.New(db, fastLoss, sqllock.WithObserver(o.obs))
+		mu := l.Mutex("otelsqllock/" + t.Name())
+		ctx, request := o.tracer.Start(t.Context(), "request")
+		defer request.End()
+
+		require.NoError(t, mu.Lock(ctx))
+		var ok bool
+		require.NoError(t, db.QueryRowContext(t.Context(), "SELECT pg_terminate_backend($1)", backendOf(t, db, mu.Key())).Scan(&ok))
+		require.True(t, ok)
+		select {
+		case <-mu.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the loss was not seen")
+		}
+
+		holds := spansNamed(o, "sqllock.hold")
+		require.Len(t, holds, 1, "the hold span ends at the loss")
+		hold := holds[0]
+		assert.Equal(t, request.SpanContext().SpanID(), hold.Parent().SpanID())
+		assert.Equal(t, codes.Error, hold.Status().Code)
+		require.Len(t, hold.Events(), 1)
+		ev := hold.Events()[0]
+		assert.Equal(t, "sqllock.lock.lost", ev.Name)
+		assert.Contains(t, ev.Attributes, otelsqllock.AttrSessionLocks.Int(1))
+		rm := o.metrics(t)
+		c := counts(rm)
+		assert.Equal(t, int64(1), c["sqllock.lock.lost"])
+		assert.Equal(t, int64(0), c["sqllock.lock.held"])
+		assert.Equal(t, int64(1), c["sqllock.lock.hold.duration"])
+
+		require.ErrorIs(t, mu.Unlock(t.Context()), sqllock.ErrLockLost)
+		assert.Len(t, spansNamed(o, "sqllock.hold"), 1, "Unlock after the loss ends nothing more")
+		assert.Equal(t, int64(0), counts(o.metrics(t))["sqllock.lock.held"])
+	})
+}
+
+// WithMetricLockName maps names on metrics (here: per-tenant names to
+// their prefix, or to nothing); spans keep the full name. Shared locks
+// say so.
+func TestMetricLockName(t *testing.T) {
+	db := pgtest.DB(t, "pgx")
+	o := newOtel(t, otelsqllock.WithMetricLockName(func(name string) string {
+		if strings.HasPrefix(name, "tenant/") {
+			return "tenant/*"
+		}
+		return ""
+	}))
+	l := sqllock.New(db, sqllock.WithObserver(o.obs))
+	for _, name := range []string{"tenant/1", "tenant/2", "other"} {
+		mu := l.Mutex(name + "/" + t.Name())
+		require.NoError(t, mu.WithLockShared(t.Context(), func(context.Context) error { return nil }))
+	}
+	rm := o.metrics(t)
+	n, _ := value(rm, "sqllock.lock.acquired", otelsqllock.AttrLockName.String("tenant/*"), otelsqllock.AttrLockMode.String("shared"))
+	assert.Equal(t, int64(2), n, "both tenants' locks under one value")
+	all, _ := value(rm, "sqllock.lock.acquired")
+	assert.Equal(t, int64(3), all)
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "sqllock.lock.acquired" {
+				continue
+			}
+			assert.Len(t, m.Data.(metricdata.Sum[int64]).DataPoints, 2, "one series for the tenants, one without a name")
+		}
+	}
+	for _, sp := range spansNamed(o, "sqllock.hold") {
+		assert.Contains(t, attr(sp, otelsqllock.AttrLockName).AsString(), t.Name(), "spans keep the full name")
+		assert.Equal(t, "shared", attr(sp, otelsqllock.AttrLockMode).AsString())
+	}
+}
+
+// An Observer used as a plain sqllock.Observer (inside another) records
+// the metrics, and no spans.
+func TestPlainObserver(t *testing.T) {
+	db := pgtest.DB(t, "pgx")
+	o := newOtel(t)
+	l := sqllock.New(db, sqllock.WithObserver(sqllock.ObserverFunc(o.obs.Observe)))
+	mu := l.Mutex("otelsqllock/" + t.Name())
+	require.NoError(t, mu.Lock(t.Context()))
+	require.NoError(t, mu.Unlock(t.Context()))
+	c := counts(o.metrics(t))
+	assert.Equal(t, int64(1), c["sqllock.lock.attempts"])
+	assert.Equal(t, int64(1), c["sqllock.lock.acquired"])
+	assert.Equal(t, int64(0), c["sqllock.lock.held"])
+	assert.Empty(t, o.spans.Ended())
+}
