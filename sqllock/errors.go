@@ -34,6 +34,13 @@ var (
 	// ([Mutex.LockTx]) or connect to the server, or to a session-mode pooler.
 	ErrSharedSession = errs.ErrForeignSession
 
+	// ErrIdleInTransaction reports a lock refused behind a transaction-mode
+	// pooler, where sqllock holds each lock in an open transaction, because
+	// the server's idle_in_transaction_session_timeout would end that
+	// transaction, and the lock, between two keep-alive probes. The message
+	// names the setting, its value and the value it needs.
+	ErrIdleInTransaction = errs.ErrIdleInTransaction
+
 	// ErrNotReleased reports that sqllock gave up on a session that may
 	// hold the lock (a release or a grant that got no answer, a session
 	// that could not be reached) and could not confirm, within the

@@ -93,6 +93,8 @@ func Call0(v reflect.Value, name string) reflect.Value {
 		m = v.MethodByName("Conn")
 	case "PgConn":
 		m = v.MethodByName("PgConn")
+	case "PID":
+		m = v.MethodByName("PID")
 	}
 	if !m.IsValid() || m.Type().NumIn() != 0 || m.Type().NumOut() != 1 {
 		return reflect.Value{}

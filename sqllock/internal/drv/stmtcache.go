@@ -3,7 +3,6 @@ package drv
 import (
 	"context"
 	"database/sql/driver"
-	"reflect"
 	"sync"
 )
 
@@ -53,7 +52,7 @@ type StmtCache struct {
 
 type connStmts struct {
 	pid    int64 // the session's backend pid, when direct was decided
-	direct bool  // the session is the connection's own (see startupPID)
+	direct bool  // the session is the connection's own (see StartupPID)
 	stmts  map[string]driver.Stmt
 	used   uint64
 }
@@ -68,7 +67,7 @@ func (c *StmtCache) Direct(dc any, pid int64) bool {
 	if cs != nil && cs.pid == pid {
 		return cs.direct
 	}
-	startup, ok := startupPID(dc)
+	startup, ok := StartupPID(dc)
 	direct := ok && startup == pid
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -100,33 +99,6 @@ func (c *StmtCache) entryLocked(dc any, pid int64) *connStmts {
 	c.clock++
 	cs.used = c.clock
 	return cs
-}
-
-// startupPID returns the backend pid that driver connection dc got from
-// the server at startup (BackendKeyData): lib/pq's field pid, bun's
-// pgdriver's processID, looking through wrappers as SessionOwner does.
-func startupPID(dc any) (int64, bool) {
-	v := reflect.ValueOf(dc)
-	for range MaxUnwrap {
-		s := v
-		for s.Kind() == reflect.Pointer || s.Kind() == reflect.Interface {
-			if s.IsNil() {
-				return 0, false
-			}
-			s = s.Elem()
-		}
-		if s.Kind() == reflect.Struct {
-			for _, name := range []string{"pid", "processID"} {
-				if f := s.FieldByName(name); f.IsValid() && f.CanInt() {
-					return f.Int(), true
-				}
-			}
-		}
-		if v = unwrapped(v); !v.IsValid() {
-			break
-		}
-	}
-	return 0, false
 }
 
 // stmt returns the statement prepared on dc, whose direct session has

@@ -170,3 +170,10 @@ func OwnBound(sctx context.Context, bound time.Duration, err error) error {
 	}
 	return fmt.Errorf("%w: %v", KeepAliveTimeout(bound), err)
 }
+
+// LockNotAvailable reports whether err is the server's lock_timeout
+// (SQLSTATE 55P03) ending a lock wait.
+func LockNotAvailable(err error) bool {
+	var se interface{ SQLState() string }
+	return errors.As(err, &se) && se.SQLState() == "55P03"
+}

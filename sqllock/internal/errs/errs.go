@@ -38,6 +38,9 @@ var (
 	// ErrStubLocks is sqllock.ErrStubLocks.
 	ErrStubLocks = errors.New("sqllock: the server's advisory locks are stubs that exclude nobody (CockroachDB): use a PostgreSQL server")
 
+	// ErrIdleInTransaction is sqllock.ErrIdleInTransaction.
+	ErrIdleInTransaction = errors.New("sqllock: a lock held in a transaction behind a pooler would outlive idle_in_transaction_session_timeout")
+
 	// ErrFencingUnsupported is sqllock.ErrFencingUnsupported.
 	ErrFencingUnsupported = errors.New("sqllock: WithFencing needs PostgreSQL 13 or later (pg_current_xact_id, pg_logical_emit_message)")
 )

@@ -58,6 +58,10 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 		return nil, cause
 	}
 	switch {
+	case r.n&sqltext.FlagProxied != 0:
+		// Nothing was taken: the pooler's session holds the lock in a
+		// transaction.
+		return m.acquireHeld(ctx, conn, t, req)
 	case r.n&sqltext.FlagForeign != 0:
 		// Nothing was taken. The session belongs to another client too.
 		m.settler.Discard(conn)

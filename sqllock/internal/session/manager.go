@@ -33,6 +33,10 @@ type Config struct {
 	AllowStandby bool
 	Placeholders *bool        // nil: keys are parameters, prepared by sqllock unless the driver is pgx
 	Logger       *slog.Logger // warnings; nil: slog.Default()
+	// Held makes a connection whose sessions a pooler hands out hold each
+	// lock in a transaction (see acquireHeld); otherwise such a session is
+	// refused once another client has used it (see sqltext.FlagForeign).
+	Held bool
 
 	// Fail makes the error of operation op on t's lock, for errors that
 	// outlive a call: a grant's loss, its release.

@@ -229,7 +229,7 @@ func (m *Manager) lockMultiplexed(ctx context.Context, t *Target, req Request) (
 			// statement did: the one to end if the session is lost.
 			s.pid = r.pid
 		}
-		if r.err == nil && r.n&(sqltext.FlagStandby|sqltext.FlagForeign|sqltext.FlagStub) == 0 && s.dc == nil {
+		if r.err == nil && r.n&sqltext.FlagRefused == 0 && s.dc == nil {
 			// The session's first sound answer: it can carry locks now.
 			s.dc, s.prepared = r.dc, r.prepared
 			if m.cfg.Interval > 0 {
@@ -297,7 +297,7 @@ func (m *Manager) lockMultiplexed(ctx context.Context, t *Target, req Request) (
 			}
 			p.done(s)
 			return nil, err
-		case r.n&(sqltext.FlagForeign|sqltext.FlagStandby|sqltext.FlagStub) != 0:
+		case r.n&sqltext.FlagRefused != 0:
 			// Refused before taking anything: the session is not usable.
 			p.retire(s)
 			m.settler.Discard(s.conn)
@@ -308,6 +308,8 @@ func (m *Manager) lockMultiplexed(ctx context.Context, t *Target, req Request) (
 				return nil, errs.ErrStandby
 			case r.n&sqltext.FlagStub != 0:
 				return nil, errs.ErrStubLocks
+			case r.n&sqltext.FlagProxied != 0:
+				return nil, fmt.Errorf("%w: the connection reaches server sessions through a pooler, where WithSessions cannot multiplex locks yet: use the default mode, which holds each lock in a transaction there", errs.ErrForeignSession)
 			}
 			return nil, fmt.Errorf("%w: server session %d belongs to another client connection", errs.ErrForeignSession, r.pid)
 		case r.n&sqltext.FlagGranted == 0:

@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,7 @@ type session struct {
 	dc       any    // conn's driver connection, for fireBound; on a multiplexed session, nil until its first sound answer
 	pid      int64  // the backend that owns the locks
 	prepared bool   // the lock and unlock statements run prepared on conn (see drv.StmtCache)
+	held     bool   // the lock is held in a transaction, which the release rolls back (see acquireHeld)
 	grant    *Grant // the grant a session of its own carries; nil for a multiplexed one
 
 	// A multiplexed session carries many grants. mux counts its users
@@ -401,8 +403,17 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		}
 		return s.endSession()
 	}
-	q, args := g.t.unlockStatement(g.shared, s.prepared, true, s.dc, s.pid)
+	var q string
+	var args []driver.NamedValue
+	if s.held {
+		q = sqltext.RollbackSQL
+	} else {
+		q, args = g.t.unlockStatement(g.shared, s.prepared, true, s.dc, s.pid)
+	}
 	rows, abandoned, settleErr, err := s.m.execRows(ctx, s.conn, q, args, s.prepared, s.pid, g.t.Key, func() { _ = s.m.settler.End(s.conn, s.pid, g.t.Key) })
+	if s.held && err == nil {
+		rows = 1 // the transaction's end released its lock
+	}
 	s.mu.Lock()
 	s.unlocking = false
 	past := s.boundPast

@@ -23,6 +23,7 @@ type Target struct {
 	m     *Manager
 	cache [2][sqltext.KindCount]sqltext.Cache // each lock statement's guarded form, as last made: of Q, of literal()
 	lit   atomic.Pointer[sqltext.Queries]     // Q with the key written in (see literal)
+	heldQ atomic.Pointer[sqltext.Held]        // the statements of the lock held in a transaction (see held)
 }
 
 // Init sets t up for the lock called name (empty for an explicit key)

@@ -110,13 +110,16 @@ func (m *Manager) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *s
 		}
 		ref = weak.Make(p)
 		if pid, ok := m.verified.lookup(ref); ok {
+			if pid == proxiedPID {
+				return nil, 0, sqltext.FlagProxied, nil
+			}
 			return q.GuardedFor(c, p, ref, pid), pid, 0, nil
 		}
 	}
 	o := drv.SessionOwner(dc)
 	if op := drv.ConnPointer(o); op != nil && op != p {
 		owner = weak.Make(op)
-		if pid, ok := m.verified.lookup(owner); ok && p != nil {
+		if pid, ok := m.verified.lookup(owner); ok && p != nil && pid != proxiedPID {
 			// A new wrapper over a session verified before.
 			m.verified.remember(ref, owner, pid)
 			return q.GuardedFor(c, p, ref, pid), pid, 0, nil
@@ -132,6 +135,19 @@ func (m *Manager) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *s
 		return nil, 0, 0, err
 	}
 	pid, flags = n>>sqltext.AnswerShift, n&(sqltext.FlagStandby|sqltext.FlagForeign|sqltext.FlagStub)
+	if m.cfg.Held && flags&^sqltext.FlagForeign == 0 {
+		if startup, ok := drv.StartupPID(dc); ok && startup != pid {
+			// A pooler's session: another client's mark on it is no
+			// refusal, since its locks are held in a transaction.
+			if err := m.checkHeld(ctx, dc); err != nil {
+				return nil, pid, 0, err
+			}
+			if p != nil {
+				m.verified.remember(ref, owner, proxiedPID)
+			}
+			return nil, pid, sqltext.FlagProxied, nil
+		}
+	}
 	if flags != 0 {
 		return nil, pid, flags, nil
 	}

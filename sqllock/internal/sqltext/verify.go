@@ -112,6 +112,13 @@ const (
 	FlagForeign = 4
 	FlagStub    = 8
 	AnswerShift = 5
+	// FlagProxied is no answer of the verify statement's: the session is
+	// not the client connection's own (see drv.StartupPID), as behind a
+	// pooler, and its locks are held in a transaction (see Held).
+	FlagProxied = 16
+	// FlagRefused are the flags that refuse a session for a lock as it
+	// is taken by default.
+	FlagRefused = FlagStandby | FlagForeign | FlagStub | FlagProxied
 )
 
 // TextWith returns the statement's text with token where the owner token

@@ -1,0 +1,294 @@
+package session
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/drv"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
+)
+
+// Behind a transaction-mode pooler (PgBouncer, Supavisor, Neon's and RDS
+// Proxy's), a client connection keeps one server session only from BEGIN
+// to the transaction's end. A connection whose session is not its own
+// (the pid the server sent at startup is not pg_backend_pid(): see
+// drv.StartupPID) holds its lock in a transaction it opens and keeps open
+// for as long as it holds the lock: a transaction-level lock, which
+// whatever ends the transaction releases (the unlock's ROLLBACK, an
+// error, the client going away, the server ending the session), so that
+// no server session goes back to the pooler carrying it. The keep-alive
+// probes inside the transaction, which keeps it from idling into
+// idle_in_transaction_session_timeout, and a lease is that setting, for
+// the transaction alone (see sqltext.BuildHeld).
+
+// proxiedPID is what the verified cache remembers of a driver connection
+// whose sessions are a pooler's: its locks are held in a transaction.
+const proxiedPID = -1
+
+// checkHeld makes sure that a lock held in a transaction on driver
+// connection dc survives the server's idle_in_transaction_session_timeout:
+// the keep-alive must touch the transaction more often.
+func (m *Manager) checkHeld(ctx context.Context, dc any) error {
+	v, err := drv.QueryValue(ctx, dc, sqltext.IdleInTxSQL, nil)
+	if err != nil {
+		return err
+	}
+	ms, ok := intAnswer(v)
+	if !ok {
+		return fmt.Errorf("idle_in_transaction_session_timeout read as %T %v, not an integer", v, v)
+	}
+	need := m.cfg.Interval + m.cfg.Timeout
+	if ms == 0 || m.cfg.Interval > 0 && time.Duration(ms)*time.Millisecond > need {
+		return nil
+	}
+	if m.cfg.Interval <= 0 {
+		return fmt.Errorf("%w: the server's idle_in_transaction_session_timeout is %v, and the keep-alive is off: behind a pooler a lock is held in an open transaction, which that setting ends while it idles; turn the keep-alive on (WithKeepAlive) or set the timeout to 0 for this role",
+			errs.ErrIdleInTransaction, time.Duration(ms)*time.Millisecond)
+	}
+	return fmt.Errorf("%w: the server's idle_in_transaction_session_timeout is %v: behind a pooler a lock is held in an open transaction, which that setting would end between keep-alive probes (every %v, each up to %v); raise it above %v for this role, or probe more often (WithKeepAlive)",
+		errs.ErrIdleInTransaction, time.Duration(ms)*time.Millisecond, m.cfg.Interval, m.cfg.Timeout, need)
+}
+
+// acquireHeld takes t's lock as req asks, on conn, whose sessions are a
+// pooler's, in a transaction held open for as long as the lock is: BEGIN,
+// then a try that answers the session's backend pid, then, if the lock is
+// taken and req waits, the wait, which knows the session to end should the
+// driver not return. A call that fails rolls the transaction back, or
+// ends its session.
+func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, req Request) (*Grant, error) {
+	h := t.held()
+	// BEGIN and the try do not wait for the lock: the keep-alive timeout
+	// bounds them, not ctx, which the wait watches.
+	bound, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
+	defer cancel()
+	_, abandoned, _, err := m.execRows(bound, conn, sqltext.BeginSQL, nil, false, 0, t.Key, func() { m.settler.Discard(conn) })
+	if err != nil {
+		if !abandoned {
+			m.settler.Discard(conn)
+		}
+		switch {
+		case strings.Contains(err.Error(), "statement pooling"):
+			// PgBouncer's pool_mode=statement: no transaction, so no
+			// server session stays this client's long enough to hold a lock.
+			return nil, fmt.Errorf("%w: the pooler refused a transaction (%w): a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
+		case errors.Is(err, driver.ErrBadConn):
+			// lib/pq reports PgBouncer's refusal, which closes the
+			// connection, as a bad connection; the statement before
+			// BEGIN had just succeeded on it.
+			return nil, fmt.Errorf("%w: the pooler closed the connection at BEGIN, right after a statement succeeded on it (%w), as a statement-mode pooler does: a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
+		}
+		return nil, fmt.Errorf("begin the transaction that holds the lock: %w", errs.Classify(err))
+	}
+	try := h.Try
+	if req.Shared {
+		try = h.TryShared
+	}
+	r, abandoned, settleErr := m.heldQuery(bound, conn, try, 0, t.Key)
+	if abandoned {
+		return nil, abandonedErr(r.err, settleErr)
+	}
+	if r.err != nil {
+		cause := m.fencingErr(errs.Classify(r.err))
+		if rerr := m.rollbackHeld(conn, 0, t.Key); rerr != nil {
+			cause = fmt.Errorf("%w (%w)", cause, rerr)
+		}
+		return nil, cause
+	}
+	pid, granted := sqltext.HeldAnswer(r.n)
+	if !granted && req.Try {
+		return nil, m.rollbackHeld(conn, pid, t.Key)
+	}
+	if !granted {
+		wait := h.Wait
+		if req.Shared {
+			wait = h.WaitShared
+		}
+		rows, abandoned, settleErr, err := m.heldWait(ctx, conn, wait, pid, t.Key)
+		switch {
+		case abandoned:
+			return nil, abandonedErr(errs.WithCtxErr(ctx, err), settleErr)
+		case err != nil:
+			cause := errs.Classify(errs.WithCtxErr(ctx, err))
+			if errs.IsDriverTimeout(ctx, err) {
+				cause = fmt.Errorf("%w: %w", errs.ErrDriverTimeout, err)
+			}
+			if rerr := m.rollbackHeld(conn, pid, t.Key); rerr != nil {
+				cause = fmt.Errorf("%w (%w)", cause, rerr)
+			}
+			return nil, cause
+		case rows != 1:
+			// The wait answers one row once granted; anything else leaves
+			// the lock's state unknown.
+			cause := fmt.Errorf("the lock statement answered %d rows, not one: whether the session holds the lock is unknown, so it is ended", rows)
+			if serr := m.settler.End(conn, pid, t.Key); serr != nil {
+				cause = fmt.Errorf("%w (%w)", cause, serr)
+			}
+			return nil, cause
+		}
+	}
+	if ctx.Err() != nil {
+		// Granted as the caller gave up: give it back.
+		cerr := errs.WithCtxErr(ctx, context.Cause(ctx))
+		if err := m.rollbackHeld(conn, pid, t.Key); err != nil {
+			return nil, fmt.Errorf("%w (%w)", cerr, err)
+		}
+		return nil, cerr
+	}
+	var token uint64
+	if m.cfg.Fencing && !req.Shared {
+		if token, err = m.heldToken(ctx, pid, t); err != nil {
+			if rerr := m.rollbackHeld(conn, pid, t.Key); rerr != nil {
+				err = fmt.Errorf("%w (%w)", err, rerr)
+			}
+			return nil, err
+		}
+	}
+	g := m.newGrant(conn, outcome{dc: r.dc, pid: pid, token: token}, t, req)
+	g.s.held = true
+	m.warnPoolFull(t)
+	return g, nil
+}
+
+// heldToken draws the fencing token of t's exclusive lock, held in a
+// transaction by backend pid, on another connection of the pool (see
+// sqltext.HeldToken), within the keep-alive timeout.
+func (m *Manager) heldToken(ctx context.Context, pid int64, t *Target) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	defer cancel()
+	var answer string
+	if err := m.db.QueryRowContext(ctx, sqltext.HeldToken(pid, t.Key)).Scan(&answer); err != nil {
+		return 0, m.fencingErr(fmt.Errorf("fencing token: %w", errs.Classify(errs.WithCtxErr(ctx, err))))
+	}
+	token, err := sqltext.FencedAnswer(answer)
+	if err == nil && token == 0 {
+		err = fmt.Errorf("%w: backend %d no longer held it when its fencing token was drawn", errs.ErrLockLost, pid)
+	}
+	return token, err
+}
+
+// abandonedErr is the error of a statement abandoned to its driver (see
+// Manager.awaitBounded).
+func abandonedErr(err, settleErr error) error {
+	if settleErr != nil {
+		return fmt.Errorf("%w (%w: %w)", err, errs.ErrNotReleased, settleErr)
+	}
+	return err
+}
+
+// heldWait runs wait, the lock statement that waits, in the transaction
+// held on backend pid. The server keeps ctx's deadline, if any: the
+// transaction's lock_timeout ends the wait then, with an error after which
+// the transaction rolls back and the connection goes back to the pool. A
+// driver that watches ctx would instead end the connection (pgx) or send
+// a cancel request (lib/pq): behind a pooler, a new connection each, and a
+// server session the pooler keeps busy until it notices. A ctx cancelled
+// before its deadline still ends the wait through the driver.
+func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid int64, k keyspace.Key) (rows int64, abandoned bool, settleErr error, err error) {
+	end := func() { _ = m.settler.End(conn, pid, k) }
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return m.execRows(ctx, conn, wait, nil, false, pid, k, end)
+	}
+	left := time.Until(deadline)
+	if left <= 0 || ctx.Err() != nil {
+		return 0, false, nil, errs.WithCtxErr(ctx, ctx.Err())
+	}
+	if _, abandoned, settleErr, err = m.execRows(ctx, conn, sqltext.LockTimeout(left), nil, false, pid, k, end); err != nil {
+		return 0, abandoned, settleErr, err
+	}
+	stmt, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline.Add(heldWaitGrace))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			cancel()
+		}
+	})
+	defer stop()
+	rows, abandoned, settleErr, err = m.execRowsWithin(stmt, stmt, conn, wait, nil, false, pid, k, end)
+	if err != nil && errs.LockNotAvailable(err) {
+		// The server kept the deadline, which ctx, whose timer may not
+		// have fired yet, is about to report.
+		err = errs.WithCtxErr(ctx, err)
+	}
+	return rows, abandoned, settleErr, err
+}
+
+// heldWaitGrace is how long past ctx's deadline heldWait lets the driver
+// wait for the server to end the wait at its lock_timeout.
+const heldWaitGrace = time.Second
+
+// heldQuery runs query on conn and answers its integer, bounded by ctx
+// as execRows is; pid is the session's backend, if known.
+func (m *Manager) heldQuery(ctx context.Context, conn *sql.Conn, query string, pid int64, k keyspace.Key) (r outcome, abandoned bool, settleErr error) {
+	run := func() (r outcome) {
+		if err := conn.Raw(func(dc any) error {
+			r.dc = dc
+			v, err := drv.QueryValue(ctx, dc, query, nil)
+			if err == nil {
+				var ok bool
+				if r.n, ok = intAnswer(v); !ok {
+					err = fmt.Errorf("the lock statement answered %T %v, not an integer: whether the session holds the lock is unknown, so it is discarded", v, v)
+				}
+			}
+			r.err = err
+			return nil
+		}); err != nil {
+			r.err = err
+		}
+		return r
+	}
+	if m.boundsContext || ctx.Done() == nil {
+		return run(), false, nil
+	}
+	done := make(chan outcome, 1)
+	go func() { done <- run() }()
+	end := func(sctx context.Context) error {
+		if pid == 0 {
+			return nil
+		}
+		return m.settler.Terminate(sctx, pid, k)
+	}
+	return m.awaitBounded(ctx, graceFor(ctx), done, end, func(outcome) { _ = m.settler.End(conn, pid, k) })
+}
+
+// rollbackHeld ends conn's held transaction, which releases its lock, and
+// returns conn to the pool; if the rollback fails, the session (backend
+// pid, if known) is ended instead.
+func (m *Manager) rollbackHeld(conn *sql.Conn, pid int64, k keyspace.Key) error {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Timeout)
+	defer cancel()
+	_, abandoned, settleErr, err := m.execRows(ctx, conn, sqltext.RollbackSQL, nil, false, pid, k, func() { _ = m.settler.End(conn, pid, k) })
+	switch {
+	case abandoned && settleErr != nil:
+		return fmt.Errorf("%w: the rollback of the transaction that held the lock got no answer, and its session could not be ended: %w", errs.ErrNotReleased, settleErr)
+	case abandoned:
+		return nil
+	case err != nil:
+		return m.settler.End(conn, pid, k)
+	}
+	closeOrDiscard(m, conn)
+	return nil
+}
+
+// closeOrDiscard returns conn to the pool, or discards it if that fails.
+func closeOrDiscard(m *Manager, conn *sql.Conn) {
+	if err := conn.Close(); err != nil && !errors.Is(err, sql.ErrConnDone) {
+		m.settler.Discard(conn)
+	}
+}
+
+// held returns t's statements held in a transaction, made on first use.
+func (t *Target) held() *sqltext.Held {
+	if h := t.heldQ.Load(); h != nil {
+		return h
+	}
+	t.heldQ.CompareAndSwap(nil, sqltext.BuildHeld(t.Key, t.m.cfg.Lease))
+	return t.heldQ.Load()
+}

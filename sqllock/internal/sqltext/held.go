@@ -1,0 +1,99 @@
+package sqltext
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/advisorylock/go-advisory-lock/keyspace"
+)
+
+// Held is the SQL of one key's lock on a session held in a transaction,
+// as behind a transaction-mode pooler, which keeps a client on one server
+// session only from BEGIN to the transaction's end. The lock is a
+// transaction-level one: whatever ends the transaction (the unlock's
+// ROLLBACK, an error, the client's disconnection, the server ending the
+// session) releases it, so no server session goes back to the pooler
+// carrying it. The key is written into the text: a pooled connection
+// reaches another server session with every transaction, where nothing is
+// prepared.
+type Held struct {
+	Try, TryShared   string // answer the backend pid times 2, plus 1 if granted
+	Wait, WaitShared string // one row, once granted
+}
+
+// Statements of a session held in a transaction.
+const (
+	BeginSQL    = "BEGIN"
+	RollbackSQL = "ROLLBACK"
+	// IdleInTxSQL answers the server's idle_in_transaction_session_timeout
+	// in milliseconds (0: none), which ends a session held idle longer.
+	IdleInTxSQL = "SELECT setting::int8 FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+)
+
+// BuildHeld returns the statements of key k held in a transaction. A lease
+// d > 0 sets the transaction's idle_in_transaction_session_timeout to d
+// when the session has none of its own, for the transaction alone (see
+// LeaseOn): a holder that stops probing loses its session, and its lock.
+// The try sets it before it tries, so that a wait that follows inherits it.
+func BuildHeld(k keyspace.Key, d time.Duration) *Held {
+	var list string
+	if n, ok := k.Int64(); ok {
+		list = strconv.FormatInt(n, 10)
+	} else {
+		a, b, _ := k.Pair()
+		list = strconv.FormatInt(int64(a), 10) + "," + strconv.FormatInt(int64(b), 10)
+	}
+	try := func(fn string) string {
+		if d <= 0 {
+			return "SELECT pg_backend_pid()::int8*2 + " + fn + "(" + list + ")::int"
+		}
+		return "SELECT pg_backend_pid()::int8*2 + CASE WHEN NOT " + heldLease(d) + " THEN 0 WHEN " + fn + "(" + list + ") THEN 1 ELSE 0 END"
+	}
+	return &Held{
+		Try:        try("pg_try_advisory_xact_lock"),
+		TryShared:  try("pg_try_advisory_xact_lock_shared"),
+		Wait:       "SELECT 1 FROM pg_advisory_xact_lock(" + list + ")",
+		WaitShared: "SELECT 1 FROM pg_advisory_xact_lock_shared(" + list + ")",
+	}
+}
+
+// heldLease is LeaseOn for a session held in a transaction: an idle
+// transaction is ended by idle_in_transaction_session_timeout, not by
+// idle_session_timeout, and set_config's is_local makes the transaction's
+// end give the setting back.
+func heldLease(d time.Duration) string {
+	return "(CASE WHEN current_setting('idle_in_transaction_session_timeout') = '0'" +
+		" THEN set_config('idle_in_transaction_session_timeout', '" + strconv.FormatInt(leaseMS(d), 10) + "', true) <> '' ELSE true END)"
+}
+
+// LockTimeout is the statement that makes the held transaction's lock
+// waits end after d (rounded up to a millisecond), as ctx's deadline would.
+func LockTimeout(d time.Duration) string {
+	return "SET LOCAL lock_timeout = " + strconv.FormatInt(int64((d+time.Millisecond-1)/time.Millisecond), 10)
+}
+
+// HeldAnswer reads a held try's answer: the backend pid, and whether the
+// lock was granted.
+func HeldAnswer(n int64) (pid int64, granted bool) {
+	return n >> 1, n&1 == 1
+}
+
+// HeldToken is the SQL that draws the fencing token of key k's exclusive
+// lock held in a transaction by backend pid, run in a transaction of its
+// own on another session: the held transaction never gets a transaction
+// id, which would hold back VACUUM for as long as the lock is held. The
+// token's transaction id is assigned first (see FencedToken); pg_locks is
+// read after it, and the token is answered only if the holder still holds
+// the lock then, else '0'. A later grant is made after that read, and its
+// token drawn after its grant, so every later token is larger.
+func HeldToken(pid int64, k keyspace.Key) string {
+	c, o, s := k.LockTag()
+	return "SELECT CASE WHEN pg_logical_emit_message(true, 'sqllock', '') IS NOT NULL" +
+		" AND (current_setting('synchronous_commit') <> 'off' OR set_config('synchronous_commit', 'on', true) <> '')" +
+		" THEN CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'" +
+		" AND pid = " + strconv.FormatInt(pid, 10) +
+		" AND classid = " + strconv.FormatUint(uint64(c), 10) + " AND objid = " + strconv.FormatUint(uint64(o), 10) +
+		" AND objsubid = " + strconv.Itoa(int(s)) +
+		" AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))" +
+		" THEN left(pg_walfile_name(pg_current_wal_lsn()), 8) || ' ' || pg_current_xact_id()::text ELSE '0' END END"
+}
