@@ -89,6 +89,8 @@ func Example_openTelemetry() {
 	// sqllock.lock.attempts 2
 	// sqllock.lock.acquired 1
 	// sqllock.lock.contended 1
+	// sqllock.lock.failed 0
+	// sqllock.lock.lost 0
 	// sqllock.lock.held 0
 	// sqllock.lock.wait.duration count 2
 	// sqllock.lock.hold.duration count 1

@@ -17,7 +17,13 @@ import (
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
-var rounds = flag.Int("rounds", 1, "benchmarks: measure each side this many times, alternating which goes first")
+// The flags of internal/benchrun, which runs these as make bench runs
+// sqllock's: go build -o /tmp/benchrun ./internal/benchrun, then, here,
+// /tmp/benchrun -pkg . -bench Observer.
+var (
+	rounds   = flag.Int("rounds", 1, "benchmarks: measure each side this many times, each round starting one side later")
+	refFirst = flag.Bool("reffirst", false, "benchmarks: start with observer=none")
+)
 
 // discard is an exporter of spans and metrics that drops them: the SDK
 // does all its work (sampling, recording, batching, aggregating), then
@@ -77,9 +83,13 @@ func BenchmarkObserver(b *testing.B) {
 				{"observer=none", sqllock.New(db)},
 				{"observer=metrics", sqllock.New(db, sqllock.WithObserver(metricsOnly))},
 			}
+			first := 0
+			if *refFirst {
+				first = 1
+			}
 			for r := range max(*rounds, 1) {
 				for i := range sides {
-					s := sides[(i+r)%len(sides)]
+					s := sides[(first+i+r)%len(sides)]
 					b.Run(s.name, func(b *testing.B) { lockUnlock(b, s.l.Mutex("otelsqllock/bench/"+d)) })
 				}
 			}

@@ -95,7 +95,10 @@ func Example() {
 	// sqllock.hold, child of nightly billing
 	// sqllock.lock.acquired{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 1
 	// sqllock.lock.attempts{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 1
+	// sqllock.lock.contended{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 0
+	// sqllock.lock.failed{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 0
 	// sqllock.lock.held{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 0
+	// sqllock.lock.lost{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 0
 }
 
 func ExampleNew() {
@@ -149,7 +152,10 @@ func ExampleWithMetricLockName() {
 	// Output:
 	// sqllock.lock.acquired{sqllock.lock.mode=exclusive,sqllock.lock.name=tenant/*} 2
 	// sqllock.lock.attempts{sqllock.lock.mode=exclusive,sqllock.lock.name=tenant/*} 2
+	// sqllock.lock.contended{sqllock.lock.mode=exclusive,sqllock.lock.name=tenant/*} 0
+	// sqllock.lock.failed{sqllock.lock.mode=exclusive,sqllock.lock.name=tenant/*} 0
 	// sqllock.lock.held{sqllock.lock.mode=exclusive,sqllock.lock.name=tenant/*} 0
+	// sqllock.lock.lost{sqllock.lock.mode=exclusive,sqllock.lock.name=tenant/*} 0
 }
 
 func ExampleWithTracerProvider() {

@@ -3,7 +3,9 @@ package otelsqllock
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -11,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
@@ -88,9 +91,9 @@ type Observer struct {
 	tracer   trace.Tracer
 	nameAttr func(string) string
 
-	attempts, acquired, contended, failed, lost metric.Int64Counter
-	held                                        metric.Int64UpDownCounter
-	wait, hold                                  metric.Float64Histogram
+	counters [numCounts]metric.Int64Observable // read from each labels' counts at collection
+	wait     metric.Float64Histogram
+	hold     metric.Float64Histogram
 
 	labels sync.Map // labelKey → *labels: one per metric name value and mode
 }
@@ -101,14 +104,29 @@ type labelKey struct {
 	shared bool
 }
 
-// labels are the measurement options of one labelKey, made once, each
-// in a slice of its own: so that recording a measurement allocates
-// neither an attribute set nor an option slice.
+// labels are one labelKey's counts and measurement options, made once,
+// each option in a slice of its own: so that recording a measurement
+// allocates neither an attribute set nor an option slice.
 type labels struct {
-	add  []metric.AddOption
-	hold []metric.RecordOption
-	wait [3][]metric.RecordOption // by outcome: acquired, contended, failed
+	counts  [numCounts]atomic.Int64
+	observe []metric.ObserveOption
+	hold    []metric.RecordOption
+	wait    [3][]metric.RecordOption // by outcome: acquired, contended, failed
 }
+
+// The counts of a labels, which the counters and the up-down counter
+// report when the metrics are collected: a lock event costs an atomic add
+// for them, where a synchronous instrument's Add costs more than a
+// microsecond of the SDK's attribute handling (BenchmarkObserver).
+const (
+	countAttempts = iota
+	countAcquired
+	countContended
+	countFailed
+	countLost
+	countHeld
+	numCounts
+)
 
 const (
 	outcomeAcquired = iota
@@ -138,19 +156,27 @@ func New(opts ...Option) (*Observer, error) {
 	meter := c.mp.Meter(ScopeName)
 	o := &Observer{tracer: c.tp.Tracer(ScopeName), nameAttr: c.nameAttr}
 	var errs []error
-	counter := func(name, unit, desc string) metric.Int64Counter {
-		ins, err := meter.Int64Counter(name, metric.WithUnit(unit), metric.WithDescription(desc))
+	counter := func(name, unit, desc string) metric.Int64Observable {
+		ins, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
 		errs = append(errs, err)
 		return ins
 	}
-	o.attempts = counter("sqllock.lock.attempts", "{attempt}", "Attempts to take a lock.")
-	o.acquired = counter("sqllock.lock.acquired", "{lock}", "Locks granted.")
-	o.contended = counter("sqllock.lock.contended", "{attempt}", "Tries that found the lock held elsewhere.")
-	o.failed = counter("sqllock.lock.failed", "{attempt}", "Attempts that ended in an error.")
-	o.lost = counter("sqllock.lock.lost", "{lock}", "Held locks lost, their session ended.")
+	o.counters[countAttempts] = counter("sqllock.lock.attempts", "{attempt}", "Attempts to take a lock.")
+	o.counters[countAcquired] = counter("sqllock.lock.acquired", "{lock}", "Locks granted.")
+	o.counters[countContended] = counter("sqllock.lock.contended", "{attempt}", "Tries that found the lock held elsewhere.")
+	o.counters[countFailed] = counter("sqllock.lock.failed", "{attempt}", "Attempts that ended in an error.")
+	o.counters[countLost] = counter("sqllock.lock.lost", "{lock}", "Held locks lost, their session ended.")
 	var err error
-	o.held, err = meter.Int64UpDownCounter("sqllock.lock.held", metric.WithUnit("{lock}"),
+	o.counters[countHeld], err = meter.Int64ObservableUpDownCounter("sqllock.lock.held", metric.WithUnit("{lock}"),
 		metric.WithDescription("Locks held."))
+	errs = append(errs, err)
+	var observables []metric.Observable
+	for _, ins := range o.counters {
+		if ins != nil {
+			observables = append(observables, ins)
+		}
+	}
+	_, err = meter.RegisterCallback(o.collect, observables...)
 	errs = append(errs, err)
 	o.wait, err = meter.Float64Histogram("sqllock.lock.wait.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time from a lock call to its outcome."), metric.WithExplicitBucketBoundaries(waitBuckets...))
@@ -173,12 +199,41 @@ func (o *Observer) labelsFor(name string, shared bool) *labels {
 		attrs = append(attrs, AttrLockName.String(k.name))
 	}
 	base := metric.WithAttributeSet(attribute.NewSet(attrs...))
-	l := &labels{add: []metric.AddOption{base}, hold: []metric.RecordOption{base}}
+	l := &labels{observe: []metric.ObserveOption{base}, hold: []metric.RecordOption{base}}
 	for i, oc := range outcomes {
 		l.wait[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(append(attrs, AttrLockOutcome.String(oc))...))}
 	}
 	v, _ := o.labels.LoadOrStore(k, l)
 	return v.(*labels)
+}
+
+// collect reports the counts of every labels.
+func (o *Observer) collect(_ context.Context, obs metric.Observer) error {
+	o.labels.Range(func(_, v any) bool {
+		l := v.(*labels)
+		for i, ins := range o.counters {
+			if ins != nil {
+				obs.ObserveInt64(ins, l.counts[i].Load(), l.observe...)
+			}
+		}
+		return true
+	})
+	return nil
+}
+
+// keyString is k.String() in one allocation, not three.
+func keyString(k keyspace.Key) string {
+	var buf [48]byte
+	b := buf[:0]
+	if x, y, ok := k.Pair(); ok {
+		b = strconv.AppendInt(append(b, "pair("...), int64(x), 10)
+		b = strconv.AppendInt(append(b, ','), int64(y), 10)
+	} else if n, ok := k.Int64(); ok {
+		b = strconv.AppendInt(append(b, "int64("...), n, 10)
+	} else {
+		return k.String()
+	}
+	return string(append(b, ')'))
 }
 
 func mode(shared bool) string {
@@ -193,8 +248,8 @@ func mode(shared bool) string {
 // calls it (see [sqllock.AttemptObserver]).
 func (o *Observer) ObserveAttempt(ctx context.Context, a sqllock.Attempt) sqllock.Observer {
 	l := o.labelsFor(a.Name, a.Shared)
-	o.attempts.Add(ctx, 1, l.add...)
-	key := a.Key.String()
+	l.counts[countAttempts].Add(1)
+	key := keyString(a.Key)
 	actx, span := o.tracer.Start(ctx, "sqllock.acquire", trace.WithAttributes(
 		AttrLockName.String(a.Name),
 		AttrLockKey.String(key),
@@ -212,7 +267,7 @@ func (o *Observer) Observe(e sqllock.Event) {
 	ctx := context.Background()
 	l := o.labelsFor(e.Name, e.Shared)
 	if e.Kind == sqllock.EventAcquired || e.Kind == sqllock.EventContended || e.Kind == sqllock.EventFailed {
-		o.attempts.Add(ctx, 1, l.add...)
+		l.counts[countAttempts].Add(1)
 	}
 	o.record(ctx, l, e)
 }
@@ -221,20 +276,20 @@ func (o *Observer) Observe(e sqllock.Event) {
 func (o *Observer) record(ctx context.Context, l *labels, e sqllock.Event) {
 	switch e.Kind {
 	case sqllock.EventAcquired:
-		o.acquired.Add(ctx, 1, l.add...)
-		o.held.Add(ctx, 1, l.add...)
+		l.counts[countAcquired].Add(1)
+		l.counts[countHeld].Add(1)
 		o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeAcquired]...)
 	case sqllock.EventContended:
-		o.contended.Add(ctx, 1, l.add...)
+		l.counts[countContended].Add(1)
 		o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeContended]...)
 	case sqllock.EventFailed:
-		o.failed.Add(ctx, 1, l.add...)
+		l.counts[countFailed].Add(1)
 		o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeFailed]...)
 	case sqllock.EventReleased, sqllock.EventLost:
 		if e.Kind == sqllock.EventLost {
-			o.lost.Add(ctx, 1, l.add...)
+			l.counts[countLost].Add(1)
 		}
-		o.held.Add(ctx, -1, l.add...)
+		l.counts[countHeld].Add(-1)
 		o.hold.Record(ctx, e.Held.Seconds(), l.hold...)
 	}
 }

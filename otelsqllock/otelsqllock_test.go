@@ -323,3 +323,10 @@ func TestPlainObserver(t *testing.T) {
 	assert.Equal(t, int64(0), c["sqllock.lock.held"])
 	assert.Empty(t, o.spans.Ended())
 }
+
+// The key on spans reads as keyspace.Key.String prints it.
+func TestKeyString(t *testing.T) {
+	for _, k := range []keyspace.Key{keyspace.Int64(-42), keyspace.Int64(1 << 62), keyspace.Pair(-7, 2147483647), {}} {
+		assert.Equal(t, k.String(), otelsqllock.KeyString(k))
+	}
+}

@@ -1,0 +1,4 @@
+package otelsqllock
+
+// KeyString is keyString, for tests.
+var KeyString = keyString
