@@ -146,10 +146,13 @@ func TestElectionState(t *testing.T) {
 		}()
 		waitState(a, sqllock.ElectionWaiting)
 		assert.False(t, a.Leading(), "a candidate waiting out the delay does not lead")
+		_, ok, err := a.Leader(t.Context())
+		require.NoError(t, err)
+		require.False(t, ok, "a candidate waiting out the delay is no leader to others either")
+		waitState(a, sqllock.ElectionLeading)
 		leader, ok, err := a.Leader(t.Context())
 		require.NoError(t, err)
-		require.True(t, ok, "the server shows the lock held during the delay")
-		waitState(a, sqllock.ElectionLeading)
+		require.True(t, ok)
 
 		bctx, stopB := context.WithCancel(t.Context())
 		defer stopB()
@@ -158,6 +161,8 @@ func TestElectionState(t *testing.T) {
 			bDone <- b.Run(bctx, func(ctx context.Context) error { <-ctx.Done(); return nil })
 		}()
 		waitState(b, sqllock.ElectionFollowing)
+		k, _, _ := sqllock.ElectionKeys(b)
+		waitRows(t, db, k, 1, 1) // b waits in the server, on a session of its own
 
 		// Shutdown: a's context ends; Run steps down within its release's
 		// bound (the keep-alive timeout, 200ms, then at most 500ms to end

@@ -52,6 +52,11 @@ func (g *Grant) Shared() bool { return g.shared }
 // Token returns the grant's fencing token, or 0.
 func (g *Grant) Token() uint64 { return g.token }
 
+// PID returns the backend pid of the server session that carries the
+// grant: the pid pg_locks shows holding it (an election checks on the
+// server that it still holds its lock).
+func (g *Grant) PID() int64 { return g.s.pid }
+
 // Acquired returns when the lock was granted, if the Ended hook is set.
 func (g *Grant) Acquired() time.Time { return g.acquired }
 
