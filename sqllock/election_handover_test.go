@@ -1,16 +1,23 @@
 package sqllock_test
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
@@ -368,4 +375,103 @@ func TestElectionObserve(t *testing.T) {
 		for range seen { // closed when ctx ends
 		}
 	})
+}
+
+// runLeader campaigns in election name (a holder process: see runHolder,
+// with the name "election:<name>") with the handover tests' keep-alive,
+// says "leading" when its fn starts, and leads until killed.
+// On SIGTERM it returns from fn, saying "returned <unix ns>", and exits
+// once Run has stepped down.
+func runLeader(db *sql.DB, name string) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	e := sqllock.New(db, sqllock.WithKeepAlive(hoInterval, hoTimeout)).Election(name)
+	_ = e.Run(ctx, func(ctx context.Context) error {
+		fmt.Println("leading")
+		<-ctx.Done()
+		fmt.Println("returned", time.Now().UnixNano())
+		return nil
+	})
+	_ = db.Close()
+	os.Exit(0)
+}
+
+// startLeader starts a leader process (see runLeader) on driver d and
+// waits until it leads; it returns the process and its lines.
+func startLeader(t *testing.T, d, name string) (*exec.Cmd, <-chan string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), holderEnv+"="+d+" "+pgtest.DSN(t)+" election:"+name)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	lines := make(chan string, 8)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	select {
+	case l := <-lines:
+		require.Equal(t, "leading", l)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leader process did not lead within 10s")
+	}
+	return cmd, lines
+}
+
+// A leader process stopped with SIGTERM (a rolling deploy: its context
+// ends, fn returns, Run steps down, the process exits) hands over
+// cleanly: the successor, in this process, starts without the delay.
+func TestElectionTerminatedProcessHandsOver(t *testing.T) {
+	for _, d := range []string{"postgres", "pgx"} {
+		t.Run(d, func(t *testing.T) {
+			t.Parallel()
+			cmd, lines := startLeader(t, d, t.Name())
+			db := pgtest.DB(t, d)
+			ts := &terms{t: t}
+			b := ts.campaign(db, t.Name())
+			waitRows(t, db, electionKey(b.e), 1, 1)
+			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+			var ns int64
+			select {
+			case l := <-lines:
+				_, err := fmt.Sscanf(l, "returned %d", &ns)
+				require.NoError(t, err, "line %q", l)
+			case <-time.After(5 * time.Second):
+				t.Fatal("the leader's fn did not return within 5s of SIGTERM")
+			}
+			started := next(t, b.started, 5*time.Second, "the successor's fn")
+			gap := started.Sub(time.Unix(0, ns))
+			t.Logf("SIGTERMed leader process (%s): the successor started %v after the old fn returned", d, gap.Round(100*time.Microsecond))
+			assert.Less(t, gap, 300*time.Millisecond)
+			require.NoError(t, cmd.Wait())
+		})
+	}
+}
+
+// A leader whose process is killed (SIGKILL: no step-down at all) costs
+// its successor the whole takeover delay.
+func TestElectionKilledProcessCostsTheDelay(t *testing.T) {
+	for _, d := range []string{"postgres", "pgx"} {
+		t.Run(d, func(t *testing.T) {
+			t.Parallel()
+			cmd, _ := startLeader(t, d, t.Name())
+			db := pgtest.DB(t, d)
+			ts := &terms{t: t}
+			b := ts.campaign(db, t.Name())
+			waitRows(t, db, electionKey(b.e), 1, 1)
+			require.NoError(t, cmd.Process.Kill())
+			killed := time.Now()
+			started := next(t, b.started, 5*time.Second, "the successor's fn")
+			t.Logf("killed leader process (%s): the successor started %v after SIGKILL", d, started.Sub(killed).Round(time.Millisecond))
+			assert.GreaterOrEqual(t, started.Sub(killed), hoDelay, "the successor waits the delay")
+		})
+	}
 }

@@ -37,6 +37,9 @@ func runHolder(spec string) {
 		fmt.Println("open:", err)
 		os.Exit(1)
 	}
+	if election, ok := strings.CutPrefix(name, "election:"); ok {
+		runLeader(db, election) // election_handover_test.go
+	}
 	mu := sqllock.New(db).Mutex(name)
 	err = mu.WithLock(context.Background(), func(ctx context.Context) error {
 		fmt.Println("locked")
