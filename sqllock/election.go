@@ -208,9 +208,9 @@ func (e *Election) Run(ctx context.Context, fn func(ctx context.Context) error) 
 		c.warm(ctx)
 		err := c.k.WithLock(ctx, func(ctx context.Context) error {
 			if run, err := c.prepare(ctx); !run {
-				// Lost, or Run's ctx ended, before fn ran: no fn of
-				// this process runs, which a handover may say.
-				c.stepDown(ctx)
+				// Lost, or Run's ctx ended, before fn ran: no
+				// evidence, since the delay this leader was waiting
+				// out may be what an old leader's fn still needs.
 				return err
 			}
 			led = true

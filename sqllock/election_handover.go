@@ -228,8 +228,8 @@ func (c *campaign) unmarkWaiting() {
 	}
 }
 
-// stepDown runs when fn has returned (or never ran) and this Run still
-// holds the lock, before it releases it. If the lock was not lost and
+// stepDown runs when fn has returned and this Run still holds the lock,
+// before it releases it. If the lock was not lost and
 // another candidate waits for it, stepDown leaves evidence for that
 // successor: it makes sure, on the server, that this term's session holds
 // the lock, then takes the evidence lock. Evidence granted later than half

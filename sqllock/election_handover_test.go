@@ -216,7 +216,7 @@ func TestElectionCrashAfterCleanHandover(t *testing.T) {
 		a.stop()
 		returned := next(t, a.returned, 5*time.Second, "a's fn returns")
 		started := next(t, b.started, 5*time.Second, "b's fn")
-		assert.Less(t, started.Sub(returned), 300*time.Millisecond, "a clean handover")
+		assert.Less(t, started.Sub(returned), hoDelay/2, "a clean handover: no delay")
 		require.ErrorIs(t, <-a.done, context.Canceled)
 
 		// a is back to a plain process with an open pool; c waits for b.
@@ -265,6 +265,24 @@ func TestElectionLateStepDownLeavesNoEvidence(t *testing.T) {
 	})
 }
 
+// A winner stopped while it waits out its delay leaves no evidence: the
+// delay it was waiting out may be what an old leader's fn still needs.
+// Its successor waits a delay of its own.
+func TestElectionStoppedDuringDelayLeavesNoEvidence(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		ts := &terms{t: t}
+		a := ts.campaign(db, t.Name(), sqllock.WithTakeoverDelay(time.Minute))
+		_, _, w := sqllock.ElectionKeys(a.e)
+		waitRows(t, db, w, 1, 0) // a waits out its delay
+		b := ts.campaign(db, t.Name())
+		waitRows(t, db, electionKey(a.e), 1, 1)
+		stopped := time.Now()
+		a.stop()
+		started := next(t, b.started, 5*time.Second, "b's fn")
+		assert.GreaterOrEqual(t, started.Sub(stopped), hoDelay, "b waits the delay")
+	})
+}
+
 // Evidence held by anyone keeps every new leader's fn from starting: a
 // leader that finds it starts at once, but only once it is gone, so
 // evidence never outlives the term it speaks of.
@@ -309,7 +327,7 @@ func TestElectionLeadership(t *testing.T) {
 
 		b := ts.campaign(db, t.Name())
 		waitRows(t, db, electionKey(a.e), 1, 1)
-		a.stop() // during its delay: no fn ran, so b may start at once
+		a.stop() // during its delay: b waits one too, since an old leader's fn may be what a waited for
 		next(t, b.started, 5*time.Second, "b's fn")
 		ld, err = observer.Leadership(t.Context())
 		require.NoError(t, err)
@@ -450,7 +468,7 @@ func TestElectionTerminatedProcessHandsOver(t *testing.T) {
 			started := next(t, b.started, 5*time.Second, "the successor's fn")
 			gap := started.Sub(time.Unix(0, ns))
 			t.Logf("SIGTERMed leader process (%s): the successor started %v after the old fn returned", d, gap.Round(100*time.Microsecond))
-			assert.Less(t, gap, 300*time.Millisecond)
+			assert.Less(t, gap, hoDelay/2, "a clean handover: no delay")
 			require.NoError(t, cmd.Wait())
 		})
 	}

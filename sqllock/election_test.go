@@ -146,6 +146,8 @@ func TestElectionState(t *testing.T) {
 		}()
 		waitState(a, sqllock.ElectionWaiting)
 		assert.False(t, a.Leading(), "a candidate waiting out the delay does not lead")
+		_, _, w := sqllock.ElectionKeys(a)
+		waitRows(t, db, w, 1, 0) // what shows other processes that it waits
 		_, ok, err := a.Leader(t.Context())
 		require.NoError(t, err)
 		require.False(t, ok, "a candidate waiting out the delay is no leader to others either")
