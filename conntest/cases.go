@@ -89,29 +89,36 @@ var cases = []testCase{
 }
 
 func sessionPinned(t *testing.T, e *env) {
-	c1 := e.conn()
-	p1 := e.pid(c1)
-	for i := 2; i <= 4; i++ {
-		if p := e.pid(c1); p != p1 {
-			t.Fatalf("pg_backend_pid() on one *sql.Conn: statement %d got backend %d, want %d as statement 1: consecutive statements ran in different server sessions; %s",
-				i, p, p1, pooler)
-		}
-	}
-	c2 := e.conn()
-	p2 := e.pid(c2)
+	// What sqllock's locks need: a server session that stays one
+	// client's while it holds a lock. Behind a transaction-mode pooler that
+	// is a transaction, in which sqllock holds each lock there.
+	c1, c2 := e.conn(), e.conn()
+	tx1, tx2 := e.begin(c1), e.begin(c2)
+	p1, p2 := e.pid(tx1), e.pid(tx2)
 	for range 3 {
-		if p := e.pid(c2); p != p2 {
-			t.Fatalf("pg_backend_pid() on a second *sql.Conn got backend %d, then %d, want the same: consecutive statements ran in different server sessions; %s",
-				p2, p, pooler)
-		}
-		if p := e.pid(c1); p != p1 {
-			t.Fatalf("pg_backend_pid() on one *sql.Conn got backend %d, then %d after a statement on another Conn, want the same: statements ran in whichever server session was free; %s",
+		if p := e.pid(tx1); p != p1 {
+			t.Fatalf("pg_backend_pid() in one transaction got backend %d, then %d after a statement in another transaction, want the same: statements ran in whichever server session was free, as behind a pooler in statement mode; %s",
 				p1, p, pooler)
+		}
+		if p := e.pid(tx2); p != p2 {
+			t.Fatalf("pg_backend_pid() in a second transaction got backend %d, then %d, want the same: consecutive statements ran in different server sessions; %s",
+				p2, p, pooler)
 		}
 	}
 	if p1 == p2 {
-		t.Fatalf("pg_backend_pid() on two *sql.Conn held at once: both got backend %d, want different backends: the two connections share one server session; %s",
+		t.Fatalf("pg_backend_pid() in two transactions open at once: both got backend %d, want different backends: the two connections share one server session; %s",
 			p1, pooler)
+	}
+	e.rollback(tx1)
+	e.rollback(tx2)
+	// Outside a transaction, a session that moves is a transaction
+	// pooler's: sqllock holds its locks in transactions there.
+	for i := range 4 {
+		if p := e.pid(c1); i > 0 && p != p1 {
+			t.Logf("statements on one *sql.Conn outside a transaction ran in backends %d and %d: a transaction-mode pooler sits between client and server, and sqllock holds each lock in a transaction of its own (a pinned server connection per lock)", p1, p)
+			return
+		}
+		p1 = e.pid(c1)
 	}
 }
 

@@ -30,9 +30,12 @@
 //
 // Each check is a subtest of the test that calls Run, in this order:
 //
-//   - SessionPinned: every statement on one *sql.Conn runs in the same
-//     server session (pg_backend_pid() does not change), and two Conns held
-//     at once have different sessions.
+//   - SessionPinned: every statement in one transaction runs in the same
+//     server session (pg_backend_pid() does not change), and two
+//     transactions open at once have different sessions. Outside a
+//     transaction, a transaction-mode pooler may move a *sql.Conn from
+//     session to session: sqllock then holds each lock in a transaction of
+//     its own, and the check logs that it found such a pooler.
 //   - Exclusion: while one session holds a lock, TryLock in another returns
 //     false; after Unlock it returns true.
 //   - SharedCoexist: two shared holders coexist; they exclude an exclusive
@@ -125,9 +128,9 @@ const (
 )
 
 // pooler explains the usual cause of a failure.
-const pooler = "a pooler in transaction or statement mode (PgBouncer pool_mode=transaction, or a proxy that " +
-	"multiplexes sessions) between client and server breaks session-level advisory locks: connect directly " +
-	"or through a session-mode pool"
+const pooler = "a pooler in statement mode (PgBouncer pool_mode=statement, or a proxy that " +
+	"multiplexes sessions within a transaction) between client and server breaks advisory locks: connect directly, " +
+	"or through a session- or transaction-mode pool"
 
 // stubLocks explains the other cause of two sessions holding one key.
 const stubLocks = "or the server's advisory-lock functions are stubs that lock nothing (CockroachDB): use PostgreSQL"
@@ -397,8 +400,32 @@ func (e *env) conn() *sql.Conn {
 	return c
 }
 
+// begin opens a transaction on c.
+func (e *env) begin(c *sql.Conn) *sql.Tx {
+	e.t.Helper()
+	var tx *sql.Tx
+	if err := e.do("BEGIN", func(ctx context.Context) (err error) {
+		tx, err = c.BeginTx(context.WithoutCancel(ctx), nil)
+		return err
+	}); err != nil {
+		e.t.Fatalf("BEGIN: %v: sqllock holds its locks in a transaction behind a transaction-mode pooler, and a pooler in statement mode refuses transactions; %s", err, pooler)
+	}
+	e.t.Cleanup(func() { _ = tx.Rollback() })
+	return tx
+}
+
+// rollback ends tx.
+func (e *env) rollback(tx *sql.Tx) {
+	e.t.Helper()
+	if err := tx.Rollback(); err != nil {
+		e.t.Fatalf("ROLLBACK: %v", err)
+	}
+}
+
 // pid returns pg_backend_pid() as seen through c.
-func (e *env) pid(c *sql.Conn) int64 {
+func (e *env) pid(c interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) int64 {
 	e.t.Helper()
 	var pid int64
 	if err := e.do("SELECT pg_backend_pid()", func(ctx context.Context) error {

@@ -33,6 +33,18 @@ func TestRun(t *testing.T) {
 		{"pgx", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }, nil},
 		{"pgxCancelRequest", func(t *testing.T) *sql.DB { return pgtest.DB(t, pgtest.PgxCancelRequest) }, nil},
 		{"pgbouncerSession", func(t *testing.T) *sql.DB { return openBouncer(t, "pgx", "session") }, nil},
+		// lib/pq sends a query with parameters in two round trips, which a
+		// transaction pooler may send to two server sessions, unless its
+		// parameters go in binary: the suite's own queries have some.
+		{"pgbouncerTransactionLibpq", func(t *testing.T) *sql.DB {
+			return openBouncerDSN(t, "postgres", "transaction", "&binary_parameters=yes")
+		}, nil},
+		{"pgbouncerTransaction", func(t *testing.T) *sql.DB {
+			return openBouncerDSN(t, "pgx", "transaction", "&default_query_exec_mode=simple_protocol")
+		}, nil},
+		{"pgbouncerTransactionExec", func(t *testing.T) *sql.DB {
+			return openBouncerDSN(t, "pgx", "transaction", "&default_query_exec_mode=exec")
+		}, nil},
 		{"libpqSessions", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }, []sqllock.Option{sqllock.WithSessions(2)}},
 		{"pgxSessions", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }, []sqllock.Option{sqllock.WithSessions(2)}},
 		{"pgxSmallPool", func(t *testing.T) *sql.DB {
@@ -57,8 +69,13 @@ func TestRun(t *testing.T) {
 // within a few runs; pgx, by default, closes the connection instead of
 // sending a cancel request.
 func openBouncer(t *testing.T, driver, mode string) *sql.DB {
+	return openBouncerDSN(t, driver, mode, "")
+}
+
+// openBouncerDSN is openBouncer with params added to the pooler's DSN.
+func openBouncerDSN(t *testing.T, driver, mode, params string) *sql.DB {
 	b := pgtest.NewBouncer(t, mode, 4)
-	db, err := sql.Open(driver, b.DSN())
+	db, err := sql.Open(driver, b.DSN()+params)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +94,8 @@ var brokenSetups = []struct {
 	failed []string
 	cause  string // the failures name it
 }{
-	{"simulatedTxPooler", openTxPooler, []string{"SessionPinned", "Exclusion"}, "pool_mode=transaction"},
-	{"pgbouncerTransaction", func(t *testing.T) *sql.DB { return openBouncer(t, "postgres", "transaction") }, []string{"SessionPinned", "Exclusion"}, "pool_mode=transaction"},
+	{"simulatedStatementPooler", openStatementPooler, []string{"SessionPinned", "Exclusion"}, "statement"},
+	{"pgbouncerStatement", func(t *testing.T) *sql.DB { return openBouncer(t, "postgres", "statement") }, []string{"SessionPinned", "Exclusion"}, "statement"},
 	{"stubAdvisoryLocks", openStubLocks, []string{"Exclusion"}, "CockroachDB"},
 }
 
@@ -137,12 +154,13 @@ func TestBrokenSetupFails(t *testing.T) {
 	}
 }
 
-// openTxPooler returns a *sql.DB that behaves like a client of PgBouncer in
-// pool_mode=transaction (worse: with round-robin server selection): every
-// statement of every client connection runs on another server connection of
-// an inner pool, and closing a client connection leaves the server sessions
-// (and whatever locks they hold) open.
-func openTxPooler(t *testing.T) *sql.DB {
+// openStatementPooler returns a *sql.DB that behaves like a client of
+// PgBouncer in pool_mode=statement (worse: it lets transactions begin, and
+// selects servers round-robin): every statement of every client
+// connection, in a transaction or not, runs on another server connection
+// of an inner pool, and closing a client connection leaves the server
+// sessions (and whatever locks they hold) open.
+func openStatementPooler(t *testing.T) *sql.DB {
 	inner := pgtest.DB(t, "pgx")
 	inner.SetMaxIdleConns(32) // server sessions outlive their statements
 	p := &fakedriver.Pooler{Inner: inner}

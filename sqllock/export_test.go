@@ -66,7 +66,3 @@ func Interrupt(l *Locker) int { return l.sessions.Interrupt() }
 
 // DriverConn returns conn's driver connection.
 func DriverConn(conn *sql.Conn) any { return driverConn(conn) }
-
-// WithHeldTransactions gives the external tests the transaction-held mode
-// behind poolers, which is not yet an option (see withHeldTransactions).
-var WithHeldTransactions = withHeldTransactions

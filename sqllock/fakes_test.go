@@ -58,8 +58,8 @@ var waitRE = regexp.MustCompile(`(pg_terminate_backend\(pid, )\d+\)`)
 
 // lookSQL and terminateSQL settle the session of backend pid that held
 // key 42.
-func lookSQL(pid int64) string      { return sqltext.Look(pid, keyspace.Int64(42)) }
-func terminateSQL(pid int64) string { return sqltext.Terminate(pid, keyspace.Int64(42), 1) }
+func lookSQL(pid int64) string      { return sqltext.Look(pid, 0, keyspace.Int64(42)) }
+func terminateSQL(pid int64) string { return sqltext.Terminate(pid, 0, keyspace.Int64(42), 1) }
 
 // tokenRE matches an owner token written into SQL text.
 var tokenRE = regexp.MustCompile(`'[0-9a-f]{16}-[0-9a-z]+'`)

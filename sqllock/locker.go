@@ -63,7 +63,6 @@ func New(db *sql.DB, opts ...Option) *Locker {
 		AllowStandby: l.cfg.allowStandby,
 		Placeholders: l.cfg.placeholders,
 		Logger:       l.cfg.logger,
-		Held:         l.cfg.held,
 		Fail:         fail,
 	}
 	if len(l.cfg.observers) != 0 {

@@ -34,7 +34,6 @@ type config struct {
 	sessions     int            // WithSessions: > 0, locks share at most this many server sessions
 	fencing      bool           // WithFencing: exclusive grants carry a fencing token
 	lease        *time.Duration // WithLease; nil: derived from the keep-alive (see leaseFor)
-	held         bool           // behind a pooler, hold each lock in a transaction (in progress: tests only)
 	err          error          // first invalid option
 }
 
@@ -191,13 +190,4 @@ func (c *config) leaseFor() (time.Duration, error) {
 // benchmarks use it.
 func withPlaceholders(on bool) Option {
 	return func(c *config) { c.placeholders = &on }
-}
-
-// withHeldTransactions makes a Locker hold each lock in a transaction of
-// its own on a connection whose server sessions a pooler hands out (see
-// session.Config.Held). Not yet an option: a settle after a failed call
-// can still reach a server session the pooler has given another client
-// (issue 26).
-func withHeldTransactions() Option {
-	return func(c *config) { c.held = true }
 }

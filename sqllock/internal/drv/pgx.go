@@ -55,3 +55,42 @@ func isPgxStdlib(t reflect.Type) bool {
 	p := t.PkgPath()
 	return strings.HasPrefix(p, "github.com/jackc/pgx/") && strings.HasSuffix(p, "/stdlib")
 }
+
+// SimpleProtocol returns, for a pgx driver connection dc, pgx's
+// QueryExecModeSimpleProtocol, which pgx takes as a query's first argument
+// (its documented per-query override), or nil for any other driver. A
+// statement pgx runs in the extended protocol (its exec and cache modes)
+// leaves its unnamed portal, and the portal's snapshot, in the session
+// until the next statement: in a transaction held idle, a backend_xmin that
+// holds back VACUUM. The simple protocol drops the portal with the
+// statement. Found by reflection (sqllock imports only the standard
+// library): the type of ConnConfig.DefaultQueryExecMode, and its value
+// whose String is "simple protocol".
+func SimpleProtocol(dc any) any {
+	cfg := reflect.ValueOf(SessionOwner(dc)).MethodByName("Config")
+	if !cfg.IsValid() || cfg.Type().NumIn() != 0 || cfg.Type().NumOut() != 1 {
+		return nil
+	}
+	c := cfg.Call(nil)[0]
+	for c.Kind() == reflect.Pointer {
+		if c.IsNil() {
+			return nil
+		}
+		c = c.Elem()
+	}
+	if c.Kind() != reflect.Struct {
+		return nil
+	}
+	f := c.FieldByName("DefaultQueryExecMode")
+	if !f.IsValid() || !f.CanInt() {
+		return nil
+	}
+	for i := range int64(16) {
+		v := reflect.New(f.Type()).Elem()
+		v.SetInt(i)
+		if s, ok := v.Interface().(interface{ String() string }); ok && strings.ReplaceAll(s.String(), "_", " ") == "simple protocol" {
+			return v.Interface()
+		}
+	}
+	return nil
+}

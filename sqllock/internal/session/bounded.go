@@ -21,20 +21,20 @@ import (
 // backend is ended on the server (see Manager.awaitBounded). If the
 // statement is abandoned all the same, onAbandon runs once the driver
 // returns; settleErr says why the session could not be ended.
-func (m *Manager) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
-	return m.execRowsWithin(ctx, ctx, conn, q, args, prepared, pid, k, onAbandon)
+func (m *Manager) execRows(ctx context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid, tx int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
+	return m.execRowsWithin(ctx, ctx, conn, q, args, prepared, pid, tx, k, onAbandon)
 }
 
 // execRowsWithin is execRows with the statement run under ctx and the
 // wait for it bounded by stop (see runLockWithin).
-func (m *Manager) execRowsWithin(ctx, stop context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
+func (m *Manager) execRowsWithin(ctx, stop context.Context, conn *sql.Conn, q string, args []driver.NamedValue, prepared bool, pid, tx int64, k keyspace.Key, onAbandon func()) (n int64, abandoned bool, settleErr error, err error) {
 	if m.boundsContext || stop.Done() == nil {
 		r := m.execRaw(ctx, conn, q, args, prepared, pid)
 		return r.n, false, nil, r.err
 	}
 	done := make(chan outcome, 1)
 	go func() { done <- m.execRaw(ctx, conn, q, args, prepared, pid) }()
-	end := func(ctx context.Context) error { return m.settler.Terminate(ctx, pid, k) }
+	end := func(ctx context.Context) error { return m.settler.TerminateTx(ctx, pid, tx, k) }
 	r, abandoned, settleErr := m.awaitBounded(stop, graceFor(ctx), done, end, func(outcome) { onAbandon() })
 	return r.n, abandoned, settleErr, r.err
 }
@@ -86,6 +86,8 @@ type outcome struct {
 	ran      bool   // lockOn: a lock statement was sent
 	prepared bool   // lockOn: it was a statement prepared on the connection (see drv.StmtCache)
 	dc       any    // lockOn's driver connection
+	held     bool   // the grant is held in a transaction (see acquireHeld)
+	tx       int64  // that transaction's start (see sqltext.XactStart)
 	err      error
 }
 

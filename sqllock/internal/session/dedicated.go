@@ -47,6 +47,11 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 			if cerr := conn.Close(); cerr != nil {
 				m.settler.Discard(conn)
 			}
+		case !r.ran:
+			// No lock statement was sent: nothing was taken. Behind a
+			// pooler, the backend the session check reached may serve
+			// another client by now, which ending it would hurt.
+			m.settler.Discard(conn)
 		default:
 			// The lock may or may not have been granted before the error (a
 			// cancel racing the grant, an answer that makes no sense): only
@@ -117,7 +122,7 @@ func (m *Manager) undo(conn *sql.Conn, dc any, t *Target, pid int64, shared, pre
 	q, args := t.unlockStatement(shared, prepared, true, dc, pid)
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Timeout)
 	defer cancel()
-	rows, abandoned, settleErr, err := m.execRows(ctx, conn, q, args, prepared, pid, t.Key, func() { _ = m.settler.End(conn, pid, t.Key) })
+	rows, abandoned, settleErr, err := m.execRows(ctx, conn, q, args, prepared, pid, 0, t.Key, func() { _ = m.settler.End(conn, pid, t.Key) })
 	switch {
 	case abandoned && settleErr != nil:
 		return fmt.Errorf("%w: the release of a lock granted as the call failed got no answer within %v, and its session could not be ended: %w", errs.ErrNotReleased, m.cfg.Timeout, settleErr)

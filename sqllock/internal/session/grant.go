@@ -39,7 +39,7 @@ func (m *Manager) newGrant(conn *sql.Conn, r outcome, t *Target, req Request) *G
 		g Grant
 		s session
 	}{g: Grant{t: t, shared: req.Shared, acquired: m.grantedNow(), token: r.token, onLost: req.OnLost}}
-	m.startSession(&both.s, conn, r.dc, r.pid, r.prepared, &both.g)
+	m.startSession(&both.s, conn, r, &both.g)
 	return &both.g
 }
 

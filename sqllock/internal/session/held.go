@@ -68,7 +68,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	// bounds them, not ctx, which the wait watches.
 	bound, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
 	defer cancel()
-	_, abandoned, _, err := m.execRows(bound, conn, sqltext.BeginSQL, nil, false, 0, t.Key, func() { m.settler.Discard(conn) })
+	_, abandoned, _, err := m.execRows(bound, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
 	if err != nil {
 		if !abandoned {
 			m.settler.Discard(conn)
@@ -96,21 +96,21 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	}
 	if r.err != nil {
 		cause := m.fencingErr(errs.Classify(r.err))
-		if rerr := m.rollbackHeld(conn, 0, t.Key); rerr != nil {
+		if rerr := m.rollbackHeld(conn, 0, 0, t.Key); rerr != nil {
 			cause = fmt.Errorf("%w (%w)", cause, rerr)
 		}
 		return nil, cause
 	}
-	pid, granted := sqltext.HeldAnswer(r.n)
+	pid, granted, tx := r.pid, r.n == 1, r.tx
 	if !granted && req.Try {
-		return nil, m.rollbackHeld(conn, pid, t.Key)
+		return nil, m.rollbackHeld(conn, pid, tx, t.Key)
 	}
 	if !granted {
 		wait := h.Wait
 		if req.Shared {
 			wait = h.WaitShared
 		}
-		rows, abandoned, settleErr, err := m.heldWait(ctx, conn, wait, pid, t.Key)
+		rows, abandoned, settleErr, err := m.heldWait(ctx, conn, wait, pid, tx, t.Key)
 		switch {
 		case abandoned:
 			return nil, abandonedErr(errs.WithCtxErr(ctx, err), settleErr)
@@ -119,7 +119,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 			if errs.IsDriverTimeout(ctx, err) {
 				cause = fmt.Errorf("%w: %w", errs.ErrDriverTimeout, err)
 			}
-			if rerr := m.rollbackHeld(conn, pid, t.Key); rerr != nil {
+			if rerr := m.rollbackHeld(conn, pid, tx, t.Key); rerr != nil {
 				cause = fmt.Errorf("%w (%w)", cause, rerr)
 			}
 			return nil, cause
@@ -127,7 +127,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 			// The wait answers one row once granted; anything else leaves
 			// the lock's state unknown.
 			cause := fmt.Errorf("the lock statement answered %d rows, not one: whether the session holds the lock is unknown, so it is ended", rows)
-			if serr := m.settler.End(conn, pid, t.Key); serr != nil {
+			if serr := m.settler.EndTx(conn, pid, tx, t.Key); serr != nil {
 				cause = fmt.Errorf("%w (%w)", cause, serr)
 			}
 			return nil, cause
@@ -136,7 +136,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	if ctx.Err() != nil {
 		// Granted as the caller gave up: give it back.
 		cerr := errs.WithCtxErr(ctx, context.Cause(ctx))
-		if err := m.rollbackHeld(conn, pid, t.Key); err != nil {
+		if err := m.rollbackHeld(conn, pid, tx, t.Key); err != nil {
 			return nil, fmt.Errorf("%w (%w)", cerr, err)
 		}
 		return nil, cerr
@@ -144,14 +144,13 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	var token uint64
 	if m.cfg.Fencing && !req.Shared {
 		if token, err = m.heldToken(ctx, pid, t); err != nil {
-			if rerr := m.rollbackHeld(conn, pid, t.Key); rerr != nil {
+			if rerr := m.rollbackHeld(conn, pid, tx, t.Key); rerr != nil {
 				err = fmt.Errorf("%w (%w)", err, rerr)
 			}
 			return nil, err
 		}
 	}
-	g := m.newGrant(conn, outcome{dc: r.dc, pid: pid, token: token}, t, req)
-	g.s.held = true
+	g := m.newGrant(conn, outcome{dc: r.dc, pid: pid, token: token, held: true, tx: tx}, t, req)
 	m.warnPoolFull(t)
 	return g, nil
 }
@@ -190,17 +189,17 @@ func abandonedErr(err, settleErr error) error {
 // a cancel request (lib/pq): behind a pooler, a new connection each, and a
 // server session the pooler keeps busy until it notices. A ctx cancelled
 // before its deadline still ends the wait through the driver.
-func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid int64, k keyspace.Key) (rows int64, abandoned bool, settleErr error, err error) {
-	end := func() { _ = m.settler.End(conn, pid, k) }
+func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid, tx int64, k keyspace.Key) (rows int64, abandoned bool, settleErr error, err error) {
+	end := func() { _ = m.settler.EndTx(conn, pid, tx, k) }
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		return m.execRows(ctx, conn, wait, nil, false, pid, k, end)
+		return m.execRows(ctx, conn, wait, nil, false, pid, tx, k, end)
 	}
 	left := time.Until(deadline)
 	if left <= 0 || ctx.Err() != nil {
 		return 0, false, nil, errs.WithCtxErr(ctx, ctx.Err())
 	}
-	if _, abandoned, settleErr, err = m.execRows(ctx, conn, sqltext.LockTimeout(left), nil, false, pid, k, end); err != nil {
+	if _, abandoned, settleErr, err = m.execRows(ctx, conn, sqltext.LockTimeout(left), nil, false, pid, tx, k, end); err != nil {
 		return 0, abandoned, settleErr, err
 	}
 	stmt, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline.Add(heldWaitGrace))
@@ -211,7 +210,7 @@ func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid
 		}
 	})
 	defer stop()
-	rows, abandoned, settleErr, err = m.execRowsWithin(stmt, stmt, conn, wait, nil, false, pid, k, end)
+	rows, abandoned, settleErr, err = m.execRowsWithin(stmt, stmt, conn, wait, nil, false, pid, tx, k, end)
 	if err != nil && errs.LockNotAvailable(err) {
 		// The server kept the deadline, which ctx, whose timer may not
 		// have fired yet, is about to report.
@@ -224,17 +223,19 @@ func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid
 // wait for the server to end the wait at its lock_timeout.
 const heldWaitGrace = time.Second
 
-// heldQuery runs query on conn and answers its integer, bounded by ctx
-// as execRows is; pid is the session's backend, if known.
+// heldQuery runs a held try on conn and reads its answer into r (pid,
+// tx, and n 1 if granted), bounded by ctx as execRows is; pid is the
+// session's backend, if known.
 func (m *Manager) heldQuery(ctx context.Context, conn *sql.Conn, query string, pid int64, k keyspace.Key) (r outcome, abandoned bool, settleErr error) {
 	run := func() (r outcome) {
 		if err := conn.Raw(func(dc any) error {
 			r.dc = dc
-			v, err := drv.QueryValue(ctx, dc, query, nil)
+			v, err := drv.QueryValue(ctx, dc, query, m.simpleArgs(dc))
 			if err == nil {
-				var ok bool
-				if r.n, ok = intAnswer(v); !ok {
-					err = fmt.Errorf("the lock statement answered %T %v, not an integer: whether the session holds the lock is unknown, so it is discarded", v, v)
+				var granted bool
+				r.pid, granted, r.tx, err = sqltext.HeldAnswer(v)
+				if granted {
+					r.n = 1
 				}
 			}
 			r.err = err
@@ -259,19 +260,19 @@ func (m *Manager) heldQuery(ctx context.Context, conn *sql.Conn, query string, p
 }
 
 // rollbackHeld ends conn's held transaction, which releases its lock, and
-// returns conn to the pool; if the rollback fails, the session (backend
-// pid, if known) is ended instead.
-func (m *Manager) rollbackHeld(conn *sql.Conn, pid int64, k keyspace.Key) error {
+// returns conn to the pool; if the rollback fails, the transaction
+// (backend pid, begun at tx, if known) is ended instead.
+func (m *Manager) rollbackHeld(conn *sql.Conn, pid, tx int64, k keyspace.Key) error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Timeout)
 	defer cancel()
-	_, abandoned, settleErr, err := m.execRows(ctx, conn, sqltext.RollbackSQL, nil, false, pid, k, func() { _ = m.settler.End(conn, pid, k) })
+	_, abandoned, settleErr, err := m.execRows(ctx, conn, sqltext.RollbackSQL, nil, false, pid, tx, k, func() { _ = m.settler.EndTx(conn, pid, tx, k) })
 	switch {
 	case abandoned && settleErr != nil:
 		return fmt.Errorf("%w: the rollback of the transaction that held the lock got no answer, and its session could not be ended: %w", errs.ErrNotReleased, settleErr)
 	case abandoned:
 		return nil
 	case err != nil:
-		return m.settler.End(conn, pid, k)
+		return m.settler.EndTx(conn, pid, tx, k)
 	}
 	closeOrDiscard(m, conn)
 	return nil
@@ -291,4 +292,21 @@ func (t *Target) held() *sqltext.Held {
 	}
 	t.heldQ.CompareAndSwap(nil, sqltext.BuildHeld(t.Key, t.m.cfg.Lease))
 	return t.heldQ.Load()
+}
+
+// simpleArgs returns the arguments that make pgx run a query with no
+// parameters of its own in the simple protocol (see drv.SimpleProtocol),
+// or nil for other drivers, whose queries without arguments run in it
+// already. The held transaction's statements run so: a portal left from
+// the extended protocol would keep a snapshot in the idle transaction.
+func (m *Manager) simpleArgs(dc any) []driver.NamedValue {
+	if p := m.simple.Load(); p != nil {
+		return *p
+	}
+	var args []driver.NamedValue
+	if v := drv.SimpleProtocol(dc); v != nil {
+		args = []driver.NamedValue{{Ordinal: 1, Value: v}}
+	}
+	m.simple.Store(&args)
+	return args
 }

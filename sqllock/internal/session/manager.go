@@ -9,6 +9,7 @@ package session
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -33,10 +34,6 @@ type Config struct {
 	AllowStandby bool
 	Placeholders *bool        // nil: keys are parameters, prepared by sqllock unless the driver is pgx
 	Logger       *slog.Logger // warnings; nil: slog.Default()
-	// Held makes a connection whose sessions a pooler hands out hold each
-	// lock in a transaction (see acquireHeld); otherwise such a session is
-	// refused once another client has used it (see sqltext.FlagForeign).
-	Held bool
 
 	// Fail makes the error of operation op on t's lock, for errors that
 	// outlive a call: a grant's loss, its release.
@@ -57,11 +54,12 @@ type Manager struct {
 	stmts         drv.StmtCache // the prepared statements, when prepared
 	interrupt     atomic.Int32  // how the driver's statements are interrupted (see interruptHow)
 	sched         schedule.Scheduler[*session]
-	verify        *sqltext.Verify                    // checks a session before the first lock on it
-	verified      verifiedCache                      // the sessions that verify statements verified
-	texts         [2]atomic.Pointer[sqltext.Queries] // with placeholders: the statements of int64 keys, of pair keys
-	mux           *multiplexed                       // the sessions locks share, with Multiplex; nil otherwise
-	settler       settle.Settler                     // ends sessions that may hold a lock
+	verify        *sqltext.Verify                     // checks a session before the first lock on it
+	verified      verifiedCache                       // the sessions that verify statements verified
+	texts         [2]atomic.Pointer[sqltext.Queries]  // with placeholders: the statements of int64 keys, of pair keys
+	mux           *multiplexed                        // the sessions locks share, with Multiplex; nil otherwise
+	settler       settle.Settler                      // ends sessions that may hold a lock
+	simple        atomic.Pointer[[]driver.NamedValue] // see simpleArgs
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
 	warnedFewConns atomic.Bool // see warnFewConns

@@ -308,8 +308,6 @@ func (m *Manager) lockMultiplexed(ctx context.Context, t *Target, req Request) (
 				return nil, errs.ErrStandby
 			case r.n&sqltext.FlagStub != 0:
 				return nil, errs.ErrStubLocks
-			case r.n&sqltext.FlagProxied != 0:
-				return nil, fmt.Errorf("%w: the connection reaches server sessions through a pooler, where WithSessions cannot multiplex locks yet: use the default mode, which holds each lock in a transaction there", errs.ErrForeignSession)
 			}
 			return nil, fmt.Errorf("%w: server session %d belongs to another client connection", errs.ErrForeignSession, r.pid)
 		case r.n&sqltext.FlagGranted == 0:
@@ -395,7 +393,7 @@ func (m *Manager) unlockOn(s *session, t *Target, shared bool) error {
 		if !m.boundsContext {
 			stmtCtx = context.Background() // see runLockWithin
 		}
-		rows, abandoned, settleErr, err = m.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, keyspace.Key{}, end)
+		rows, abandoned, settleErr, err = m.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, 0, keyspace.Key{}, end)
 		err = errs.OwnBound(ctx, m.cfg.Timeout, err)
 	}
 	switch {

@@ -36,11 +36,15 @@ import (
 type session struct {
 	m        *Manager
 	conn     *sql.Conn
-	dc       any    // conn's driver connection, for fireBound; on a multiplexed session, nil until its first sound answer
-	pid      int64  // the backend that owns the locks
-	prepared bool   // the lock and unlock statements run prepared on conn (see drv.StmtCache)
-	held     bool   // the lock is held in a transaction, which the release rolls back (see acquireHeld)
-	grant    *Grant // the grant a session of its own carries; nil for a multiplexed one
+	dc       any   // conn's driver connection, for fireBound; on a multiplexed session, nil until its first sound answer
+	pid      int64 // the backend that owns the locks
+	prepared bool  // the lock and unlock statements run prepared on conn (see drv.StmtCache)
+	held     bool  // the lock is held in a transaction, which the release rolls back (see acquireHeld)
+	tx       int64 // with held, the transaction's start: the settling ends only that transaction (see settle.Settler.EndTx)
+	// The keep-alive query's arguments: with held, what makes pgx run it in
+	// the simple protocol (see Manager.simpleArgs).
+	probeArgs []any
+	grant     *Grant // the grant a session of its own carries; nil for a multiplexed one
 
 	// A multiplexed session carries many grants. mux counts its users
 	// (guarded by mux.mu).
@@ -86,10 +90,16 @@ const (
 	dueRelease            // the end of its release's bound
 )
 
-// startSession makes s the session of conn (driver connection dc, backend
-// pid) that carries g, and starts watching it.
-func (m *Manager) startSession(s *session, conn *sql.Conn, dc any, pid int64, prepared bool, g *Grant) {
-	*s = session{m: m, conn: conn, dc: dc, pid: pid, prepared: prepared, grant: g}
+// startSession makes s the session of conn (driver connection, backend
+// pid, and how the lock was taken, as r reports them) that carries g, and
+// starts watching it.
+func (m *Manager) startSession(s *session, conn *sql.Conn, r outcome, g *Grant) {
+	*s = session{m: m, conn: conn, dc: r.dc, pid: r.pid, prepared: r.prepared, held: r.held, tx: r.tx, grant: g}
+	if r.held {
+		if args := m.simpleArgs(r.dc); args != nil {
+			s.probeArgs = []any{args[0].Value}
+		}
+	}
 	g.s = s
 	if m.cfg.Interval > 0 {
 		m.sched.After(s, m.cfg.Interval, dueProbe)
@@ -200,14 +210,14 @@ func (s *session) scheduleProbe(due time.Duration) {
 // observers and holders are told, who may call Unlock; Done closes last,
 // so that whoever watches it finds the observers told.
 func (s *session) lose(cause error) {
-	_ = s.loseWith(cause, s.m.settler.End)
+	_ = s.loseWith(cause, s.end)
 }
 
 // loseBounded is lose for a call that reports the loss to its caller: it
 // ends the session within settle.Settler.EndBounded's bound, and returns an error
 // wrapping errs.ErrNotReleased if the session could not be seen to end.
 func (s *session) loseBounded(cause error) error {
-	return s.loseWith(cause, s.m.settler.EndBounded)
+	return s.loseWith(cause, s.endBounded)
 }
 
 // loseWith is lose, ending the session with end.
@@ -277,7 +287,7 @@ func (s *session) probe(timeout time.Duration) error {
 	ch := make(chan result, 1)
 	go func() {
 		var r result
-		r.err = s.conn.QueryRowContext(ctx, sqltext.ProbeSQL).Scan(&r.pid)
+		r.err = s.conn.QueryRowContext(ctx, sqltext.ProbeSQL, s.probeArgs...).Scan(&r.pid)
 		ch <- r
 	}()
 	timer := time.NewTimer(timeout)
@@ -299,7 +309,7 @@ func (s *session) probe(timeout time.Duration) error {
 	case <-timer.C:
 		go func() {
 			<-ch
-			_ = s.m.settler.End(s.conn, s.pid, s.key())
+			_ = s.end(s.conn, s.pid, s.key())
 		}()
 		cancel()
 		return fmt.Errorf("keep-alive: %w: %w", errs.KeepAliveTimeout(timeout), errAbandoned)
@@ -410,7 +420,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	} else {
 		q, args = g.t.unlockStatement(g.shared, s.prepared, true, s.dc, s.pid)
 	}
-	rows, abandoned, settleErr, err := s.m.execRows(ctx, s.conn, q, args, s.prepared, s.pid, g.t.Key, func() { _ = s.m.settler.End(s.conn, s.pid, g.t.Key) })
+	rows, abandoned, settleErr, err := s.m.execRows(ctx, s.conn, q, args, s.prepared, s.pid, s.tx, g.t.Key, func() { _ = s.end(s.conn, s.pid, g.t.Key) })
 	if s.held && err == nil {
 		rows = 1 // the transaction's end released its lock
 	}
@@ -443,7 +453,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// Cancelled mid-query: the session goes, and the lock with it.
 		return s.endSession()
 	case err != nil:
-		if serr := s.m.settler.End(s.conn, s.pid, g.t.Key); serr != nil {
+		if serr := s.end(s.conn, s.pid, g.t.Key); serr != nil {
 			return g.unlockErr(fmt.Errorf("%w: unlock failed (%w)", serr, err))
 		}
 		return g.unlockErr(fmt.Errorf("%w: unlock failed, session ended: %w", errs.ErrLockLost, err))
@@ -452,7 +462,7 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 		// the lock is unknown, so the session goes, and the lock with it.
 		return s.endSession()
 	case rows == 0:
-		if serr := s.m.settler.End(s.conn, s.pid, g.t.Key); serr != nil {
+		if serr := s.end(s.conn, s.pid, g.t.Key); serr != nil {
 			return g.unlockErr(serr)
 		}
 		return g.unlockErr(fmt.Errorf("%w: the unlock did not find it in its session (backend %d took it); a transaction pooler between client and server breaks session locks", errs.ErrLockLost, s.pid))
@@ -466,12 +476,25 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 // endSession ends the session (see settle.Settler.End) and reports a
 // failure to confirm it as the unlock's error.
 func (s *session) endSession() error {
-	return s.endWith(s.m.settler.End)
+	return s.endWith(s.end)
 }
 
 // endSessionBounded is endSession within settle.Settler.EndBounded's bound.
 func (s *session) endSessionBounded() error {
-	return s.endWith(s.m.settler.EndBounded)
+	return s.endWith(s.endBounded)
+}
+
+// end ends the session (see settle.Settler.End); a session held in a
+// transaction, only while it runs that transaction (see
+// settle.Settler.EndTx): a pooler gives the server session to other
+// clients once it ends.
+func (s *session) end(conn *sql.Conn, pid int64, k keyspace.Key) error {
+	return s.m.settler.EndTx(conn, pid, s.tx, k)
+}
+
+// endBounded is end within settle.Settler.EndBounded's bound.
+func (s *session) endBounded(conn *sql.Conn, pid int64, k keyspace.Key) error {
+	return s.m.settler.EndTxBounded(conn, pid, s.tx, k)
 }
 
 func (s *session) endWith(end func(*sql.Conn, int64, keyspace.Key) error) error {

@@ -49,7 +49,13 @@ func (m *Manager) runLockWithin(ctx, stop context.Context, conn *sql.Conn, t *Ta
 		}
 		return nil
 	}
-	r, abandoned, settleErr = m.awaitBounded(stop, graceFor(ctx), done, end, func(r outcome) { _ = m.settler.End(conn, r.pid, t.Key) })
+	r, abandoned, settleErr = m.awaitBounded(stop, graceFor(ctx), done, end, func(r outcome) {
+		if !r.ran {
+			m.settler.Discard(conn) // nothing taken (see acquireConn)
+			return
+		}
+		_ = m.settler.End(conn, r.pid, t.Key)
+	})
 	if abandoned {
 		r.pid = f.close()
 	}

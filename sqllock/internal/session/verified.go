@@ -135,7 +135,7 @@ func (m *Manager) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *s
 		return nil, 0, 0, err
 	}
 	pid, flags = n>>sqltext.AnswerShift, n&(sqltext.FlagStandby|sqltext.FlagForeign|sqltext.FlagStub)
-	if m.cfg.Held && flags&^sqltext.FlagForeign == 0 {
+	if m.mux == nil && flags&^sqltext.FlagForeign == 0 {
 		if startup, ok := drv.StartupPID(dc); ok && startup != pid {
 			// A pooler's session: another client's mark on it is no
 			// refusal, since its locks are held in a transaction.

@@ -63,13 +63,20 @@ func (s *Settler) Discard(conn *sql.Conn) {
 // It is bounded by the keep-alive timeout, and returns an error wrapping
 // errs.ErrNotReleased if it could not confirm the end.
 func (s *Settler) End(conn *sql.Conn, pid int64, k keyspace.Key) error {
+	return s.EndTx(conn, pid, 0, k)
+}
+
+// EndTx is End for a session that holds its lock in the transaction that
+// began at tx (see sqltext.Look): the backend is looked for, and ended,
+// only while it runs that transaction.
+func (s *Settler) EndTx(conn *sql.Conn, pid, tx int64, k keyspace.Key) error {
 	s.Discard(conn)
 	if pid == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 	defer cancel()
-	if err := s.Terminate(ctx, pid, k); err != nil {
+	if err := s.TerminateTx(ctx, pid, tx, k); err != nil {
 		return fmt.Errorf("%w: backend %d: %w", errs.ErrNotReleased, pid, err)
 	}
 	return nil
@@ -81,8 +88,14 @@ func (s *Settler) End(conn *sql.Conn, pid int64, k keyspace.Key) error {
 // does not bound a connection's startup by its context, so on a silent
 // network End's own queries wait until TCP gives up).
 func (s *Settler) EndBounded(conn *sql.Conn, pid int64, k keyspace.Key) error {
+	return s.EndTxBounded(conn, pid, 0, k)
+}
+
+// EndTxBounded is EndBounded for a session that holds its lock in the
+// transaction that began at tx (see EndTx).
+func (s *Settler) EndTxBounded(conn *sql.Conn, pid, tx int64, k keyspace.Key) error {
 	done := make(chan error, 1)
-	go func() { done <- s.End(conn, pid, k) }()
+	go func() { done <- s.EndTx(conn, pid, tx, k) }()
 	bound := min(s.Timeout, Bound)
 	t := time.NewTimer(bound)
 	defer t.Stop()
@@ -115,6 +128,12 @@ const idleGrace = 25 * time.Millisecond
 // ends, with an error. A statement still running there (state active) is
 // waited for: it may yet take the lock.
 func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) error {
+	return s.TerminateTx(ctx, pid, 0, k)
+}
+
+// TerminateTx is Terminate for a session that holds its lock in the
+// transaction that began at tx (see EndTx).
+func (s *Settler) TerminateTx(ctx context.Context, pid, tx int64, k keyspace.Key) error {
 	var idleSince time.Time
 	poll := time.Millisecond
 	var pinned *sql.Tx
@@ -125,7 +144,7 @@ func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) erro
 		}
 	}()
 	for {
-		state, holds, alive, self, err := s.look(ctx, pid, k)
+		state, holds, alive, self, err := s.look(ctx, pid, tx, k)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
@@ -150,7 +169,7 @@ func (s *Settler) Terminate(ctx context.Context, pid int64, k keyspace.Key) erro
 			}
 		case holds:
 			idleSince = time.Time{}
-			if _, err := s.EndHolder(ctx, pid, k); err != nil {
+			if _, err := s.endHolder(ctx, pid, tx, k); err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
 				}
@@ -190,9 +209,9 @@ func (s *Settler) pin(ctx context.Context, pid int64) *sql.Tx {
 }
 
 // look runs sqltext.Look.
-func (s *Settler) look(ctx context.Context, pid int64, k keyspace.Key) (state string, holds, alive, self bool, err error) {
+func (s *Settler) look(ctx context.Context, pid, tx int64, k keyspace.Key) (state string, holds, alive, self bool, err error) {
 	var st sql.NullString
-	err = s.DB.QueryRowContext(ctx, sqltext.Look(pid, k)).Scan(&st, &holds, &self)
+	err = s.DB.QueryRowContext(ctx, sqltext.Look(pid, tx, k)).Scan(&st, &holds, &self)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", false, false, false, nil
 	}
@@ -205,10 +224,15 @@ func (s *Settler) look(ctx context.Context, pid int64, k keyspace.Key) (state st
 // backend with the lock: one that let go meanwhile, whose session may now
 // serve other work, is left alone.
 func (s *Settler) EndHolder(ctx context.Context, pid int64, k keyspace.Key) (found bool, err error) {
+	return s.endHolder(ctx, pid, 0, k)
+}
+
+// endHolder is EndHolder, with tx as in TerminateTx.
+func (s *Settler) endHolder(ctx context.Context, pid, tx int64, k keyspace.Key) (found bool, err error) {
 	wait := time.Until(deadlineOr(ctx, time.Now().Add(s.Timeout))).Milliseconds()
-	found, _, err = s.terminateOnce(ctx, sqltext.Terminate(pid, k, max(wait, 1)))
+	found, _, err = s.terminateOnce(ctx, sqltext.Terminate(pid, tx, k, max(wait, 1)))
 	if errs.UndefinedFunction(err) {
-		found, _, err = s.terminateOnce(ctx, sqltext.Terminate(pid, k, 0))
+		found, _, err = s.terminateOnce(ctx, sqltext.Terminate(pid, tx, k, 0))
 	}
 	return found, err
 }

@@ -1,7 +1,9 @@
 package sqltext
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -17,7 +19,7 @@ import (
 // reaches another server session with every transaction, where nothing is
 // prepared.
 type Held struct {
-	Try, TryShared   string // answer the backend pid times 2, plus 1 if granted
+	Try, TryShared   string // answer the backend pid times 2, plus 1 if granted; a space; the transaction's start (see XactStart)
 	Wait, WaitShared string // one row, once granted
 }
 
@@ -44,10 +46,11 @@ func BuildHeld(k keyspace.Key, d time.Duration) *Held {
 		list = strconv.FormatInt(int64(a), 10) + "," + strconv.FormatInt(int64(b), 10)
 	}
 	try := func(fn string) string {
-		if d <= 0 {
-			return "SELECT pg_backend_pid()::int8*2 + " + fn + "(" + list + ")::int"
+		granted := fn + "(" + list + ")::int"
+		if d > 0 {
+			granted = "CASE WHEN NOT " + heldLease(d) + " THEN 0 WHEN " + fn + "(" + list + ") THEN 1 ELSE 0 END"
 		}
-		return "SELECT pg_backend_pid()::int8*2 + CASE WHEN NOT " + heldLease(d) + " THEN 0 WHEN " + fn + "(" + list + ") THEN 1 ELSE 0 END"
+		return "SELECT (pg_backend_pid()::int8*2 + " + granted + ")::text || ' ' || " + XactStart
 	}
 	return &Held{
 		Try:        try("pg_try_advisory_xact_lock"),
@@ -72,10 +75,23 @@ func LockTimeout(d time.Duration) string {
 	return "SET LOCAL lock_timeout = " + strconv.FormatInt(int64((d+time.Millisecond-1)/time.Millisecond), 10)
 }
 
-// HeldAnswer reads a held try's answer: the backend pid, and whether the
-// lock was granted.
-func HeldAnswer(n int64) (pid int64, granted bool) {
-	return n >> 1, n&1 == 1
+// HeldAnswer reads a held try's answer: the backend pid, whether the lock
+// was granted, and the transaction's start (see XactStart).
+func HeldAnswer(v any) (pid int64, granted bool, tx int64, err error) {
+	var s string
+	switch a := v.(type) {
+	case string:
+		s = a
+	case []byte:
+		s = string(a)
+	}
+	n, t, ok := strings.Cut(s, " ")
+	nn, nerr := strconv.ParseInt(n, 10, 64)
+	tx, terr := strconv.ParseInt(t, 10, 64)
+	if !ok || nerr != nil || terr != nil || nn <= 1 || tx == 0 {
+		return 0, false, 0, fmt.Errorf("the lock statement answered %T %v, not a backend, a grant and a transaction: whether the session holds the lock is unknown, so it is discarded", v, v)
+	}
+	return nn >> 1, nn&1 == 1, tx, nil
 }
 
 // HeldToken is the SQL that draws the fencing token of key k's exclusive

@@ -18,10 +18,29 @@ import (
 // holds or waits for the lock, and whether it is the session the statement
 // runs in (behind a transaction pooler it can be: then it must be looked
 // for again from another).
-func Look(pid int64, k keyspace.Key) string {
+//
+// With tx, the backend is looked for only while it runs the transaction
+// that began at tx (see XactStart): behind a transaction pooler the
+// backend serves other clients once that transaction ends, and whatever
+// it holds then is theirs.
+func Look(pid, tx int64, k keyspace.Key) string {
 	return `SELECT a.state, EXISTS (SELECT 1 FROM pg_locks l
 	WHERE l.locktype = 'advisory' AND l.pid = a.pid AND ` + tagMatch(k) + `), a.pid = pg_backend_pid()
-FROM pg_stat_activity a WHERE a.pid = ` + strconv.FormatInt(pid, 10)
+FROM pg_stat_activity a WHERE a.pid = ` + strconv.FormatInt(pid, 10) + txMatch("a", tx)
+}
+
+// XactStart is the SQL of the current transaction's start, in
+// microseconds since the epoch: with the backend pid, it names one
+// transaction of one server session (see Look).
+const XactStart = "(extract(epoch FROM now()) * 1000000)::int8"
+
+// txMatch is the condition that pg_stat_activity row a runs the
+// transaction that began at tx, or none for tx 0.
+func txMatch(a string, tx int64) string {
+	if tx == 0 {
+		return ""
+	}
+	return " AND (extract(epoch FROM " + a + ".xact_start) * 1000000)::int8 = " + strconv.FormatInt(tx, 10)
 }
 
 // Terminate terminates backend pid if it holds or waits for advisory lock
@@ -30,13 +49,19 @@ FROM pg_stat_activity a WHERE a.pid = ` + strconv.FormatInt(pid, 10)
 // pg_terminate_backend does not wait) it returns at once. It answers one
 // row per lock entry found: true once the backend has exited. A session
 // never terminates itself.
-func Terminate(pid int64, k keyspace.Key, waitMS int64) string {
+// With tx, only while the backend runs the transaction that began at tx
+// (see Look).
+func Terminate(pid, tx int64, k keyspace.Key, waitMS int64) string {
 	call := "pg_terminate_backend(pid)"
 	if waitMS > 0 {
 		call = "pg_terminate_backend(pid, " + strconv.FormatInt(waitMS, 10) + ")"
 	}
-	return "SELECT " + call + " FROM pg_locks WHERE locktype = 'advisory' AND pid = " + strconv.FormatInt(pid, 10) +
+	q := "SELECT " + call + " FROM pg_locks WHERE locktype = 'advisory' AND pid = " + strconv.FormatInt(pid, 10) +
 		" AND " + tagMatch(k) + " AND pid <> pg_backend_pid()"
+	if tx != 0 {
+		q += " AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = pg_locks.pid" + txMatch("a", tx) + ")"
+	}
+	return q
 }
 
 // tagMatch matches pg_locks rows of advisory lock k, or of any for the
