@@ -1,12 +1,16 @@
 package sqllock_test
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"errors"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -384,4 +388,112 @@ func TestLibPQPreparedStatementsStayFewBeyondTheCache(t *testing.T) {
 	}
 	t.Logf("prepared statements per session after %d rounds of %d locks held at once: at most %d", rounds, conns, most)
 	assert.LessOrEqual(t, most, 4, "per session: %v", per)
+}
+
+// startHolder starts the test binary as a lock holder (see runHolder) of
+// name through dsn, and returns it once it holds the lock, with the lines
+// it prints next.
+func startHolder(t *testing.T, driver, dsn, name string) (*exec.Cmd, <-chan string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), holderEnv+"="+driver+" "+dsn+" "+name)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	lines := make(chan string, 8)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	require.Equal(t, "locked", <-lines)
+	return cmd, lines
+}
+
+// A holder behind a transaction pooler that is killed (SIGKILL) or frozen
+// (SIGSTOP) loses its lock: the pooler ends the killed client's
+// transaction at once; the frozen one's transaction idles into its lease
+// (idle_in_transaction_session_timeout, set for that transaction alone),
+// with default options and no server setting.
+func TestPgBouncerHolderStops(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes the default lease, 10s")
+	}
+	for _, d := range []struct{ name, driver, params string }{
+		{"pq", "postgres", ""},
+		{"pgx", "pgx", "&default_query_exec_mode=exec"},
+	} {
+		for _, stop := range []struct {
+			name   string
+			signal syscall.Signal
+			within time.Duration
+		}{{"killed", syscall.SIGKILL, 3 * time.Second}, {"frozen", syscall.SIGSTOP, 15 * time.Second}} {
+			t.Run(d.name+"/"+stop.name, func(t *testing.T) {
+				t.Parallel()
+				b := pgtest.NewBouncer(t, "transaction", 4)
+				dsn := b.DSN() + d.params
+				cmd, _ := startHolder(t, d.driver, dsn, t.Name())
+				db, err := sql.Open(d.driver, dsn)
+				require.NoError(t, err)
+				t.Cleanup(func() { db.Close() })
+				next := sqllock.New(db).Mutex(t.Name())
+				ok, err := next.TryLock(t.Context())
+				require.NoError(t, err)
+				require.False(t, ok, "the holder holds the lock through the pooler")
+
+				require.NoError(t, cmd.Process.Signal(stop.signal))
+				stopped := time.Now()
+				ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+				defer cancel()
+				require.NoError(t, next.Lock(ctx), "the stopped holder's lock was not freed")
+				took := time.Since(stopped)
+				t.Logf("through PgBouncer (transaction mode), driver %s: another client got the lock %v after the holder was %s", d.name, took.Round(time.Millisecond), stop.name)
+				assert.Less(t, took, stop.within)
+				require.NoError(t, next.Unlock(t.Context()))
+				waitRows(t, pgtest.DB(t, "pgx"), next.Key(), 0, 0)
+			})
+		}
+	}
+}
+
+// Behind a pooler, a lock is held in an open transaction, which the
+// server's idle_in_transaction_session_timeout ends while it idles: a
+// setting the keep-alive cannot beat refuses the lock up front, naming
+// it; one it beats leaves the lock held well past it.
+func TestPgBouncerIdleInTransactionTimeout(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t, "idle_in_transaction_session_timeout=1s")
+	for _, d := range []struct{ name, driver, params string }{
+		{"pq", "postgres", ""},
+		{"pgx", "pgx", "&default_query_exec_mode=exec"},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			t.Parallel()
+			b := pgtest.NewBouncerFor(t, c.DSN(), "transaction", 4)
+			db, err := sql.Open(d.driver, b.DSN()+d.params)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+
+			err = sqllock.New(db).Mutex(t.Name()).Lock(t.Context())
+			require.ErrorIs(t, err, sqllock.ErrIdleInTransaction)
+			assert.Contains(t, err.Error(), "idle_in_transaction_session_timeout is 1s")
+
+			mu := sqllock.New(db, sqllock.WithKeepAlive(200*time.Millisecond, 300*time.Millisecond)).Mutex(t.Name())
+			require.NoError(t, mu.Lock(t.Context()))
+			select {
+			case <-mu.Done():
+				t.Fatalf("lost: %v", mu.Err())
+			case <-time.After(2 * time.Second):
+			}
+			require.NoError(t, mu.Err(), "the keep-alive keeps the holding transaction from idling 1s")
+			require.NoError(t, mu.Unlock(t.Context()))
+		})
+	}
 }

@@ -27,6 +27,13 @@ type Bouncer struct {
 // package); if it is not, the test is skipped, or fails when CI=true.
 func NewBouncer(tb testing.TB, poolMode string, poolSize int) *Bouncer {
 	tb.Helper()
+	return NewBouncerFor(tb, DSN(tb), poolMode, poolSize)
+}
+
+// NewBouncerFor is NewBouncer in front of the server of dsn, a URL-form
+// connection string (a [Cluster]'s, say).
+func NewBouncerFor(tb testing.TB, dsn, poolMode string, poolSize int) *Bouncer {
+	tb.Helper()
 	exe, err := exec.LookPath("pgbouncer")
 	if err != nil {
 		exe = "/usr/sbin/pgbouncer"
@@ -34,9 +41,9 @@ func NewBouncer(tb testing.TB, poolMode string, poolSize int) *Bouncer {
 			skipOrFatal(tb, "pgtest: pgbouncer is not installed (make provision, or apt-get install pgbouncer): %v", err)
 		}
 	}
-	target, err := url.Parse(DSN(tb))
+	target, err := url.Parse(dsn)
 	if err != nil || target.Scheme == "" {
-		tb.Fatalf("pgtest: NewBouncer needs a URL-form DSN, got %q: %v", DSN(tb), err)
+		tb.Fatalf("pgtest: NewBouncer needs a URL-form DSN, got %q: %v", dsn, err)
 	}
 	host, port := target.Hostname(), target.Port()
 	if port == "" {

@@ -241,22 +241,41 @@ func assertNoOverlap(t *testing.T, dir string) {
 }
 
 // testTransactionPooler: withlock with the user's plain connection string
-// to PgBouncer in transaction mode. Its statements must survive transaction
+// to PgBouncer in transaction mode. Its statements survive transaction
 // pooling (no prepared statement of a session that the next statement does
-// not reach: 42P05, 26000); whether the lock is then granted depends on
-// which server session the pooler lends, and a refusal names the pooler.
+// not reach: 42P05, 26000), and the lock, held in a transaction there,
+// excludes another withlock, is released when the command ends, and when
+// withlock is killed.
 func testTransactionPooler(t *testing.T, e *e2e) {
-	b := pgtest.NewBouncer(t, "transaction", 2)
+	b := pgtest.NewBouncer(t, "transaction", 4)
+	db := "--db=" + b.DSN()
+	name := t.Name()
+	holder := e.start(t, nil, db, name, "--", "sh", "-c", "read x")
+	e.waitSessions(t, name, 1, 0, patience)
+	code, _, stderr := e.run(t, nil, db, "-n", name, "--", "true")
+	if code != ExitConflict {
+		t.Fatalf("withlock -n through the pooler while another holds the lock: exit %d, want %d: %s", code, ExitConflict, stderr)
+	}
+	holder.release(t)
+	holder.expect(t, 0)
 	for i := range 3 {
-		code, _, stderr := e.run(t, nil, "--db="+b.DSN(), fmt.Sprintf("%s/%d", t.Name(), i), "--", "true")
+		code, _, stderr := e.run(t, nil, db, name, "--", "true")
 		for _, bad := range []string{"42P05", "26000", "prepared statement"} {
 			if strings.Contains(stderr, bad) {
 				t.Fatalf("withlock through the pooler: exit %d, %s", code, stderr)
 			}
 		}
-		if code != 0 && !strings.Contains(stderr, "pooler") {
-			t.Errorf("withlock through the pooler: exit %d without naming the pooler: %s", code, stderr)
+		if code != 0 {
+			t.Fatalf("withlock through the pooler, run %d: exit %d: %s", i, code, stderr)
 		}
-		t.Logf("through PgBouncer in transaction mode: exit %d %s", code, strings.TrimSpace(stderr))
 	}
+	killed := e.start(t, nil, db, name, "--", "sh", "-c", "read x")
+	e.waitSessions(t, name, 1, 0, patience)
+	killed.signal(t, syscall.SIGKILL)
+	start := time.Now()
+	if code, _, stderr := e.run(t, nil, db, "-w", "5s", name, "--", "true"); code != 0 {
+		t.Fatalf("withlock through the pooler after the holder was killed: exit %d: %s", code, stderr)
+	}
+	t.Logf("through PgBouncer in transaction mode: the next withlock ran %v after the holder was killed", time.Since(start).Round(time.Millisecond))
+	e.waitSessions(t, name, 0, 0, patience)
 }
