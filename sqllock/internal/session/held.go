@@ -64,11 +64,9 @@ func (m *Manager) checkHeld(ctx context.Context, dc any) error {
 // ends its session.
 func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, req Request) (*Grant, error) {
 	h := t.held()
-	// BEGIN and the try do not wait for the lock: the keep-alive timeout
-	// bounds them, not ctx, which the wait watches.
-	bound, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
-	defer cancel()
-	_, abandoned, _, err := m.execRows(bound, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
+	// ctx bounds BEGIN and the try as it bounds the wait: a pooler whose
+	// server connections are all busy queues BEGIN until one is free.
+	_, abandoned, _, err := m.execRows(ctx, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
 	if err != nil {
 		if !abandoned {
 			m.settler.Discard(conn)
@@ -84,18 +82,18 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 			// BEGIN had just succeeded on it.
 			return nil, fmt.Errorf("%w: the pooler closed the connection at BEGIN, right after a statement succeeded on it (%w), as a statement-mode pooler does: a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
 		}
-		return nil, fmt.Errorf("begin the transaction that holds the lock: %w", errs.Classify(err))
+		return nil, fmt.Errorf("begin the transaction that holds the lock: %w", errs.Classify(errs.WithCtxErr(ctx, err)))
 	}
 	try := h.Try
 	if req.Shared {
 		try = h.TryShared
 	}
-	r, abandoned, settleErr := m.heldQuery(bound, conn, try, 0, t.Key)
+	r, abandoned, settleErr := m.heldQuery(ctx, conn, try, 0, t.Key)
 	if abandoned {
 		return nil, abandonedErr(r.err, settleErr)
 	}
 	if r.err != nil {
-		cause := m.fencingErr(errs.Classify(r.err))
+		cause := m.fencingErr(errs.Classify(errs.WithCtxErr(ctx, r.err)))
 		if rerr := m.rollbackHeld(conn, 0, 0, t.Key); rerr != nil {
 			cause = fmt.Errorf("%w (%w)", cause, rerr)
 		}
