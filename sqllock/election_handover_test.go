@@ -179,6 +179,45 @@ func TestElectionCleanHandover(t *testing.T) {
 	})
 }
 
+// The same with default options (keep-alive 2s/5s, a 10s delay), for
+// docs/benchmarks.md: five clean handovers, then a leader's session ended.
+func TestElectionHandoverDefaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits the default takeover delay, 10s, twice")
+	}
+	const delay = 10 * time.Second
+	eachSetup(t, func(t *testing.T, open func(*testing.T) *sql.DB) {
+		ts := &terms{t: t}
+		db := open(t)
+		cur := ts.campaignOn(sqllock.New(open(t)), t.Name())
+		first := time.Now()
+		at := next(t, cur.started, 2*delay, "first leader")
+		assert.GreaterOrEqual(t, at.Sub(first), delay)
+		key := electionKey(cur.e)
+		var gaps []time.Duration
+		for range 5 {
+			nxt := ts.campaignOn(sqllock.New(open(t)), t.Name())
+			waitRows(t, db, key, 1, 1)
+			cur.stop()
+			returned := next(t, cur.returned, 5*time.Second, "old fn's return")
+			gaps = append(gaps, next(t, nxt.started, 15*time.Second, "new fn's start").Sub(returned))
+			require.ErrorIs(t, <-cur.done, context.Canceled)
+			cur = nxt
+		}
+		nxt := ts.campaignOn(sqllock.New(open(t)), t.Name())
+		waitRows(t, db, key, 1, 1)
+		killed := time.Now()
+		terminate(t, db, backendOf(t, db, key))
+		took := next(t, nxt.started, 2*delay, "the killed leader's successor").Sub(killed)
+		slices.Sort(gaps)
+		t.Logf("%s, default options: clean handovers %v (median %v, max %v); after a killed leader %v",
+			t.Name(), gaps, gaps[len(gaps)/2].Round(100*time.Microsecond), gaps[len(gaps)-1].Round(100*time.Microsecond), took.Round(time.Millisecond))
+		assert.LessOrEqual(t, gaps[len(gaps)/2], 100*time.Millisecond, "median gap")
+		assert.LessOrEqual(t, gaps[len(gaps)-1], 300*time.Millisecond, "largest gap")
+		assert.GreaterOrEqual(t, took, delay, "the killed leader's successor waits the delay")
+	})
+}
+
 // A leader whose session is ended (pg_terminate_backend: a crash, a lost
 // network) has not stepped down: its successor waits the whole takeover
 // delay, and the old fn has returned before the new one starts.
