@@ -886,11 +886,41 @@ func testStatus(t *testing.T, e *e2e) {
 		t.Errorf("waiter %+v, want pid %d, active, with a wait start and state change", w, waiter)
 	}
 
+	if st.ElectionState != "leading" {
+		t.Errorf("status --json of a lock held by withlock: election_state %q, want leading", st.ElectionState)
+	}
+
 	a.release(t)
 	a.expect(t, 0)
 	b.expect(t, 0)
 	if code, out := status(); code != ExitOK {
 		t.Errorf("status after release: exit status %d, want 0\n%s", code, out)
+	}
+
+	// The lock as an election's: its winner waits out its takeover delay.
+	ctx, stop := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() {
+		el := sqllock.New(e.db).Election(name, sqllock.WithTakeoverDelay(time.Hour))
+		ran <- el.Run(ctx, func(context.Context) error { return nil })
+	}()
+	defer func() {
+		stop()
+		<-ran
+	}()
+	deadline := time.Now().Add(patience)
+	for {
+		code, out = status("--json")
+		if st := parse(out); code == ExitHeld && st.ElectionState == "waiting" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status --json of an election whose winner waits out its delay: exit status %d\n%s", code, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, out = status(); !strings.Contains(out, "waiting out its takeover delay: it does not lead yet") {
+		t.Errorf("status of an election whose winner waits: %q, want it to say it does not lead yet", out)
 	}
 }
 

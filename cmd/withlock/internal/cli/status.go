@@ -26,6 +26,7 @@ type statusOptions struct {
 
 	scheme   scheme
 	lockName string
+	locker   *sqllock.Locker // set by open
 }
 
 // parseStatus parses the arguments after "status": <lockName> and flags, in
@@ -78,8 +79,8 @@ func (o *statusOptions) open(ctx context.Context, appName string, log *logger) (
 		log.printf("cannot reach the database %s (from %s): %s", describeDB(cfg), src.from, connectError(err))
 		return nil, nil, nil, ExitUnavailable
 	}
-	mu := sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy)).Mutex(o.lockName)
-	return mu, cfg, func() { _ = db.Close() }, ExitOK
+	o.locker = sqllock.New(db, sqllock.WithKeyspace(o.scheme.strategy))
+	return o.locker.Mutex(o.lockName), cfg, func() { _ = db.Close() }, ExitOK
 }
 
 // statusHelp is the text of withlock status --help.
@@ -92,7 +93,9 @@ wait for it. Only sessions of the same database count. Each session shows
 the times the server knows: "session since" (when it connected), "idle
 since" or "active since" (its last change of state) and, for waiters on
 PostgreSQL 14 and later, "waiting since". The server does not record when a
-lock was taken.
+lock was taken. When the lock is a leader election's (sqllock's Election)
+and its holder has won but still waits out its takeover delay, status says
+so: that holder does not lead yet.
 
 Flags:
   --db <connectionString>  the database, as for withlock
@@ -126,7 +129,13 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger
 		return ExitUnavailable
 	}
 
+	ld, err := o.locker.Election(o.lockName).Leadership(ctx)
+	if err != nil {
+		log.printf("cannot read the lock's election state from %s: %v", describeDB(cfg), err)
+		return ExitUnavailable
+	}
 	st := newLockStatus(o.lockName, o.scheme.name, mu.Key(), hs)
+	st.setElection(ld.State)
 	var out string
 	if o.json {
 		b, err := json.MarshalIndent(st, "", "  ")
@@ -155,6 +164,24 @@ type lockStatus struct {
 	Holders  []sessionStatus `json:"holders"`        // sessions holding the lock
 	Waiting  int             `json:"waiting"`        // number of sessions waiting for it
 	Waiters  []sessionStatus `json:"waiters"`        // those sessions, longest waiting first
+
+	// ElectionState is the lock as a leader election's: "none" (no
+	// exclusive holder), "waiting" (the holder has won and waits out its
+	// takeover delay: it does not lead yet) or "leading" (held
+	// exclusively otherwise, whether by an election's leader or not).
+	ElectionState string `json:"election_state"`
+}
+
+// setElection records the election state s (see sqllock.Leadership).
+func (st *lockStatus) setElection(s sqllock.ElectionState) {
+	switch s {
+	case sqllock.ElectionWaiting:
+		st.ElectionState = "waiting"
+	case sqllock.ElectionLeading:
+		st.ElectionState = "leading"
+	default:
+		st.ElectionState = "none"
+	}
 }
 
 // sessionStatus is one session that holds or waits for the lock. The
@@ -223,6 +250,9 @@ func (st *lockStatus) text(now time.Time) string {
 		fmt.Fprintf(&b, "held shared by %s\n", plural(n, "session"))
 	default:
 		b.WriteString("held exclusively\n")
+	}
+	if st.ElectionState == "waiting" {
+		b.WriteString("  an election's winner, waiting out its takeover delay: it does not lead yet\n")
 	}
 	for _, line := range st.sessionLines(now) {
 		b.WriteString(line + "\n")

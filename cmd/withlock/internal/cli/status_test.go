@@ -34,3 +34,29 @@ $`)
 		t.Errorf("got\n%s\nwant it to match\n%s", got, want)
 	}
 }
+
+// TestStatusTextElection checks that a holder which has won an election
+// but waits out its takeover delay is said not to lead yet.
+func TestStatusTextElection(t *testing.T) {
+	now := time.Date(2025, 3, 1, 10, 0, 44, 0, time.UTC)
+	hs := []sqllock.Holder{{PID: 41237, Granted: true, ApplicationName: "clock@web-1", BackendStart: now}}
+	for _, tc := range []struct {
+		state sqllock.ElectionState
+		want  string
+		line  bool
+	}{
+		{sqllock.ElectionWaiting, "waiting", true},
+		{sqllock.ElectionLeading, "leading", false},
+		{sqllock.ElectionIdle, "none", false},
+	} {
+		st := newLockStatus("clock", "node", keyspace.Node.Key("clock"), hs)
+		st.setElection(tc.state)
+		got := st.text(now)
+		if st.ElectionState != tc.want {
+			t.Errorf("%v: election_state %q, want %q", tc.state, st.ElectionState, tc.want)
+		}
+		if line := regexp.MustCompile(`(?m)^  an election's winner, waiting out its takeover delay: it does not lead yet$`).MatchString(got); line != tc.line {
+			t.Errorf("%v: the waiting line shown %v, want %v:\n%s", tc.state, line, tc.line, got)
+		}
+	}
+}
