@@ -64,9 +64,13 @@ func (m *Manager) checkHeld(ctx context.Context, dc any) error {
 // ends its session.
 func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, req Request) (*Grant, error) {
 	h := t.held()
-	// ctx bounds BEGIN and the try as it bounds the wait: a pooler whose
-	// server connections are all busy queues BEGIN until one is free.
-	_, abandoned, _, err := m.execRows(ctx, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
+	// ctx bounds BEGIN as it bounds the wait: a pooler whose server
+	// connections are all busy queues BEGIN until one is free, and nothing
+	// is taken before the try. pgx ends the connection when ctx ends;
+	// lib/pq would send the pooler a cancel request (which PgBouncer before
+	// 1.21 can crash on, pgbouncer/pgbouncer#822): its BEGIN runs under a
+	// context that never ends, and is abandoned when ctx ends.
+	_, abandoned, _, err := m.execRowsWithin(m.pgxOrNever(ctx), ctx, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
 	if err != nil {
 		if !abandoned {
 			m.settler.Discard(conn)
@@ -76,7 +80,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 			// PgBouncer's pool_mode=statement: no transaction, so no
 			// server session stays this client's long enough to hold a lock.
 			return nil, fmt.Errorf("%w: the pooler refused a transaction (%w): a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
-		case errors.Is(err, driver.ErrBadConn):
+		case errors.Is(err, driver.ErrBadConn) && !errs.CtxEnded(ctx):
 			// lib/pq reports PgBouncer's refusal, which closes the
 			// connection, as a bad connection; the statement before
 			// BEGIN had just succeeded on it.
@@ -88,12 +92,23 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	if req.Shared {
 		try = h.TryShared
 	}
-	r, abandoned, settleErr := m.heldQuery(ctx, conn, try, 0, t.Key)
+	// The try is not cut short by ctx: a try the driver stops may have
+	// been granted, and the transaction would end, and the lock with it,
+	// only when the pooler notices the client gone. It answers at once; the
+	// keep-alive timeout bounds it, except for a caller whose context never
+	// ends, which spares lib/pq a goroutine (see runLockWithin).
+	tryCtx := context.WithoutCancel(ctx)
+	if m.boundsContext || ctx.Done() != nil {
+		var cancel context.CancelFunc
+		tryCtx, cancel = context.WithTimeout(tryCtx, m.cfg.Timeout)
+		defer cancel()
+	}
+	r, abandoned, settleErr := m.heldQuery(tryCtx, conn, try, 0, t.Key)
 	if abandoned {
 		return nil, abandonedErr(r.err, settleErr)
 	}
 	if r.err != nil {
-		cause := m.fencingErr(errs.Classify(errs.WithCtxErr(ctx, r.err)))
+		cause := m.fencingErr(errs.Classify(r.err))
 		if rerr := m.rollbackHeld(conn, 0, 0, t.Key); rerr != nil {
 			cause = fmt.Errorf("%w (%w)", cause, rerr)
 		}
@@ -177,6 +192,16 @@ func abandonedErr(err, settleErr error) error {
 		return fmt.Errorf("%w (%w: %w)", err, errs.ErrNotReleased, settleErr)
 	}
 	return err
+}
+
+// pgxOrNever returns ctx for a driver that ends a statement by ending
+// its connection when ctx ends (pgx), else ctx's values in a context that
+// never ends: lib/pq would send a cancel request through the pooler.
+func (m *Manager) pgxOrNever(ctx context.Context) context.Context {
+	if m.boundsContext {
+		return ctx
+	}
+	return neverEnding(ctx)
 }
 
 // heldWait runs wait, the lock statement that waits, in the transaction
