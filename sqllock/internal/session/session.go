@@ -420,7 +420,14 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	} else {
 		q, args = g.t.unlockStatement(g.shared, s.prepared, true, s.dc, s.pid)
 	}
-	rows, abandoned, settleErr, err := s.m.execRows(ctx, s.conn, q, args, s.prepared, s.pid, s.tx, g.t.Key, func() { _ = s.end(s.conn, s.pid, g.t.Key) })
+	stmtCtx := ctx
+	if s.held {
+		// Through a pooler, lib/pq would answer ctx's end with a cancel
+		// request (see acquireHeld): the rollback is abandoned instead,
+		// and its transaction ended on the server.
+		stmtCtx = s.m.pgxOrNever(ctx)
+	}
+	rows, abandoned, settleErr, err := s.m.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, s.tx, g.t.Key, func() { _ = s.end(s.conn, s.pid, g.t.Key) })
 	if s.held && err == nil {
 		rows = 1 // the transaction's end released its lock
 	}
