@@ -19,6 +19,7 @@ import (
 type Bouncer struct {
 	dsn string
 	log string
+	pid int
 }
 
 // NewBouncer starts PgBouncer with the given pool_mode ("session",
@@ -125,6 +126,7 @@ logfile = %s
 	b := &Bouncer{
 		dsn: fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", url.User(user).String(), listen, dbname),
 		log: filepath.Join(dir, "pgbouncer.log"),
+		pid: cmd.Process.Pid,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
@@ -147,3 +149,6 @@ logfile = %s
 
 // DSN returns the URL-form connection string of the pooler.
 func (b *Bouncer) DSN() string { return b.dsn }
+
+// PID returns the pooler's process id.
+func (b *Bouncer) PID() int { return b.pid }

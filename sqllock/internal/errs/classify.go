@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -176,4 +177,12 @@ func OwnBound(sctx context.Context, bound time.Duration, err error) error {
 func LockNotAvailable(err error) bool {
 	var se interface{ SQLState() string }
 	return errors.As(err, &se) && se.SQLState() == "55P03"
+}
+
+// MultipleCommands reports whether err is the server refusing a query of
+// several statements in the extended protocol (SQLSTATE 42601, "cannot
+// insert multiple commands into a prepared statement").
+func MultipleCommands(err error) bool {
+	var se interface{ SQLState() string }
+	return errors.As(err, &se) && se.SQLState() == "42601" && strings.Contains(err.Error(), "multiple commands")
 }

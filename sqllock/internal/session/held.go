@@ -44,6 +44,9 @@ func (m *Manager) checkHeld(ctx context.Context, dc any) error {
 	if !ok {
 		return fmt.Errorf("idle_in_transaction_session_timeout read as %T %v, not an integer", v, v)
 	}
+	if ms != 0 {
+		m.serverIdleInTx.Store(true)
+	}
 	need := m.cfg.Interval + m.cfg.Timeout
 	if ms == 0 || m.cfg.Interval > 0 && time.Duration(ms)*time.Millisecond > need {
 		return nil
@@ -57,60 +60,57 @@ func (m *Manager) checkHeld(ctx context.Context, dc any) error {
 }
 
 // acquireHeld takes t's lock as req asks, on conn, whose sessions are a
-// pooler's, in a transaction held open for as long as the lock is: BEGIN,
-// then a try that answers the session's backend pid, then, if the lock is
-// taken and req waits, the wait, which knows the session to end should the
+// pooler's, in a transaction held open for as long as the lock is: a try
+// that begins that transaction and answers the session's backend pid and
+// the transaction's start (see sqltext.Marked), then, if the lock is taken
+// and req waits, the wait, which knows the session to end should the
 // driver not return. A call that fails rolls the transaction back, or
 // ends its session.
 func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, req Request) (*Grant, error) {
 	h := t.held()
-	// ctx bounds BEGIN as it bounds the wait: a pooler whose server
-	// connections are all busy queues BEGIN until one is free, and nothing
-	// is taken before the try. pgx ends the connection when ctx ends;
-	// lib/pq would send the pooler a cancel request (which PgBouncer before
-	// 1.21 can crash on, pgbouncer/pgbouncer#822): its BEGIN runs under a
-	// context that never ends, and is abandoned when ctx ends.
-	_, abandoned, _, err := m.execRowsWithin(m.pgxOrNever(ctx), ctx, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
-	if err != nil {
-		if !abandoned {
-			m.settler.Discard(conn)
-		}
-		switch {
-		case strings.Contains(err.Error(), "statement pooling"):
-			// PgBouncer's pool_mode=statement: no transaction, so no
-			// server session stays this client's long enough to hold a lock.
-			return nil, fmt.Errorf("%w: the pooler refused a transaction (%w): a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
-		case errors.Is(err, driver.ErrBadConn) && !errs.CtxEnded(ctx):
-			// lib/pq reports PgBouncer's refusal, which closes the
-			// connection, as a bad connection; the statement before
-			// BEGIN had just succeeded on it.
-			return nil, fmt.Errorf("%w: the pooler closed the connection at BEGIN, right after a statement succeeded on it (%w), as a statement-mode pooler does: a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
-		}
-		return nil, fmt.Errorf("begin the transaction that holds the lock: %w", errs.Classify(errs.WithCtxErr(ctx, err)))
-	}
 	try := h.Try
 	if req.Shared {
 		try = h.TryShared
 	}
-	// The try is not cut short by ctx: a try the driver stops may have
-	// been granted, and the transaction would end, and the lock with it,
-	// only when the pooler notices the client gone. It answers at once; the
-	// keep-alive timeout bounds it, except for a caller whose context never
-	// ends, which spares lib/pq a goroutine (see runLockWithin).
-	tryCtx := context.WithoutCancel(ctx)
-	if m.boundsContext || ctx.Done() != nil {
-		var cancel context.CancelFunc
-		tryCtx, cancel = context.WithTimeout(tryCtx, m.cfg.Timeout)
-		defer cancel()
+	split := m.heldSplit.Load()
+	if split {
+		if err := m.beginHeld(ctx, conn, t); err != nil {
+			return nil, err
+		}
 	}
-	r, abandoned, settleErr := m.heldQuery(tryCtx, conn, try, 0, t.Key)
+	// ctx bounds the try as it bounds the wait: a pooler whose server
+	// connections are all busy queues it until one is free. pgx ends the
+	// connection when ctx ends; lib/pq would send the pooler a cancel
+	// request (which PgBouncer before 1.21 can crash on,
+	// pgbouncer/pgbouncer#822): its try runs under a context that never
+	// ends, and is abandoned when ctx ends. Either way the try may have
+	// taken the lock with no answer to say so, or which session did: its
+	// mark finds the session on the server, which is then ended.
+	mark := sqltext.NewMark()
+	r, abandoned, settleErr := m.heldQuery(m.pgxOrNever(ctx), ctx, conn, sqltext.Marked(mark, try, !split), mark)
 	if abandoned {
-		return nil, abandonedErr(r.err, settleErr)
+		return nil, abandonedErr(errs.WithCtxErr(ctx, r.err), settleErr)
 	}
 	if r.err != nil {
-		cause := m.fencingErr(errs.Classify(r.err))
-		if rerr := m.rollbackHeld(conn, 0, 0, t.Key); rerr != nil {
-			cause = fmt.Errorf("%w (%w)", cause, rerr)
+		if !split && errs.MultipleCommands(r.err) {
+			// A driver that runs every query in the extended protocol
+			// takes one statement at a time: BEGIN goes alone from now on.
+			m.heldSplit.Store(true)
+			return m.acquireHeld(ctx, conn, t, req)
+		}
+		cause := heldRefusal(ctx, r.err)
+		if cause == nil {
+			cause = m.fencingErr(errs.Classify(errs.WithCtxErr(ctx, r.err)))
+			if errs.IsDriverTimeout(ctx, r.err) {
+				cause = fmt.Errorf("%w: %w", errs.ErrDriverTimeout, r.err)
+			}
+		}
+		if errs.ServerRefused(ctx, r.err) {
+			// The server answered with an error: the statement's
+			// transaction ended with it, before its BEGIN.
+			closeOrDiscard(m, conn)
+		} else if serr := m.settler.EndMarked(conn, mark); serr != nil {
+			cause = fmt.Errorf("%w (%w)", cause, serr)
 		}
 		return nil, cause
 	}
@@ -156,6 +156,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	}
 	var token uint64
 	if m.cfg.Fencing && !req.Shared {
+		var err error
 		if token, err = m.heldToken(ctx, pid, t); err != nil {
 			if rerr := m.rollbackHeld(conn, pid, tx, t.Key); rerr != nil {
 				err = fmt.Errorf("%w (%w)", err, rerr)
@@ -192,6 +193,40 @@ func abandonedErr(err, settleErr error) error {
 		return fmt.Errorf("%w (%w: %w)", err, errs.ErrNotReleased, settleErr)
 	}
 	return err
+}
+
+// beginHeld begins the transaction that will hold t's lock on conn, for a
+// driver that takes one statement at a time (see acquireHeld).
+func (m *Manager) beginHeld(ctx context.Context, conn *sql.Conn, t *Target) error {
+	_, abandoned, _, err := m.execRowsWithin(m.pgxOrNever(ctx), ctx, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
+	if err == nil {
+		return nil
+	}
+	if !abandoned {
+		m.settler.Discard(conn)
+	}
+	if cause := heldRefusal(ctx, err); cause != nil {
+		return cause
+	}
+	return fmt.Errorf("begin the transaction that holds the lock: %w", errs.Classify(errs.WithCtxErr(ctx, err)))
+}
+
+// heldRefusal explains err, from the statement that begins a held
+// transaction, when it says that the pooler refuses transactions, else
+// returns nil.
+func heldRefusal(ctx context.Context, err error) error {
+	switch {
+	case strings.Contains(err.Error(), "statement pooling"):
+		// PgBouncer's pool_mode=statement: no transaction, so no server
+		// session stays this client's long enough to hold a lock.
+		return fmt.Errorf("%w: the pooler refused a transaction (%w): a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
+	case errors.Is(err, driver.ErrBadConn) && !errs.CtxEnded(ctx):
+		// lib/pq reports PgBouncer's refusal, which closes the
+		// connection, as a bad connection; the statement before had just
+		// succeeded on it.
+		return fmt.Errorf("%w: the pooler closed the connection as a transaction began, right after a statement succeeded on it (%w), as a statement-mode pooler does: a statement-mode pooler cannot hold a lock; use a session- or transaction-mode pool", errs.ErrForeignSession, err)
+	}
+	return nil
 }
 
 // pgxOrNever returns ctx for a driver that ends a statement by ending
@@ -246,10 +281,11 @@ func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid
 // wait for the server to end the wait at its lock_timeout.
 const heldWaitGrace = time.Second
 
-// heldQuery runs a held try on conn and reads its answer into r (pid,
-// tx, and n 1 if granted), bounded by ctx as execRows is; pid is the
-// session's backend, if known.
-func (m *Manager) heldQuery(ctx context.Context, conn *sql.Conn, query string, pid int64, k keyspace.Key) (r outcome, abandoned bool, settleErr error) {
+// heldQuery runs held try query, marked with mark (see sqltext.Marked),
+// on conn under ctx, and reads its answer into r (pid, tx, and n 1 if
+// granted); stop bounds the wait for it as in execRowsWithin, and a try
+// abandoned to its driver is settled by its mark.
+func (m *Manager) heldQuery(ctx, stop context.Context, conn *sql.Conn, query, mark string) (r outcome, abandoned bool, settleErr error) {
 	run := func() (r outcome) {
 		if err := conn.Raw(func(dc any) error {
 			r.dc = dc
@@ -268,18 +304,13 @@ func (m *Manager) heldQuery(ctx context.Context, conn *sql.Conn, query string, p
 		}
 		return r
 	}
-	if m.boundsContext || ctx.Done() == nil {
+	if m.boundsContext || stop.Done() == nil {
 		return run(), false, nil
 	}
 	done := make(chan outcome, 1)
 	go func() { done <- run() }()
-	end := func(sctx context.Context) error {
-		if pid == 0 {
-			return nil
-		}
-		return m.settler.Terminate(sctx, pid, k)
-	}
-	return m.awaitBounded(ctx, graceFor(ctx), done, end, func(outcome) { _ = m.settler.End(conn, pid, k) })
+	end := func(sctx context.Context) error { return m.settler.TerminateMarked(sctx, mark) }
+	return m.awaitBounded(stop, graceFor(stop), done, end, func(outcome) { _ = m.settler.EndMarked(conn, mark) })
 }
 
 // rollbackHeld ends conn's held transaction, which releases its lock, and
@@ -313,7 +344,11 @@ func (t *Target) held() *sqltext.Held {
 	if h := t.heldQ.Load(); h != nil {
 		return h
 	}
-	t.heldQ.CompareAndSwap(nil, sqltext.BuildHeld(t.Key, t.m.cfg.Lease))
+	lease := t.m.cfg.Lease
+	if t.m.serverIdleInTx.Load() {
+		lease = 0 // the server's own setting stands
+	}
+	t.heldQ.CompareAndSwap(nil, sqltext.BuildHeld(t.Key, lease))
 	return t.heldQ.Load()
 }
 

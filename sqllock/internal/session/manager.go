@@ -60,6 +60,11 @@ type Manager struct {
 	mux           *multiplexed                        // the sessions locks share, with Multiplex; nil otherwise
 	settler       settle.Settler                      // ends sessions that may hold a lock
 	simple        atomic.Pointer[[]driver.NamedValue] // see simpleArgs
+	// The server has an idle_in_transaction_session_timeout of its own,
+	// which a lock held in a transaction keeps rather than take a lease
+	// (see checkHeld).
+	serverIdleInTx atomic.Bool
+	heldSplit      atomic.Bool // the driver takes one statement at a time: BEGIN goes alone (see acquireHeld)
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
 	warnedFewConns atomic.Bool // see warnFewConns

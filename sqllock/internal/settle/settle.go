@@ -264,6 +264,44 @@ func deadlineOr(ctx context.Context, t time.Time) time.Time {
 	return t
 }
 
+// EndMarked discards conn and makes sure that no backend is left in the
+// transaction a held try marked with mark began (see sqltext.Marked), or
+// still running that try, terminating any it finds: the settling of a try
+// whose answer never came, and so no backend pid. Bounded by the Settler's
+// timeout; an error wraps errs.ErrNotReleased.
+func (s *Settler) EndMarked(conn *sql.Conn, mark string) error {
+	s.Discard(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
+	defer cancel()
+	if err := s.TerminateMarked(ctx, mark); err != nil {
+		return fmt.Errorf("%w: %w", errs.ErrNotReleased, err)
+	}
+	return nil
+}
+
+// TerminateMarked is EndMarked's work on the server, within ctx.
+func (s *Settler) TerminateMarked(ctx context.Context, mark string) error {
+	poll := time.Millisecond
+	for {
+		if _, _, err := s.terminateOnce(ctx, sqltext.MarkedTerminate(mark, 0)); err != nil {
+			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
+		}
+		var left int
+		if err := s.DB.QueryRowContext(ctx, sqltext.MarkedLook(mark)).Scan(&left); err != nil {
+			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
+		}
+		if left == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("a session of the marked try still ran when its bound passed: %w", errs.BoundErr(ctx, s.Timeout))
+		case <-time.After(poll):
+		}
+		poll = min(2*poll, 10*time.Millisecond)
+	}
+}
+
 // Bound caps how long sqllock spends ending an abandoned
 // statement's session, beyond the keep-alive timeout that also bounds it:
 // a call whose context has ended returns within abandonGrace plus this,

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -33,10 +34,12 @@ const (
 )
 
 // BuildHeld returns the statements of key k held in a transaction. A lease
-// d > 0 sets the transaction's idle_in_transaction_session_timeout to d
-// when the session has none of its own, for the transaction alone (see
-// LeaseOn): a holder that stops probing loses its session, and its lock.
-// The try sets it before it tries, so that a wait that follows inherits it.
+// d > 0 sets the transaction's idle_in_transaction_session_timeout to d,
+// for the transaction alone (see LeaseOn): a holder that stops probing
+// loses its session, and its lock. The caller passes d only for a server
+// with no idle_in_transaction_session_timeout of its own, which, as
+// LeaseOn, is kept otherwise. The try sets it before it tries, so that a
+// wait that follows inherits it.
 func BuildHeld(k keyspace.Key, d time.Duration) *Held {
 	var list string
 	if n, ok := k.Int64(); ok {
@@ -48,7 +51,7 @@ func BuildHeld(k keyspace.Key, d time.Duration) *Held {
 	try := func(fn string) string {
 		granted := fn + "(" + list + ")::int"
 		if d > 0 {
-			granted = "CASE WHEN NOT " + heldLease(d) + " THEN 0 WHEN " + fn + "(" + list + ") THEN 1 ELSE 0 END"
+			granted = "CASE WHEN " + heldLease(d) + " THEN 0 WHEN " + fn + "(" + list + ") THEN 1 ELSE 0 END"
 		}
 		return "SELECT (pg_backend_pid()::int8*2 + " + granted + ")::text || ' ' || " + XactStart
 	}
@@ -65,8 +68,7 @@ func BuildHeld(k keyspace.Key, d time.Duration) *Held {
 // idle_session_timeout, and set_config's is_local makes the transaction's
 // end give the setting back.
 func heldLease(d time.Duration) string {
-	return "(CASE WHEN current_setting('idle_in_transaction_session_timeout') = '0'" +
-		" THEN set_config('idle_in_transaction_session_timeout', '" + strconv.FormatInt(leaseMS(d), 10) + "', true) <> '' ELSE true END)"
+	return "set_config('idle_in_transaction_session_timeout', '" + strconv.FormatInt(leaseMS(d), 10) + "', true) = ''"
 }
 
 // LockTimeout is the statement that makes the held transaction's lock
@@ -112,4 +114,51 @@ func HeldToken(pid int64, k keyspace.Key) string {
 		" AND objsubid = " + strconv.Itoa(int(s)) +
 		" AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))" +
 		" THEN left(pg_walfile_name(pg_current_wal_lsn()), 8) || ' ' || pg_current_xact_id()::text ELSE '0' END END"
+}
+
+// Marked returns a held try (Held.Try, Held.TryShared) as one statement
+// that also begins the transaction, "try; BEGIN", marked by a comment
+// with mark first (see NewMark): a simple query of several statements runs
+// as one transaction, which its BEGIN turns into one that stays open with
+// the try's lock, so that taking a lock costs one round trip. Without
+// begin, the try alone (its transaction begun before).
+func Marked(mark, try string, begin bool) string {
+	if begin {
+		return mark + try + "; BEGIN"
+	}
+	return mark + try
+}
+
+// NewMark returns a comment that marks one held try (see Marked), unlike
+// any other of any process: pg_stat_activity shows it as its session's
+// last query, where the settling of a try whose answer never came finds
+// the session. The sequence is the process's, as ProcessToken is: two
+// Lockers of one process must not mark alike, or one's settling would end
+// the other's session.
+func NewMark() string {
+	return "/* sqllock " + ProcessToken() + strconv.FormatUint(markSeq.Add(1), 36) + " */ "
+}
+
+var markSeq atomic.Uint64
+
+// MarkedTerminate terminates every other backend whose last query began
+// with mark (see NewMark) and that has not gone idle since: in the
+// transaction that statement began, or still running it. A backend idle
+// since is back in its pool, its transaction over. It answers one row per
+// backend: true once it has exited.
+func MarkedTerminate(mark string, waitMS int64) string {
+	call := "pg_terminate_backend(pid)"
+	if waitMS > 0 {
+		call = "pg_terminate_backend(pid, " + strconv.FormatInt(waitMS, 10) + ")"
+	}
+	return "SELECT " + call + " FROM pg_stat_activity WHERE " + markedSession(mark)
+}
+
+// MarkedLook counts the backends MarkedTerminate would terminate.
+func MarkedLook(mark string) string {
+	return "SELECT count(*) FROM pg_stat_activity WHERE " + markedSession(mark)
+}
+
+func markedSession(mark string) string {
+	return "left(query, " + strconv.Itoa(len(mark)) + ") = '" + mark + "' AND state <> 'idle' AND pid <> pg_backend_pid()"
 }
