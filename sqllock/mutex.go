@@ -63,7 +63,10 @@ func opName(base string, shared bool) string {
 
 // acquire takes the lock, through the Locker's session layer. With try,
 // it returns (nil, nil) if another session holds the key.
-func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error)) (*session.Grant, error) {
+//
+// With push, a grant joins the Mutex's holds before observers hear of it:
+// an observer told of an early loss may call Unlock, which must find it.
+func (m *Mutex) acquire(ctx context.Context, shared, try, push bool, onLost func(error)) (*session.Grant, error) {
 	op := opName("lock", shared)
 	if try {
 		op = opName("trylock", shared)
@@ -82,6 +85,9 @@ func (m *Mutex) acquire(ctx context.Context, shared, try bool, onLost func(error
 	if err != nil {
 		err = m.fail(op, err)
 		g = nil
+	}
+	if push && g != nil {
+		m.push(g)
 	}
 	if a != nil {
 		m.l.obs.acquired(a, &m.t, shared, g, err)
@@ -116,12 +122,8 @@ func (m *Mutex) LockShared(ctx context.Context) error {
 }
 
 func (m *Mutex) lock(ctx context.Context, shared bool) error {
-	h, err := m.acquire(ctx, shared, false, nil)
-	if err != nil {
-		return err
-	}
-	m.push(h)
-	return nil
+	_, err := m.acquire(ctx, shared, false, true, nil)
+	return err
 }
 
 // TryLock takes the lock exclusively if no one holds it, in one round trip.
@@ -139,12 +141,8 @@ func (m *Mutex) TryLockShared(ctx context.Context) (bool, error) {
 }
 
 func (m *Mutex) tryLock(ctx context.Context, shared bool) (bool, error) {
-	h, err := m.acquire(ctx, shared, true, nil)
-	if err != nil || h == nil {
-		return false, err
-	}
-	m.push(h)
-	return true, nil
+	h, err := m.acquire(ctx, shared, true, true, nil)
+	return h != nil, err
 }
 
 func (m *Mutex) push(h *session.Grant) {
@@ -354,7 +352,7 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	h, err := m.acquire(wctx, shared, try, cancel)
+	h, err := m.acquire(wctx, shared, try, false, cancel)
 	if err != nil {
 		return false, m.fail(op, fmt.Errorf("%w: %w", ErrNotAcquired, unwrapOwn(err)))
 	}
