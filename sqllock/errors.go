@@ -26,12 +26,15 @@ var (
 	// local to it and exclude nobody on the primary. See [WithAllowStandby].
 	ErrStandby = errs.ErrStandby
 
-	// ErrSharedSession reports a lock refused because its server session
-	// was already used for a lock by another client connection: a pooler
-	// in transaction or statement mode (PgBouncer pool_mode=transaction)
-	// sits between client and server. Session-level locks cannot work there: they neither
-	// exclude nor release reliably. Use transaction-scoped locks
-	// ([Mutex.LockTx]) or connect to the server, or to a session-mode pooler.
+	// ErrSharedSession reports a lock refused because no server session can
+	// stay this client's while it holds the lock: a pooler in statement mode
+	// (PgBouncer pool_mode=statement), which refuses transactions, or a
+	// session already used for a lock by another client connection, which
+	// WithSessions meets behind a transaction-mode pooler. Without
+	// WithSessions, a lock behind a transaction-mode pooler is held in a
+	// transaction of its own (docs/drivers.md). Use a session- or
+	// transaction-mode pool, the default mode, or transaction-scoped locks
+	// ([Mutex.LockTx]).
 	ErrSharedSession = errs.ErrForeignSession
 
 	// ErrIdleInTransaction reports a lock refused behind a transaction-mode
