@@ -130,6 +130,20 @@ var setups = []setup{
 	{"pgbouncer-session", func(tb testing.TB) string {
 		return pgtest.NewBouncer(tb, "session", 8).DSN()
 	}, sqlOpen("pgx")},
+	// Behind a transaction pooler each lock is held in a transaction of its
+	// own; each driver's own queries there need a mode that the pooler
+	// carries (docs/drivers.md).
+	{"pgbouncer-transaction", func(tb testing.TB) string {
+		return pgtest.NewBouncer(tb, "transaction", 8).DSN() + "&default_query_exec_mode=exec"
+	}, sqlOpen("pgx")},
+	{"pgbouncer-transaction-libpq", func(tb testing.TB) string {
+		return pgtest.NewBouncer(tb, "transaction", 8).DSN() + "&binary_parameters=yes"
+	}, sqlOpen("postgres")},
+	{"pgbouncer-transaction-bun-pgdriver", func(tb testing.TB) string {
+		return pgtest.NewBouncer(tb, "transaction", 8).DSN()
+	}, func(dsn string) (*sql.DB, func(), error) {
+		return sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn))), nil, nil
+	}},
 }
 
 // hooksDriver is pgx's driver wrapped by sqlhooks with hooks that do
