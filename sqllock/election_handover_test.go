@@ -1,7 +1,6 @@
 package sqllock_test
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"fmt"
@@ -457,23 +456,7 @@ func runLeader(db *sql.DB, name string) {
 // waits until it leads; it returns the process and its lines.
 func startLeader(t *testing.T, d, name string) (*exec.Cmd, <-chan string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), holderEnv+"="+d+" "+pgtest.DSN(t)+" election:"+name)
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	lines := make(chan string, 8)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
+	cmd, lines := startHolder(t, d+" "+pgtest.DSN(t)+" election:"+name)
 	select {
 	case l := <-lines:
 		require.Equal(t, "leading", l)

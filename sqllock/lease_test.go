@@ -52,6 +52,32 @@ func runHolder(spec string) {
 	os.Exit(0)
 }
 
+// startHolder starts the test binary as a holder process (see runHolder)
+// for spec ("driver dsn name"), and returns it with the lines it prints.
+// It is resumed and killed when the test ends.
+func startHolder(t *testing.T, spec string) (*exec.Cmd, <-chan string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), holderEnv+"="+spec)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	lines := make(chan string, 8)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	return cmd, lines
+}
+
 // A holder whose process stops (SIGSTOP: a frozen VM or container is the
 // same to the server) loses its lock within the lease, with default
 // options and no server setting: another process gets it. Resumed, the
@@ -65,24 +91,7 @@ func TestLeaseFrozenHolder(t *testing.T) {
 		t.Run(d, func(t *testing.T) {
 			t.Parallel()
 			name := t.Name()
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), holderEnv+"="+d+" "+pgtest.DSN(t)+" "+name)
-			out, err := cmd.StdoutPipe()
-			require.NoError(t, err)
-			require.NoError(t, cmd.Start())
-			t.Cleanup(func() {
-				_ = cmd.Process.Signal(syscall.SIGCONT)
-				_ = cmd.Process.Kill()
-				_ = cmd.Wait()
-			})
-			lines := make(chan string, 8)
-			go func() {
-				sc := bufio.NewScanner(out)
-				for sc.Scan() {
-					lines <- sc.Text()
-				}
-				close(lines)
-			}()
+			cmd, lines := startHolder(t, d+" "+pgtest.DSN(t)+" "+name)
 			require.Equal(t, "locked", <-lines)
 
 			require.NoError(t, cmd.Process.Signal(syscall.SIGSTOP))

@@ -1,13 +1,10 @@
 package sqllock_test
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"errors"
 	"math/rand/v2"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -390,33 +387,6 @@ func TestLibPQPreparedStatementsStayFewBeyondTheCache(t *testing.T) {
 	assert.LessOrEqual(t, most, 4, "per session: %v", per)
 }
 
-// startHolder starts the test binary as a lock holder (see runHolder) of
-// name through dsn, and returns it once it holds the lock, with the lines
-// it prints next.
-func startHolder(t *testing.T, driver, dsn, name string) (*exec.Cmd, <-chan string) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), holderEnv+"="+driver+" "+dsn+" "+name)
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGCONT)
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	lines := make(chan string, 8)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	require.Equal(t, "locked", <-lines)
-	return cmd, lines
-}
-
 // A holder behind a transaction pooler that is killed (SIGKILL) or frozen
 // (SIGSTOP) loses its lock: the pooler ends the killed client's
 // transaction at once; the frozen one's transaction idles into its lease
@@ -439,7 +409,8 @@ func TestPgBouncerHolderStops(t *testing.T) {
 				t.Parallel()
 				b := pgtest.NewBouncer(t, "transaction", 4)
 				dsn := b.DSN() + d.params
-				cmd, _ := startHolder(t, d.driver, dsn, t.Name())
+				cmd, lines := startHolder(t, d.driver+" "+dsn+" "+t.Name())
+				require.Equal(t, "locked", <-lines)
 				db, err := sql.Open(d.driver, dsn)
 				require.NoError(t, err)
 				t.Cleanup(func() { db.Close() })
