@@ -11,6 +11,7 @@ import (
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/session"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/sqltext"
 )
 
 // The clean handover: a new leader skips the takeover delay when its
@@ -111,7 +112,7 @@ func (c *campaign) warm(ctx context.Context) {
 			return
 		}
 		defer conn.Close()
-		rows, err := conn.QueryContext(wctx, lookSQLs[2], lookArgs(c.k.t.Key, c.evidence.t.Key)...)
+		rows, err := conn.QueryContext(wctx, lookQuery(c.k.t.Key, c.evidence.t.Key))
 		if err != nil {
 			return
 		}
@@ -353,19 +354,21 @@ WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHER
 
 var lookSQLs = [...]string{1: lookSQL(1), 2: lookSQL(2)}
 
-// lookArgs returns keys as lookSQL's arguments.
-func lookArgs(keys ...keyspace.Key) []any {
-	args := make([]any, 0, 3*len(keys))
+// lookQuery returns lookSQL for keys, with their lock tags written in
+// (see sqltext.Literal): behind a transaction pooler, lib/pq's two round
+// trips for a query with parameters could reach two server sessions.
+func lookQuery(keys ...keyspace.Key) string {
+	args := make([]int64, 0, 3*len(keys))
 	for _, k := range keys {
 		c, o, s := k.LockTag()
 		args = append(args, int64(c), int64(o), int64(s))
 	}
-	return args
+	return sqltext.Literal(lookSQLs[len(keys)], args...)
 }
 
 // look returns, for each of keys, the sessions that hold or wait for it.
 func (e *Election) look(ctx context.Context, keys ...keyspace.Key) ([][]lockRow, error) {
-	rows, err := e.l.db.QueryContext(ctx, lookSQLs[len(keys)], lookArgs(keys...)...)
+	rows, err := e.l.db.QueryContext(ctx, lookQuery(keys...))
 	if err != nil {
 		return nil, errs.WithCtxErr(ctx, err)
 	}

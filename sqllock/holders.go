@@ -54,7 +54,7 @@ func (m *Mutex) Holders(ctx context.Context) ([]Holder, error) {
 
 func holders(ctx context.Context, db *sql.DB, k keyspace.Key) ([]Holder, error) {
 	c, o, s := k.LockTag()
-	rows, err := db.QueryContext(ctx, sqltext.HoldersSQL, int64(c), int64(o), int64(s))
+	rows, err := db.QueryContext(ctx, sqltext.Literal(sqltext.HoldersSQL, int64(c), int64(o), int64(s)))
 	if err != nil {
 		return nil, err
 	}

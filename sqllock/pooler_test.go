@@ -468,3 +468,42 @@ func TestPgBouncerIdleInTransactionTimeout(t *testing.T) {
 		})
 	}
 }
+
+// Behind a transaction pooler, Holders shows a held lock's session (its
+// transaction idle between the holder's statements), and an Election
+// hands over cleanly: its looks at pg_locks carry their keys in the text,
+// which lib/pq sends in one round trip there.
+func TestPgBouncerHoldersAndElection(t *testing.T) {
+	t.Parallel()
+	eachBouncerDriver(t, "transaction", 10, func(t *testing.T, db *sql.DB) {
+		mu := sqllock.New(db).Mutex(t.Name() + "/holders")
+		require.NoError(t, mu.Lock(t.Context()))
+		hs, err := mu.Holders(t.Context())
+		require.NoError(t, err)
+		require.Len(t, hs, 1)
+		assert.True(t, hs[0].Granted)
+		assert.Equal(t, backendOf(t, pgtest.DB(t, "pgx"), mu.Key()), hs[0].PID)
+		assert.Equal(t, "idle in transaction", hs[0].State, "the holding transaction idles between statements")
+		require.NoError(t, mu.Unlock(t.Context()))
+
+		ts := &terms{t: t}
+		cur := ts.campaign(db, t.Name())
+		next(t, cur.started, 10*time.Second, "first leader")
+		key := electionKey(cur.e)
+		for i := range 3 {
+			nxt := ts.campaign(db, t.Name())
+			waitRows(t, db, key, 1, 1)
+			cur.stop()
+			returned := next(t, cur.returned, 5*time.Second, "old fn's return")
+			started := next(t, nxt.started, 5*time.Second, "new fn's start")
+			require.ErrorIs(t, <-cur.done, context.Canceled)
+			gap := started.Sub(returned)
+			t.Logf("handover %d behind the pooler: %v", i+1, gap.Round(100*time.Microsecond))
+			assert.Less(t, gap, hoDelay, "a clean handover skips the delay behind a pooler too")
+			cur = nxt
+		}
+		cur.stop()
+		require.ErrorIs(t, <-cur.done, context.Canceled)
+		assertNoOpenTransactions(t, pgtest.DB(t, "pgx"))
+	})
+}

@@ -2,6 +2,7 @@ package sqltext
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 )
@@ -75,4 +76,15 @@ func tagMatch(k keyspace.Key) string {
 	c, o, s := k.LockTag()
 	return "classid::int8 = " + strconv.FormatInt(int64(c), 10) + " AND objid::int8 = " + strconv.FormatInt(int64(o), 10) +
 		" AND objsubid::int8 = " + strconv.FormatInt(int64(s), 10)
+}
+
+// Literal returns query with its parameters $1, $2, ... written in as the
+// integers args: one statement with nothing to bind, which a driver sends
+// in one round trip (lib/pq sends a query with parameters in two, which a
+// transaction pooler may send to two server sessions).
+func Literal(query string, args ...int64) string {
+	for i := len(args); i >= 1; i-- {
+		query = strings.ReplaceAll(query, "$"+strconv.Itoa(i), strconv.FormatInt(args[i-1], 10))
+	}
+	return query
 }
