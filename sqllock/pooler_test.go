@@ -476,13 +476,14 @@ func TestPgBouncerIdleInTransactionTimeout(t *testing.T) {
 func TestPgBouncerHoldersAndElection(t *testing.T) {
 	t.Parallel()
 	eachBouncerDriver(t, "transaction", 10, func(t *testing.T, db *sql.DB) {
+		direct := pgtest.DB(t, "pgx") // the test's own looks, with parameters
 		mu := sqllock.New(db).Mutex(t.Name() + "/holders")
 		require.NoError(t, mu.Lock(t.Context()))
 		hs, err := mu.Holders(t.Context())
 		require.NoError(t, err)
 		require.Len(t, hs, 1)
 		assert.True(t, hs[0].Granted)
-		assert.Equal(t, backendOf(t, pgtest.DB(t, "pgx"), mu.Key()), hs[0].PID)
+		assert.Equal(t, backendOf(t, direct, mu.Key()), hs[0].PID)
 		assert.Equal(t, "idle in transaction", hs[0].State, "the holding transaction idles between statements")
 		require.NoError(t, mu.Unlock(t.Context()))
 
@@ -492,7 +493,7 @@ func TestPgBouncerHoldersAndElection(t *testing.T) {
 		key := electionKey(cur.e)
 		for i := range 3 {
 			nxt := ts.campaign(db, t.Name())
-			waitRows(t, db, key, 1, 1)
+			waitRows(t, direct, key, 1, 1)
 			cur.stop()
 			returned := next(t, cur.returned, 5*time.Second, "old fn's return")
 			started := next(t, nxt.started, 5*time.Second, "new fn's start")
@@ -504,6 +505,6 @@ func TestPgBouncerHoldersAndElection(t *testing.T) {
 		}
 		cur.stop()
 		require.ErrorIs(t, <-cur.done, context.Canceled)
-		assertNoOpenTransactions(t, pgtest.DB(t, "pgx"))
+		assertNoOpenTransactions(t, direct)
 	})
 }
