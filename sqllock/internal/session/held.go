@@ -78,16 +78,18 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 			return nil, err
 		}
 	}
-	// ctx bounds the try as it bounds the wait: a pooler whose server
-	// connections are all busy queues it until one is free. pgx ends the
-	// connection when ctx ends; lib/pq would send the pooler a cancel
-	// request (which PgBouncer before 1.21 can crash on,
-	// pgbouncer/pgbouncer#822): its try runs under a context that never
-	// ends, and is abandoned when ctx ends. Either way the try may have
-	// taken the lock with no answer to say so, or which session did: its
-	// mark finds the session on the server, which is then ended.
+	// ctx bounds the wait for the try as it bounds the wait for the lock:
+	// a pooler whose server connections are all busy queues the try until
+	// one is free. The try itself runs under a context that never ends: a
+	// driver that stopped it (pgx ends the connection; lib/pq sends the
+	// pooler a cancel request, which PgBouncer before 1.21 can crash on,
+	// pgbouncer/pgbouncer#822) could leave its lock taken with no answer,
+	// where a try that answers within abandonGrace of ctx's end is rolled
+	// back like any other. One that does not is abandoned: its mark finds
+	// its session on the server, now and once the driver returns (a try
+	// still queued in the pooler runs only then).
 	mark := sqltext.NewMark()
-	r, abandoned, settleErr := m.heldQuery(m.pgxOrNever(ctx), ctx, conn, sqltext.Marked(mark, try, !split), mark)
+	r, abandoned, settleErr := m.heldQuery(neverEnding(ctx), ctx, conn, sqltext.Marked(mark, try, !split), mark)
 	if abandoned {
 		return nil, abandonedErr(errs.WithCtxErr(ctx, r.err), settleErr)
 	}
@@ -283,8 +285,8 @@ const heldWaitGrace = time.Second
 
 // heldQuery runs held try query, marked with mark (see sqltext.Marked),
 // on conn under ctx, and reads its answer into r (pid, tx, and n 1 if
-// granted); stop bounds the wait for it as in execRowsWithin, and a try
-// abandoned to its driver is settled by its mark.
+// granted); stop bounds the wait for it as in execRowsWithin, whatever the
+// driver, and a try abandoned to its driver is settled by its mark.
 func (m *Manager) heldQuery(ctx, stop context.Context, conn *sql.Conn, query, mark string) (r outcome, abandoned bool, settleErr error) {
 	run := func() (r outcome) {
 		if err := conn.Raw(func(dc any) error {
@@ -304,7 +306,7 @@ func (m *Manager) heldQuery(ctx, stop context.Context, conn *sql.Conn, query, ma
 		}
 		return r
 	}
-	if m.boundsContext || stop.Done() == nil {
+	if stop.Done() == nil {
 		return run(), false, nil
 	}
 	done := make(chan outcome, 1)
