@@ -61,6 +61,11 @@ func SetInterrupt(l *Locker, how int) { l.sessions.SetInterruptForTest(how) }
 // calls by their context (pgx), or not.
 func SetBoundsContext(l *Locker, b bool) { l.sessions.SetBoundsContextForTest(b) }
 
+// SetHeldSplit makes l send BEGIN apart from the try of a lock held in
+// a transaction behind a pooler, as for a driver that takes one statement
+// at a time.
+func SetHeldSplit(l *Locker) { l.sessions.SetHeldSplitForTest() }
+
 // Interrupt returns how l interrupts statements, once known.
 func Interrupt(l *Locker) int { return l.sessions.Interrupt() }
 

@@ -110,9 +110,24 @@ func appName(t *testing.T) string {
 // transaction or carrying a lock.
 func TestPgBouncerTransactionModeStorm(t *testing.T) {
 	t.Parallel()
+	pgBouncerStorm(t, false)
+}
+
+// The same storm with BEGIN sent apart from the try, as for a driver that
+// takes one statement at a time: a try that fails leaves BEGIN's
+// transaction open, which must end too.
+func TestPgBouncerTransactionModeStormBeginApart(t *testing.T) {
+	t.Parallel()
+	pgBouncerStorm(t, true)
+}
+
+func pgBouncerStorm(t *testing.T, beginApart bool) {
 	eachBouncerDriver(t, "transaction", 20, func(t *testing.T, db *sql.DB) {
 		db.SetMaxIdleConns(8)
 		l := sqllock.New(db)
+		if beginApart {
+			sqllock.SetHeldSplit(l)
+		}
 		key := l.Mutex(t.Name()).Key()
 		var mu sync.Mutex
 		holders, exclusive, grants := 0, false, 0

@@ -107,11 +107,22 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 				cause = fmt.Errorf("%w: %w", errs.ErrDriverTimeout, r.err)
 			}
 		}
-		if errs.ServerRefused(ctx, r.err) {
+		var serr error
+		switch {
+		case errs.ServerRefused(ctx, r.err) && !split:
 			// The server answered with an error: the statement's
 			// transaction ended with it, before its BEGIN.
 			closeOrDiscard(m, conn)
-		} else if serr := m.settler.EndMarked(conn, mark); serr != nil {
+		case errs.ServerRefused(ctx, r.err):
+			// BEGIN went first: the error left that transaction open,
+			// aborted, with whatever the try took until it ends.
+			if serr = m.rollbackHeld(conn, 0, 0, t.Key); serr != nil {
+				serr = m.settler.EndMarked(conn, mark)
+			}
+		default:
+			serr = m.settler.EndMarked(conn, mark)
+		}
+		if serr != nil {
 			cause = fmt.Errorf("%w (%w)", cause, serr)
 		}
 		return nil, cause

@@ -167,6 +167,10 @@ func (m *Manager) Interrupt() int { return int(m.interrupt.Load()) }
 // drv.InterruptWith), as with another driver; for tests.
 func (m *Manager) SetInterruptForTest(how int) { m.interrupt.Store(int32(how)) }
 
+// SetHeldSplitForTest makes the Manager send BEGIN apart from a held
+// try, as for a driver that takes one statement at a time; for tests.
+func (m *Manager) SetHeldSplitForTest() { m.heldSplit.Store(true) }
+
 // SetBoundsContextForTest makes the Manager treat its driver as one that
 // bounds its own calls by their context (pgx), or not; for tests.
 func (m *Manager) SetBoundsContextForTest(b bool) { m.boundsContext = b }

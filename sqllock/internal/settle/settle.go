@@ -167,6 +167,17 @@ func (s *Settler) TerminateTx(ctx context.Context, pid, tx int64, k keyspace.Key
 			if pinned == nil {
 				pinned = s.pin(ctx, pid)
 			}
+		case tx != 0:
+			// The backend still runs the transaction that held, or took,
+			// the lock: that transaction is the caller's, whatever it holds
+			// now, and ending it is what settling means.
+			idleSince = time.Time{}
+			if _, _, err := s.terminateOnce(ctx, sqltext.TerminateTx(pid, tx)); err != nil {
+				if ctx.Err() != nil {
+					return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
+				}
+				return err
+			}
 		case holds:
 			idleSince = time.Time{}
 			if _, err := s.endHolder(ctx, pid, tx, k); err != nil {
@@ -283,7 +294,7 @@ func (s *Settler) EndMarked(conn *sql.Conn, mark string) error {
 func (s *Settler) TerminateMarked(ctx context.Context, mark string) error {
 	poll := time.Millisecond
 	for {
-		if _, _, err := s.terminateOnce(ctx, sqltext.MarkedTerminate(mark, 0)); err != nil {
+		if _, _, err := s.terminateOnce(ctx, sqltext.MarkedTerminate(mark)); err != nil {
 			return fmt.Errorf("%w: %v", errs.BoundErr(ctx, s.Timeout), err)
 		}
 		var left int

@@ -145,13 +145,10 @@ var markSeq atomic.Uint64
 // with mark (see NewMark) and that has not gone idle since: in the
 // transaction that statement began, or still running it. A backend idle
 // since is back in its pool, its transaction over. It answers one row per
-// backend: true once it has exited.
-func MarkedTerminate(mark string, waitMS int64) string {
-	call := "pg_terminate_backend(pid)"
-	if waitMS > 0 {
-		call = "pg_terminate_backend(pid, " + strconv.FormatInt(waitMS, 10) + ")"
-	}
-	return "SELECT " + call + " FROM pg_stat_activity WHERE " + markedSession(mark)
+// backend, true if it was signalled; TerminateMarked then looks until
+// none is left.
+func MarkedTerminate(mark string) string {
+	return "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE " + markedSession(mark)
 }
 
 // MarkedLook counts the backends MarkedTerminate would terminate.

@@ -67,6 +67,14 @@ func Terminate(pid, tx int64, k keyspace.Key, waitMS int64) string {
 	return q
 }
 
+// TerminateTx terminates backend pid while it runs the transaction that
+// began at tx (see Look), whatever that transaction holds: a transaction
+// whose lock sqllock settles is its own.
+func TerminateTx(pid, tx int64) string {
+	return "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.pid = " + strconv.FormatInt(pid, 10) +
+		txMatch("a", tx) + " AND a.pid <> pg_backend_pid()"
+}
+
 // tagMatch matches pg_locks rows of advisory lock k, or of any for the
 // zero Key.
 func tagMatch(k keyspace.Key) string {
