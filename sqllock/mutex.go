@@ -67,15 +67,22 @@ func opName(base string, shared bool) string {
 // With push, a grant joins the Mutex's holds before observers hear of it:
 // an observer told of an early loss may call Unlock, which must find it.
 func (m *Mutex) acquire(ctx context.Context, shared, try, push bool, onLost func(error)) (*session.Grant, error) {
+	g, _, err := m.acquireObserved(ctx, shared, try, push, onLost)
+	return g, err
+}
+
+// acquireObserved is acquire, which also returns the observers' attempt
+// (nil without observers), for WithLock's [HoldObserver]s.
+func (m *Mutex) acquireObserved(ctx context.Context, shared, try, push bool, onLost func(error)) (*session.Grant, *attempt, error) {
 	op := opName("lock", shared)
 	if try {
 		op = opName("trylock", shared)
 	}
 	switch {
 	case ctx == nil:
-		return nil, m.fail(op, ErrNilContext)
+		return nil, nil, m.fail(op, ErrNilContext)
 	case m.err != nil:
-		return nil, m.fail(op, m.err)
+		return nil, nil, m.fail(op, m.err)
 	}
 	var a *attempt
 	if m.l.obs != nil {
@@ -92,7 +99,7 @@ func (m *Mutex) acquire(ctx context.Context, shared, try, push bool, onLost func
 	if a != nil {
 		m.l.obs.acquired(a, &m.t, shared, g, err)
 	}
-	return g, err
+	return g, a, err
 }
 
 // Lock waits until it holds the lock exclusively, or until ctx ends. The
@@ -289,8 +296,9 @@ func (m *Mutex) Err() error {
 // however fn ends: by returning nil, by returning an error (which WithLock
 // returns), or by panicking (WithLock releases, then the panic goes on).
 //
-// ctx bounds the wait for the lock and is the parent of fn's context; to
-// bound the wait alone, add [MaxWait]. If the lock is not acquired, fn does
+// ctx bounds the wait for the lock and is the parent of fn's context
+// (which a [HoldObserver] may add to: a tracer's hold span); to bound the
+// wait alone, add [MaxWait]. If the lock is not acquired, fn does
 // not run and WithLock returns an error wrapping [ErrNotAcquired] (and the
 // cause: ctx.Err() for a wait that ended). If the lock is lost while fn
 // runs, fn's context is cancelled with a cause wrapping [ErrLockLost] (see
@@ -352,7 +360,7 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	h, err := m.acquire(wctx, shared, try, false, cancel)
+	h, a, err := m.acquireObserved(wctx, shared, try, false, cancel)
 	if err != nil {
 		return false, m.fail(op, fmt.Errorf("%w: %w", ErrNotAcquired, unwrapOwn(err)))
 	}
@@ -361,6 +369,9 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	}
 	if t := h.Token(); t != 0 {
 		fctx = context.WithValue(fctx, tokenKey{}, t)
+	}
+	if a != nil && a.hold {
+		fctx = a.holdContext(fctx)
 	}
 	// The release runs under ctx's values but not its cancellation: a
 	// context that never ends gets the keep-alive timeout as its bound

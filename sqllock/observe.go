@@ -85,12 +85,34 @@ type Observer interface {
 // nil return sends the attempt's events to Observe. ObserveAttempt must be
 // fast, must not block and must be safe for concurrent use, as Observe.
 //
+// The attempt's observer may also be a [HoldObserver], to give
+// WithLock's function its context.
+//
 // A call that fails before it starts (a nil context, a Mutex with a
 // sticky error) makes no attempt. Transaction-scoped locks ([Mutex.LockTx]
 // and its forms) are not observed.
 type AttemptObserver interface {
 	Observer
 	ObserveAttempt(ctx context.Context, a Attempt) Observer
+}
+
+// A HoldObserver is an attempt's observer (what
+// [AttemptObserver.ObserveAttempt] returns) that also gives the function
+// of [Mutex.WithLock] its context: a tracer's hold span, so that the
+// spans of the work done under the lock are its children.
+//
+// WithLock, WithLockShared, TryWithLock and TryWithLockShared call
+// HoldContext once the lock is granted, after the attempt's
+// EventAcquired, on the caller's goroutine, with the context fn would
+// otherwise get; fn gets the context it returns, which must be ctx or a
+// context derived from it, so that fn's context still ends when the lock
+// is lost. The hold's end (EventReleased or EventLost) may be told
+// meanwhile, on another goroutine. With several such observers, each
+// derives from the context of the one before, in [WithObserver]'s order.
+// Lock and TryLock run no function and do not call it.
+type HoldObserver interface {
+	Observer
+	HoldContext(ctx context.Context) context.Context
 }
 
 // An Attempt describes a lock attempt as it starts, for
@@ -184,6 +206,7 @@ type attempt struct {
 	own   [2]Observer // obs's array, when it is the attempt's own and this fits it
 	start time.Time
 	ended *Event
+	hold  bool // some of obs are HoldObservers
 }
 
 func newObserving(observers []Observer) *observing {
@@ -207,6 +230,9 @@ func (o *observing) start(ctx context.Context, t *session.Target, shared, try bo
 			a.obs, copied = append(a.own[:0], o.observers...), true
 		}
 		a.obs[i] = per
+		if _, ok := per.(HoldObserver); ok {
+			a.hold = true
+		}
 	}
 	a.start = time.Now() // after the observers' own work
 	return a
@@ -268,6 +294,17 @@ func (o *observing) endedUntold(g *session.Grant, e Event) {
 	if a != nil {
 		a.tell(g.Target(), e)
 	}
+}
+
+// holdContext returns the context of WithLock's function, ctx as a's
+// HoldObservers derive it.
+func (a *attempt) holdContext(ctx context.Context) context.Context {
+	for _, ob := range a.obs {
+		if h, ok := ob.(HoldObserver); ok {
+			ctx = h.HoldContext(ctx)
+		}
+	}
+	return ctx
 }
 
 // tell sends e, about t's lock, to a's observers.

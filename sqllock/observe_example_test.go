@@ -66,3 +66,44 @@ func ExampleAttemptObserver() {
 	// request r-17: example/attempt acquired
 	// request r-17: example/attempt released
 }
+
+// lockKey is the context key of the lock a function runs under.
+type lockKey struct{}
+
+// lockNamer is an AttemptObserver whose attempts give WithLock's function
+// a context that names the lock it runs under; a tracer puts its hold
+// span there instead, to be the parent of the function's spans.
+type lockNamer struct{}
+
+// Observe gets no event here: every attempt has an observer of its own.
+func (lockNamer) Observe(sqllock.Event) {}
+
+func (lockNamer) ObserveAttempt(_ context.Context, a sqllock.Attempt) sqllock.Observer {
+	return heldLock{name: a.Name}
+}
+
+// heldLock observes one attempt.
+type heldLock struct{ name string }
+
+func (heldLock) Observe(sqllock.Event) {}
+
+// HoldContext derives the context of the function run under the lock.
+func (h heldLock) HoldContext(ctx context.Context) context.Context {
+	return context.WithValue(ctx, lockKey{}, h.name)
+}
+
+func ExampleHoldObserver() {
+	db := openDB()
+	defer db.Close()
+	locker := sqllock.New(db, sqllock.WithObserver(lockNamer{}))
+
+	err := locker.Mutex("example/hold").WithLock(context.Background(), func(ctx context.Context) error {
+		fmt.Println("running under", ctx.Value(lockKey{}))
+		return nil
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// running under example/hold
+}

@@ -227,3 +227,113 @@ func TestMockUnconfirmedReleaseObserved(t *testing.T) {
 	defer rec.mu.Unlock()
 	assert.ErrorIs(t, rec.events[1].Err, sqllock.ErrNotReleased)
 }
+
+// holdObserver is an AttemptObserver whose attempts are HoldObservers:
+// each adds tag to the tags in the context of WithLock's function, and
+// logs what it is told, in order.
+type holdObserver struct {
+	tag string
+
+	mu  sync.Mutex
+	log []string
+}
+
+type tagsKey struct{}
+
+type heldAttempt struct{ h *holdObserver }
+
+func (h *holdObserver) Observe(sqllock.Event) {}
+
+func (h *holdObserver) ObserveAttempt(context.Context, sqllock.Attempt) sqllock.Observer {
+	return heldAttempt{h}
+}
+
+func (h *holdObserver) add(s string) {
+	h.mu.Lock()
+	h.log = append(h.log, s)
+	h.mu.Unlock()
+}
+
+// took returns the log so far, and empties it.
+func (h *holdObserver) took() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	log := h.log
+	h.log = nil
+	return log
+}
+
+func (a heldAttempt) Observe(e sqllock.Event) { a.h.add(e.Kind.String()) }
+
+func (a heldAttempt) HoldContext(ctx context.Context) context.Context {
+	a.h.add("hold context")
+	tags, _ := ctx.Value(tagsKey{}).([]string)
+	return context.WithValue(ctx, tagsKey{}, append(slices.Clip(tags), a.h.tag))
+}
+
+// WithLock and its forms run fn with the context that the attempt's
+// HoldObservers derive, in WithObserver's order, once the lock is granted;
+// attempt observers that are not HoldObservers, and plain Observers, leave
+// it alone. Lock runs no function and asks for no context.
+func TestFakeHoldObserver(t *testing.T) {
+	first, second := &holdObserver{tag: "first"}, &holdObserver{tag: "second"}
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) { return answerAs(q, 7), nil },
+		sqllock.WithKeepAlive(0, 0), sqllock.WithObserver(first), sqllock.WithObserver(&recorder{}),
+		sqllock.WithObserver(&attemptRecorder{}), sqllock.WithObserver(second))
+	mu := l.MutexKey(keyspace.Int64(42))
+	caller := context.WithValue(t.Context(), ctxKey{}, "caller")
+	runs := map[string]func(fn func(context.Context) error) error{
+		"WithLock":       func(fn func(context.Context) error) error { return mu.WithLock(caller, fn) },
+		"WithLockShared": func(fn func(context.Context) error) error { return mu.WithLockShared(caller, fn) },
+		"WithLock MaxWait": func(fn func(context.Context) error) error {
+			return mu.WithLock(caller, fn, sqllock.MaxWait(time.Second))
+		},
+		"TryWithLock": func(fn func(context.Context) error) error {
+			_, err := mu.TryWithLock(caller, fn)
+			return err
+		},
+		"TryWithLockShared": func(fn func(context.Context) error) error {
+			_, err := mu.TryWithLockShared(caller, fn)
+			return err
+		},
+	}
+	for name, run := range runs {
+		var tags any
+		var val any
+		require.NoError(t, run(func(ctx context.Context) error {
+			tags, val = ctx.Value(tagsKey{}), ctx.Value(ctxKey{})
+			return nil
+		}), name)
+		assert.Equal(t, []string{"first", "second"}, tags, "%s: each HoldObserver's context, in order", name)
+		assert.Equal(t, "caller", val, "%s: derived from the caller's context", name)
+		for _, h := range []*holdObserver{first, second} {
+			assert.Equal(t, []string{"acquired", "hold context", "released"}, h.took(), "%s, %s", name, h.tag)
+		}
+	}
+	require.NoError(t, mu.Lock(caller))
+	require.NoError(t, mu.Unlock(caller))
+	assert.Equal(t, []string{"acquired", "released"}, first.took(), "Lock: no context asked for")
+}
+
+// The context a HoldObserver derives for fn still ends when the lock is
+// lost, with the loss as its cause.
+func TestFakeHoldObserverLoss(t *testing.T) {
+	h := &holdObserver{tag: "hold"}
+	l, _ := newFake(t, func(_ context.Context, q string) ([]driver.Value, error) {
+		if q == sqltext.ProbeSQL {
+			return nil, errors.New("server closed the connection")
+		}
+		return answerAs(q, 7), nil
+	}, sqllock.WithKeepAlive(time.Millisecond, time.Second), sqllock.WithObserver(h))
+	mu := l.MutexKey(keyspace.Int64(42))
+	err := mu.WithLock(t.Context(), func(ctx context.Context) error {
+		assert.Equal(t, []string{"hold"}, ctx.Value(tagsKey{}))
+		<-ctx.Done()
+		return context.Cause(ctx)
+	})
+	require.ErrorIs(t, err, sqllock.ErrLockLost)
+	log := h.took()
+	require.NotEmpty(t, log)
+	assert.Equal(t, "acquired", log[0])
+	assert.ElementsMatch(t, []string{"acquired", "hold context", "lost"}, log, "the loss may come before fn's context is asked for")
+}
