@@ -71,3 +71,11 @@ func Interrupt(l *Locker) int { return l.sessions.Interrupt() }
 
 // DriverConn returns conn's driver connection.
 func DriverConn(conn *sql.Conn) any { return driverConn(conn) }
+
+// SemaphoreWaiting returns how many callers of s wait in its in-process
+// queue, the first of them included.
+func SemaphoreWaiting(s *Semaphore) int {
+	s.q.mu.Lock()
+	defer s.q.mu.Unlock()
+	return len(s.q.waiters)
+}
