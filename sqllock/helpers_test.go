@@ -59,7 +59,7 @@ func eachDriver(t *testing.T, f func(t *testing.T, db *sql.DB)) {
 var fastLoss = sqllock.WithKeepAlive(20*time.Millisecond, 2*time.Second)
 
 // lockRows counts the sessions holding (granted) or waiting for k.
-func lockRows(t *testing.T, db *sql.DB, k keyspace.Key) (held, waiting int) {
+func lockRows(t testing.TB, db *sql.DB, k keyspace.Key) (held, waiting int) {
 	t.Helper()
 	c, o, s := k.LockTag()
 	err := db.QueryRowContext(t.Context(), `

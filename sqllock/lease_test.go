@@ -40,6 +40,9 @@ func runHolder(spec string) {
 	if election, ok := strings.CutPrefix(name, "election:"); ok {
 		runLeader(db, election) // election_handover_test.go
 	}
+	if sem, ok := strings.CutPrefix(name, "semaphore:"); ok {
+		runSemWorker(db, sem) // semaphore_procs_test.go
+	}
 	mu := sqllock.New(db).Mutex(name)
 	err = mu.WithLock(context.Background(), func(ctx context.Context) error {
 		fmt.Println("locked")

@@ -122,6 +122,11 @@ func report(w io.Writer, r results) (failed int) {
 		return "MISSED"
 	}
 	for _, d := range []string{"pq", "pgx"} {
+		// A slot released while 8 processes wait: how soon one takes it.
+		if p50, ok := r.get("SemaphoreHandoff/driver="+d, "p50-µs"); ok {
+			p99, _ := r.get("SemaphoreHandoff/driver="+d, "p99-µs")
+			fmt.Fprintf(w, "\ndriver=%s  semaphore hand-off to one of 8 waiting processes: p50 %.1f ms (p99 %.1f ms); p50 ≤ 50 ms %s\n", d, p50/1e3, p99/1e3, check(p50 <= 50e3))
+		}
 		floor, ok := r.get("Floor/driver="+d, "ns/op")
 		if !ok {
 			continue
@@ -157,6 +162,9 @@ func report(w io.Writer, r results) (failed int) {
 			// Lock+Unlock behind PgBouncer in transaction mode, held in a
 			// transaction, against BEGIN, pg_advisory_xact_lock, COMMIT.
 			{name: "Pooler", maxRatio: 1.05},
+			// An uncontended Acquire+Release of a semaphore against a
+			// Mutex's Lock+Unlock: within 1.1.
+			{name: "Semaphore", maxRatio: 1.1, lib: "impl=semaphore", ref: "impl=mutex"},
 		} {
 			if s.lib == "" {
 				s.lib, s.ref = "impl=lib", "impl=ref"
