@@ -79,3 +79,14 @@ func SemaphoreWaiting(s *Semaphore) int {
 	defer s.q.mu.Unlock()
 	return len(s.q.waiters)
 }
+
+// ObservedGrants returns how many grants l's observers keep track of: none
+// once every lock has ended.
+func ObservedGrants(l *Locker) int {
+	if l.obs == nil {
+		return 0
+	}
+	l.obs.mu.Lock()
+	defer l.obs.mu.Unlock()
+	return len(l.obs.grants)
+}

@@ -42,9 +42,10 @@ type Semaphore struct {
 	l     *Locker
 	name  string
 	n     int
-	slots []*Mutex // slot i: the lock called name#i
-	watch *Mutex   // name#watch: held by the waiter that tries the slots no one waits for
-	err   error    // sticky: the Locker's, n's, or the keys' problem
+	slots []*Mutex       // slot i: the lock called name#i
+	watch *Mutex         // name#watch: held by the waiter that tries the slots no one waits for
+	err   error          // sticky: the Locker's, n's, or the keys' problem
+	named session.Target // the semaphore's name, for observers, before a slot is known
 
 	q semQueue
 
@@ -82,23 +83,40 @@ func (l *Locker) Semaphore(name string, n int) *Semaphore {
 		s.err = fmt.Errorf("sqllock: a semaphore has at most %d slots, not %d", maxSlots, n)
 		return s
 	}
-	seen := make(map[keyspace.Key]string, n+1)
-	s.watch = l.Mutex(name + "#watch")
-	s.slots = make([]*Mutex, n)
-	for i := range s.slots {
-		s.slots[i] = l.Mutex(SlotName(name, i))
+	// The slots' and the watcher's locks carry the semaphore's name, in
+	// errors and observers' events; their keys tell them apart.
+	lock := func(lockName string) (*Mutex, error) {
+		k, err := keyFor(l.cfg.strategy, lockName)
+		if err != nil {
+			return nil, fmt.Errorf("lock %q: %w", lockName, err)
+		}
+		m := &Mutex{l: l}
+		m.t.Name = name
+		return l.mutex(m, k), nil
 	}
-	for _, m := range append([]*Mutex{s.watch}, s.slots...) {
-		if m.err != nil {
-			s.err = m.err
+	names := []string{name + "#watch"}
+	for i := range n {
+		names = append(names, SlotName(name, i))
+	}
+	seen := make(map[keyspace.Key]string, n+1)
+	for i, lockName := range names {
+		m, err := lock(lockName)
+		if err != nil {
+			s.err = err
 			return s
 		}
 		if other, dup := seen[m.Key()]; dup {
-			s.err = fmt.Errorf("sqllock: keyspace strategy %T gives %q and %q the same key %v: a semaphore needs a strategy that hashes names", l.cfg.strategy, other, m.Name(), m.Key())
+			s.err = fmt.Errorf("sqllock: keyspace strategy %T gives %q and %q the same key %v: a semaphore needs a strategy that hashes names", l.cfg.strategy, other, lockName, m.Key())
 			return s
 		}
-		seen[m.Key()] = m.Name()
+		seen[m.Key()] = lockName
+		if i == 0 {
+			s.watch = m
+		} else {
+			s.slots = append(s.slots, m)
+		}
 	}
+	s.named.Name = name
 	s.own = make([]int, n)
 	return s
 }
@@ -136,7 +154,7 @@ func (s *Semaphore) fail(op string, err error) error {
 // tries the other slots or the watcher's role now and then on another
 // (one that watches pins a second one); the others wait in memory.
 func (s *Semaphore) Acquire(ctx context.Context) error {
-	_, err := s.acquire(ctx, "acquire", false, true, nil)
+	_, _, err := s.acquire(ctx, "acquire", false, true, nil)
 	return err
 }
 
@@ -145,7 +163,7 @@ func (s *Semaphore) Acquire(ctx context.Context) error {
 // goes ahead of them. It costs one round trip per slot it tries, one when
 // the semaphore is idle. ctx bounds the round trips.
 func (s *Semaphore) TryAcquire(ctx context.Context) (bool, error) {
-	g, err := s.acquire(ctx, "tryacquire", true, true, nil)
+	g, _, err := s.acquire(ctx, "tryacquire", true, true, nil)
 	return g.g != nil, err
 }
 
@@ -305,7 +323,7 @@ func (s *Semaphore) withSlot(ctx context.Context, try bool, fn func(context.Cont
 	}
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	h, err := s.acquire(wctx, op, try, false, cancel)
+	h, a, err := s.acquire(wctx, op, try, false, cancel)
 	if err != nil {
 		return false, s.fail(op, fmt.Errorf("%w: %w", ErrNotAcquired, unwrapOwn(err)))
 	}
@@ -314,6 +332,9 @@ func (s *Semaphore) withSlot(ctx context.Context, try bool, fn func(context.Cont
 	}
 	if t := h.g.Token(); t != 0 {
 		fctx = context.WithValue(fctx, tokenKey{}, t)
+	}
+	if a != nil && a.hold {
+		fctx = a.holdContext(fctx)
 	}
 	rctx := ctx
 	if ctx.Done() != nil {

@@ -334,3 +334,47 @@ func TestSemaphoreBadInput(t *testing.T) {
 	require.ErrorIs(t, sem.Err(), sqllock.ErrNotHeld)
 	require.ErrorContains(t, sem.WithSlot(t.Context(), func(context.Context) error { return nil }, sqllock.MaxWait(-1)), "MaxWait")
 }
+
+// Observers hear of each call as one attempt, named after the semaphore:
+// a wait that polls and watches adds no events of its own, and nothing
+// stays tracked once every slot is released.
+func TestSemaphoreObserved(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		name := t.Name()
+		ctx := t.Context()
+		rec := &recorder{}
+		l := sqllock.New(db, sqllock.WithObserver(rec))
+		holder, waiter := l.Semaphore(name, 2), l.Semaphore(name, 2)
+		require.NoError(t, holder.Acquire(ctx))
+		require.NoError(t, holder.Acquire(ctx))
+		ok, err := waiter.TryAcquire(ctx)
+		require.NoError(t, err)
+		require.False(t, ok)
+		got := make(chan error, 1)
+		go func() { got <- waiter.Acquire(ctx) }()
+		_, watch := slotKeys(name, 2)
+		waitRows(t, db, watch, 1, 0)
+		time.Sleep(100 * time.Millisecond) // a few polls of the watcher
+		require.NoError(t, holder.Release(ctx))
+		require.NoError(t, <-got)
+		require.NoError(t, holder.Release(ctx))
+		require.NoError(t, waiter.Release(ctx))
+
+		assert.Equal(t, []sqllock.EventKind{
+			sqllock.EventAcquired, sqllock.EventAcquired, sqllock.EventContended,
+			sqllock.EventReleased, sqllock.EventAcquired, sqllock.EventReleased, sqllock.EventReleased,
+		}, rec.kinds())
+		slots, _ := slotKeys(name, 2)
+		rec.mu.Lock()
+		for _, e := range rec.events {
+			assert.Equal(t, name, e.Name)
+			if e.Kind != sqllock.EventContended {
+				assert.Contains(t, slots, e.Key)
+			}
+		}
+		waited := rec.events[4].Wait
+		rec.mu.Unlock()
+		assert.Greater(t, waited, 100*time.Millisecond, "the acquired event's wait counts from the call")
+		assert.Zero(t, sqllock.ObservedGrants(l))
+	})
+}

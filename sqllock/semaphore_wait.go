@@ -32,13 +32,18 @@ const (
 )
 
 // acquire takes a slot: with try, only if one is free now and no caller
-// of s waits. push adds the grant to s.held for Release.
-func (s *Semaphore) acquire(ctx context.Context, op string, try, push bool, onLost func(error)) (semGrant, error) {
+// of s waits. push adds the grant to s.held for Release. Observers hear of
+// the call as one attempt (see observeCall), which it returns.
+func (s *Semaphore) acquire(ctx context.Context, op string, try, push bool, onLost func(error)) (semGrant, *attempt, error) {
 	switch {
 	case ctx == nil:
-		return semGrant{}, s.fail(op, ErrNilContext)
+		return semGrant{}, nil, s.fail(op, ErrNilContext)
 	case s.err != nil:
-		return semGrant{}, s.fail(op, s.err)
+		return semGrant{}, nil, s.fail(op, s.err)
+	}
+	var a *attempt
+	if s.l.obs != nil {
+		a = s.l.obs.start(ctx, &s.named, false, try)
 	}
 	var h semGrant
 	var err error
@@ -49,14 +54,49 @@ func (s *Semaphore) acquire(ctx context.Context, op string, try, push bool, onLo
 		h, err = s.wait(ctx, onLost)
 	}
 	if err != nil {
-		return semGrant{}, s.fail(op, err)
+		err = s.fail(op, err)
 	}
+	// As for a Mutex, the grant joins s.held before observers hear of it.
 	if h.g != nil && push {
 		s.mu.Lock()
 		s.held = append(s.held, h)
 		s.mu.Unlock()
 	}
-	return h, nil
+	if a != nil {
+		t := &s.named
+		if h.g != nil {
+			t = &s.slots[h.slot].t
+		}
+		s.l.obs.acquired(a, t, false, h.g, err)
+	}
+	return h, a, err
+}
+
+// take takes m's lock, a slot's or the watcher's, without telling the
+// observers: they hear of a semaphore's call as a whole (see acquire).
+func (s *Semaphore) take(ctx context.Context, m *Mutex, try bool, onLost func(error)) (*session.Grant, error) {
+	g, err := s.l.sessions.Acquire(ctx, &m.t, session.Request{Try: try, OnLost: onLost})
+	if err != nil {
+		op := "lock"
+		if try {
+			op = "trylock"
+		}
+		return nil, m.fail(op, err)
+	}
+	return g, nil
+}
+
+// drop releases g, a grant of m that no caller gets (the watcher's lock, a
+// second slot), of which no observer heard.
+func (s *Semaphore) drop(ctx context.Context, g *session.Grant) {
+	_ = g.Release(context.WithoutCancel(ctx)) // a failed release ends the session, which lets go
+	if o := s.l.obs; o != nil {
+		// The session layer told the observers of its end, which they
+		// keep for an attempt that never comes.
+		o.mu.Lock()
+		delete(o.grants, g)
+		o.mu.Unlock()
+	}
 }
 
 // tryAll tries every slot but skip, once, starting after the slot last
@@ -71,7 +111,7 @@ func (s *Semaphore) tryAll(ctx context.Context, skip int, onLost func(error)) (s
 		if i == skip || mine {
 			continue
 		}
-		g, err := s.slots[i].acquire(ctx, false, true, false, onLost)
+		g, err := s.take(ctx, s.slots[i], true, onLost)
 		if err != nil {
 			return semGrant{}, err
 		}
@@ -128,14 +168,14 @@ type semWaiter struct {
 // unwatch lets go of name#watch.
 func (w *semWaiter) unwatch() {
 	if w.watch != nil {
-		_ = w.s.watch.release(context.WithoutCancel(w.ctx), w.watch) // a failed release ends the session, which lets go
+		w.s.drop(w.ctx, w.watch)
 		w.watch = nil
 	}
 }
 
 // tryWatch takes name#watch if no one holds it.
 func (w *semWaiter) tryWatch() error {
-	g, err := w.s.watch.acquire(w.ctx, false, true, false, nil)
+	g, err := w.s.take(w.ctx, w.s.watch, true, nil)
 	w.watch = g
 	return err
 }
@@ -155,7 +195,7 @@ func (w *semWaiter) waitFor(i int) (semGrant, error) {
 	defer stop()
 	ended := make(chan semWait, 1)
 	go func() {
-		g, err := s.slots[i].acquire(wctx, false, false, false, w.onLost)
+		g, err := s.take(wctx, s.slots[i], false, w.onLost)
 		ended <- semWait{g, err}
 	}()
 	// stopWait ends the wait and returns its grant, if it got one anyway.
@@ -213,7 +253,7 @@ func (w *semWaiter) waitFor(i int) (semGrant, error) {
 			if h.g == nil {
 				return s.took(i, g), nil
 			}
-			_ = s.slots[i].release(context.WithoutCancel(ctx), g)
+			s.drop(ctx, g)
 		}
 		return h, err
 	}
@@ -223,7 +263,7 @@ func (w *semWaiter) waitFor(i int) (semGrant, error) {
 // meanwhile.
 func stopAndDrop(s *Semaphore, i int, stopWait func() *session.Grant, ctx context.Context) {
 	if g := stopWait(); g != nil {
-		_ = s.slots[i].release(context.WithoutCancel(ctx), g)
+		s.drop(ctx, g)
 	}
 }
 
