@@ -114,10 +114,12 @@ type runOptions struct {
 	keepAlive    time.Duration
 	grace        time.Duration
 	fencing      bool
+	slots        int // --slots: hold one of this many slots of a semaphore; 0 for the lock
 	version      bool
 
 	scheme   scheme
-	lockName string
+	lockName string // the lock's name, or the semaphore's with --slots
+	semKeys  semKeys
 	command  []string
 }
 
@@ -136,6 +138,7 @@ func runFlags(o *runOptions) *flagSet {
 	fs.durationVar(&o.keepAlive, "keepalive")
 	fs.durationVar(&o.grace, "grace")
 	fs.boolVar(&o.fencing, "fencing")
+	fs.intVar(&o.slots, "slots")
 	fs.boolVar(&o.version, "version")
 	fs.helpFlag()
 	return fs
@@ -186,14 +189,37 @@ func parseRun(args []string) (*runOptions, error) {
 	case o.fencing && o.shared:
 		return nil, errors.New("--fencing and --shared cannot be combined: shared locks get no fencing token")
 	}
+	slots, _, semaphore := fs.given("slots")
+	switch {
+	case semaphore && (o.slots < 1 || o.slots > maxSlots):
+		return nil, fs.invalid("slots", fmt.Sprintf("must be between 1 and %d", maxSlots))
+	case semaphore && o.shared:
+		shared, _, _ := fs.given("shared")
+		return nil, fmt.Errorf("%s and %s cannot be combined: a semaphore's slots are held exclusively", slots, shared)
+	}
 	o.lockName, o.command = positional[0], command
 	if o.scheme, err = lookupScheme(o.keyspace); err != nil {
 		return nil, err
+	}
+	if semaphore {
+		if o.semKeys, err = o.scheme.semaphoreKeys(o.lockName, o.slots); err != nil {
+			return nil, fmt.Errorf("%s %d: %w", slots, o.slots, err)
+		}
+		return o, nil
 	}
 	if _, err := o.scheme.key(o.lockName); err != nil {
 		return nil, fmt.Errorf("--keyspace %s: %w", o.keyspace, err)
 	}
 	return o, nil
+}
+
+// wanted names what withlock waits for, in messages: lock "x", or a slot
+// of semaphore "x".
+func (o *runOptions) wanted() string {
+	if o.slots > 0 {
+		return fmt.Sprintf("a slot of semaphore %q", o.lockName)
+	}
+	return fmt.Sprintf("lock %q", o.lockName)
 }
 
 // cutArgs splits args at the first "--": withlock's own arguments before it,
@@ -210,18 +236,21 @@ func cutArgs(args []string) (before, command []string, found bool) {
 func help() string {
 	return `Usage:
   withlock [flags] <lockName> -- <command> [args...]
-  withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]
+  withlock --slots <n> [flags] <semaphoreName> -- <command> [args...]
+  withlock status <lockName> [--slots <n>] [--db <conn>] [--keyspace <name>]
+                  [--json]
   withlock terminate <lockName> [--db <conn>] [--keyspace <name>] [--json]
 
 withlock runs a command while holding the PostgreSQL advisory lock called
 lockName, so that only one such command runs at a time across every host that
-shares the database. It waits for the lock (unless --try or --timeout say
-otherwise), runs the command directly (no shell) with the same stdin, stdout,
-stderr and environment, releases the lock as soon as the command exits, and
-exits with the command's status. Flags may come before or after lockName;
-everything after -- is the command. Short flags combine as in flock(1):
--nv is -n -v, and -vw 5 is -v -w 5. Durations are seconds (5, 0.5) or Go
-durations (500ms, 2m, 1h30m).
+shares the database; with --slots n, while holding one of the n slots of a
+semaphore, so that at most n run at a time. It waits for the lock or a slot
+(unless --try or --timeout say otherwise), runs the command directly (no
+shell) with the same stdin, stdout, stderr and environment, releases the lock
+as soon as the command exits, and exits with the command's status. Flags may
+come before or after lockName; everything after -- is the command. Short
+flags combine as in flock(1): -nv is -n -v, and -vw 5 is -v -w 5. Durations
+are seconds (5, 0.5) or Go durations (500ms, 2m, 1h30m).
 
 Flags:
       --db <connectionString>   the database (default: $PG_CONNECTION_STRING,
@@ -235,9 +264,10 @@ Flags:
                                 run together, exclusive ones alone
   -E, --conflict-exit-code <n>  exit status when the lock is not acquired
                                 (default 75)
-  -v, --verbose                 report waiting, acquiring and releasing on
-                                stderr, and who holds the lock when it is
-                                not acquired
+  -v, --verbose                 report waiting, acquiring (which slot, with
+                                --slots) and releasing on stderr, and who
+                                holds the lock (each slot) when it is not
+                                acquired
       --keyspace <name>         how lockName becomes a key (default node):
 ` + indent(schemeHelp(), "      ") + `      --keepalive <time>        check the lock's session this often while the
                                 command runs (default 2s)
@@ -248,23 +278,31 @@ Flags:
                                 $WITHLOCK_TOKEN: larger than every token
                                 before it; pass it with each write the lock
                                 protects (PostgreSQL 13+)
+      --slots <n>               hold one of n slots of the semaphore called
+                                lockName instead of the lock, so that at
+                                most n such commands run at once; slot i is
+                                the lock "<lockName>#<i>". Not with --shared,
+                                nor with a keyspace that does not hash names
   -h, --help                    show this help
       --version                 print the version
 
 The lock is held by a database session named withlock:<lockName> in
-pg_stat_activity. If that session ends while the command runs, the command is
-stopped (SIGTERM, then SIGKILL after --grace) and withlock exits 74. The
-command inherits the session's socket: if withlock is killed, the lock is
-held until the command, and anything it started that kept the socket, has
-exited (on Linux the command and everything it started are killed with
-withlock; on FreeBSD the command is). A withlock stopped with its command
-(SIGSTOP, a paused container) loses the lock after its lease, 10s.
+pg_stat_activity; so is a slot, and what follows holds for it too. If that
+session ends while the command runs, the command is stopped (SIGTERM, then
+SIGKILL after --grace) and withlock exits 74. The command inherits the
+session's socket: if withlock is killed, the lock is held until the command,
+and anything it started that kept the socket, has exited (on Linux the
+command and everything it started are killed with withlock; on FreeBSD the
+command is). A withlock stopped with its command (SIGSTOP, a paused
+container) loses the lock after its lease, 10s.
 SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to the
 command; while withlock still waits, they stop the wait and nothing runs.
 
 status prints whether the lock is held, in which mode and by whom, and how
 many sessions wait for it; --json prints it for scripts. It exits 0 when the
-lock is free and 1 when it is held.
+lock is free and 1 when it is held. With --slots n it reports on the
+semaphore: each slot's holder, who waits for which slot, and the watcher; it
+exits 1 when any slot is held.
 
 Exit status:
 ` + exitHelp() + `
@@ -272,6 +310,7 @@ Examples:
   withlock dbmigration -- ./migrate up
   withlock -n -E 0 nightly-report -- ./report.sh     # cron on many hosts
   withlock -vw 30 deploy -- make deploy
+  withlock --slots 3 report -- ./report.sh           # at most 3 at once
   withlock status dbmigration --json
 `
 }

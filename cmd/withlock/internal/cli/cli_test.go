@@ -7,11 +7,15 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // runMain runs Main in-process with empty stdin and returns its exit status
@@ -86,6 +90,28 @@ func TestMainCodes(t *testing.T) {
 		{"int64 keyspace, bad name", []string{"--keyspace", "int64", "nightly", "--", "true"}, ExitUsage, "", `lock name "nightly" is not a bigint key`},
 		{"int64 keyspace, pair name", []string{"--keyspace", "int64", "1,2", "--", "true"}, ExitUsage, "", "not a bigint key"},
 		{"pair keyspace, int name", []string{"--keyspace", "pair", "42", "--", "true"}, ExitUsage, "", "not an int pair"},
+		{"zero slots", []string{"--slots", "0", "name", "--", "true"}, ExitUsage, "", `invalid value "0" for --slots: must be between 1 and 1024`},
+		{"negative slots", []string{"--slots=-2", "name", "--", "true"}, ExitUsage, "", `invalid value "-2" for --slots: must be between 1 and 1024`},
+		{"too many slots", []string{"-slots", "1025", "name", "--", "true"}, ExitUsage, "", `invalid value "1025" for -slots: must be between 1 and 1024`},
+		{"slots not a number", []string{"--slots", "three", "name", "--", "true"}, ExitUsage, "", `invalid value "three" for --slots: not an integer`},
+		{"slots without value", []string{"name", "--slots"}, ExitUsage, "", "flag needs an argument: --slots"},
+		{"misspelt slots", []string{"--slot", "3", "name", "--", "true"}, ExitUsage, "", "unknown flag --slot; did you mean --slots?"},
+		{"slots and shared", []string{"--slots", "3", "-s", "name", "--", "true"}, ExitUsage, "", "--slots and -s cannot be combined: a semaphore's slots are held exclusively"},
+		{"slots and shared, long", []string{"--shared", "name", "--slots=2", "--", "true"}, ExitUsage, "", "--slots and --shared cannot be combined"},
+		// A keyspace that cannot name the slots is refused before anything
+		// connects (the database here is unreachable).
+		{"slots, int64 keyspace", []string{"--db", "postgres://postgres:s3cretpw@127.0.0.1:1/x", "--slots", "3", "--keyspace", "int64", "42", "--", "touch", marker}, ExitUsage, "",
+			`--slots 3: keyspace int64 cannot name the slots of semaphore "42": lock name "42#0" is not a bigint key`},
+		{"slots, pair keyspace", []string{"--slots", "2", "--keyspace", "pair", "1,2", "--", "true"}, ExitUsage, "",
+			`keyspace pair cannot name the slots of semaphore "1,2": lock name "1,2#0" is not an int pair`},
+		{"slots, goose keyspace", []string{"--db", "postgres://postgres:s3cretpw@127.0.0.1:1/x", "--slots", "2", "--keyspace", "goose", "migrations", "--", "touch", marker}, ExitUsage, "",
+			`keyspace goose gives "migrations#0" and "migrations#1" the same key`},
+		{"one slot, goose keyspace", []string{"--slots", "1", "--keyspace", "goose-legacy", "x", "--", "true"}, ExitUsage, "",
+			`keyspace goose-legacy gives "x#0" and "x#watch" the same key`},
+		{"status zero slots", []string{"status", "name", "--slots", "0"}, ExitUsage, "", `status: invalid value "0" for --slots: must be between 1 and 1024`},
+		{"status slots, goose keyspace", []string{"status", "--keyspace", "goose", "--slots", "2", "x"}, ExitUsage, "", "the same key"},
+		{"status slots, int64 keyspace", []string{"status", "--keyspace", "int64", "--slots", "2", "7"}, ExitUsage, "", `lock name "7#0" is not a bigint key`},
+		{"terminate has no slots", []string{"terminate", "name", "--slots", "2"}, ExitUsage, "", "terminate: unknown flag --slots"},
 		{"help", []string{"--help"}, ExitOK, "Exit status:", ""},
 		{"short help", []string{"-h"}, ExitOK, "Usage:", ""},
 		{"help after name", []string{"name", "--help", "--", "true"}, ExitOK, "Usage:", ""},
@@ -145,6 +171,7 @@ func TestParseRun(t *testing.T) {
 		Keyspace     string
 		KeepAlive    time.Duration
 		Grace        time.Duration
+		Slots        int
 		LockName     string
 		Command      []string
 	}
@@ -185,13 +212,16 @@ func TestParseRun(t *testing.T) {
 			with(func(p *parsed) {
 				p.DB, p.Keyspace, p.KeepAlive, p.Grace = "postgres://h/d", "sha256-int64", 500*time.Millisecond, 0
 			})},
+		{[]string{"--slots", "3", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Slots = 3 })},
+		{[]string{"job", "-nv", "--slots=1024", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Try, p.Verbose, p.Slots = true, true, 1024 })},
+		{[]string{"-slots", "2", "--keyspace", "scoped:7", "job", "--", "make", "-j", "--", "x"}, with(func(p *parsed) { p.Slots, p.Keyspace = 2, "scoped:7" })},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			o, err := parseRun(tc.args)
 			if err != nil {
 				t.Fatalf("parseRun: %v", err)
 			}
-			got := parsed{o.db, o.try, o.shared, o.verbose, o.timeout, o.conflictCode, o.keyspace, o.keepAlive, o.grace, o.lockName, o.command}
+			got := parsed{o.db, o.try, o.shared, o.verbose, o.timeout, o.conflictCode, o.keyspace, o.keepAlive, o.grace, o.slots, o.lockName, o.command}
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}
@@ -379,5 +409,38 @@ func TestConnectErrorSaysEachAttemptOnce(t *testing.T) {
 	want := "failed to connect to `user=postgres database=postgres`:\n\t127.0.0.1:1 (127.0.0.1): dial error: refused\n\t[::1]:1 (::1): dial error: refused"
 	if got := connectError(err); got != want {
 		t.Errorf("connectError:\ngot  %q\nwant %q", got, want)
+	}
+}
+
+// TestSemaphoreKeys checks the keys --slots takes, as sqllock names them,
+// and that withlock's bound on --slots is sqllock's.
+func TestSemaphoreKeys(t *testing.T) {
+	for _, name := range []string{"node", "sha256-int64", "scoped:7", "pals:app"} {
+		s, err := lookupScheme(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks, err := s.semaphoreKeys("report", 3)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for i, k := range ks.slots {
+			if want := s.strategy.Key("report#" + strconv.Itoa(i)); k != want {
+				t.Errorf("%s: slot %d has key %v, want %v", name, i, k, want)
+			}
+		}
+		if want := s.strategy.Key("report#watch"); ks.watch != want || len(ks.slots) != 3 {
+			t.Errorf("%s: %d slots, watch key %v; want 3 and %v", name, len(ks.slots), ks.watch, want)
+		}
+	}
+
+	db := stdlib.OpenDB(pgx.ConnConfig{}) // never connects: Semaphore checks its arguments only
+	defer db.Close()
+	l := sqllock.New(db)
+	if err := l.Semaphore("x", maxSlots).Err(); !errors.Is(err, sqllock.ErrNotHeld) {
+		t.Errorf("Semaphore(x, %d): %v, want it accepted (Err: ErrNotHeld)", maxSlots, err)
+	}
+	if err := l.Semaphore("x", maxSlots+1).Err(); errors.Is(err, sqllock.ErrNotHeld) {
+		t.Errorf("Semaphore(x, %d) accepted, want sqllock's bound to be maxSlots", maxSlots+1)
 	}
 }

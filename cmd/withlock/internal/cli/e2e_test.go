@@ -65,6 +65,13 @@ func TestEndToEnd(t *testing.T) {
 		{"KilledHolderGrandchild", testKilledHolderGrandchild},
 		{"FrozenHolder", testFrozenHolder},
 		{"TransactionPooler", testTransactionPooler},
+		{"SemaphoreAtMostN", testSemaphoreAtMostN},
+		{"SemaphoreTry", testSemaphoreTry},
+		{"SemaphoreHandOff", testSemaphoreHandOff},
+		{"SemaphoreKilledHolder", testSemaphoreKilledHolder},
+		{"SemaphoreFencing", testSemaphoreFencing},
+		{"SemaphoreLoss", testSemaphoreLoss},
+		{"SemaphoreStatus", testSemaphoreStatus},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
+	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
 // A scheme is one way to turn a lock name into an advisory-lock key, chosen
@@ -76,4 +77,46 @@ func schemeHelp() string {
 	}
 	b.WriteString("  (node is the default; docs/keyspace.md says which library each matches)\n")
 	return b.String()
+}
+
+// maxSlots is the most slots --slots accepts: sqllock's bound on a
+// semaphore's n (every slot is a lock of its own, and a waiter tries them
+// all). TestMaxSlots keeps the two in step.
+const maxSlots = 1024
+
+// semKeys are the keys of a semaphore's locks, as sqllock names them:
+// slot i is the lock "<name>#<i>", and "<name>#watch" is held by the
+// waiter that tries the slots.
+type semKeys struct {
+	slots []keyspace.Key
+	watch keyspace.Key
+}
+
+// semaphoreKeys returns the keys of the n slots of the semaphore called
+// name and of its watch lock, or an error saying why the scheme cannot
+// name them: a scheme that parses names as numbers gives a slot name no
+// key, and one that ignores names gives them all one key. sqllock would
+// refuse such a semaphore on first use; withlock refuses it before it
+// connects.
+func (s scheme) semaphoreKeys(name string, n int) (semKeys, error) {
+	names := make([]string, 0, n+1)
+	for i := range n {
+		names = append(names, sqllock.SlotName(name, i))
+	}
+	names = append(names, name+"#watch")
+	seen := make(map[keyspace.Key]string, n+1)
+	var ks semKeys
+	for _, lock := range names {
+		k, err := s.key(lock)
+		if err != nil {
+			return semKeys{}, fmt.Errorf("keyspace %s cannot name the slots of semaphore %q: %w; --slots needs a keyspace that hashes names, such as %s (the default)", s.name, name, err, defaultScheme)
+		}
+		if other, dup := seen[k]; dup {
+			return semKeys{}, fmt.Errorf("keyspace %s gives %q and %q the same key %v, so it cannot name the slots of semaphore %q; --slots needs a keyspace that hashes names, such as %s (the default)", s.name, other, lock, k, name, defaultScheme)
+		}
+		seen[k] = lock
+		ks.slots = append(ks.slots, k)
+	}
+	ks.slots, ks.watch = ks.slots[:n], ks.slots[n]
+	return ks, nil
 }

@@ -23,8 +23,8 @@ const keepAliveTimeout = sqllock.DefaultKeepAliveTimeout
 // not been granted within this long.
 const waitNoticeDelay = 100 * time.Millisecond
 
-// run carries out the run form: connect, take the lock, run the command,
-// release the lock. It returns the exit status.
+// run carries out the run form: connect, take the lock (or a slot of the
+// semaphore), run the command, release it. It returns the exit status.
 func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.Writer, log *logger) int {
 	// A missing command is reported before anything waits for the lock.
 	path, status, err := lookCommand(o.command[0])
@@ -42,16 +42,11 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	log.r.addSecret(cfg.Password)
 	socks := &sockets{}
 	socks.track(cfg)
-	mode := "exclusive"
-	if o.shared {
-		mode = "shared"
-	}
-	key, _ := o.scheme.key(o.lockName)
 	target := describeDB(cfg)
 	if src.dsn != "" {
 		target = log.r.redact(src.dsn)
 	}
-	log.verbosef("lock %q is key %v (keyspace %s); database %s (from %s)", o.lockName, key, o.scheme.name, target, src.from)
+	log.verbosef("%s; database %s (from %s)", o.describeKeys(), target, src.from)
 
 	g := newGate(ctx)
 	defer g.close()
@@ -75,23 +70,25 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	if o.fencing {
 		opts = append(opts, sqllock.WithFencing())
 	}
-	mu := sqllock.New(db, opts...).Mutex(o.lockName)
+	h := newHold(sqllock.New(db, opts...), o)
 	c := &child{path: path, args: o.command, grace: o.grace, stdin: stdin, stdout: stdout, stderr: stderr}
 
 	var (
 		res              childResult
 		lostWhileRunning atomic.Bool
+		held             string // what is held, for messages, once it is
 	)
 	begin := time.Now()
 	body := func(ctx context.Context) error {
 		if !g.enter() {
 			return context.Cause(g.ctx)
 		}
-		log.verbosef("acquired lock %q (%s) after %v", o.lockName, mode, since(begin))
+		held = h.held()
+		log.verbosef("%s after %v", h.acquired(), since(begin))
 		if o.fencing {
 			token, ok := sqllock.Token(ctx)
 			if !ok {
-				return errors.New("the lock came without a fencing token")
+				return fmt.Errorf("the %s came without a fencing token", h.noun())
 			}
 			log.verbosef("fencing token %d", token)
 			c.env = []string{tokenEnv + "=" + strconv.FormatUint(token, 10)}
@@ -103,7 +100,7 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 			if !errors.Is(cause, sqllock.ErrLockLost) || lostWhileRunning.Swap(true) {
 				return
 			}
-			log.printf("lost lock %q while the command ran: %v", o.lockName, cause)
+			log.printf("lost %s while the command ran: %v", held, cause)
 			if o.grace > 0 {
 				log.printf("stopping the command: SIGTERM now, SIGKILL after %v", o.grace)
 			} else {
@@ -127,14 +124,18 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 				reportLoss()
 			}
 		}()
-		// The command inherits the lock's socket, so that the server keeps
-		// the lock until the command has exited even if withlock is killed.
+		// The command inherits the lock's socket (the slot's), so that the
+		// server keeps it until the command has exited even if withlock is
+		// killed.
 		fds, err := socks.inheritable()
 		if err != nil {
-			return fmt.Errorf("lock %q: passing its database socket to the command: %w", o.lockName, err)
+			return fmt.Errorf("%s: passing its database socket to the command: %w", held, err)
 		}
-		if len(fds) > 0 {
-			log.verbosef("the command inherits the lock's database socket: descriptor %s", strings.Trim(fmt.Sprint(fds), "[]"))
+		switch {
+		case len(fds) == 1:
+			log.verbosef("the command inherits the %s's database socket: descriptor %d", h.noun(), fds[0])
+		case len(fds) > 1: // the others are idle sessions of the pool: a semaphore's waiter used two
+			log.verbosef("the command inherits the %s's database socket, and idle ones of withlock's pool: descriptors %s", h.noun(), strings.Trim(fmt.Sprint(fds), "[]"))
 		}
 		c.fds = fds
 		res = c.run(ctx, sigs)
@@ -144,11 +145,7 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	var lockErr error
 	acquired := true
 	if o.try {
-		tryWithLock := mu.TryWithLock
-		if o.shared {
-			tryWithLock = mu.TryWithLockShared
-		}
-		acquired, lockErr = tryWithLock(g.ctx, body)
+		acquired, lockErr = h.try(g.ctx, body)
 	} else {
 		if o.timeout > 0 {
 			t := time.AfterFunc(o.timeout, func() { g.abort(errWaitTimeout) })
@@ -156,30 +153,26 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 		}
 		if o.verbose {
 			t := time.AfterFunc(waitNoticeDelay, func() {
-				g.whileWaiting(func() { log.printf("waiting for lock %q (%s)", o.lockName, mode) })
+				g.whileWaiting(func() { log.printf("%s", h.waiting()) })
 			})
 			defer t.Stop()
 		}
-		withLock := mu.WithLock
-		if o.shared {
-			withLock = mu.WithLockShared
-		}
-		lockErr = withLock(g.ctx, body)
+		lockErr = h.with(g.ctx, body)
 	}
 
 	if !g.hasEntered() {
 		if o.try && !acquired && lockErr == nil {
-			log.verbosef("lock %q is taken; not waiting (--try); nothing ran", o.lockName)
-			reportHolders(g.ctx, mu, o, log)
+			log.verbosef("%s; not waiting (--try); nothing ran", h.taken())
+			h.reportHolders(g.ctx, log)
 			return o.conflictCode
 		}
 		if code, ok := gaveUp(g, o, log); ok {
 			if errors.Is(context.Cause(g.ctx), errWaitTimeout) {
-				reportHolders(g.ctx, mu, o, log)
+				h.reportHolders(g.ctx, log)
 			}
 			return code
 		}
-		log.printf("could not take lock %q: %v", o.lockName, lockErr)
+		log.printf("could not take %s: %v", o.wanted(), lockErr)
 		return ExitUnavailable
 	}
 
@@ -189,10 +182,10 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 		case lostWhileRunning.Load() && res.started:
 			log.printf("the command was stopped (status %d); exiting %d", res.status, ExitLockLost)
 		case res.started:
-			log.printf("lock %q was lost before the command finished (found on release): %v", o.lockName, lockErr)
+			log.printf("%s was lost before the command finished (found on release): %v", held, lockErr)
 			log.printf("the command exited with status %d, but did not hold the lock to the end; exiting %d", res.status, ExitLockLost)
 		default:
-			log.printf("lock %q was lost before the command started; nothing ran", o.lockName)
+			log.printf("%s was lost before the command started; nothing ran", held)
 		}
 		return ExitLockLost
 	case !res.started:
@@ -205,9 +198,9 @@ func run(ctx context.Context, o *runOptions, stdin io.Reader, stdout, stderr io.
 	case lockErr != nil:
 		// Not a loss: the lock was held until the command exited, and the
 		// session holding it was discarded if the release failed.
-		log.printf("releasing lock %q: %v", o.lockName, lockErr)
+		log.printf("releasing %s: %v", held, lockErr)
 	default:
-		log.verbosef("released lock %q; the command ran %v and exited with status %d", o.lockName, res.duration.Round(time.Millisecond), res.status)
+		log.verbosef("released %s; the command ran %v and exited with status %d", held, res.duration.Round(time.Millisecond), res.status)
 	}
 	return res.status
 }
@@ -252,12 +245,12 @@ func gaveUp(g *gate, o *runOptions, log *logger) (int, bool) {
 	var sc signalCause
 	switch cause := context.Cause(g.ctx); {
 	case errors.As(cause, &sc):
-		log.verbosef("%s while waiting for lock %q; nothing ran", signalName(sc.sig), o.lockName)
+		log.verbosef("%s while waiting for %s; nothing ran", signalName(sc.sig), o.wanted())
 		return ExitSignalBase + signalNumber(sc.sig), true
 	case errors.Is(cause, errWaitTimeout):
-		log.verbosef("gave up waiting for lock %q after %v (--timeout); nothing ran", o.lockName, o.timeout)
+		log.verbosef("gave up waiting for %s after %v (--timeout); nothing ran", o.wanted(), o.timeout)
 	default:
-		log.verbosef("stopped waiting for lock %q: %v; nothing ran", o.lockName, cause)
+		log.verbosef("stopped waiting for %s: %v; nothing ran", o.wanted(), cause)
 	}
 	return o.conflictCode, true
 }

@@ -23,9 +23,11 @@ type statusOptions struct {
 	db       string
 	keyspace string
 	json     bool
+	slots    int // status --slots: the semaphore's number of slots; 0 for the lock
 
 	scheme   scheme
-	lockName string
+	lockName string // the lock's name, or the semaphore's with --slots
+	semKeys  semKeys
 	locker   *sqllock.Locker // set by open
 }
 
@@ -43,8 +45,12 @@ func parseLockCommand(sub string, args []string) (*statusOptions, error) {
 	fs.stringVar(&o.db, "db")
 	fs.stringVar(&o.keyspace, "keyspace")
 	fs.boolVar(&o.json, "json")
+	if sub == "status" {
+		fs.intVar(&o.slots, "slots")
+	}
 	fs.helpFlag()
 	positional, err := fs.parse(args)
+	slots, _, semaphore := fs.given("slots")
 	switch {
 	case err != nil:
 		return nil, err
@@ -52,10 +58,18 @@ func parseLockCommand(sub string, args []string) (*statusOptions, error) {
 		return nil, fmt.Errorf("%s: no lock name: withlock %s <lockName> [--db <conn>] [--keyspace <name>] [--json]", sub, sub)
 	case len(positional) > 1:
 		return nil, fmt.Errorf("%s: unexpected argument %q: give one lock name", sub, positional[1])
+	case semaphore && (o.slots < 1 || o.slots > maxSlots):
+		return nil, fmt.Errorf("%s: %w", sub, fs.invalid("slots", fmt.Sprintf("must be between 1 and %d", maxSlots)))
 	}
 	o.lockName = positional[0]
 	if o.scheme, err = lookupScheme(o.keyspace); err != nil {
 		return nil, err
+	}
+	if semaphore {
+		if o.semKeys, err = o.scheme.semaphoreKeys(o.lockName, o.slots); err != nil {
+			return nil, fmt.Errorf("%s %d: %w", slots, o.slots, err)
+		}
+		return o, nil
 	}
 	if _, err := o.scheme.key(o.lockName); err != nil {
 		return nil, fmt.Errorf("--keyspace %s: %w", o.keyspace, err)
@@ -86,6 +100,7 @@ func (o *statusOptions) open(ctx context.Context, appName string, log *logger) (
 // statusHelp is the text of withlock status --help.
 const statusHelp = `Usage:
   withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]
+  withlock status <semaphoreName> --slots <n> [--db <conn>] [--keyspace <name>] [--json]
 
 Prints whether the lock is held, in which mode (exclusive or shared) and by
 which sessions (pid, application_name, client address), and which sessions
@@ -97,13 +112,20 @@ lock was taken. When the lock is a leader election's (sqllock's Election)
 and its holder has won but still waits out its takeover delay, status says
 so: that holder does not lead yet.
 
+With --slots, it reports on the semaphore of that many slots (withlock
+--slots): which slots are held and by whom, which sessions wait for which
+slot, and which session holds its watch lock (a waiter that tries the
+slots no one waits for).
+
 Flags:
   --db <connectionString>  the database, as for withlock
   --keyspace <name>        how lockName becomes a key, as for withlock
+  --slots <n>              report on the semaphore with n slots
   --json                   print one JSON object, for scripts
 
-Exit status: 0 when the lock is free, 1 when it is held, 64 for bad usage,
-69 when the database cannot be reached.
+Exit status: 0 when the lock is free (every slot, with --slots), 1 when it
+is held (any slot), 64 for bad usage, 69 when the database cannot be
+reached.
 `
 
 // runStatus carries out withlock status and returns the exit status.
@@ -123,6 +145,9 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger
 		return code
 	}
 	defer closeDB()
+	if o.slots > 0 {
+		return semaphoreStatus(ctx, o, cfg, stdout, log)
+	}
 	hs, err := mu.Holders(ctx)
 	if err != nil {
 		log.printf("cannot read the lock's holders from %s: %v", describeDB(cfg), err)
@@ -136,8 +161,17 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger
 	}
 	st := newLockStatus(o.lockName, o.scheme.name, mu.Key(), hs)
 	st.setElection(ld.State)
+	return printStatus(st, st.Held, o.json, stdout, log)
+}
+
+// statusReport is a status that prints itself for people.
+type statusReport interface{ text(now time.Time) string }
+
+// printStatus prints st, as JSON with --json, and returns the exit status
+// of withlock status: whether it is held.
+func printStatus(st statusReport, held, asJSON bool, stdout io.Writer, log *logger) int {
 	var out string
-	if o.json {
+	if asJSON {
 		b, err := json.MarshalIndent(st, "", "  ")
 		if err != nil { // cannot happen: plain strings, numbers and times
 			log.printf("%v", err)
@@ -148,7 +182,7 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer, log *logger
 		out = st.text(time.Now())
 	}
 	fmt.Fprint(stdout, log.r.redact(out))
-	if st.Held {
+	if held {
 		return ExitHeld
 	}
 	return ExitOK
@@ -207,11 +241,7 @@ func newLockStatus(name, scheme string, key keyspace.Key, hs []sqllock.Holder) *
 		Holders: []sessionStatus{}, Waiters: []sessionStatus{},
 	}
 	for _, h := range hs {
-		s := sessionStatus{
-			PID: h.PID, Mode: modeName(h.Shared), ApplicationName: h.ApplicationName, ClientAddr: h.ClientAddr,
-			BackendStart: timePtr(h.BackendStart), WaitStart: timePtr(h.WaitStart),
-			State: h.State, StateChange: timePtr(h.StateChange),
-		}
+		s := newSessionStatus(h)
 		if h.Granted {
 			st.Holders = append(st.Holders, s)
 		} else {
@@ -223,6 +253,15 @@ func newLockStatus(name, scheme string, key keyspace.Key, hs []sqllock.Holder) *
 		st.Mode = st.Holders[0].Mode
 	}
 	return st
+}
+
+// newSessionStatus describes the session of h.
+func newSessionStatus(h sqllock.Holder) sessionStatus {
+	return sessionStatus{
+		PID: h.PID, Mode: modeName(h.Shared), ApplicationName: h.ApplicationName, ClientAddr: h.ClientAddr,
+		BackendStart: timePtr(h.BackendStart), WaitStart: timePtr(h.WaitStart),
+		State: h.State, StateChange: timePtr(h.StateChange),
+	}
 }
 
 func modeName(shared bool) string {

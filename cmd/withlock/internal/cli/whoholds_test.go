@@ -39,24 +39,35 @@ func TestReportHoldersBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &runOptions{lockName: t.Name(), scheme: s}
-	mu := sqllock.New(db, sqllock.WithKeyspace(s.strategy)).Mutex(o.lockName)
+	l := sqllock.New(db, sqllock.WithKeyspace(s.strategy))
+	lock := newHold(l, &runOptions{lockName: t.Name(), scheme: s})
+	semOpts := &runOptions{lockName: t.Name() + "/sem", scheme: s, slots: 2}
+	if semOpts.semKeys, err = s.semaphoreKeys(semOpts.lockName, semOpts.slots); err != nil {
+		t.Fatal(err)
+	}
+	sem := newHold(l, semOpts)
 	var out bytes.Buffer
 	log := &logger{w: &out, verbose: true}
 
-	reportHolders(t.Context(), mu, o, log) // answered: the lock is free
-	if want := "has no holder now"; !strings.Contains(out.String(), want) {
-		t.Errorf("free lock: got %q, want it to contain %q", out.String(), want)
+	// Answered: the lock and the slots are free.
+	for h, want := range map[*hold]string{lock: "has no holder now", sem: "has 2 free slots now"} {
+		out.Reset()
+		h.reportHolders(t.Context(), log)
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("free %s: got %q, want it to contain %q", h.noun(), out.String(), want)
+		}
 	}
 
-	out.Reset()
 	p.Blackhole()
-	start := time.Now()
-	reportHolders(t.Context(), mu, o, log)
-	if took, limit := time.Since(start), holdersTimeout+2*time.Second; took > limit {
-		t.Errorf("the lookup took %v with a silent server, want at most %v", took, limit)
-	}
-	if want := "cannot tell who holds lock"; !strings.Contains(out.String(), want) {
-		t.Errorf("silent server: got %q, want it to contain %q", out.String(), want)
+	for h, want := range map[*hold]string{lock: "cannot tell who holds lock", sem: "cannot tell who holds the slots of semaphore"} {
+		out.Reset()
+		start := time.Now()
+		h.reportHolders(t.Context(), log)
+		if took, limit := time.Since(start), holdersTimeout+2*time.Second; took > limit {
+			t.Errorf("%s: the lookup took %v with a silent server, want at most %v", h.noun(), took, limit)
+		}
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("%s, silent server: got %q, want it to contain %q", h.noun(), out.String(), want)
+		}
 	}
 }
