@@ -82,6 +82,11 @@ var cases = []testCase{
 		fencingTokens,
 	},
 	{
+		"Semaphore",
+		withSource("a 2-slot semaphore lets two holders from different Lockers in, one slot each in pg_locks, refuses a third TryAcquire, makes its Acquire wait until a slot is released, and each Release frees its slot"),
+		semaphoreSlots,
+	},
+	{
 		"NoLeak",
 		withSource("no advisory lock on a key used by the checks above remains in pg_locks"),
 		noLeak,
@@ -115,7 +120,7 @@ func sessionPinned(t *testing.T, e *env) {
 	// pooler's: sqllock holds its locks in transactions there.
 	for i := range 4 {
 		if p := e.pid(c1); i > 0 && p != p1 {
-			t.Logf("statements on one *sql.Conn outside a transaction ran in backends %d and %d: a transaction-mode pooler sits between client and server, and sqllock holds each lock in a transaction of its own (a pinned server connection per lock)", p1, p)
+			t.Logf("statements on one *sql.Conn outside a transaction ran in backends %d and %d: a transaction-mode pooler sits between client and server, and sqllock holds its locks in transactions (a pinned server connection per lock, or per session with WithSessions)", p1, p)
 			return
 		}
 		p1 = e.pid(c1)

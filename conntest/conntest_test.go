@@ -45,6 +45,14 @@ func TestRun(t *testing.T) {
 		{"pgbouncerTransactionExec", func(t *testing.T) *sql.DB {
 			return openBouncerDSN(t, "pgx", "transaction", "&default_query_exec_mode=exec")
 		}, nil},
+		// WithSessions behind a transaction pooler: each session carries its
+		// locks in a transaction it holds open while it carries any.
+		{"pgbouncerTransactionSessions", func(t *testing.T) *sql.DB {
+			return openBouncerDSN(t, "pgx", "transaction", "&default_query_exec_mode=exec")
+		}, []sqllock.Option{sqllock.WithSessions(2)}},
+		{"pgbouncerTransactionLibpqSessions", func(t *testing.T) *sql.DB {
+			return openBouncerDSN(t, "postgres", "transaction", "&binary_parameters=yes")
+		}, []sqllock.Option{sqllock.WithSessions(2)}},
 		{"libpqSessions", func(t *testing.T) *sql.DB { return pgtest.DB(t, "postgres") }, []sqllock.Option{sqllock.WithSessions(2)}},
 		{"pgxSessions", func(t *testing.T) *sql.DB { return pgtest.DB(t, "pgx") }, []sqllock.Option{sqllock.WithSessions(2)}},
 		{"pgxSmallPool", func(t *testing.T) *sql.DB {

@@ -44,8 +44,11 @@ type setup struct {
 // modes gives, for the rows that prove a mode of the library rather than
 // of the driver, the options their Lockers get.
 var modes = map[string][]sqllock.Option{
-	"libpq-sessions": {sqllock.WithSessions(2)},
-	"pgx-sessions":   {sqllock.WithSessions(2)},
+	"libpq-sessions":                       {sqllock.WithSessions(2)},
+	"pgx-sessions":                         {sqllock.WithSessions(2)},
+	"pgbouncer-transaction-sessions":       {sqllock.WithSessions(2)},
+	"pgbouncer-transaction-libpq-sessions": {sqllock.WithSessions(2)},
+	"pgbouncer-transaction-bun-sessions":   {sqllock.WithSessions(2)},
 }
 
 // opts returns the options of s's Lockers.
@@ -140,6 +143,19 @@ var setups = []setup{
 		return pgtest.NewBouncer(tb, "transaction", 8).DSN() + "&binary_parameters=yes"
 	}, sqlOpen("postgres")},
 	{"pgbouncer-transaction-bun-pgdriver", func(tb testing.TB) string {
+		return pgtest.NewBouncer(tb, "transaction", 8).DSN()
+	}, func(dsn string) (*sql.DB, func(), error) {
+		return sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn))), nil, nil
+	}},
+	// WithSessions behind a transaction pooler: each session carries its
+	// locks in a transaction it holds open while it carries any.
+	{"pgbouncer-transaction-sessions", func(tb testing.TB) string {
+		return pgtest.NewBouncer(tb, "transaction", 8).DSN() + "&default_query_exec_mode=exec"
+	}, sqlOpen("pgx")},
+	{"pgbouncer-transaction-libpq-sessions", func(tb testing.TB) string {
+		return pgtest.NewBouncer(tb, "transaction", 8).DSN() + "&binary_parameters=yes"
+	}, sqlOpen("postgres")},
+	{"pgbouncer-transaction-bun-sessions", func(tb testing.TB) string {
 		return pgtest.NewBouncer(tb, "transaction", 8).DSN()
 	}, func(dsn string) (*sql.DB, func(), error) {
 		return sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn))), nil, nil

@@ -29,11 +29,11 @@ var (
 	// ErrSharedSession reports a lock refused because no server session can
 	// stay this client's while it holds the lock: a pooler in statement mode
 	// (PgBouncer pool_mode=statement), which refuses transactions, or a
-	// session already used for a lock by another client connection, which
-	// WithSessions meets behind a transaction-mode pooler. Without
-	// WithSessions, a lock behind a transaction-mode pooler is held in a
-	// transaction of its own (docs/drivers.md). Use a session- or
-	// transaction-mode pool, the default mode, or transaction-scoped locks
+	// session already used for a lock by another client connection where
+	// sqllock cannot tell a pooler from the server. Behind a
+	// transaction-mode pooler a lock is held in a transaction, of its own
+	// or, with WithSessions, of its session's (docs/drivers.md). Use a
+	// session- or transaction-mode pool, or transaction-scoped locks
 	// ([Mutex.LockTx]).
 	ErrSharedSession = errs.ErrForeignSession
 

@@ -26,7 +26,7 @@ import (
 const holderEnv = "SQLLOCK_TEST_HOLDER"
 
 // runHolder takes the lock named by holderEnv ("driver dsn name") with
-// default options, says "locked", and says "lost: <cause>" and "err:
+// default options (with "sessions:<name>", WithSessions(2) and more locks), says "locked", and says "lost: <cause>" and "err:
 // <Mutex.Err>" when WithLock's context ends, then "withlock: <error>"
 // once WithLock returns.
 func runHolder(spec string) {
@@ -43,7 +43,18 @@ func runHolder(spec string) {
 	if sem, ok := strings.CutPrefix(name, "semaphore:"); ok {
 		runSemWorker(db, sem) // semaphore_procs_test.go
 	}
-	mu := sqllock.New(db).Mutex(name)
+	l := sqllock.New(db)
+	if multiplexed, ok := strings.CutPrefix(name, "sessions:"); ok {
+		// Many locks on a few sessions: holderSessionLocks more first.
+		name, l = multiplexed, sqllock.New(db, sqllock.WithSessions(2))
+		for i := range holderSessionLocks {
+			if err := l.Mutex(fmt.Sprintf("%s/%d", name, i)).Lock(context.Background()); err != nil {
+				fmt.Println("lock:", err)
+				os.Exit(1)
+			}
+		}
+	}
+	mu := l.Mutex(name)
 	err = mu.WithLock(context.Background(), func(ctx context.Context) error {
 		fmt.Println("locked")
 		<-ctx.Done()
@@ -54,6 +65,10 @@ func runHolder(spec string) {
 	fmt.Println("withlock:", err)
 	os.Exit(0)
 }
+
+// holderSessionLocks is how many locks a holder of "sessions:<name>"
+// takes besides name's, on its two sessions (see runHolder).
+const holderSessionLocks = 4
 
 // startHolder starts the test binary as a holder process (see runHolder)
 // for spec ("driver dsn name"), and returns it with the lines it prints.

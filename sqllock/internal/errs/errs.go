@@ -15,7 +15,7 @@ var (
 	ErrStandby = errors.New("sqllock: server is a standby in recovery; its advisory locks exclude nobody on the primary")
 
 	// ErrForeignSession is sqllock.ErrSharedSession.
-	ErrForeignSession = errors.New("sqllock: server session shared with another client, as behind a statement-mode pooler, or with WithSessions behind a transaction-mode pooler")
+	ErrForeignSession = errors.New("sqllock: server session shared with another client, as behind a statement-mode pooler")
 
 	// ErrNotReleased is sqllock.ErrNotReleased.
 	ErrNotReleased = errors.New("sqllock: release not confirmed: the abandoned session may hold the lock until the server ends it")

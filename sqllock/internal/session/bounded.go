@@ -88,6 +88,7 @@ type outcome struct {
 	dc       any    // lockOn's driver connection
 	held     bool   // the grant is held in a transaction (see acquireHeld)
 	tx       int64  // that transaction's start (see sqltext.XactStart)
+	v        any    // heldMuxRun: the first statement's answer
 	err      error
 }
 

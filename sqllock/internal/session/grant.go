@@ -22,6 +22,7 @@ type Grant struct {
 	onLost   func(error)
 	acquired time.Time // when the lock was granted; set only for the Ended hook
 	token    uint64    // the fencing token of the grant (Config.Fencing), else 0
+	pid      int64     // the backend that holds it, on a held multiplexed session (whose backend changes between transactions); else 0
 
 	mu         sync.Mutex // taken after its session's mu, when both are
 	ended      bool
@@ -55,7 +56,12 @@ func (g *Grant) Token() uint64 { return g.token }
 // PID returns the backend pid of the server session that carries the
 // grant: the pid pg_locks shows holding it (an election checks on the
 // server that it still holds its lock).
-func (g *Grant) PID() int64 { return g.s.pid }
+func (g *Grant) PID() int64 {
+	if g.pid != 0 {
+		return g.pid
+	}
+	return g.s.pid
+}
 
 // Acquired returns when the lock was granted, if the Ended hook is set.
 func (g *Grant) Acquired() time.Time { return g.acquired }

@@ -117,6 +117,19 @@ func (p *multiplexed) done(s *session) {
 	p.m.sched.Cancel(s)
 	s.connMu.Lock() // a probe in flight finishes first
 	defer s.connMu.Unlock()
+	if s.held && s.heldTx != nil {
+		// A transaction that carries nothing, which every path that lets go
+		// of a lock ends: should one be left, it ends here, or its server
+		// session does.
+		x := s.heldTx
+		if _, abandoned, _, err := p.m.heldMuxRun(s, x.End(p.m.heldSplit.Load())); abandoned || err != nil {
+			if !abandoned {
+				_ = p.m.settler.EndTx(s.conn, x.PID, x.Start, keyspace.Key{})
+			}
+			return
+		}
+		p.m.closeHeldTx(s)
+	}
 	if s.conn != nil {
 		s.mu.Lock()
 		unclean := s.unclean
@@ -198,6 +211,16 @@ func (m *Manager) lockMultiplexed(ctx context.Context, t *Target, req Request) (
 			p.done(s)
 			return nil, errs.WithCtxErr(ctx, context.Cause(ctx))
 		}
+		if s.held && !s.dead.Load() {
+			// A pooler's session (see heldmux.go).
+			g, retry, err := m.lockHeldMux(ctx, s, t, req, others, false)
+			if retry && dead < p.n+p.m.db.Stats().Idle+1 {
+				dead++
+				attempt--
+				continue
+			}
+			return g, err
+		}
 		if s.dead.Load() || s.conn == nil {
 			// Lost, or never connected, since it was taken: try another.
 			s.connMu.Unlock()
@@ -224,6 +247,22 @@ func (m *Manager) lockMultiplexed(ctx context.Context, t *Target, req Request) (
 			q = t.Q.TryShared
 		}
 		r, abandoned, settleErr, refused := m.lockStatementMultiplexed(ctx, s, t, q)
+		if !abandoned && r.err == nil && r.n&sqltext.FlagProxied != 0 {
+			// The session is a pooler's, which a verify statement that took
+			// nothing found: from now on its locks are held in a transaction
+			// (see heldmux.go).
+			s.held, s.dc = true, r.dc
+			if args := m.simpleArgs(r.dc); args != nil {
+				s.probeArgs = []any{args[0].Value}
+			}
+			g, retry, err := m.lockHeldMux(ctx, s, t, req, others, true)
+			if retry && dead < p.n+p.m.db.Stats().Idle+1 {
+				dead++
+				attempt--
+				continue
+			}
+			return g, err
+		}
 		if s.pid == 0 {
 			// The session's backend, known once verified, whatever the
 			// statement did: the one to end if the session is lost.
@@ -437,6 +476,9 @@ func (s *session) releaseCarried(ctx context.Context, g *Grant) error {
 			lost = g.unlockErr(errs.ErrNotHeld)
 		}
 		return lost
+	}
+	if s.held {
+		return s.releaseHeld(g)
 	}
 	err := s.m.unlockOn(s, g.t, g.shared)
 	switch {

@@ -44,7 +44,12 @@ type session struct {
 	// The keep-alive query's arguments: with held, what makes pgx run it in
 	// the simple protocol (see Manager.simpleArgs).
 	probeArgs []any
-	grant     *Grant // the grant a session of its own carries; nil for a multiplexed one
+	// A held multiplexed session's open transaction, nil between
+	// transactions, and the keep-alive query in it (see heldmux.go); set
+	// and read by whoever holds connMu.
+	heldTx *sqltext.HeldTx
+	probeQ string
+	grant  *Grant // the grant a session of its own carries; nil for a multiplexed one
 
 	// A multiplexed session carries many grants. mux counts its users
 	// (guarded by mux.mu).
@@ -157,10 +162,11 @@ func (s *session) tick() {
 	stopped, probeAt := s.stopped, s.probeAt
 	s.mu.Unlock()
 	switch {
-	case stopped || s.m.cfg.Interval <= 0 || s.dc == nil:
+	case stopped || s.m.cfg.Interval <= 0 || s.dc == nil || s.held && s.mux != nil && s.heldTx == nil:
 		// Released; or a watchdog's entry (see session.watch), with no
 		// keep-alive to run, or on a multiplexed session that has yet to give
-		// a sound answer.
+		// a sound answer, or that holds no transaction, and so no lock, now
+		// (see openHeldTx).
 		s.connMu.Unlock()
 		return
 	case s.m.sched.Now() < probeAt:
@@ -285,9 +291,13 @@ func (s *session) probe(timeout time.Duration) error {
 		err error
 	}
 	ch := make(chan result, 1)
+	q := sqltext.ProbeSQL
+	if s.probeQ != "" {
+		q = s.probeQ
+	}
 	go func() {
 		var r result
-		r.err = s.conn.QueryRowContext(ctx, sqltext.ProbeSQL, s.probeArgs...).Scan(&r.pid)
+		r.err = s.conn.QueryRowContext(ctx, q, s.probeArgs...).Scan(&r.pid)
 		ch <- r
 	}()
 	timer := time.NewTimer(timeout)

@@ -99,8 +99,9 @@ func (c *verifiedCache) drop(dc any) {
 // driver connection dc, verifying that session first unless this Manager
 // already did. A session the verify statement refuses yields no statement
 // and the refusal's flags (sqltext.FlagStandby, sqltext.FlagForeign,
-// sqltext.FlagStub). pid is the session's
-// backend pid once known, even with an error.
+// sqltext.FlagStub), or a pooler's session (sqltext.FlagProxied). pid is
+// the session's backend pid once known, even with an error; 0 for a
+// pooler's session, which no statement of this connection's holds.
 func (m *Manager) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *sqltext.Cache) (g *sqltext.Guarded, pid, flags int64, err error) {
 	p := drv.ConnPointer(dc)
 	var ref, owner weak.Pointer[byte]
@@ -135,17 +136,18 @@ func (m *Manager) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *s
 		return nil, 0, 0, err
 	}
 	pid, flags = n>>sqltext.AnswerShift, n&(sqltext.FlagStandby|sqltext.FlagForeign|sqltext.FlagStub)
-	if m.mux == nil && flags&^sqltext.FlagForeign == 0 {
+	if flags&^sqltext.FlagForeign == 0 {
 		if startup, ok := drv.StartupPID(dc); ok && startup != pid {
 			// A pooler's session: another client's mark on it is no
-			// refusal, since its locks are held in a transaction.
+			// refusal, since its locks are held in a transaction. Its pid
+			// is no one's to settle: the pooler hands it to any client.
 			if err := m.checkHeld(ctx, dc); err != nil {
-				return nil, pid, 0, err
+				return nil, 0, 0, err
 			}
 			if p != nil {
 				m.verified.remember(ref, owner, proxiedPID)
 			}
-			return nil, pid, sqltext.FlagProxied, nil
+			return nil, 0, sqltext.FlagProxied, nil
 		}
 	}
 	if flags != 0 {

@@ -22,6 +22,12 @@ import (
 type Held struct {
 	Try, TryShared   string // answer the backend pid times 2, plus 1 if granted; a space; the transaction's start (see XactStart)
 	Wait, WaitShared string // one row, once granted
+
+	// A multiplexed session held in a transaction (see HeldTx) carries
+	// session-level locks, each released by its own unlock.
+	First, FirstShared     string // the transaction's first lock: answers as Try does
+	In, InShared, InBehind string // a later lock's select list: true if granted (see HeldTx.Try); InBehind yields to a queued waiter (see waiterQueued)
+	Unlock, UnlockShared   string // an unlock's condition: true if it released the lock (see HeldTx.Unlock)
 }
 
 // Statements of a session held in a transaction.
@@ -41,13 +47,8 @@ const (
 // LeaseOn, is kept otherwise. The try sets it before it tries, so that a
 // wait that follows inherits it.
 func BuildHeld(k keyspace.Key, d time.Duration) *Held {
-	var list string
-	if n, ok := k.Int64(); ok {
-		list = strconv.FormatInt(n, 10)
-	} else {
-		a, b, _ := k.Pair()
-		list = strconv.FormatInt(int64(a), 10) + "," + strconv.FormatInt(int64(b), 10)
-	}
+	q := Build(k, false)
+	list := q.KeyList
 	try := func(fn string) string {
 		granted := fn + "(" + list + ")::int"
 		if d > 0 {
@@ -56,10 +57,17 @@ func BuildHeld(k keyspace.Key, d time.Duration) *Held {
 		return "SELECT (pg_backend_pid()::int8*2 + " + granted + ")::text || ' ' || " + XactStart
 	}
 	return &Held{
-		Try:        try("pg_try_advisory_xact_lock"),
-		TryShared:  try("pg_try_advisory_xact_lock_shared"),
-		Wait:       "SELECT 1 FROM pg_advisory_xact_lock(" + list + ")",
-		WaitShared: "SELECT 1 FROM pg_advisory_xact_lock_shared(" + list + ")",
+		Try:          try("pg_try_advisory_xact_lock"),
+		TryShared:    try("pg_try_advisory_xact_lock_shared"),
+		Wait:         "SELECT 1 FROM pg_advisory_xact_lock(" + list + ")",
+		WaitShared:   "SELECT 1 FROM pg_advisory_xact_lock_shared(" + list + ")",
+		First:        try("pg_try_advisory_lock"),
+		FirstShared:  try("pg_try_advisory_lock_shared"),
+		In:           "pg_try_advisory_lock(" + list + ")",
+		InShared:     "pg_try_advisory_lock_shared(" + list + ")",
+		InBehind:     "CASE WHEN " + q.queued + " THEN false ELSE pg_try_advisory_lock_shared(" + list + ") END",
+		Unlock:       "pg_advisory_unlock(" + list + ")",
+		UnlockShared: "pg_advisory_unlock_shared(" + list + ")",
 	}
 }
 
@@ -158,4 +166,106 @@ func MarkedLook(mark string) string {
 
 func markedSession(mark string) string {
 	return "left(query, " + strconv.Itoa(len(mark)) + ") = '" + mark + "' AND state <> 'idle' AND pid <> pg_backend_pid()"
+}
+
+// Behind a transaction pooler, a multiplexed session (WithSessions) carries
+// its locks in a transaction held open for as long as it carries any, begun
+// by BeginRCSQL and, with its first lock, a savepoint (First): the locks are
+// session-level ones, so that each unlock releases its own, and the
+// transaction ends only once the session carries none (HeldTx.Unlock,
+// HeldTx.End). Every statement after the first is guarded by the
+// transaction's backend pid and start, so that none takes or releases
+// anything elsewhere. A query of several statements has rows in its first
+// alone: bun's pgdriver, for one, reads no second result.
+const (
+	// BeginRCSQL begins a multiplexed session's transaction: READ
+	// COMMITTED whatever the role's default, so that the idle transaction
+	// keeps no snapshot between statements.
+	BeginRCSQL = "BEGIN ISOLATION LEVEL READ COMMITTED"
+	// SavepointSQL follows the transaction's first lock: an error in a
+	// later statement aborts the transaction, and RecoverSQL gives it back,
+	// with every session lock it holds (a rollback to a savepoint releases
+	// no session lock).
+	SavepointSQL = "SAVEPOINT sqllock"
+	RecoverSQL   = "ROLLBACK TO SAVEPOINT sqllock"
+	// freeAll releases every session-level advisory lock of the session,
+	// and is true: what ends a transaction calls it first, so that no
+	// session lock outlives the transaction, whatever the session holds.
+	freeAll = "pg_advisory_unlock_all() IS NOT NULL"
+)
+
+// A HeldTx is one transaction of a multiplexed session held in a
+// transaction: its backend and its start (see XactStart).
+type HeldTx struct {
+	PID, Start int64
+	in, out    string
+}
+
+// InHeldTx returns the transaction of backend pid that began at start.
+func InHeldTx(pid, start int64) *HeldTx {
+	p, t := strconv.FormatInt(pid, 10), strconv.FormatInt(start, 10)
+	return &HeldTx{PID: pid, Start: start,
+		in:  " WHERE pg_backend_pid() = " + p + " AND " + XactStart + " = " + t,
+		out: "pg_backend_pid() <> " + p + " OR " + XactStart + " <> " + t,
+	}
+}
+
+// notInTx raises an error (a cast of text that is no integer, which the
+// planner cannot fold) where a statement finds itself outside the
+// transaction it was written for: the statements after it in the same
+// query do not run.
+const notInTx = "('sqllock: backend ' || pg_backend_pid() || ' is not in the transaction that holds its locks')::int"
+
+// First is a held try (Held.First, Held.FirstShared) marked with mark (see
+// Marked), then the savepoint, for a transaction that BeginRCSQL began;
+// apart, with split, for a driver that takes one statement at a time.
+func First(mark, try string, split bool) []string {
+	return joined(split, mark+try, SavepointSQL)
+}
+
+// Try is a later lock in x (Held.In, Held.InShared, Held.InBehind): true
+// if granted, false if taken, and no row, taking nothing, outside x.
+func (x *HeldTx) Try(sel string) string {
+	return "SELECT " + sel + x.in
+}
+
+// Unlock releases a lock in x by cond (Held.Unlock, Held.UnlockShared),
+// answering 1 if it released it, 0 if the session did not hold it, and an
+// error outside x. The last lock the session carries frees every lock the
+// session holds and ends x.
+func (x *HeldTx) Unlock(cond string, last, split bool) []string {
+	if !last {
+		return []string{"SELECT CASE WHEN " + x.out + " THEN " + notInTx + " WHEN " + cond + " THEN 1 ELSE 0 END"}
+	}
+	return joined(split, "SELECT CASE WHEN "+x.out+" THEN "+notInTx+" WHEN "+cond+" THEN CASE WHEN "+freeAll+" THEN 1 ELSE 1 END"+
+		" WHEN "+freeAll+" THEN 0 ELSE 0 END", RollbackSQL)
+}
+
+// End frees every lock the session holds and ends x, which carries none
+// that anyone holds: answers 1, or an error outside x.
+func (x *HeldTx) End(split bool) []string {
+	return joined(split, "SELECT CASE WHEN "+x.out+" THEN "+notInTx+" WHEN "+freeAll+" THEN 1 ELSE 1 END", RollbackSQL)
+}
+
+// Recover gives back x after an error that aborted it (see RecoverSQL),
+// then releases by undo (Held.Unlock, Held.UnlockShared) what the failed
+// statement may have taken: two queries, since the second has rows.
+func (x *HeldTx) Recover(undo string) []string {
+	return []string{RecoverSQL, "SELECT CASE WHEN " + x.out + " THEN " + notInTx + " WHEN " + undo + " THEN 1 ELSE 0 END"}
+}
+
+// Probe is the keep-alive query in x: the backend pid, and no row
+// outside x.
+func (x *HeldTx) Probe() string {
+	return "SELECT pg_backend_pid()" + x.in
+}
+
+// joined returns the statements as one query, whose statements after a
+// failed one do not run, or apart, with split, for a driver that takes one
+// statement at a time (whose caller stops at the first that fails).
+func joined(split bool, stmts ...string) []string {
+	if split {
+		return stmts
+	}
+	return []string{strings.Join(stmts, "; ")}
 }
