@@ -241,12 +241,12 @@ func (o *observing) start(ctx context.Context, t *session.Target, shared, try bo
 // acquired tells a's observers how the attempt ended: g granted, none
 // (contended), or err. A granted attempt is followed to its end.
 func (o *observing) acquired(a *attempt, t *session.Target, shared bool, g *session.Grant, err error) {
-	e := Event{Shared: shared, Wait: time.Since(a.start), Err: err}
+	e := Event{Shared: shared, Err: err}
 	switch {
 	case err != nil:
-		e.Kind = EventFailed
+		e.Kind, e.Wait = EventFailed, time.Since(a.start)
 	case g == nil:
-		e.Kind = EventContended
+		e.Kind, e.Wait = EventContended, time.Since(a.start)
 	default:
 		e.Kind = EventAcquired
 		e.Wait = g.Acquired().Sub(a.start)
@@ -327,15 +327,15 @@ func (l *Locker) observeEnd(g *session.Grant, lost error, sessionLocks int) {
 }
 
 // release releases g. Observed, it makes sure that g's attempt hears of
-// its end: the session layer reports a release and a loss, but not a
-// release it could not confirm (ErrNotReleased, an unlock that failed),
-// which comes as EventReleased, or EventLost if the error wraps
-// ErrLockLost, with the error. A grant the keep-alive found lost is told
-// by the keep-alive.
+// its end: the session layer reports a release (every one that returns
+// nil) and a loss, but not a release it could not confirm
+// (ErrNotReleased, an unlock that failed), which comes as EventReleased,
+// or EventLost if the error wraps ErrLockLost, with the error. A grant
+// the keep-alive found lost is told by the keep-alive.
 func (m *Mutex) release(ctx context.Context, g *session.Grant) error {
 	err := g.Release(ctx)
 	o := m.l.obs
-	if o == nil || errors.Is(g.Err(), ErrLockLost) {
+	if o == nil || err == nil || errors.Is(g.Err(), ErrLockLost) {
 		return err
 	}
 	e := Event{Kind: EventReleased, Shared: g.Shared(), Held: time.Since(g.Acquired()), Err: err}

@@ -3,8 +3,11 @@ package sqllock_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"testing"
 
+	"github.com/advisorylock/go-advisory-lock/internal/fakedriver"
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
@@ -29,4 +32,22 @@ func BenchmarkObserver(b *testing.B) {
 		alternate(b, "observer=attempt", lockUnlockLoop(sqllock.New(db, sqllock.WithObserver(nopAttempts{})), k),
 			"observer=none", lockUnlockLoop(sqllock.New(db), k))
 	})
+}
+
+// BenchmarkFakeObserver is BenchmarkObserver over a fake driver that
+// answers at once: no round trip, so that sqllock's own observing work
+// per Lock+Unlock (the attempt, its clock reads, its registration) is
+// not lost in a round trip's noise. Compare ns/op and allocs/op of
+// observer=attempt with observer=none.
+func BenchmarkFakeObserver(b *testing.B) {
+	open := func(opts ...sqllock.Option) *sqllock.Locker {
+		db := sql.OpenDB(&fakedriver.Connector{Query: func(_ context.Context, q string) ([]driver.Value, error) {
+			return answerAs(q, 7), nil
+		}})
+		b.Cleanup(func() { db.Close() })
+		return sqllock.New(db, append([]sqllock.Option{sqllock.WithPlaceholders(false), sqllock.WithKeepAlive(0, 0)}, opts...)...)
+	}
+	k := keyspace.Int64(42)
+	alternate(b, "observer=attempt", lockUnlockLoop(open(sqllock.WithObserver(nopAttempts{})), k),
+		"observer=none", lockUnlockLoop(open(), k))
 }
