@@ -67,6 +67,12 @@
 //     token is larger than the one before, whichever session takes it. It
 //     is skipped on servers older than PostgreSQL 13, and with options that
 //     exclude fencing ([sqllock.WithAllowStandby]).
+//   - Semaphore: a 2-slot [sqllock.Semaphore] lets two holders from
+//     different Lockers in, each holding exactly one slot in pg_locks;
+//     refuses a third TryAcquire; makes the third's Acquire wait until a
+//     slot is released, then gives it that slot; and each Release frees
+//     its slot at once. It is skipped with options whose keyspace cannot
+//     name a semaphore's slots (a strategy that does not hash names).
 //   - NoLeak: once every check has finished, no advisory lock on a key the
 //     suite used remains in pg_locks.
 //
@@ -86,7 +92,11 @@
 //
 // Run needs db to itself while it runs: it compares db.Stats().InUse with
 // its value when Run began. The pool must allow at least three connections
-// beyond those already in use. The checks run one after another, each under
+// beyond those already in use. Semaphore's wait needs five at once (two
+// holders, a waiter's two, one to read pg_locks), and as many server
+// connections behind a pooler: with a pool limited to fewer
+// (SetMaxOpenConns), it checks that a released slot goes to the next
+// TryAcquire instead, and logs that it did. The checks run one after another, each under
 // a 30-second deadline; a call that ignores its context fails the check
 // instead of stalling the suite. Lock names are derived from the test's name
 // and a random per-Run prefix, so concurrent runs, in one process or many,

@@ -81,8 +81,10 @@ func openBouncer(t *testing.T, driver, mode string) *sql.DB {
 }
 
 // openBouncerDSN is openBouncer with params added to the pooler's DSN.
+// The pooler has 8 server connections: the Semaphore check holds 5 at
+// once, and in session mode database/sql's idle connections keep theirs.
 func openBouncerDSN(t *testing.T, driver, mode, params string) *sql.DB {
-	b := pgtest.NewBouncer(t, mode, 4)
+	b := pgtest.NewBouncer(t, mode, 8)
 	db, err := sql.Open(driver, b.DSN()+params)
 	if err != nil {
 		t.Fatal(err)
