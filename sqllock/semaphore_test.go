@@ -378,3 +378,81 @@ func TestSemaphoreObserved(t *testing.T) {
 		assert.Zero(t, sqllock.ObservedGrants(l))
 	})
 }
+
+// keySQL is the argument list of an advisory-lock function for k, as a
+// program in another language writes it.
+func keySQL(k keyspace.Key) string {
+	if a, b, ok := k.Pair(); ok {
+		return fmt.Sprintf("(%d, %d)", a, b)
+	}
+	n, _ := k.Int64()
+	return fmt.Sprintf("(%d)", n)
+}
+
+// A program in another language joins a semaphore by taking its slots'
+// keys with plain SQL: the semaphore counts it.
+func TestSemaphoreForeignHolder(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		name := t.Name()
+		ctx := t.Context()
+		slots, _ := slotKeys(name, 2)
+		foreign := make([]*sql.Conn, 2)
+		for i, k := range slots {
+			c, err := db.Conn(ctx)
+			require.NoError(t, err)
+			defer c.Close()
+			var ok bool
+			require.NoError(t, c.QueryRowContext(ctx, "SELECT pg_try_advisory_lock"+keySQL(k)).Scan(&ok))
+			require.True(t, ok)
+			foreign[i] = c
+		}
+		sem := sqllock.New(db).Semaphore(name, 2)
+		ok, err := sem.TryAcquire(ctx)
+		require.NoError(t, err)
+		require.False(t, ok, "both slots are held by plain SQL")
+		got := make(chan error, 1)
+		go func() { got <- sem.Acquire(ctx) }()
+		_, err = foreign[1].ExecContext(ctx, "SELECT pg_advisory_unlock"+keySQL(slots[1]))
+		require.NoError(t, err)
+		require.NoError(t, <-got)
+		slot, _ := sem.Slot()
+		assert.Equal(t, 1, slot)
+		require.NoError(t, sem.Release(ctx))
+		_, err = foreign[0].ExecContext(ctx, "SELECT pg_advisory_unlock"+keySQL(slots[0]))
+		require.NoError(t, err)
+		requireNoSlots(t, db, name, 2)
+	})
+}
+
+// Processes that disagree on n share the slots they have in common: the
+// holders never number more than the largest n, and the smaller n is
+// never exceeded by its own users.
+func TestSemaphoreDisagreeingN(t *testing.T) {
+	db := setups[1].open(t)
+	name := t.Name()
+	ctx := t.Context()
+	two, three := sqllock.New(db).Semaphore(name, 2), sqllock.New(db).Semaphore(name, 3)
+	require.NoError(t, three.Acquire(ctx))
+	require.NoError(t, three.Acquire(ctx))
+	ok, err := two.TryAcquire(ctx)
+	require.NoError(t, err)
+	require.False(t, ok, "slots 0 and 1 are taken: n=2 has no more")
+	ok, err = three.TryAcquire(ctx)
+	require.NoError(t, err)
+	require.True(t, ok, "n=3 has slot 2")
+	slot, _ := three.Slot()
+	for range 3 {
+		require.NoError(t, three.Release(ctx))
+	}
+	require.NoError(t, two.Acquire(ctx))
+	require.NoError(t, two.Acquire(ctx))
+	ok, err = three.TryAcquire(ctx)
+	require.NoError(t, err)
+	require.True(t, ok, "slot 2 is never n=2's")
+	slot, _ = three.Slot()
+	assert.Equal(t, 2, slot)
+	require.NoError(t, three.Release(ctx))
+	require.NoError(t, two.Release(ctx))
+	require.NoError(t, two.Release(ctx))
+	requireNoSlots(t, db, name, 3)
+}
