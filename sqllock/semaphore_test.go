@@ -456,3 +456,54 @@ func TestSemaphoreDisagreeingN(t *testing.T) {
 	require.NoError(t, two.Release(ctx))
 	requireNoSlots(t, db, name, 3)
 }
+
+// A waiter whose slot's holder never lets go turns to another slot: with
+// the watcher's role taken by someone else, only the turn gets it the slot
+// that freed up.
+func TestSemaphoreWaiterTurns(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		name := t.Name()
+		ctx := t.Context()
+		slots, watch := slotKeys(name, 2)
+		foreign, err := db.Conn(ctx)
+		require.NoError(t, err)
+		defer foreign.Close()
+		for _, k := range []keyspace.Key{watch, slots[0]} {
+			_, err := foreign.ExecContext(ctx, "SELECT pg_advisory_lock"+keySQL(k))
+			require.NoError(t, err)
+		}
+		holder := sqllock.New(db).Semaphore(name, 2)
+		require.NoError(t, holder.Acquire(ctx))
+		slot, _ := holder.Slot()
+		require.Equal(t, 1, slot)
+
+		waiter := sqllock.New(db).Semaphore(name, 2)
+		got := make(chan error, 1)
+		start := time.Now()
+		go func() { got <- waiter.Acquire(ctx) }()
+		for {
+			_, w0 := lockRows(t, db, slots[0])
+			_, w1 := lockRows(t, db, slots[1])
+			if w0+w1 == 1 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		require.NoError(t, holder.Release(ctx))
+		select {
+		case err := <-got:
+			require.NoError(t, err)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the waiter did not turn to the slot that freed up")
+		}
+		t.Logf("got slot 1 after %v", time.Since(start).Round(time.Millisecond))
+		slot, _ = waiter.Slot()
+		assert.Equal(t, 1, slot)
+		require.NoError(t, waiter.Release(ctx))
+		for _, k := range []keyspace.Key{watch, slots[0]} {
+			_, err := foreign.ExecContext(ctx, "SELECT pg_advisory_unlock"+keySQL(k))
+			require.NoError(t, err)
+		}
+		requireNoSlots(t, db, name, 2)
+	})
+}

@@ -17,7 +17,9 @@ import (
 //     picked at random: the server grants it the moment its holder lets
 //     go, first come first served among the waiters of that slot, and no
 //     try takes it before them. After semRequeue it waits for another
-//     slot instead, so that a slot held for hours holds up no one.
+//     slot instead, so that a slot held for hours holds up no one, and
+//     after twice as long for the next, up to semRequeueMax: turning
+//     costs its waiting session, which the server ends.
 //  3. One first waiter of all processes, the one that holds the lock
 //     name#watch, tries the other slots every semPoll, for slots that no
 //     one waits for; the others try to take over that role every
@@ -26,14 +28,15 @@ import (
 //  4. With a slot, a waiter lets go of name#watch, and the next first
 //     waiter of the process goes on.
 const (
-	semPoll    = 20 * time.Millisecond  // how often the watcher tries the other slots
-	semWatch   = 100 * time.Millisecond // how often the other first waiters try to watch
-	semRequeue = 2 * time.Second        // how long a first waiter waits for one slot before another
+	semPoll       = 20 * time.Millisecond  // how often the watcher tries the other slots
+	semWatch      = 100 * time.Millisecond // how often the other first waiters try to watch
+	semRequeue    = 2 * time.Second        // how long a first waiter waits for one slot before another
+	semRequeueMax = 30 * time.Second       // and at most, however long it waits
 )
 
 // acquire takes a slot: with try, only if one is free now and no caller
 // of s waits. push adds the grant to s.held for Release. Observers hear of
-// the call as one attempt (see observeCall), which it returns.
+// the call as one attempt, which it returns (see take).
 func (s *Semaphore) acquire(ctx context.Context, op string, try, push bool, onLost func(error)) (semGrant, *attempt, error) {
 	switch {
 	case ctx == nil:
@@ -148,8 +151,10 @@ func (s *Semaphore) wait(ctx context.Context, onLost func(error)) (semGrant, err
 		return semGrant{}, err
 	}
 	first := rand.IntN(s.n)
+	turn := semRequeue
 	for r := 0; ; r++ {
-		h, err := w.waitFor((first + r) % s.n)
+		h, err := w.waitFor((first+r)%s.n, turn)
+		turn = min(2*turn, semRequeueMax)
 		if h.g != nil || err != nil {
 			return h, err
 		}
@@ -187,9 +192,9 @@ type semWait struct {
 }
 
 // waitFor waits in the server for slot i, and tries the others as step 3
-// says, for semRequeue at most; it returns no grant and no error when the
-// time is up.
-func (w *semWaiter) waitFor(i int) (semGrant, error) {
+// says, for turn at most; it returns no grant and no error when the time
+// is up.
+func (w *semWaiter) waitFor(i int, turn time.Duration) (semGrant, error) {
 	s, ctx := w.s, w.ctx
 	wctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -203,7 +208,7 @@ func (w *semWaiter) waitFor(i int) (semGrant, error) {
 		stop()
 		return (<-ended).g
 	}
-	requeue := time.NewTimer(semRequeue)
+	requeue := time.NewTimer(turn)
 	defer requeue.Stop()
 	tick := time.NewTicker(semWatch)
 	if w.watch != nil {
