@@ -49,10 +49,15 @@ func Example_openTelemetry() {
 	}
 	locker := sqllock.New(db, sqllock.WithObserver(obs))
 
-	// The lock's spans, sqllock.acquire (the wait) and sqllock.hold, are
-	// children of the span in the context given to WithLock (or Lock).
-	ctx, span := tp.Tracer("billing").Start(context.Background(), "nightly billing")
+	// The lock's span, sqllock.hold, is a child of the span in the context
+	// given to WithLock (or Lock), and the parent of the work done in
+	// WithLock's function. A wait of 1ms or more, and an attempt that
+	// takes no lock, has a span sqllock.acquire too.
+	tracer := tp.Tracer("billing")
+	ctx, span := tracer.Start(context.Background(), "nightly billing")
 	err = locker.Mutex("examples/tenant/42").WithLock(ctx, func(ctx context.Context) error {
+		_, charge := tracer.Start(ctx, "charge")
+		defer charge.End()
 		_, err := locker.Mutex("examples/tenant/42").TryLock(ctx) // contended
 		return err
 	})
@@ -61,9 +66,17 @@ func Example_openTelemetry() {
 		log.Fatal(err)
 	}
 
+	names := map[string]string{}
 	for _, s := range spans.GetSpans() {
-		if s.Parent.SpanID() == span.SpanContext().SpanID() {
-			fmt.Println(s.Name, "in nightly billing")
+		names[s.SpanContext.SpanID().String()] = s.Name
+	}
+	for _, s := range spans.GetSpans() {
+		switch parent := names[s.Parent.SpanID().String()]; {
+		case parent == "":
+		case s.Name == "sqllock.acquire" && parent == "nightly billing":
+			// WithLock's wait: a span only if it took 1ms or more
+		default:
+			fmt.Println(s.Name, "in", parent)
 		}
 	}
 	var rm metricdata.ResourceMetrics
@@ -83,8 +96,8 @@ func Example_openTelemetry() {
 		}
 	}
 	// Output:
-	// sqllock.acquire in nightly billing
-	// sqllock.acquire in nightly billing
+	// sqllock.acquire in sqllock.hold
+	// charge in sqllock.hold
 	// sqllock.hold in nightly billing
 	// sqllock.lock.attempts 2
 	// sqllock.lock.acquired 1

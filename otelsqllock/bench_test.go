@@ -10,6 +10,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
@@ -42,12 +43,15 @@ func (discard) Aggregation(k sdkmetric.InstrumentKind) sdkmetric.Aggregation {
 }
 
 // BenchmarkObserver measures what the Observer costs per uncontended
-// Lock+Unlock, as a service runs it: the SDK's default sampler (every
-// span of these root calls sampled), a batch span processor and a
-// periodic metric reader, both to exporters that discard. observer=otel,
-// observer=none (no observer, sqllock's default) and observer=metrics (the
-// Observer with spans off) are measured back to back on one connection,
-// -rounds times, each round starting one side later.
+// Lock+Unlock, as a service runs it: the SDK's default sampler, a batch
+// span processor and a periodic metric reader, both to exporters that
+// discard. The sides, measured back to back on one connection, -rounds
+// times, each round starting one side later: observer=none (no
+// observer, sqllock's default); observer=metrics (the Observer with spans
+// off: a no-op tracer provider); observer=sampled (every trace sampled:
+// the caller's context has no span, so each lock's span is a sampled
+// root); observer=unsampled (the caller's span is a remote parent that
+// was not sampled, as most requests are under parent-based sampling).
 // cpu-µs/op is the process's CPU time per cycle (the batch processor's
 // goroutine included).
 func BenchmarkObserver(b *testing.B) {
@@ -70,18 +74,22 @@ func BenchmarkObserver(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			// The metrics alone: spans off (a no-op tracer provider).
 			metricsOnly, err := otelsqllock.New(otelsqllock.WithTracerProvider(noop.NewTracerProvider()), otelsqllock.WithMeterProvider(mp))
 			if err != nil {
 				b.Fatal(err)
 			}
+			traced := sqllock.New(db, sqllock.WithObserver(obs))
+			unsampled := trace.ContextWithRemoteSpanContext(ctx, trace.NewSpanContext(trace.SpanContextConfig{
+				TraceID: trace.TraceID{1}, SpanID: trace.SpanID{1}, Remote: true}))
 			sides := []struct {
 				name string
 				l    *sqllock.Locker
+				ctx  context.Context
 			}{
-				{"observer=otel", sqllock.New(db, sqllock.WithObserver(obs))},
-				{"observer=none", sqllock.New(db)},
-				{"observer=metrics", sqllock.New(db, sqllock.WithObserver(metricsOnly))},
+				{"observer=sampled", traced, ctx},
+				{"observer=none", sqllock.New(db), ctx},
+				{"observer=metrics", sqllock.New(db, sqllock.WithObserver(metricsOnly)), ctx},
+				{"observer=unsampled", traced, unsampled},
 			}
 			first := 0
 			if *refFirst {
@@ -90,17 +98,16 @@ func BenchmarkObserver(b *testing.B) {
 			for r := range max(*rounds, 1) {
 				for i := range sides {
 					s := sides[(first+i+r)%len(sides)]
-					b.Run(s.name, func(b *testing.B) { lockUnlock(b, s.l.Mutex("otelsqllock/bench/"+d)) })
+					b.Run(s.name, func(b *testing.B) { lockUnlock(b, s.ctx, s.l.Mutex("otelsqllock/bench/"+d)) })
 				}
 			}
 		})
 	}
 }
 
-// lockUnlock locks and unlocks mu b.N times, reporting allocations and
+// lockUnlock locks and unlocks mu b.N times with ctx, reporting allocations and
 // the process's CPU time per cycle.
-func lockUnlock(b *testing.B, mu *sqllock.Mutex) {
-	ctx := context.Background()
+func lockUnlock(b *testing.B, ctx context.Context, mu *sqllock.Mutex) {
 	b.ReportAllocs()
 	start := cpuTime()
 	for b.Loop() {

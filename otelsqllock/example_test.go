@@ -66,9 +66,13 @@ func Example() {
 	}
 	locker := sqllock.New(db, sqllock.WithObserver(obs))
 
-	// The lock's spans are children of the span in ctx.
-	ctx, span := tp.Tracer("billing").Start(context.Background(), "nightly billing")
+	// The lock's span is a child of the span in ctx, and the work done
+	// under the lock (in WithLock's function) its child.
+	tracer := tp.Tracer("billing")
+	ctx, span := tracer.Start(context.Background(), "nightly billing")
 	err = locker.Mutex("otelsqllock/nightly").WithLock(ctx, func(ctx context.Context) error {
+		_, charge := tracer.Start(ctx, "charge customers")
+		defer charge.End()
 		return nil
 	})
 	span.End()
@@ -81,7 +85,7 @@ func Example() {
 		names[s.SpanContext.SpanID().String()] = s.Name
 	}
 	for _, s := range spans.GetSpans() {
-		if s.Parent.IsValid() {
+		if s.Parent.IsValid() && s.Name != "sqllock.acquire" { // a wait of 1ms or more has a span too
 			fmt.Printf("%s, child of %s\n", s.Name, names[s.Parent.SpanID().String()])
 		}
 	}
@@ -91,7 +95,7 @@ func Example() {
 	}
 	sums(rm, "otelsqllock/nightly")
 	// Output:
-	// sqllock.acquire, child of nightly billing
+	// charge customers, child of sqllock.hold
 	// sqllock.hold, child of nightly billing
 	// sqllock.lock.acquired{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 1
 	// sqllock.lock.attempts{sqllock.lock.mode=exclusive,sqllock.lock.name=otelsqllock/nightly} 1
@@ -163,6 +167,16 @@ func ExampleWithTracerProvider() {
 	tp := sdktrace.NewTracerProvider()
 	defer tp.Shutdown(context.Background())
 	obs, err := otelsqllock.New(otelsqllock.WithTracerProvider(tp))
+	if err != nil {
+		log.Fatal(err)
+	}
+	_ = sqllock.WithObserver(obs)
+}
+
+func ExampleWithWaitSpan() {
+	// Every wait a span of its own, however short: two spans per lock
+	// rather than one (see Cost in the package documentation).
+	obs, err := otelsqllock.New(otelsqllock.WithWaitSpan(0))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -6,12 +6,14 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
@@ -28,6 +30,7 @@ const (
 	AttrLockMode     = attribute.Key("sqllock.lock.mode")
 	AttrLockTry      = attribute.Key("sqllock.lock.try")
 	AttrLockOutcome  = attribute.Key("sqllock.lock.outcome")
+	AttrLockWait     = attribute.Key("sqllock.lock.wait")
 	AttrSessionLocks = attribute.Key("sqllock.session.locks")
 )
 
@@ -46,10 +49,17 @@ type config struct {
 	tp       trace.TracerProvider
 	mp       metric.MeterProvider
 	nameAttr func(string) string
+	waitSpan time.Duration
 }
 
+// DefaultWaitSpan is the shortest wait of an acquired lock that gets a
+// span sqllock.acquire of its own unless [WithWaitSpan] says otherwise.
+const DefaultWaitSpan = time.Millisecond
+
 // WithTracerProvider makes the Observer's spans with tp instead of the
-// global provider (otel.GetTracerProvider). A nil tp is ignored.
+// global provider (otel.GetTracerProvider). A no-op provider
+// (noop.NewTracerProvider()) turns spans off: the Observer records the
+// metrics alone, and does no span work at all. A nil tp is ignored.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(c *config) {
 		if tp != nil {
@@ -83,13 +93,31 @@ func WithMetricLockName(f func(name string) string) Option {
 	}
 }
 
+// WithWaitSpan sets how long the wait of an acquired lock must last to
+// get a span sqllock.acquire of its own, beside the hold span:
+// [DefaultWaitSpan] (1ms), longer than a round trip to a server nearby
+// takes, so that a lock taken at once makes one span and a lock waited
+// for makes two, whose cost is then a small part of the wait. A shorter
+// wait is the hold span's attribute sqllock.lock.wait only. 0 gives every
+// wait its span, at the cost of a second span per lock. An attempt that
+// takes no lock (a try that found it held, a failure) always has its
+// span. A negative d is ignored.
+func WithWaitSpan(d time.Duration) Option {
+	return func(c *config) {
+		if d >= 0 {
+			c.waitSpan = d
+		}
+	}
+}
+
 // An Observer records the locks of the Lockers it is given to (with
 // [sqllock.WithObserver]) as spans and metrics. It is an
 // [sqllock.AttemptObserver], and safe for concurrent use: one Observer
 // can serve every Locker of a process.
 type Observer struct {
-	tracer   trace.Tracer
+	tracer   trace.Tracer // nil: no spans (a no-op tracer provider)
 	nameAttr func(string) string
+	waitSpan time.Duration
 
 	counters [numCounts]metric.Int64Observable // read from each labels' counts at collection
 	wait     metric.Float64Histogram
@@ -108,6 +136,7 @@ type labelKey struct {
 // each option in a slice of its own: so that recording a measurement
 // allocates neither an attribute set nor an option slice.
 type labels struct {
+	o       *Observer
 	counts  [numCounts]atomic.Int64
 	observe []metric.ObserveOption
 	hold    []metric.RecordOption
@@ -141,7 +170,7 @@ var outcomes = [...]string{outcomeAcquired: "acquired", outcomeContended: "conte
 // refuses an instrument; the Observer it then returns records what it
 // can.
 func New(opts ...Option) (*Observer, error) {
-	c := config{nameAttr: func(name string) string { return name }}
+	c := config{nameAttr: func(name string) string { return name }, waitSpan: DefaultWaitSpan}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&c)
@@ -154,7 +183,10 @@ func New(opts ...Option) (*Observer, error) {
 		c.mp = otel.GetMeterProvider()
 	}
 	meter := c.mp.Meter(ScopeName)
-	o := &Observer{tracer: c.tp.Tracer(ScopeName), nameAttr: c.nameAttr}
+	o := &Observer{nameAttr: c.nameAttr, waitSpan: c.waitSpan}
+	if _, off := c.tp.(noop.TracerProvider); !off {
+		o.tracer = c.tp.Tracer(ScopeName)
+	}
 	var errs []error
 	counter := func(name, unit, desc string) metric.Int64Observable {
 		ins, err := meter.Int64ObservableCounter(name, metric.WithUnit(unit), metric.WithDescription(desc))
@@ -199,7 +231,7 @@ func (o *Observer) labelsFor(name string, shared bool) *labels {
 		attrs = append(attrs, AttrLockName.String(k.name))
 	}
 	base := metric.WithAttributeSet(attribute.NewSet(attrs...))
-	l := &labels{observe: []metric.ObserveOption{base}, hold: []metric.RecordOption{base}}
+	l := &labels{o: o, observe: []metric.ObserveOption{base}, hold: []metric.RecordOption{base}}
 	for i, oc := range outcomes {
 		l.wait[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(append(attrs, AttrLockOutcome.String(oc))...))}
 	}
@@ -243,20 +275,16 @@ func mode(shared bool) string {
 	return "exclusive"
 }
 
-// ObserveAttempt starts the attempt's span, a child of ctx's span, counts
-// the attempt, and returns the observer of its outcome and hold. sqllock
-// calls it (see [sqllock.AttemptObserver]).
+// ObserveAttempt counts the attempt and returns the observer of its
+// outcome and hold, which makes its spans, children of ctx's span, and
+// records its metrics. sqllock calls it (see [sqllock.AttemptObserver]).
 func (o *Observer) ObserveAttempt(ctx context.Context, a sqllock.Attempt) sqllock.Observer {
 	l := o.labelsFor(a.Name, a.Shared)
 	l.counts[countAttempts].Add(1)
-	key := keyString(a.Key)
-	actx, span := o.tracer.Start(ctx, "sqllock.acquire", trace.WithAttributes(
-		AttrLockName.String(a.Name),
-		AttrLockKey.String(key),
-		AttrLockMode.String(mode(a.Shared)),
-		AttrLockTry.Bool(a.Try),
-	))
-	return &attempt{o: o, caller: ctx, ctx: actx, labels: l, key: key, acquire: span}
+	if o.tracer == nil {
+		return l // the metrics alone: nothing of the attempt's own to keep
+	}
+	return &attempt{l: l, caller: ctx, try: a.Try}
 }
 
 // Observe records the metrics of e: sqllock sends it the events of
@@ -264,77 +292,71 @@ func (o *Observer) ObserveAttempt(ctx context.Context, a sqllock.Attempt) sqlloc
 // so it is called only by an Observer used as a plain [sqllock.Observer]
 // (within another one, say). It makes no span.
 func (o *Observer) Observe(e sqllock.Event) {
-	ctx := context.Background()
 	l := o.labelsFor(e.Name, e.Shared)
 	if e.Kind == sqllock.EventAcquired || e.Kind == sqllock.EventContended || e.Kind == sqllock.EventFailed {
 		l.counts[countAttempts].Add(1)
 	}
-	o.record(ctx, l, e)
+	l.Observe(e)
 }
 
-// record records the metrics of e, on the lock of labels l.
-func (o *Observer) record(ctx context.Context, l *labels, e sqllock.Event) {
+// Observe records the metrics of e, an event of a lock of l's: l is the
+// attempt observer of an Observer without spans.
+func (l *labels) Observe(e sqllock.Event) {
+	ctx := context.Background()
 	switch e.Kind {
 	case sqllock.EventAcquired:
 		l.counts[countAcquired].Add(1)
 		l.counts[countHeld].Add(1)
-		o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeAcquired]...)
+		l.o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeAcquired]...)
 	case sqllock.EventContended:
 		l.counts[countContended].Add(1)
-		o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeContended]...)
+		l.o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeContended]...)
 	case sqllock.EventFailed:
 		l.counts[countFailed].Add(1)
-		o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeFailed]...)
+		l.o.wait.Record(ctx, e.Wait.Seconds(), l.wait[outcomeFailed]...)
 	case sqllock.EventReleased, sqllock.EventLost:
 		if e.Kind == sqllock.EventLost {
 			l.counts[countLost].Add(1)
 		}
 		l.counts[countHeld].Add(-1)
-		o.hold.Record(ctx, e.Held.Seconds(), l.hold...)
+		l.o.hold.Record(ctx, e.Held.Seconds(), l.hold...)
 	}
 }
 
-// attempt observes one lock attempt: its outcome, then its hold. sqllock
-// sends it one event at a time.
+// attempt observes one lock attempt of an Observer with spans: its
+// outcome, then its hold. sqllock sends it one event at a time, and asks
+// for WithLock's context after the outcome (HoldContext).
 type attempt struct {
-	o       *Observer
-	caller  context.Context // the caller's, until the outcome
-	ctx     context.Context // the acquire span's, until the outcome
-	labels  *labels
-	key     string // the key as spans show it
-	acquire trace.Span
-	hold    trace.Span // from the grant to the end
+	l      *labels
+	caller context.Context // the caller's, until the outcome
+	try    bool
+	hold   trace.Span // from the grant to the end; set at the grant, then only read
 }
 
-// Observe ends the acquire span at the attempt's outcome, starts the hold
-// span at a grant and ends it at the hold's end, and records the metrics.
+// Observe records the metrics of e and the spans: at the outcome, the
+// hold span of a lock acquired, and the acquire span of an attempt that
+// took no lock or waited at least the Observer's waitSpan; at the hold's
+// end, the hold span's end.
 func (a *attempt) Observe(e sqllock.Event) {
+	a.l.Observe(e)
+	o := a.l.o
 	switch e.Kind {
-	case sqllock.EventAcquired, sqllock.EventContended, sqllock.EventFailed:
-		a.o.record(a.ctx, a.labels, e)
-		outcome := outcomeAcquired
-		switch e.Kind {
-		case sqllock.EventContended:
-			outcome = outcomeContended
-		case sqllock.EventFailed:
-			outcome = outcomeFailed
-			a.acquire.RecordError(e.Err)
-			a.acquire.SetStatus(codes.Error, e.Err.Error())
+	case sqllock.EventAcquired:
+		var at time.Time // the grant, as both spans show it, if there are two
+		if e.Wait >= o.waitSpan {
+			at = time.Now()
+			a.acquireSpan(e, outcomeAcquired, at)
 		}
-		a.acquire.SetAttributes(AttrLockOutcome.String(outcomes[outcome]))
-		a.acquire.End()
-		if e.Kind == sqllock.EventAcquired {
-			// A sibling of the acquire span: a child of the caller's.
-			_, a.hold = a.o.tracer.Start(a.caller, "sqllock.hold", trace.WithAttributes(
-				AttrLockName.String(e.Name),
-				AttrLockKey.String(a.key),
-				AttrLockMode.String(mode(e.Shared)),
-			))
-		}
-		a.caller, a.ctx = nil, nil // a hold may be long: keep nothing of the caller's
+		a.hold = a.holdSpan(e, at)
+		a.caller = nil // a hold may be long: keep nothing of the caller's
+	case sqllock.EventContended:
+		a.acquireSpan(e, outcomeContended, time.Now())
+		a.caller = nil
+	case sqllock.EventFailed:
+		a.acquireSpan(e, outcomeFailed, time.Now())
+		a.caller = nil
 	case sqllock.EventReleased, sqllock.EventLost:
-		a.o.record(context.Background(), a.labels, e)
-		if a.hold == nil {
+		if a.hold == nil || !a.hold.IsRecording() {
 			return
 		}
 		if e.Kind == sqllock.EventLost {
@@ -348,4 +370,58 @@ func (a *attempt) Observe(e sqllock.Event) {
 		}
 		a.hold.End()
 	}
+}
+
+// HoldContext returns ctx with the hold span: the context of WithLock's
+// function, whose spans are then the hold span's children. sqllock calls
+// it (see [sqllock.HoldObserver]).
+func (a *attempt) HoldContext(ctx context.Context) context.Context {
+	if a.hold == nil {
+		return ctx
+	}
+	return trace.ContextWithSpan(ctx, a.hold)
+}
+
+// holdSpan starts the hold span of the lock acquired in e, at the grant
+// (at, or now if zero). Its attributes are set once it is known to record:
+// an unsampled span costs then no attribute work (a sampler sees the
+// span's name and parent, not them).
+func (a *attempt) holdSpan(e sqllock.Event, at time.Time) trace.Span {
+	var span trace.Span
+	// A sibling of the acquire span, if any: a child of the caller's.
+	if at.IsZero() {
+		_, span = a.l.o.tracer.Start(a.caller, "sqllock.hold")
+	} else {
+		_, span = a.l.o.tracer.Start(a.caller, "sqllock.hold", trace.WithTimestamp(at))
+	}
+	if span.IsRecording() {
+		span.SetAttributes(
+			AttrLockName.String(e.Name),
+			AttrLockKey.String(keyString(e.Key)),
+			AttrLockMode.String(mode(e.Shared)),
+			AttrLockWait.Float64(e.Wait.Seconds()),
+		)
+	}
+	return span
+}
+
+// acquireSpan makes the span of the attempt's wait, which ended at end
+// with outcome.
+func (a *attempt) acquireSpan(e sqllock.Event, outcome int, end time.Time) {
+	_, span := a.l.o.tracer.Start(a.caller, "sqllock.acquire", trace.WithTimestamp(end.Add(-e.Wait)))
+	if !span.IsRecording() {
+		return
+	}
+	span.SetAttributes(
+		AttrLockName.String(e.Name),
+		AttrLockKey.String(keyString(e.Key)),
+		AttrLockMode.String(mode(e.Shared)),
+		AttrLockTry.Bool(a.try),
+		AttrLockOutcome.String(outcomes[outcome]),
+	)
+	if outcome == outcomeFailed {
+		span.RecordError(e.Err)
+		span.SetStatus(codes.Error, e.Err.Error())
+	}
+	span.End(trace.WithTimestamp(end))
 }

@@ -3,6 +3,7 @@ package otelsqllock_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"flag"
 	"log/slog"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
@@ -164,13 +166,27 @@ func backendOf(t *testing.T, db *sql.DB, k keyspace.Key) int64 {
 	return pid
 }
 
-// A lock taken, tried while held, waited for in vain and released: an
-// acquire span for each attempt and a hold span for the lock, all children
-// of the caller's span, and the metrics of each outcome; the held gauge
-// is 1 while the lock is held and 0 after Unlock.
+// waitingFor waits until a session waits in the server for k.
+func waitingFor(t *testing.T, db *sql.DB, k keyspace.Key) {
+	t.Helper()
+	c, o, s := k.LockTag()
+	require.Eventually(t, func() bool {
+		var n int
+		require.NoError(t, db.QueryRowContext(t.Context(), `
+			SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND classid = $1 AND objid = $2 AND objsubid = $3`, int64(c), int64(o), int64(s)).Scan(&n))
+		return n > 0
+	}, 10*time.Second, time.Millisecond)
+}
+
+// A lock taken, tried while held, waited for in vain and released, with
+// every wait a span of its own (WithWaitSpan(0)): an acquire span for
+// each attempt and a hold span for the lock, all children of the caller's
+// span, and the metrics of each outcome; the held gauge is 1 while the
+// lock is held and 0 after Unlock.
 func TestSpansAndMetrics(t *testing.T) {
 	eachDriver(t, func(t *testing.T, db *sql.DB) {
-		o := newOtel(t)
+		o := newOtel(t, otelsqllock.WithWaitSpan(0))
 		l := sqllock.New(db, sqllock.WithObserver(o.obs))
 		name := "otelsqllock/" + t.Name()
 		a, b := l.Mutex(name), l.Mutex(name)
@@ -214,7 +230,9 @@ func TestSpansAndMetrics(t *testing.T) {
 		assert.Contains(t, acquires[2].Status().Description, "deadline exceeded")
 		hold := holds[0]
 		assert.Equal(t, codes.Unset, hold.Status().Code)
-		assert.False(t, hold.StartTime().Before(acquires[0].EndTime()), "the hold starts at the grant")
+		assert.Equal(t, acquires[0].EndTime(), hold.StartTime(), "the hold starts at the grant, where the wait ends")
+		assert.Equal(t, acquires[0].EndTime().Sub(acquires[0].StartTime()).Seconds(), attr(hold, otelsqllock.AttrLockWait).AsFloat64(),
+			"the hold span tells the wait")
 		assert.False(t, hold.EndTime().Before(acquires[2].EndTime()), "the hold outlasts the attempts made meanwhile")
 
 		rm := o.metrics(t)
@@ -230,6 +248,177 @@ func TestSpansAndMetrics(t *testing.T) {
 		_, keyed := value(rm, "sqllock.lock.attempts", otelsqllock.AttrLockKey.String(a.Key().String()))
 		assert.False(t, keyed, "the key is no metric attribute")
 	})
+}
+
+// By default a lock taken at once makes one span, sqllock.hold, which
+// tells the wait in an attribute; a wait of 1ms or more (here: until the
+// holder lets go) has its own span too, which ends where the hold span
+// starts. Attempts that take no lock have their span whatever they
+// waited.
+func TestWaitSpan(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		o := newOtel(t)
+		l := sqllock.New(db, sqllock.WithObserver(o.obs))
+		// A lock that takes less than the threshold, whatever the load.
+		quick := newOtel(t, otelsqllock.WithWaitSpan(time.Hour))
+		lq := sqllock.New(db, sqllock.WithObserver(quick.obs))
+		name := "otelsqllock/" + t.Name()
+		a, b := l.Mutex(name), l.Mutex(name)
+		ctx, request := o.tracer.Start(t.Context(), "request")
+		defer request.End()
+
+		mu := lq.Mutex(name)
+		require.NoError(t, mu.Lock(ctx))
+		require.NoError(t, mu.Unlock(ctx))
+		ok, err := mu.TryLock(ctx)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.NoError(t, mu.Unlock(ctx))
+		assert.Len(t, spansNamed(quick, "sqllock.hold"), 2)
+		assert.Empty(t, spansNamed(quick, "sqllock.acquire"), "a lock taken at once: its hold span alone")
+		for _, sp := range spansNamed(quick, "sqllock.hold") {
+			assert.Positive(t, attr(sp, otelsqllock.AttrLockWait).AsFloat64(), "the wait, as an attribute")
+		}
+
+		require.NoError(t, a.Lock(ctx))
+		ok, err = b.TryLock(ctx)
+		require.NoError(t, err)
+		require.False(t, ok)
+		waited := make(chan error)
+		go func() { waited <- b.Lock(ctx) }()
+		waitingFor(t, db, a.Key())
+		time.Sleep(5 * time.Millisecond)
+		require.NoError(t, a.Unlock(ctx))
+		require.NoError(t, <-waited)
+		require.NoError(t, b.Unlock(ctx))
+
+		acquires := spansNamed(o, "sqllock.acquire")
+		require.GreaterOrEqual(t, len(acquires), 2, "the contended try's and the wait's")
+		require.LessOrEqual(t, len(acquires), 3, "and the first lock's, if it took 1ms under load")
+		try, wait := acquires[len(acquires)-2], acquires[len(acquires)-1]
+		assert.Equal(t, "contended", attr(try, otelsqllock.AttrLockOutcome).AsString())
+		assert.Equal(t, "acquired", attr(wait, otelsqllock.AttrLockOutcome).AsString())
+		assert.GreaterOrEqual(t, wait.EndTime().Sub(wait.StartTime()), 5*time.Millisecond)
+		holds := spansNamed(o, "sqllock.hold")
+		require.Len(t, holds, 2)
+		assert.Equal(t, wait.EndTime(), holds[1].StartTime(), "the wait ends where the hold starts")
+		assert.Equal(t, request.SpanContext().SpanID(), wait.Parent().SpanID())
+		assert.Equal(t, request.SpanContext().SpanID(), holds[1].Parent().SpanID())
+	})
+}
+
+// The work WithLock runs is done under the hold span: a span fn starts
+// is a child of sqllock.hold, which is a child of the caller's span, in
+// every form of WithLock. fn's context still carries the caller's values
+// and is still cancelled at a loss.
+func TestHoldContext(t *testing.T) {
+	eachDriver(t, func(t *testing.T, db *sql.DB) {
+		o := newOtel(t)
+		l := sqllock.New(db, fastLoss, sqllock.WithObserver(o.obs))
+		mu := l.Mutex("otelsqllock/" + t.Name())
+		type key struct{}
+		forms := []struct {
+			name string
+			run  func(ctx context.Context, fn func(context.Context) error) error
+		}{
+			{"WithLock", func(ctx context.Context, fn func(context.Context) error) error { return mu.WithLock(ctx, fn) }},
+			{"WithLockShared", func(ctx context.Context, fn func(context.Context) error) error { return mu.WithLockShared(ctx, fn) }},
+			{"WithLock MaxWait", func(ctx context.Context, fn func(context.Context) error) error {
+				return mu.WithLock(ctx, fn, sqllock.MaxWait(time.Minute))
+			}},
+			{"TryWithLock", func(ctx context.Context, fn func(context.Context) error) error {
+				ok, err := mu.TryWithLock(ctx, fn)
+				assert.True(t, ok)
+				return err
+			}},
+			{"TryWithLockShared", func(ctx context.Context, fn func(context.Context) error) error {
+				ok, err := mu.TryWithLockShared(ctx, fn)
+				assert.True(t, ok)
+				return err
+			}},
+		}
+		for _, f := range forms {
+			ctx, request := o.tracer.Start(context.WithValue(t.Context(), key{}, "v"), "request "+f.name)
+			var inHold trace.SpanContext
+			require.NoError(t, f.run(ctx, func(ctx context.Context) error {
+				assert.Equal(t, "v", ctx.Value(key{}), f.name)
+				inHold = trace.SpanContextFromContext(ctx)
+				_, work := o.tracer.Start(ctx, "work "+f.name)
+				work.End()
+				return nil
+			}), f.name)
+			request.End()
+			works := spansNamed(o, "work "+f.name)
+			require.Len(t, works, 1, f.name)
+			holds := spansNamed(o, "sqllock.hold")
+			hold := holds[len(holds)-1]
+			assert.Equal(t, hold.SpanContext(), inHold, "%s: fn's context carries the hold span", f.name)
+			assert.Equal(t, hold.SpanContext().SpanID(), works[0].Parent().SpanID(), "%s: fn's span is the hold span's child", f.name)
+			assert.Equal(t, request.SpanContext().SpanID(), hold.Parent().SpanID(), "%s: the hold span is the caller's child", f.name)
+		}
+
+		// A semaphore's slot too.
+		sem := l.Semaphore("otelsqllock/"+t.Name()+"/sem", 2)
+		ctx, request := o.tracer.Start(t.Context(), "request WithSlot")
+		require.NoError(t, sem.WithSlot(ctx, func(ctx context.Context) error {
+			_, work := o.tracer.Start(ctx, "work WithSlot")
+			work.End()
+			return nil
+		}))
+		request.End()
+		holds := spansNamed(o, "sqllock.hold")
+		hold := holds[len(holds)-1]
+		works := spansNamed(o, "work WithSlot")
+		require.Len(t, works, 1)
+		assert.Equal(t, hold.SpanContext().SpanID(), works[0].Parent().SpanID(), "WithSlot: fn's span is the hold span's child")
+		assert.Equal(t, request.SpanContext().SpanID(), hold.Parent().SpanID())
+		assert.Equal(t, sem.Name(), attr(hold, otelsqllock.AttrLockName).AsString())
+
+		// A loss still ends fn's context.
+		err := mu.WithLock(t.Context(), func(ctx context.Context) error {
+			var ok bool
+			require.NoError(t, db.QueryRowContext(t.Context(), "SELECT pg_terminate_backend($1)", backendOf(t, db, mu.Key())).Scan(&ok))
+			select {
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			case <-time.After(10 * time.Second):
+				return errors.New("the loss was not seen")
+			}
+		})
+		require.ErrorIs(t, err, sqllock.ErrLockLost)
+	})
+}
+
+// With spans off (a no-op tracer provider) the Observer records the
+// metrics and leaves fn's context as it was: fn's spans are the caller's
+// children. Where the caller's trace is not sampled, nothing is recorded,
+// and fn's context carries the unsampled hold span.
+func TestHoldContextNoSpans(t *testing.T) {
+	db := pgtest.DB(t, "pgx")
+	o := newOtel(t)
+	metricsOnly, err := otelsqllock.New(otelsqllock.WithTracerProvider(noop.NewTracerProvider()),
+		otelsqllock.WithMeterProvider(sdkmetric.NewMeterProvider()))
+	require.NoError(t, err)
+	mu := sqllock.New(db, sqllock.WithObserver(metricsOnly)).Mutex("otelsqllock/" + t.Name())
+	ctx, request := o.tracer.Start(t.Context(), "request")
+	require.NoError(t, mu.WithLock(ctx, func(ctx context.Context) error {
+		assert.Equal(t, request.SpanContext(), trace.SpanContextFromContext(ctx), "the caller's span")
+		return nil
+	}))
+	request.End()
+
+	unsampled := trace.ContextWithRemoteSpanContext(t.Context(), trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1}, SpanID: trace.SpanID{2}, Remote: true}))
+	before := len(o.spans.Ended())
+	mu = sqllock.New(db, sqllock.WithObserver(o.obs)).Mutex("otelsqllock/" + t.Name())
+	require.NoError(t, mu.WithLock(unsampled, func(ctx context.Context) error {
+		sc := trace.SpanContextFromContext(ctx)
+		assert.Equal(t, trace.TraceID{1}, sc.TraceID(), "in the caller's trace")
+		assert.False(t, sc.IsSampled())
+		return nil
+	}))
+	assert.Len(t, o.spans.Ended(), before, "nothing recorded")
+	assert.Equal(t, int64(1), counts(o.metrics(t))["sqllock.lock.acquired"], "the metrics still are")
 }
 
 // A lock whose session the server ends (pg_terminate_backend) is counted
