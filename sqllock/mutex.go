@@ -398,16 +398,5 @@ func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.
 	}()
 	fnErr := fn(fctx)
 	returned = true
-	relErr := release()
-	switch {
-	case relErr == nil:
-		return true, fnErr
-	case fnErr == nil:
-		return true, relErr
-	case errors.Is(fnErr, ErrLockLost) && errors.Is(relErr, ErrLockLost):
-		// fn returned its context's cause, the loss: saying it twice
-		// adds nothing.
-		return true, fnErr
-	}
-	return true, fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
+	return true, joinRelease(fnErr, release())
 }

@@ -364,17 +364,3 @@ func (s *Semaphore) withSlot(ctx context.Context, try bool, fn func(context.Cont
 	returned = true
 	return true, joinRelease(fnErr, release())
 }
-
-// joinRelease is the error of a run-with form whose fn returned fnErr and
-// whose release returned relErr (see Mutex.WithLock).
-func joinRelease(fnErr, relErr error) error {
-	switch {
-	case relErr == nil:
-		return fnErr
-	case fnErr == nil:
-		return relErr
-	case errors.Is(fnErr, ErrLockLost) && errors.Is(relErr, ErrLockLost):
-		return fnErr
-	}
-	return fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
-}

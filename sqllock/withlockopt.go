@@ -43,3 +43,19 @@ func unwrapOwn(err error) error {
 	}
 	return err
 }
+
+// joinRelease is the error of a run-with form whose fn returned fnErr and
+// whose release returned relErr (see Mutex.WithLock and Semaphore.WithSlot).
+func joinRelease(fnErr, relErr error) error {
+	switch {
+	case relErr == nil:
+		return fnErr
+	case fnErr == nil:
+		return relErr
+	case errors.Is(fnErr, ErrLockLost) && errors.Is(relErr, ErrLockLost):
+		// fn returned its context's cause, the loss: saying it twice
+		// adds nothing.
+		return fnErr
+	}
+	return fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
+}
