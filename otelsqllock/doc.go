@@ -78,14 +78,14 @@
 // one, a lock taken at once and released costs the process, on top of
 // sqllock's own observing (about 0.3µs, one allocation), about 0.4µs of
 // CPU with the metrics alone (a no-op tracer provider, no allocation);
-// 0.8–1µs with spans where the trace is not sampled (parent-based
+// 0.9–1.1µs with spans where the trace is not sampled (parent-based
 // sampling under a request that was not sampled, or a ratio sampler's
 // drops: the SDK makes a span that records nothing, and no attribute is
-// set); and 3.5–4.3µs where it is, nearly all of it the SDK's work for
-// the one span it records (BenchmarkHooks; docs/benchmarks.md). An
-// uncontended Lock+Unlock on a server on the same host takes about 100µs:
-// the metrics cost it under 1% and unsampled traces about 1%, while
-// every trace sampled costs it about 4%, and 2% or less only where the
-// round trips take twice as long (a server across a network). A wait of
-// 1ms or more makes a second span, worth a few microseconds of that wait.
+// set); and 3–4.5µs where it is, most of it the SDK's work for the one
+// span it records (BenchmarkHooks; docs/benchmarks.md). An uncontended
+// Lock+Unlock on a server on the same host takes about 100µs: the
+// metrics cost it under 1% and unsampled traces about 1%, while every
+// trace sampled costs it 3–5%, and 2% or less only where a Lock+Unlock
+// takes 250µs or more (a server across a network). A wait of 1ms or more
+// makes a second span, worth a few microseconds of that wait.
 package otelsqllock
