@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
@@ -532,4 +533,42 @@ func testSemaphoreStatus(t *testing.T, e *e2e) {
 	if code, out := status(); code != ExitOK {
 		t.Errorf("status --slots after every holder exited: exit status %d, want 0\n%s", code, out)
 	}
+}
+
+// testSemaphoreTransactionPooler: withlock --slots through PgBouncer in
+// transaction mode, where each slot is held in a transaction of its own:
+// two hold, a third is refused, a freed slot and a killed holder's slot go
+// to the next. No withlock waits here: a waiter ends its wait for one slot
+// with a cancel request whenever it gets another, and PgBouncer before 1.21
+// (Debian 12 ships 1.18) exits on a cancel request that races the end of
+// its query (pgbouncer/pgbouncer#822, docs/drivers.md): it did here.
+func testSemaphoreTransactionPooler(t *testing.T, e *e2e) {
+	b := pgtest.NewBouncer(t, "transaction", 8)
+	db := "--db=" + b.DSN()
+	name := t.Name()
+	ks := semKeysFor(t, name, 2)
+	holder1 := e.start(t, nil, args(db, "--slots", "2", name, "--", waitForRead)...)
+	holder2 := e.start(t, nil, args(db, "--slots", "2", name, "--", waitForRead)...)
+	holder1.stdout.waitFor(t, "stdout", "started")
+	holder2.stdout.waitFor(t, "stdout", "started")
+	e.waitSlots(t, ks, 2, 0, patience)
+	if code, _, stderr := e.run(t, nil, db, "-n", "--slots", "2", name, "--", "true"); code != ExitConflict {
+		t.Fatalf("withlock -n --slots 2 through the pooler with both slots held: exit %d, want %d: %s", code, ExitConflict, stderr)
+	}
+	holder1.release(t)
+	holder1.expect(t, 0)
+	e.waitSlots(t, ks, 1, 0, patience)
+	next := e.start(t, nil, args(db, "-n", "--slots", "2", name, "--", waitForRead)...)
+	next.stdout.waitFor(t, "stdout", "started")
+	e.waitSlots(t, ks, 2, 0, patience)
+	next.signal(t, syscall.SIGKILL)
+	killed := time.Now()
+	e.waitSlots(t, ks, 1, 0, patience)
+	t.Logf("through PgBouncer in transaction mode: a killed holder's slot was free %v after the kill", time.Since(killed).Round(time.Millisecond))
+	if code, _, stderr := e.run(t, nil, db, "-n", "--slots", "2", name, "--", "true"); code != 0 {
+		t.Fatalf("withlock -n --slots 2 through the pooler after a holder was killed: exit %d: %s", code, stderr)
+	}
+	holder2.release(t)
+	holder2.expect(t, 0)
+	e.waitSlots(t, ks, 0, 0, patience)
 }

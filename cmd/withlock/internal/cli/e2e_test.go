@@ -72,6 +72,7 @@ func TestEndToEnd(t *testing.T) {
 		{"SemaphoreFencing", testSemaphoreFencing},
 		{"SemaphoreLoss", testSemaphoreLoss},
 		{"SemaphoreStatus", testSemaphoreStatus},
+		{"SemaphoreTransactionPooler", testSemaphoreTransactionPooler},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
