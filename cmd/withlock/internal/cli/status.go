@@ -100,7 +100,8 @@ func (o *statusOptions) open(ctx context.Context, appName string, log *logger) (
 // statusHelp is the text of withlock status --help.
 const statusHelp = `Usage:
   withlock status <lockName> [--db <conn>] [--keyspace <name>] [--json]
-  withlock status <semaphoreName> --slots <n> [--db <conn>] [--keyspace <name>] [--json]
+  withlock status <semaphoreName> --slots <n> [--db <conn>] [--keyspace <name>]
+                  [--json]
 
 Prints whether the lock is held, in which mode (exclusive or shared) and by
 which sessions (pid, application_name, client address), and which sessions
