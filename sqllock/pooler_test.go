@@ -187,6 +187,11 @@ func pgBouncerStorm(t *testing.T, beginApart bool) {
 		wg.Wait()
 		t.Logf("%d grants", grants)
 		require.NotZero(t, grants)
+		// One lock more: the pooler keeps a server session that served the
+		// test to look at, even if the storm's settling ended every other.
+		last := l.Mutex(t.Name())
+		require.NoError(t, last.Lock(t.Context()))
+		require.NoError(t, last.Unlock(t.Context()))
 		direct := pgtest.DB(t, "pgx")
 		held, waiting := lockRows(t, direct, key)
 		assert.Zero(t, held+waiting, "locks left in pg_locks once every call returned")

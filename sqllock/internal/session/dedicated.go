@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 
 	"github.com/advisorylock/go-advisory-lock/sqllock/internal/errs"
@@ -66,7 +67,12 @@ func (m *Manager) acquireConn(ctx context.Context, t *Target, req Request) (*Gra
 	case r.n&sqltext.FlagProxied != 0:
 		// Nothing was taken: the pooler's session holds the lock in a
 		// transaction.
-		return m.acquireHeld(ctx, conn, t, req)
+		g, err := m.acquireHeld(ctx, conn, t, req)
+		if errors.Is(err, errHeldRetry) {
+			req.retried = true
+			return m.acquireConn(ctx, t, req)
+		}
+		return g, err
 	case r.n&sqltext.FlagForeign != 0:
 		// Nothing was taken. The session belongs to another client too.
 		m.settler.Discard(conn)

@@ -72,9 +72,10 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	if req.Shared {
 		try = h.TryShared
 	}
+	mark := sqltext.NewMark()
 	split := m.heldSplit.Load()
 	if split {
-		if err := m.beginHeld(ctx, conn, t); err != nil {
+		if err := m.beginHeld(ctx, conn, mark, req.retried); err != nil {
 			return nil, err
 		}
 	}
@@ -88,8 +89,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 	// back like any other. One that does not is abandoned: its mark finds
 	// its session on the server, now and once the driver returns (a try
 	// still queued in the pooler runs only then).
-	mark := sqltext.NewMark()
-	r, abandoned, settleErr := m.heldQuery(neverEnding(ctx), ctx, conn, sqltext.Marked(mark, try, !split), mark)
+	r, abandoned, settleErr := m.heldQuery(neverEnding(ctx), ctx, conn, sqltext.Marked(mark, try, !split), mark, true)
 	if abandoned {
 		return nil, abandonedErr(errs.WithCtxErr(ctx, r.err), settleErr)
 	}
@@ -99,6 +99,13 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 			// takes one statement at a time: BEGIN goes alone from now on.
 			m.heldSplit.Store(true)
 			return m.acquireHeld(ctx, conn, t, req)
+		}
+		if heldSessionDied(ctx, r.err, req.retried) {
+			// Whatever the try took ended with its server session: once
+			// the server shows it gone, the lock is tried again on another.
+			if serr := m.settler.EndMarked(conn, mark); serr == nil {
+				return nil, errHeldRetry
+			}
 		}
 		cause := heldRefusal(ctx, r.err)
 		if cause == nil {
@@ -208,20 +215,49 @@ func abandonedErr(err, settleErr error) error {
 	return err
 }
 
-// beginHeld begins the transaction that will hold t's lock on conn, for a
-// driver that takes one statement at a time (see acquireHeld).
-func (m *Manager) beginHeld(ctx context.Context, conn *sql.Conn, t *Target) error {
-	_, abandoned, _, err := m.execRowsWithin(m.pgxOrNever(ctx), ctx, conn, sqltext.BeginSQL, nil, false, 0, 0, t.Key, func() { m.settler.Discard(conn) })
-	if err == nil {
+// beginHeld begins the transaction that will hold a lock on conn, for a
+// driver that takes one statement at a time (see acquireHeld), marked with
+// the try's mark. Like the try, BEGIN is never cut short, and ctx bounds
+// only the wait for it: a BEGIN that fails or gets no answer is settled by
+// its mark, since a transaction it began would otherwise keep its server
+// session until the pooler noticed the client gone.
+func (m *Manager) beginHeld(ctx context.Context, conn *sql.Conn, mark string, retried bool) error {
+	r, abandoned, settleErr := m.heldQuery(neverEnding(ctx), ctx, conn, mark+sqltext.BeginSQL, mark, false)
+	err := r.err
+	switch {
+	case err == nil:
 		return nil
+	case abandoned:
+		return abandonedErr(fmt.Errorf("begin the transaction that holds the lock: %w", errs.WithCtxErr(ctx, err)), settleErr)
 	}
-	if !abandoned {
-		m.settler.Discard(conn)
+	serr := m.settler.EndMarked(conn, mark)
+	if serr == nil && heldSessionDied(ctx, err, retried) {
+		return errHeldRetry
 	}
 	if cause := heldRefusal(ctx, err); cause != nil {
 		return cause
 	}
-	return fmt.Errorf("begin the transaction that holds the lock: %w", errs.Classify(errs.WithCtxErr(ctx, err)))
+	cause := fmt.Errorf("begin the transaction that holds the lock: %w", errs.Classify(errs.WithCtxErr(ctx, err)))
+	if serr != nil {
+		cause = fmt.Errorf("%w (%w)", cause, serr)
+	}
+	return cause
+}
+
+// errHeldRetry says that a held lock's first statements found their
+// server session ended, by the server or by a settling whose target the
+// pooler had just handed over (see settle.Settler.TerminateTx), with
+// nothing left held: the lock is tried again, once, on another connection
+// (see acquireConn).
+var errHeldRetry = errors.New("the server session ended before the lock was taken")
+
+// heldSessionDied reports whether err, from the statements that begin a
+// held lock, says that its server session ended before ctx did, and that
+// the lock may be tried again: once, and not when the pooler refuses
+// transactions (see heldRefusal), which a second try tells from an ended
+// session.
+func heldSessionDied(ctx context.Context, err error, retried bool) bool {
+	return !retried && errs.DeadSession(err) && !errs.CtxEnded(ctx) && !strings.Contains(err.Error(), "statement pooling")
 }
 
 // heldRefusal explains err, from the statement that begins a held
@@ -270,9 +306,6 @@ func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid
 	if left <= 0 || ctx.Err() != nil {
 		return 0, false, nil, errs.WithCtxErr(ctx, ctx.Err())
 	}
-	if _, abandoned, settleErr, err = m.execRows(ctx, conn, sqltext.LockTimeout(left), nil, false, pid, tx, k, end); err != nil {
-		return 0, abandoned, settleErr, err
-	}
 	stmt, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline.Add(heldWaitGrace))
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() {
@@ -281,7 +314,18 @@ func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid
 		}
 	})
 	defer stop()
-	rows, abandoned, settleErr, err = m.execRowsWithin(stmt, stmt, conn, wait, nil, false, pid, tx, k, end)
+	// The deadline goes with the wait, in one query: no statement before
+	// the wait can see ctx end. Through lib/pq the wait runs under a
+	// context that never ends, bounded by stmt: lib/pq would answer its
+	// end with a cancel request through the pooler (see acquireHeld).
+	if m.heldSplit.Load() {
+		if _, abandoned, settleErr, err = m.execRowsWithin(m.pgxOrNever(stmt), stmt, conn, sqltext.LockTimeout(left), nil, false, pid, tx, k, end); err != nil {
+			return 0, abandoned, settleErr, err
+		}
+	} else {
+		wait = sqltext.LockTimeout(left) + "; " + wait
+	}
+	rows, abandoned, settleErr, err = m.execRowsWithin(m.pgxOrNever(stmt), stmt, conn, wait, nil, false, pid, tx, k, end)
 	if err != nil && errs.LockNotAvailable(err) {
 		// The server kept the deadline, which ctx, whose timer may not
 		// have fired yet, is about to report.
@@ -298,12 +342,15 @@ const heldWaitGrace = time.Second
 // on conn under ctx, and reads its answer into r (pid, tx, and n 1 if
 // granted); stop bounds the wait for it as in execRowsWithin, whatever the
 // driver, and a try abandoned to its driver is settled by its mark.
-func (m *Manager) heldQuery(ctx, stop context.Context, conn *sql.Conn, query, mark string) (r outcome, abandoned bool, settleErr error) {
+// Without answer, the query answers no row (BEGIN).
+func (m *Manager) heldQuery(ctx, stop context.Context, conn *sql.Conn, query, mark string, answer bool) (r outcome, abandoned bool, settleErr error) {
 	run := func() (r outcome) {
 		if err := conn.Raw(func(dc any) error {
 			r.dc = dc
 			v, err := drv.QueryValue(ctx, dc, query, m.simpleArgs(dc))
-			if err == nil {
+			if !answer && errors.Is(err, sql.ErrNoRows) {
+				err = nil
+			} else if err == nil {
 				var granted bool
 				r.pid, granted, r.tx, err = sqltext.HeldAnswer(v)
 				if granted {

@@ -120,13 +120,19 @@ func (m *Manager) lockHeldMux(ctx context.Context, s *session, t *Target, req Re
 // is unknown: a try that fails is settled by its mark (see
 // settle.Settler.EndMarked), and the session goes, carrying nothing else.
 func (m *Manager) lockHeldFirst(ctx context.Context, s *session, t *Target, req Request, h *sqltext.Held, fresh bool) (g *Grant, retry bool, err error) {
-	_, abandoned, _, err := m.heldMuxRunWith(s, []string{sqltext.BeginRCSQL}, func(context.Context) error { return nil }, func() { m.settler.Discard(s.conn) })
+	// BEGIN and the try carry one mark: a transaction that BEGIN opened is
+	// found by it, should no answer come.
+	mark := sqltext.NewMark()
+	_, abandoned, settleErr, err := m.heldMuxRunWith(s, []string{mark + sqltext.BeginRCSQL},
+		func(ctx context.Context) error { return m.settler.TerminateMarked(ctx, mark) },
+		func() { _ = m.settler.EndMarked(s.conn, mark) })
 	if abandoned || err != nil && !errors.Is(err, sql.ErrNoRows) {
-		// Nothing was taken: the connection goes.
+		// Nothing was taken: the connection goes, and the transaction, if
+		// BEGIN opened one.
 		if abandoned {
-			err = abandonedCause("BEGIN", m.cfg.Timeout, nil)
-		} else {
-			m.settler.Discard(s.conn)
+			err = abandonedCause("BEGIN", m.cfg.Timeout, settleErr)
+		} else if serr := m.settler.EndMarked(s.conn, mark); serr != nil {
+			err = fmt.Errorf("%w (%w)", err, serr)
 		}
 		m.heldMuxDrop(s)
 		// A pooler that closes the connection as a transaction begins, on
@@ -142,7 +148,6 @@ func (m *Manager) lockHeldFirst(ctx context.Context, s *session, t *Target, req 
 	if req.Shared {
 		try = h.FirstShared
 	}
-	mark := sqltext.NewMark()
 	split := m.heldSplit.Load()
 	v, abandoned, settleErr, err := m.heldMuxRunWith(s, sqltext.First(mark, try, split),
 		func(ctx context.Context) error { return m.settler.TerminateMarked(ctx, mark) },

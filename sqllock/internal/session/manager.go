@@ -97,6 +97,8 @@ type Request struct {
 	Shared bool
 	Try    bool        // take the lock only if it is free: Acquire returns (nil, nil) if not
 	OnLost func(error) // called once if the grant is lost, with its loss
+
+	retried bool // held in a transaction: tried again after its server session ended (see errHeldRetry)
 }
 
 // Acquire takes t's lock as req asks, on a connection of its own or, with
