@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -527,4 +528,58 @@ func TestPgBouncerHoldersAndElection(t *testing.T) {
 		require.ErrorIs(t, <-cur.done, context.Canceled)
 		assertNoOpenTransactions(t, direct)
 	})
+}
+
+// Behind PgBouncer in transaction mode, a lock wait that its caller
+// cancels sends the pooler no cancel request, even on pgx with
+// CancelRequestContextWatcherHandler (withlock's), or lib/pq, which sends
+// one whenever a context ends: PgBouncer before 1.21 can exit on one
+// (pgbouncer/pgbouncer#822; the chaos run's pooler did, 2026-12-07). The
+// wait is ended on the server instead, and nothing is left behind.
+func TestPgBouncerCancelledWaitSendsNoCancelRequest(t *testing.T) {
+	t.Parallel()
+	for _, d := range []struct {
+		name string
+		open func(t *testing.T, dsn string) *sql.DB
+	}{
+		{"pq", func(t *testing.T, dsn string) *sql.DB {
+			db, err := sql.Open("postgres", dsn)
+			require.NoError(t, err)
+			t.Cleanup(func() { db.Close() })
+			return db
+		}},
+		{"pgx-cancelrequest", func(t *testing.T, dsn string) *sql.DB {
+			return pgtest.OpenPgxCancelRequest(t, dsn+"&default_query_exec_mode=exec")
+		}},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			t.Parallel()
+			b := pgtest.NewBouncer(t, "transaction", 6)
+			db := d.open(t, b.DSN())
+			direct := pgtest.DB(t, "pgx")
+			l := sqllock.New(db, sqllock.WithFencing())
+			holder := l.Mutex(t.Name())
+			require.NoError(t, holder.Lock(t.Context()))
+			for i := range 8 {
+				ctx, cancel := context.WithCancel(t.Context())
+				if i%2 == 1 {
+					ctx, cancel = context.WithTimeout(t.Context(), time.Hour) // a deadline far off, cancelled first
+				}
+				waiter := l.Mutex(t.Name())
+				got := make(chan error, 1)
+				go func() { got <- waiter.Lock(ctx) }()
+				waitRows(t, direct, holder.Key(), 1, 1)
+				cancel()
+				require.ErrorIs(t, <-got, context.Canceled)
+				waitRows(t, direct, holder.Key(), 1, 0)
+			}
+			require.NoError(t, holder.Unlock(t.Context()))
+			waitRows(t, direct, holder.Key(), 0, 0)
+			log, err := os.ReadFile(b.LogFile())
+			require.NoError(t, err)
+			assert.Zero(t, strings.Count(string(log), "started sending cancel request"), "cancel requests the pooler forwarded")
+			exited, err := b.Exited()
+			assert.False(t, exited, "the pooler exited: %v", err)
+		})
+	}
 }

@@ -193,7 +193,10 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 // transaction by backend pid, on another connection of the pool (see
 // sqltext.HeldToken), within the keep-alive timeout.
 func (m *Manager) heldToken(ctx context.Context, pid int64, t *Target) (uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	// One round trip, bounded by the keep-alive timeout alone: a caller's
+	// context that ended would make the driver send a cancel request
+	// through the pooler (see execHeld).
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.Timeout)
 	defer cancel()
 	var answer string
 	if err := m.db.QueryRowContext(ctx, sqltext.HeldToken(pid, t.Key)).Scan(&answer); err != nil {
@@ -290,17 +293,16 @@ func (m *Manager) pgxOrNever(ctx context.Context) context.Context {
 
 // heldWait runs wait, the lock statement that waits, in the transaction
 // held on backend pid. The server keeps ctx's deadline, if any: the
-// transaction's lock_timeout ends the wait then, with an error after which
-// the transaction rolls back and the connection goes back to the pool. A
-// driver that watches ctx would instead end the connection (pgx) or send
-// a cancel request (lib/pq): behind a pooler, a new connection each, and a
-// server session the pooler keeps busy until it notices. A ctx cancelled
-// before its deadline still ends the wait through the driver.
+// transaction's lock_timeout, set in the wait's own query, ends the wait
+// then, with an error after which the transaction rolls back and the
+// connection goes back to the pool. No driver sees ctx end (see
+// execHeld): a ctx cancelled before its deadline, or a server that has not
+// ended the wait heldWaitGrace after it, stops the wait by ending the
+// transaction on the server.
 func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid, tx int64, k keyspace.Key) (rows int64, abandoned bool, settleErr error, err error) {
-	end := func() { _ = m.settler.EndTx(conn, pid, tx, k) }
 	deadline, ok := ctx.Deadline()
 	if !ok {
-		return m.execRows(ctx, conn, wait, nil, false, pid, tx, k, end)
+		return m.execHeld(ctx, conn, wait, pid, tx, k)
 	}
 	left := time.Until(deadline)
 	if left <= 0 || ctx.Err() != nil {
@@ -315,23 +317,42 @@ func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid
 	})
 	defer stop()
 	// The deadline goes with the wait, in one query: no statement before
-	// the wait can see ctx end. Through lib/pq the wait runs under a
-	// context that never ends, bounded by stmt: lib/pq would answer its
-	// end with a cancel request through the pooler (see acquireHeld).
+	// the wait can see ctx end.
 	if m.heldSplit.Load() {
-		if _, abandoned, settleErr, err = m.execRowsWithin(m.pgxOrNever(stmt), stmt, conn, sqltext.LockTimeout(left), nil, false, pid, tx, k, end); err != nil {
+		if _, abandoned, settleErr, err = m.execHeld(stmt, conn, sqltext.LockTimeout(left), pid, tx, k); err != nil {
 			return 0, abandoned, settleErr, err
 		}
 	} else {
 		wait = sqltext.LockTimeout(left) + "; " + wait
 	}
-	rows, abandoned, settleErr, err = m.execRowsWithin(m.pgxOrNever(stmt), stmt, conn, wait, nil, false, pid, tx, k, end)
+	rows, abandoned, settleErr, err = m.execHeld(stmt, conn, wait, pid, tx, k)
 	if err != nil && errs.LockNotAvailable(err) {
 		// The server kept the deadline, which ctx, whose timer may not
 		// have fired yet, is about to report.
 		err = errs.WithCtxErr(ctx, err)
 	}
 	return rows, abandoned, settleErr, err
+}
+
+// execHeld runs q on conn, in transaction tx of backend pid, under a
+// context that never ends, and stops waiting for it when stop ends: the
+// transaction is then ended on the server, at once (see awaitBounded),
+// whatever the driver. No driver sees a context end there: pgx would end
+// the connection, and send a cancel request, as lib/pq would; and pgx's
+// CancelRequestContextWatcherHandler (withlock's) sends one that
+// PgBouncer before 1.21 exits on ("bad client state", the chaos run of
+// 2026-12-07; pgbouncer/pgbouncer#822).
+func (m *Manager) execHeld(stop context.Context, conn *sql.Conn, q string, pid, tx int64, k keyspace.Key) (rows int64, abandoned bool, settleErr error, err error) {
+	ctx := neverEnding(stop)
+	if stop.Done() == nil {
+		r := m.execRaw(ctx, conn, q, nil, false, pid)
+		return r.n, false, nil, r.err
+	}
+	done := make(chan outcome, 1)
+	go func() { done <- m.execRaw(ctx, conn, q, nil, false, pid) }()
+	end := func(sctx context.Context) error { return m.settler.TerminateTx(sctx, pid, tx, k) }
+	r, abandoned, settleErr := m.awaitBounded(stop, 0, done, end, func(outcome) { _ = m.settler.EndTx(conn, pid, tx, k) })
+	return r.n, abandoned, settleErr, r.err
 }
 
 // heldWaitGrace is how long past ctx's deadline heldWait lets the driver
