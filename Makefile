@@ -60,7 +60,8 @@ build:
 demo: build
 	@$(GO) run ./internal/demo $(BIN)/withlock
 
-## chaos: the chaos run (docs/reliability.md#chaos-run): library and withlock workers take one lock with
+## chaos: the chaos run (docs/reliability.md#chaos-run): library and withlock workers (three behind a PgBouncer in
+## transaction mode) take one lock with
 ## fencing tokens while holders are paused, killed, cut off and terminated, and the server restarts and fails
 ## over; fails on a stale write, a lost increment, a leftover lock or an unexplained overlap.
 ## Longer: make chaos CHAOSFLAGS='-grants 20000' (or -duration 30m); the damage without fencing: CHAOSFLAGS=-unfenced

@@ -17,6 +17,13 @@ type Config struct {
 	// sessions (sqllock.WithSessions(2)); the others take a connection
 	// per lock.
 	PQSessions, PGXSessions int
+	// Workers that reach the server through a PgBouncer in transaction
+	// mode that the run starts (repointed at the promoted standby after a
+	// failover), besides the ones above: library workers on lib/pq, each
+	// lock held in a transaction of its own; library workers on pgx,
+	// sharing sessions (WithSessions(2)), each session's locks in one
+	// transaction; withlock workers.
+	PooledPQ, PooledPGX, PooledWithlock int
 
 	Grants   int           // run at least until this many grants
 	Duration time.Duration // and at least this long
@@ -40,9 +47,10 @@ type Config struct {
 	Log          io.Writer // progress, one line per fault; nil for none
 }
 
-// DefaultConfig is the run of make chaos: at least 2,000 grants, every
-// fault kind, six workers (two of each kind; of each driver's library
-// workers, one shares sessions).
+// DefaultConfig is the run of make chaos: at least 3,000 grants, every
+// fault kind, nine workers: two of each kind connected to the server (of
+// each driver's library workers, one shares sessions) and one of each
+// kind behind the pooler.
 //
 // The keep-alive (200ms interval, 400ms timeout) gives a library holder on
 // a silent network a loss bound of max(interval, timeout) + timeout =
@@ -56,6 +64,7 @@ func DefaultConfig() Config {
 	return Config{
 		PQ: 2, PGX: 2, Withlock: 2,
 		PQSessions: 1, PGXSessions: 1,
+		PooledPQ: 1, PooledPGX: 1, PooledWithlock: 1,
 		Grants:           3000,
 		Timeout:          15 * time.Minute,
 		Fenced:           true,
@@ -71,9 +80,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// ShortConfig is the run of the Go test: three workers (one of each
-// kind; the pgx one shares sessions), every fault kind once, at least 100
-// grants, well under a minute.
+// ShortConfig is the run of the Go test: six workers (one of each kind,
+// of which the pgx one shares sessions, and one of each kind behind the
+// pooler), every fault kind once, at least 100 grants, well under a
+// minute.
 func ShortConfig() Config {
 	c := DefaultConfig()
 	c.PQ, c.PGX, c.Withlock = 1, 1, 1
@@ -86,13 +96,14 @@ func ShortConfig() Config {
 
 func (c *Config) validate() error {
 	switch {
-	case c.PQ < 0 || c.PGX < 0 || c.Withlock < 0 || c.PQ+c.PGX+c.Withlock < 2:
+	case c.PQ < 0 || c.PGX < 0 || c.Withlock < 0 || c.PooledPQ < 0 || c.PooledPGX < 0 || c.PooledWithlock < 0 ||
+		c.PQ+c.PGX+c.Withlock+c.pooled() < 2:
 		return errors.New("chaos: need at least two workers")
 	case c.PQSessions < 0 || c.PQSessions > c.PQ || c.PGXSessions < 0 || c.PGXSessions > c.PGX:
 		return errors.New("chaos: workers sharing sessions are counted among their driver's library workers")
 	case c.Self == "":
 		return errors.New("chaos: Config.Self (this program) is not set")
-	case c.Withlock > 0 && c.WithlockPath == "":
+	case c.Withlock+c.PooledWithlock > 0 && c.WithlockPath == "":
 		return errors.New("chaos: Config.WithlockPath is not set")
 	case c.Dir == "":
 		return errors.New("chaos: Config.Dir is not set")
@@ -118,3 +129,6 @@ type Servers struct {
 	// which loses none.
 	Resource *pgtest.Cluster
 }
+
+// pooled is the number of workers behind the pooler.
+func (c *Config) pooled() int { return c.PooledPQ + c.PooledPGX + c.PooledWithlock }

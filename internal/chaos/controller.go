@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-
+	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -35,6 +36,7 @@ type controller struct {
 	fleet    *fleet
 	faults   []Fault
 	restarts int
+	pooler   *pgtest.Bouncer // in front of the primary, for the pooled workers; nil without
 }
 
 // Run runs a chaos run on srv's clusters, which it may restart, stop and
@@ -73,6 +75,9 @@ func Run(ctx context.Context, cfg Config, srv Servers) (*Result, error) {
 		return nil, fmt.Errorf("chaos: %w", err)
 	}
 	workers, err := c.workers()
+	if c.pooler != nil {
+		defer func() { _ = c.pooler.Stop() }()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +124,16 @@ func Run(ctx context.Context, cfg Config, srv Servers) (*Result, error) {
 		return nil, err
 	}
 	exits, problems := c.fleet.results()
+	if c.pooler != nil {
+		// A pooler that exited fails the run: its workers stopped taking
+		// the lock. Its log goes with the records.
+		if exited, err := c.pooler.Exited(); exited {
+			problems = append(problems, fmt.Sprintf("the pooler exited during the run: %v%s", err, tail(c.pooler.LogFile())))
+		}
+		if log, err := os.ReadFile(c.pooler.LogFile()); err == nil {
+			_ = os.WriteFile(filepath.Join(cfg.Dir, "pgbouncer.log"), log, 0o644)
+		}
+	}
 	if errors.Is(runErr, errTimedOut) {
 		problems = append(problems, fmt.Sprintf("the run did not finish within %v", cfg.Timeout))
 	}
@@ -146,38 +161,91 @@ const sharedSessions = 2
 // errTimedOut ends a run that reached Config.Timeout.
 var errTimedOut = errors.New("chaos: run timed out")
 
-// workers makes the worker slots: names, specs, proxies, files.
-func (c *controller) workers() ([]*worker, error) {
-	type slot struct {
-		kind     string
-		sessions int
-	}
+// A slot is one worker's place in the run.
+type slot struct {
+	kind     string
+	sessions int  // sqllock.WithSessions of a library worker; 0: a connection per lock
+	pooled   bool // behind the pooler
+}
+
+// slots lists the workers of the run, in the order of their names (w1,
+// w2, ...): those connected to the server, then those behind the pooler.
+func (c *Config) slots() []slot {
 	var slots []slot
 	for _, k := range []struct {
 		kind      string
-		n, shared int
-	}{{KindPQ, c.cfg.PQ, c.cfg.PQSessions}, {KindPGX, c.cfg.PGX, c.cfg.PGXSessions}, {KindWithlock, c.cfg.Withlock, 0}} {
+		n, shared int // shared of n share sessions
+		pooled    bool
+	}{{KindPQ, c.PQ, c.PQSessions, false}, {KindPGX, c.PGX, c.PGXSessions, false}, {KindWithlock, c.Withlock, 0, false},
+		{KindPQ, c.PooledPQ, 0, true}, {KindPGX, c.PooledPGX, c.PooledPGX, true}, {KindWithlock, c.PooledWithlock, 0, true}} {
 		for j := range k.n {
-			sl := slot{kind: k.kind}
+			sl := slot{kind: k.kind, pooled: k.pooled}
 			if j < k.shared {
 				sl.sessions = sharedSessions
 			}
 			slots = append(slots, sl)
 		}
 	}
+	return slots
+}
+
+// poolerSize is the pooler's default_pool_size: room for every pooled
+// worker's sessions, waits and fencing draws.
+const poolerSize = 20
+
+// startPooler starts the PgBouncer, in transaction mode, that the pooled
+// workers reach the primary through, each signing in as its own role.
+func (c *controller) startPooler(names []string) error {
+	roles := make([]string, len(names))
+	for i, n := range names {
+		roles[i] = roleName(n)
+	}
+	p, err := pgtest.StartBouncer(pgtest.BouncerConfig{
+		Target: c.primary.DSN(), PoolMode: "transaction", PoolSize: poolerSize, Users: roles,
+		// After a restart or failover, try the server again within a
+		// second, not PgBouncer's default 15s.
+		Settings: []string{"server_login_retry = 1"},
+	})
+	if err != nil {
+		return fmt.Errorf("chaos: starting the pooler: %w", err)
+	}
+	c.pooler = p
+	return nil
+}
+
+// workers makes the worker slots: names, specs, proxies, files; and the
+// pooler, if any worker is behind one.
+func (c *controller) workers() ([]*worker, error) {
+	slots := c.cfg.slots()
+	names := make([]string, len(slots))
+	for i := range slots {
+		names[i] = "w" + strconv.Itoa(i+1)
+	}
+	if c.cfg.pooled() > 0 {
+		if err := c.startPooler(names); err != nil {
+			return nil, err
+		}
+	}
 	var ws []*worker
 	for i, sl := range slots {
 		kind := sl.kind
-		name := "w" + strconv.Itoa(i+1)
+		name := names[i]
 		w := &worker{self: c.cfg.Self, withlock: c.cfg.WithlockPath,
 			stderr: filepath.Join(c.cfg.Dir, name+".stderr")}
-		targets := []*pgtest.Cluster{c.primary}
+		targets := []string{"127.0.0.1:" + strconv.Itoa(c.primary.Port())}
 		if c.standby != nil {
-			targets = append(targets, c.standby)
+			targets = append(targets, "127.0.0.1:"+strconv.Itoa(c.standby.Port()))
+		}
+		if sl.pooled {
+			u, err := url.Parse(c.pooler.DSN())
+			if err != nil {
+				return nil, fmt.Errorf("chaos: the pooler's DSN: %w", err)
+			}
+			targets = []string{u.Host}
 		}
 		var hosts, ports []string
 		for _, t := range targets {
-			p, err := tcpproxy.Listen("127.0.0.1:" + strconv.Itoa(t.Port()))
+			p, err := tcpproxy.Listen(t)
 			if err != nil {
 				return nil, fmt.Errorf("chaos: proxy: %w", err)
 			}
@@ -187,14 +255,30 @@ func (c *controller) workers() ([]*worker, error) {
 		}
 		driver := "pgx"
 		// Sections run by withlock alternate drivers, so that both are
-		// exercised through withlock too.
-		if kind == KindPQ || (kind == KindWithlock && i%2 == 0) {
+		// exercised through withlock too; behind the pooler, pgx, which
+		// takes the same connection string as withlock.
+		if kind == KindPQ || (kind == KindWithlock && i%2 == 0 && !sl.pooled) {
 			driver = "postgres"
 		}
+		dsn := fmt.Sprintf("host=%s port=%s user=%s dbname=postgres sslmode=disable connect_timeout=5",
+			strings.Join(hosts, ","), strings.Join(ports, ","), roleName(name))
+		switch {
+		case !sl.pooled:
+			// Both drivers follow the promoted standby.
+			dsn += " target_session_attrs=read-write"
+		case driver == "postgres":
+			// lib/pq sends a query with parameters in two round trips,
+			// which the pooler may send to two server sessions, unless
+			// its parameters go in binary (docs/drivers.md).
+			dsn += " binary_parameters=yes"
+		default:
+			// pgx's default caches named statements, which PgBouncer
+			// before 1.21 does not carry between server sessions.
+			dsn += " default_query_exec_mode=exec"
+		}
 		w.spec = Spec{
-			Worker: name, Kind: kind, Driver: driver,
-			DSN: fmt.Sprintf("host=%s port=%s user=%s dbname=postgres sslmode=disable connect_timeout=5"+
-				" target_session_attrs=read-write", strings.Join(hosts, ","), strings.Join(ports, ","), roleName(name)),
+			Worker: name, Kind: kind, Driver: driver, Pooled: sl.pooled,
+			DSN:              dsn,
 			ResourceDSN:      c.resourceDSN(name),
 			Records:          filepath.Join(c.cfg.Dir, name+".jsonl"),
 			LockName:         lockName,

@@ -175,6 +175,13 @@ func (c *controller) failover(ctx context.Context) (Fault, error) {
 		return Fault{}, fmt.Errorf("chaos: configuring the new primary: %w", err)
 	}
 	c.primary, c.standby = c.standby, nil
+	if c.pooler != nil {
+		// PgBouncer 1.18 has no target_session_attrs: the run repoints it.
+		if err := c.pooler.Retarget(c.primary.DSN()); err != nil {
+			return Fault{}, fmt.Errorf("chaos: repointing the pooler: %w", err)
+		}
+		f.Detail += "; the pooler repointed at it"
+	}
 	f.End = time.Now().UnixNano()
 	return f, c.reopenAdmin()
 }

@@ -43,6 +43,14 @@ func (r *Result) WriteReport(w io.Writer) error {
 	if r.Run.Failover {
 		b.WriteString(", on a two-host connection string (primary, standby; `target_session_attrs=read-write`) that every client, lib/pq and pgx alike, follows to the promoted standby")
 	}
+	if c.pooled() > 0 {
+		repointed := ""
+		if r.Run.Failover {
+			repointed = "; the run repoints it at the promoted standby"
+		}
+		fmt.Fprintf(&b, "; and %s behind a PgBouncer in transaction mode that the run starts (their proxies lead to it%s): %d library on lib/pq, each lock held in a transaction of its own, %d library on pgx sharing sessions (`WithSessions(%d)`, each session's locks in one transaction), %d `withlock --fencing`",
+			pooledWorkers(c), repointed, c.PooledPQ, c.PooledPGX, sharedSessions, c.PooledWithlock)
+	}
 	if r.Run.Counter {
 		b.WriteString(". The counter lives on a server of its own, which no fault touches; the failover is to an asynchronous standby cut off from the primary first, so the grants made meanwhile are lost with their commits and their transaction ids handed out again")
 	}
@@ -256,6 +264,17 @@ func explanation(o Overlap) string {
 
 // sharingWorkers names the library workers of c that share sessions, as
 // controller.workers numbers them.
+// pooledWorkers names the workers behind the pooler.
+func pooledWorkers(c Config) string {
+	var names []string
+	for i, sl := range c.slots() {
+		if sl.pooled {
+			names = append(names, "w"+strconv.Itoa(i+1))
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
 func sharingWorkers(c Config) string {
 	var names []string
 	for i := range c.PQSessions {

@@ -42,6 +42,7 @@ type Spec struct {
 	KeepAliveTimeout time.Duration `json:"keepalive_timeout"`
 	Lease            time.Duration `json:"lease"`    // a library worker's sqllock.WithLease
 	Sessions         int           `json:"sessions"` // a library worker's sqllock.WithSessions; 0: a connection per lock
+	Pooled           bool          `json:"pooled"`   // DSN reaches the server through a transaction-mode pooler
 	WorkMin          time.Duration `json:"work_min"`
 	WorkMax          time.Duration `json:"work_max"`
 }

@@ -2,7 +2,10 @@
 
 package pgtest
 
-import "os/exec"
+import (
+	"os"
+	"os/exec"
+)
 
 // osUser is the OS user that runs the server when it cannot be the current
 // one. Off Unix the server always runs as the current user.
@@ -16,3 +19,7 @@ func serverUser() (*osUser, error) { return nil, nil }
 
 // setCredential does nothing off Unix.
 func (u *osUser) setCredential(*exec.Cmd) {}
+
+// reloadSignal stands for PgBouncer's reload signal, which exists only on
+// Unix: off Unix, Bouncer.Retarget fails.
+var reloadSignal = os.Interrupt

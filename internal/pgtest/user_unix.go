@@ -48,3 +48,6 @@ func (u *osUser) setCredential(cmd *exec.Cmd) {
 		Credential: &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: []uint32{}},
 	}
 }
+
+// reloadSignal makes PgBouncer reload its configuration.
+const reloadSignal = syscall.SIGHUP

@@ -38,6 +38,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Withlock, "withlock", cfg.Withlock, "withlock workers")
 	fs.IntVar(&cfg.PQSessions, "pq-sessions", cfg.PQSessions, "of the lib/pq library workers, how many share sessions (sqllock.WithSessions)")
 	fs.IntVar(&cfg.PGXSessions, "pgx-sessions", cfg.PGXSessions, "of the pgx library workers, how many share sessions (sqllock.WithSessions)")
+	fs.IntVar(&cfg.PooledPQ, "pooled-pq", cfg.PooledPQ, "library workers on lib/pq behind a PgBouncer in transaction mode")
+	fs.IntVar(&cfg.PooledPGX, "pooled-pgx", cfg.PooledPGX, "library workers on pgx, sharing sessions, behind the PgBouncer")
+	fs.IntVar(&cfg.PooledWithlock, "pooled-withlock", cfg.PooledWithlock, "withlock workers behind the PgBouncer")
 	fs.Int64Var(&cfg.Seed, "seed", 0, "seed of the fault schedule (0: random)")
 	unfenced := fs.Bool("unfenced", false, "do not guard writes with the tokens, to show the damage")
 	noFailover := fs.Bool("no-failover", false, "run without a standby (no failover fault)")
@@ -70,7 +73,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cfg.Self, err = os.Executable(); err != nil {
 		return fail(err)
 	}
-	if cfg.Withlock > 0 {
+	if cfg.Withlock+cfg.PooledWithlock > 0 {
 		if cfg.WithlockPath, err = chaos.BuildWithlock(ctx, dir); err != nil {
 			return fail(err)
 		}
