@@ -123,6 +123,10 @@ func WithAllowStandby(allow bool) Option {
 //     dies, every lock it carries is reported lost, and the Locker's logger
 //     (WithLogger) gets one warning with their count; an unlock the server
 //     answers with false loses that lock alone.
+//   - Behind a transaction-mode pooler (PgBouncer, Supavisor, ...) each
+//     session holds its locks in a transaction it keeps open while it
+//     carries any, and ends only once it carries none: a server connection
+//     of the pooler's per session that carries locks (docs/drivers.md).
 //
 // n must be positive.
 func WithSessions(n int) Option {
