@@ -97,6 +97,62 @@ func TestPgBouncerSemaphore(t *testing.T) {
 		}
 		wg.Wait()
 		requireNoSlots(t, direct, name, 2)
-		assertNoOpenTransactions(t, direct)
+		noOpenTransactions(t, direct)
 	})
+}
+
+// Behind PgBouncer 1.18 (which exits on a cancel request that races the
+// end of its query) a waiter whose other slot frees first ends its wait
+// for the first slot again and again, and the pooler stays up: sqllock
+// ends such waits on the server.
+func TestPgBouncerSemaphoreWaitsEnded(t *testing.T) {
+	t.Parallel()
+	eachBouncerDriver(t, "transaction", 12, func(t *testing.T, db *sql.DB) {
+		direct := pgtest.DB(t, "pgx")
+		name := t.Name()
+		ctx := t.Context()
+		holder := sqllock.New(db).Semaphore(name, 3)
+		for range 3 {
+			require.NoError(t, holder.Acquire(ctx))
+		}
+		waiter := sqllock.New(db).Semaphore(name, 3)
+		slots, _ := slotKeys(name, 3)
+		for range 6 {
+			got := make(chan error, 1)
+			go func() { got <- waiter.Acquire(ctx) }()
+			// The waiter waits in the server for one slot; free another.
+			waitingOn := -1
+			for waitingOn < 0 {
+				for i, k := range slots {
+					if _, w := lockRows(t, direct, k); w == 1 {
+						waitingOn = i
+					}
+				}
+			}
+			// Release until a slot other than the waited one is free: the
+			// oldest first, which may be the waited one (then the waiter
+			// just gets it).
+			require.NoError(t, holder.Release(ctx))
+			require.NoError(t, <-got)
+			require.NoError(t, waiter.Release(ctx))
+			require.NoError(t, holder.Acquire(ctx))
+		}
+		for range 3 {
+			require.NoError(t, holder.Release(ctx))
+		}
+		requireNoSlots(t, direct, name, 3)
+		noOpenTransactions(t, direct)
+	})
+}
+
+// noOpenTransactions is assertNoOpenTransactions for a test whose server
+// sessions may all be gone by now: ended waits end theirs.
+func noOpenTransactions(t *testing.T, direct *sql.DB) {
+	t.Helper()
+	var inTx, locks int
+	require.NoError(t, direct.QueryRowContext(t.Context(), `SELECT count(*) FILTER (WHERE a.state LIKE 'idle in transaction%'),
+		count(*) FILTER (WHERE EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'))
+		FROM pg_stat_activity a WHERE a.application_name = $1`, appName(t)).Scan(&inTx, &locks))
+	assert.Zero(t, inTx, "server sessions left in a transaction")
+	assert.Zero(t, locks, "server sessions left carrying advisory locks")
 }
