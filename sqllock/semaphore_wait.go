@@ -51,7 +51,7 @@ func (s *Semaphore) acquire(ctx context.Context, op string, try, push bool, onLo
 	var h semGrant
 	var err error
 	if !s.q.busy() {
-		h, err = s.tryAll(ctx, -1, onLost)
+		h, err = s.tryAll(ctx, onLost)
 	}
 	if h.g == nil && err == nil && !try {
 		h, err = s.wait(ctx, onLost)
@@ -102,16 +102,16 @@ func (s *Semaphore) drop(ctx context.Context, g *session.Grant) {
 	}
 }
 
-// tryAll tries every slot but skip, once, starting after the slot last
-// released here (likely free), skipping the slots s holds itself.
-func (s *Semaphore) tryAll(ctx context.Context, skip int, onLost func(error)) (semGrant, error) {
+// tryAll tries every slot once, starting at the slot last released here
+// (likely free), skipping the slots s holds itself.
+func (s *Semaphore) tryAll(ctx context.Context, onLost func(error)) (semGrant, error) {
 	start := int(s.hint.Load())
 	for j := range s.n {
 		i := (start + j) % s.n
 		s.mu.Lock()
 		mine := s.own[i] > 0
 		s.mu.Unlock()
-		if i == skip || mine {
+		if mine {
 			continue
 		}
 		g, err := s.take(ctx, s.slots[i], true, onLost)
@@ -142,7 +142,7 @@ func (s *Semaphore) wait(ctx context.Context, onLost func(error)) (semGrant, err
 	}
 	defer s.q.leave()
 	// A slot may have been freed while this caller queued.
-	if h, err := s.tryAll(ctx, -1, onLost); h.g != nil || err != nil {
+	if h, err := s.tryAll(ctx, onLost); h.g != nil || err != nil {
 		return h, err
 	}
 	w := semWaiter{s: s, ctx: ctx, kicked: kicked, onLost: onLost}
@@ -248,7 +248,9 @@ func (w *semWaiter) waitFor(i int, turn time.Duration) (semGrant, error) {
 				tick.Reset(semPoll)
 			}
 		}
-		h, err := s.tryAll(ctx, i, w.onLost)
+		// Slot i too: the wait for it may not have reached the server
+		// yet (a pooler out of server connections queues it).
+		h, err := s.tryAll(ctx, w.onLost)
 		if h.g == nil && err == nil {
 			continue
 		}
