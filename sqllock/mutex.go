@@ -2,7 +2,6 @@ package sqllock
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -335,68 +334,24 @@ func (m *Mutex) TryWithLockShared(ctx context.Context, fn func(ctx context.Conte
 }
 
 func (m *Mutex) withLock(ctx context.Context, shared, try bool, fn func(context.Context) error, opts []WithLockOption) (bool, error) {
-	op := opName("withlock", shared)
-	if fn == nil {
-		return false, m.fail(op, ErrNilFunc)
+	return runHolding(m, opName("withlock", shared), shared, try, ctx, fn, opts)
+}
+
+// acquireRun takes the lock for WithLock (see runner), registered apart
+// from Lock's holds, so that no Unlock takes it (an Unlock releases what
+// Lock took).
+func (m *Mutex) acquireRun(ctx context.Context, shared, try bool, onLost func(error)) (*session.Grant, *attempt, error) {
+	g, a, err := m.acquireObserved(ctx, shared, try, false, onLost)
+	if g != nil {
+		m.mu.Lock()
+		m.scoped = append(m.scoped, g)
+		m.mu.Unlock()
 	}
-	if ctx == nil {
-		return false, m.fail(op, ErrNilContext)
-	}
-	var cfg withLockConfig
-	for _, opt := range opts {
-		if opt == nil {
-			return false, m.fail(op, errors.New("sqllock: nil WithLockOption"))
-		}
-		opt(&cfg)
-	}
-	if cfg.err != nil {
-		return false, m.fail(op, cfg.err)
-	}
-	wctx := ctx
-	if cfg.maxWait > 0 {
-		var cancelWait context.CancelFunc
-		wctx, cancelWait = context.WithTimeout(ctx, cfg.maxWait)
-		defer cancelWait()
-	}
-	fctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	h, a, err := m.acquireObserved(wctx, shared, try, false, cancel)
-	if err != nil {
-		return false, m.fail(op, fmt.Errorf("%w: %w", ErrNotAcquired, unwrapOwn(err)))
-	}
-	if h == nil {
-		return false, nil
-	}
-	if t := h.Token(); t != 0 {
-		fctx = context.WithValue(fctx, tokenKey{}, t)
-	}
-	if a != nil && a.hold {
-		fctx = a.holdContext(fctx)
-	}
-	// The release runs under ctx's values but not its cancellation: a
-	// context that never ends gets the keep-alive timeout as its bound
-	// (see session.Grant.Release). One that already never ends is used as it is.
-	rctx := ctx
-	if ctx.Done() != nil {
-		rctx = context.WithoutCancel(ctx)
-	}
-	// Registered while fn runs, so that Done and Err describe it inside
-	// fn as after Lock; apart from Lock's holds, so that no Unlock takes
-	// it (an Unlock releases what Lock took).
-	m.mu.Lock()
-	m.scoped = append(m.scoped, h)
-	m.mu.Unlock()
-	release := func() error {
-		m.remove(h)
-		return m.release(rctx, h)
-	}
-	returned := false
-	defer func() {
-		if !returned { // fn panicked or called runtime.Goexit
-			_ = release()
-		}
-	}()
-	fnErr := fn(fctx)
-	returned = true
-	return true, joinRelease(fnErr, release())
+	return g, a, err
+}
+
+// releaseRun releases WithLock's grant g (see runner).
+func (m *Mutex) releaseRun(ctx context.Context, g *session.Grant) error {
+	m.remove(g)
+	return m.release(ctx, g)
 }

@@ -2,7 +2,6 @@ package sqllock
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -154,7 +153,7 @@ func (s *Semaphore) fail(op string, err error) error {
 // tries the other slots or the watcher's role now and then on another
 // (one that watches pins a second one); the others wait in memory.
 func (s *Semaphore) Acquire(ctx context.Context) error {
-	_, _, err := s.acquire(ctx, "acquire", false, true, nil)
+	_, _, err := s.acquire(ctx, "acquire", false, &s.held, nil)
 	return err
 }
 
@@ -163,7 +162,7 @@ func (s *Semaphore) Acquire(ctx context.Context) error {
 // goes ahead of them. It costs one round trip per slot it tries, one when
 // the semaphore is idle. ctx bounds the round trips.
 func (s *Semaphore) TryAcquire(ctx context.Context) (bool, error) {
-	g, _, err := s.acquire(ctx, "tryacquire", true, true, nil)
+	g, _, err := s.acquire(ctx, "tryacquire", true, &s.held, nil)
 	return g.g != nil, err
 }
 
@@ -298,69 +297,27 @@ func (s *Semaphore) TryWithSlot(ctx context.Context, fn func(ctx context.Context
 }
 
 func (s *Semaphore) withSlot(ctx context.Context, try bool, fn func(context.Context) error, opts []WithLockOption) (bool, error) {
-	const op = "withslot"
-	if fn == nil {
-		return false, s.fail(op, ErrNilFunc)
-	}
-	if ctx == nil {
-		return false, s.fail(op, ErrNilContext)
-	}
-	var cfg withLockConfig
-	for _, opt := range opts {
-		if opt == nil {
-			return false, s.fail(op, errors.New("sqllock: nil WithLockOption"))
-		}
-		opt(&cfg)
-	}
-	if cfg.err != nil {
-		return false, s.fail(op, cfg.err)
-	}
-	wctx := ctx
-	if cfg.maxWait > 0 {
-		var cancelWait context.CancelFunc
-		wctx, cancelWait = context.WithTimeout(ctx, cfg.maxWait)
-		defer cancelWait()
-	}
-	fctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	h, a, err := s.acquire(wctx, op, try, false, cancel)
-	if err != nil {
-		return false, s.fail(op, fmt.Errorf("%w: %w", ErrNotAcquired, unwrapOwn(err)))
-	}
-	if h.g == nil {
-		return false, nil
-	}
-	if t := h.g.Token(); t != 0 {
-		fctx = context.WithValue(fctx, tokenKey{}, t)
-	}
-	if a != nil && a.hold {
-		fctx = a.holdContext(fctx)
-	}
-	rctx := ctx
-	if ctx.Done() != nil {
-		rctx = context.WithoutCancel(ctx)
-	}
+	return runHolding(s, "withslot", false, try, ctx, fn, opts)
+}
+
+// acquireRun takes a slot for WithSlot (see runner), registered apart
+// from Acquire's, so that no Release takes it.
+func (s *Semaphore) acquireRun(ctx context.Context, _, try bool, onLost func(error)) (*session.Grant, *attempt, error) {
+	h, a, err := s.acquire(ctx, "withslot", try, &s.scoped, onLost)
+	return h.g, a, err
+}
+
+// releaseRun releases WithSlot's grant g (see runner).
+func (s *Semaphore) releaseRun(ctx context.Context, g *session.Grant) error {
 	s.mu.Lock()
-	s.scoped = append(s.scoped, h)
-	s.mu.Unlock()
-	release := func() error {
-		s.mu.Lock()
-		for i, x := range s.scoped {
-			if x.g == h.g {
-				s.scoped = append(s.scoped[:i], s.scoped[i+1:]...)
-				break
-			}
+	var h semGrant
+	for i, x := range s.scoped {
+		if x.g == g {
+			h = x
+			s.scoped = append(s.scoped[:i], s.scoped[i+1:]...)
+			break
 		}
-		s.mu.Unlock()
-		return s.release(rctx, h)
 	}
-	returned := false
-	defer func() {
-		if !returned { // fn panicked or called runtime.Goexit
-			_ = release()
-		}
-	}()
-	fnErr := fn(fctx)
-	returned = true
-	return true, joinRelease(fnErr, release())
+	s.mu.Unlock()
+	return s.release(ctx, h)
 }

@@ -35,9 +35,10 @@ const (
 )
 
 // acquire takes a slot: with try, only if one is free now and no caller
-// of s waits. push adds the grant to s.held for Release. Observers hear of
-// the call as one attempt, which it returns (see take).
-func (s *Semaphore) acquire(ctx context.Context, op string, try, push bool, onLost func(error)) (semGrant, *attempt, error) {
+// of s waits. The grant joins list (s.held or s.scoped) before observers
+// hear of it, as a Mutex's does. Observers hear of the call as one
+// attempt, which it returns (see take).
+func (s *Semaphore) acquire(ctx context.Context, op string, try bool, list *[]semGrant, onLost func(error)) (semGrant, *attempt, error) {
 	switch {
 	case ctx == nil:
 		return semGrant{}, nil, s.fail(op, ErrNilContext)
@@ -59,10 +60,9 @@ func (s *Semaphore) acquire(ctx context.Context, op string, try, push bool, onLo
 	if err != nil {
 		err = s.fail(op, err)
 	}
-	// As for a Mutex, the grant joins s.held before observers hear of it.
-	if h.g != nil && push {
+	if h.g != nil {
 		s.mu.Lock()
-		s.held = append(s.held, h)
+		*list = append(*list, h)
 		s.mu.Unlock()
 	}
 	if a != nil {

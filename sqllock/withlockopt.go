@@ -1,9 +1,12 @@
 package sqllock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/session"
 )
 
 // A WithLockOption changes one call of [Mutex.WithLock] or
@@ -58,4 +61,75 @@ func joinRelease(fnErr, relErr error) error {
 		return fnErr
 	}
 	return fmt.Errorf("%w (and fn returned: %w)", relErr, fnErr)
+}
+
+// A runner is what WithLock and WithSlot share (see runHolding): a Mutex
+// or a Semaphore.
+type runner interface {
+	fail(op string, err error) error
+	// acquireRun acquires under ctx, telling onLost of a loss, and
+	// registers the grant while fn runs, so that Done and Err describe it
+	// inside fn: a grant and its observed attempt, or none (contended,
+	// with try).
+	acquireRun(ctx context.Context, shared, try bool, onLost func(error)) (*session.Grant, *attempt, error)
+	// releaseRun unregisters g and releases it.
+	releaseRun(ctx context.Context, g *session.Grant) error
+}
+
+// runHolding runs fn holding a grant of r, and releases it however fn
+// ends (see Mutex.WithLock): the bool reports whether fn ran.
+func runHolding(r runner, op string, shared, try bool, ctx context.Context, fn func(context.Context) error, opts []WithLockOption) (bool, error) {
+	if fn == nil {
+		return false, r.fail(op, ErrNilFunc)
+	}
+	if ctx == nil {
+		return false, r.fail(op, ErrNilContext)
+	}
+	var cfg withLockConfig
+	for _, opt := range opts {
+		if opt == nil {
+			return false, r.fail(op, errors.New("sqllock: nil WithLockOption"))
+		}
+		opt(&cfg)
+	}
+	if cfg.err != nil {
+		return false, r.fail(op, cfg.err)
+	}
+	wctx := ctx
+	if cfg.maxWait > 0 {
+		var cancelWait context.CancelFunc
+		wctx, cancelWait = context.WithTimeout(ctx, cfg.maxWait)
+		defer cancelWait()
+	}
+	fctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	g, a, err := r.acquireRun(wctx, shared, try, cancel)
+	if err != nil {
+		return false, r.fail(op, fmt.Errorf("%w: %w", ErrNotAcquired, unwrapOwn(err)))
+	}
+	if g == nil {
+		return false, nil
+	}
+	if t := g.Token(); t != 0 {
+		fctx = context.WithValue(fctx, tokenKey{}, t)
+	}
+	if a != nil && a.hold {
+		fctx = a.holdContext(fctx)
+	}
+	// The release runs under ctx's values but not its cancellation: a
+	// context that never ends gets the keep-alive timeout as its bound
+	// (see session.Grant.Release). One that already never ends is used as it is.
+	rctx := ctx
+	if ctx.Done() != nil {
+		rctx = context.WithoutCancel(ctx)
+	}
+	returned := false
+	defer func() {
+		if !returned { // fn panicked or called runtime.Goexit
+			_ = r.releaseRun(rctx, g)
+		}
+	}()
+	fnErr := fn(fctx)
+	returned = true
+	return true, joinRelease(fnErr, r.releaseRun(rctx, g))
 }
