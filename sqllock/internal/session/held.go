@@ -281,16 +281,6 @@ func heldRefusal(ctx context.Context, err error) error {
 	return nil
 }
 
-// pgxOrNever returns ctx for a driver that ends a statement by ending
-// its connection when ctx ends (pgx), else ctx's values in a context that
-// never ends: lib/pq would send a cancel request through the pooler.
-func (m *Manager) pgxOrNever(ctx context.Context) context.Context {
-	if m.boundsContext {
-		return ctx
-	}
-	return neverEnding(ctx)
-}
-
 // heldWait runs wait, the lock statement that waits, in the transaction
 // held on backend pid. The server keeps ctx's deadline, if any: the
 // transaction's lock_timeout, set in the wait's own query, ends the wait

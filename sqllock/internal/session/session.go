@@ -430,16 +430,21 @@ func (s *session) releaseConn(ctx context.Context, haveConn bool) error {
 	} else {
 		q, args = g.t.unlockStatement(g.shared, s.prepared, true, s.dc, s.pid)
 	}
-	stmtCtx := ctx
+	var rows int64
+	var abandoned bool
+	var settleErr, err error
 	if s.held {
-		// Through a pooler, lib/pq would answer ctx's end with a cancel
-		// request (see acquireHeld): the rollback is abandoned instead,
-		// and its transaction ended on the server.
-		stmtCtx = s.m.pgxOrNever(ctx)
-	}
-	rows, abandoned, settleErr, err := s.m.execRowsWithin(stmtCtx, ctx, s.conn, q, args, s.prepared, s.pid, s.tx, g.t.Key, func() { _ = s.end(s.conn, s.pid, g.t.Key) })
-	if s.held && err == nil {
-		rows = 1 // the transaction's end released its lock
+		// Through a pooler, a driver that sees ctx end sends a cancel
+		// request, on which PgBouncer before 1.21 can exit (see
+		// Manager.execHeld): the rollback runs under a context that never
+		// ends, and if ctx ends first its transaction is ended on the
+		// server.
+		rows, abandoned, settleErr, err = s.m.execHeld(ctx, s.conn, q, s.pid, s.tx, g.t.Key)
+		if err == nil {
+			rows = 1 // the transaction's end released its lock
+		}
+	} else {
+		rows, abandoned, settleErr, err = s.m.execRowsWithin(ctx, ctx, s.conn, q, args, s.prepared, s.pid, s.tx, g.t.Key, func() { _ = s.end(s.conn, s.pid, g.t.Key) })
 	}
 	s.mu.Lock()
 	s.unlocking = false
