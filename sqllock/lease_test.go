@@ -189,7 +189,7 @@ func TestLeaseKeptUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("holds a lock under load for 3s")
 	}
-	const interval, timeout = 200 * time.Millisecond, 400 * time.Millisecond // lease: 800ms
+	const interval, timeout = 200 * time.Millisecond, time.Second // lease: 2s
 	eachDriver(t, func(t *testing.T, db *sql.DB) {
 		mu := sqllock.New(db, sqllock.WithKeepAlive(interval, timeout)).Mutex(t.Name())
 		require.NoError(t, mu.Lock(t.Context()))
