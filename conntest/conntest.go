@@ -539,10 +539,10 @@ func (e *env) checkInUse(want int, when string) {
 	}
 }
 
-// A pending is a Lock running in a goroutine of its own.
+// A pending is a wait (a Lock, an Acquire) running in a goroutine of its own.
 type pending struct {
-	done   chan struct{} // closed when Lock returns
-	err    error         // Lock's result, once done is closed
+	done   chan struct{} // closed when the wait returns
+	err    error         // its result, once done is closed
 	cancel context.CancelFunc
 }
 
@@ -550,11 +550,16 @@ type pending struct {
 // from the check's. When the check ends, the Lock is cancelled and waited
 // for; the cleanup of m then releases what it got.
 func (e *env) goLock(m *sqllock.Mutex) *pending {
+	return e.goWait("Lock", m.Lock)
+}
+
+// goWait starts wait, named what, in a goroutine (see goLock).
+func (e *env) goWait(what string, wait func(context.Context) error) *pending {
 	ctx, cancel := context.WithCancel(e.ctx)
 	p := &pending{done: make(chan struct{}), cancel: cancel}
 	go func() {
 		defer close(p.done)
-		p.err = m.Lock(ctx)
+		p.err = wait(ctx)
 	}()
 	e.t.Cleanup(func() {
 		cancel()
@@ -563,7 +568,7 @@ func (e *env) goLock(m *sqllock.Mutex) *pending {
 		select {
 		case <-p.done:
 		case <-timer.C:
-			e.t.Errorf("cleanup: Lock still waiting %v after its context was cancelled: the driver or a pooler ignores cancellation", cleanupTimeout)
+			e.t.Errorf("cleanup: %s still waiting %v after its context was cancelled: the driver or a pooler ignores cancellation", what, cleanupTimeout)
 		}
 	})
 	return p

@@ -106,33 +106,9 @@ func (e *env) checkOneSlotEach(slots []keyspace.Key, want int, when string) {
 	}
 }
 
-// A pendingAcquire is an Acquire running in a goroutine of its own.
-type pendingAcquire struct {
-	done chan struct{} // closed when Acquire returns
-	err  error         // Acquire's result, once done is closed
-}
-
-// goAcquire starts s.Acquire in a goroutine, under a context derived from
-// the check's. When the check ends, the Acquire is cancelled and waited
-// for; the cleanup of s then releases what it got.
-func (e *env) goAcquire(s *sqllock.Semaphore) *pendingAcquire {
-	ctx, cancel := context.WithCancel(e.ctx)
-	p := &pendingAcquire{done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		p.err = s.Acquire(ctx)
-	}()
-	e.t.Cleanup(func() {
-		cancel()
-		timer := time.NewTimer(cleanupTimeout)
-		defer timer.Stop()
-		select {
-		case <-p.done:
-		case <-timer.C:
-			e.t.Errorf("cleanup: Acquire kept waiting %v after its context was cancelled: the driver or a pooler ignores cancellation", cleanupTimeout)
-		}
-	})
-	return p
+// goAcquire starts s.Acquire in a goroutine (see goLock).
+func (e *env) goAcquire(s *sqllock.Semaphore) *pending {
+	return e.goWait("Acquire", s.Acquire)
 }
 
 func semaphoreSlots(t *testing.T, e *env) {
@@ -212,7 +188,7 @@ func semaphoreSlots(t *testing.T, e *env) {
 // awaitSemWaiter polls pg_locks until the Acquire p waits: its session
 // holds the watch lock or waits for a slot. It fails the check if p
 // returns first: it got a slot while both were held, or failed.
-func (e *env) awaitSemWaiter(slots []keyspace.Key, watch keyspace.Key, p *pendingAcquire) {
+func (e *env) awaitSemWaiter(slots []keyspace.Key, watch keyspace.Key, p *pending) {
 	e.t.Helper()
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
