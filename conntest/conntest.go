@@ -539,6 +539,22 @@ func (e *env) checkInUse(want int, when string) {
 	}
 }
 
+// settleInUse is checkInUse for a check whose calls may leave a
+// connection coming back to the pool in the background: it waits up to
+// settleTimeout for db.Stats().InUse to reach want.
+func (e *env) settleInUse(want int, when string) {
+	e.t.Helper()
+	start := time.Now()
+	first := e.db.Stats().InUse
+	for e.db.Stats().InUse != want && time.Since(start) < settleTimeout {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if first != want && e.db.Stats().InUse == want {
+		e.t.Logf("db.Stats().InUse %s was %d, and %d %v later", when, first, want, time.Since(start).Round(time.Millisecond))
+	}
+	e.checkInUse(want, when)
+}
+
 // A pending is a wait (a Lock, an Acquire) running in a goroutine of its own.
 type pending struct {
 	done   chan struct{} // closed when the wait returns

@@ -182,7 +182,12 @@ func semaphoreSlots(t *testing.T, e *env) {
 				slot, slots[slot], rows, pooler)
 		}
 	}
-	e.checkInUse(e.baseline, "after every slot was released")
+	// A wait for one slot that the waiter ended once another slot came
+	// free may have been opening a shared session (WithSessions): a dial
+	// that lib/pq cannot cut short goes on in the background and gives its
+	// connection back when it completes. Give it the time a discarded
+	// session gets; a connection kept for good still fails the check.
+	e.settleInUse(e.baseline, "after every slot was released")
 }
 
 // awaitSemWaiter polls pg_locks until the Acquire p waits: its session
