@@ -101,8 +101,9 @@ type AttemptObserver interface {
 // of [Mutex.WithLock] its context: a tracer's hold span, so that the
 // spans of the work done under the lock are its children.
 //
-// WithLock, WithLockShared, TryWithLock and TryWithLockShared call
-// HoldContext once the lock is granted, after the attempt's
+// WithLock, WithLockShared, TryWithLock and TryWithLockShared, and a
+// Semaphore's WithSlot and TryWithSlot, call HoldContext once the lock is
+// granted, after the attempt's
 // EventAcquired, on the caller's goroutine, with the context fn would
 // otherwise get; fn gets the context it returns, which must be ctx or a
 // context derived from it, so that fn's context still ends when the lock
@@ -294,6 +295,15 @@ func (o *observing) endedUntold(g *session.Grant, e Event) {
 	if a != nil {
 		a.tell(g.Target(), e)
 	}
+}
+
+// forget drops what o keeps of g, a grant no attempt registered (a
+// Semaphore's internal ones), once g has ended: the session layer told o
+// of its end, which o keeps for an attempt that never comes.
+func (o *observing) forget(g *session.Grant) {
+	o.mu.Lock()
+	delete(o.grants, g)
+	o.mu.Unlock()
 }
 
 // holdContext returns the context of WithLock's function, ctx as a's

@@ -204,23 +204,23 @@ func (s *Semaphore) release(ctx context.Context, h semGrant) error {
 	return err
 }
 
-// oldest returns the grant Done, Err and Token describe: the oldest one
-// still held, else the oldest lost one.
-func (s *Semaphore) oldest() *session.Grant {
+// oldest returns the grant Done, Err, Token and Slot describe: the
+// oldest one still held, else the oldest lost one; false with none.
+func (s *Semaphore) oldest() (semGrant, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var first *session.Grant
+	var first semGrant
 	for _, list := range [][]semGrant{s.held, s.scoped} {
 		for _, h := range list {
-			if first == nil {
-				first = h.g
+			if first.g == nil {
+				first = h
 			}
 			if h.g.Err() == nil {
-				return h.g
+				return h, true
 			}
 		}
 	}
-	return first
+	return first, first.g != nil
 }
 
 // Done returns a channel that is closed when the slot this Semaphore holds
@@ -228,8 +228,8 @@ func (s *Semaphore) oldest() *session.Grant {
 // held, it describes the oldest one still held; with none, it returns a
 // closed channel.
 func (s *Semaphore) Done() <-chan struct{} {
-	if g := s.oldest(); g != nil {
-		return g.Done()
+	if h, ok := s.oldest(); ok {
+		return h.g.Done()
 	}
 	return closedChan
 }
@@ -238,8 +238,8 @@ func (s *Semaphore) Done() <-chan struct{} {
 // error wrapping [ErrLockLost] once it is lost, and [ErrNotHeld] when no
 // slot is held.
 func (s *Semaphore) Err() error {
-	if g := s.oldest(); g != nil {
-		return g.Err()
+	if h, ok := s.oldest(); ok {
+		return h.g.Err()
 	}
 	if s.err != nil {
 		return s.fail("hold", s.err)
@@ -252,30 +252,18 @@ func (s *Semaphore) Err() error {
 // no slot is held or it was lost. Inside WithSlot's function, [Token]
 // reads it from the context.
 func (s *Semaphore) Token() (uint64, bool) {
-	g := s.oldest()
-	if g == nil || g.Token() == 0 || g.Err() != nil {
+	h, ok := s.oldest()
+	if !ok || h.g.Token() == 0 || h.g.Err() != nil {
 		return 0, false
 	}
-	return g.Token(), true
+	return h.g.Token(), true
 }
 
 // Slot returns the slot described by [Semaphore.Done]: its index, from 0;
 // false when no slot is held.
 func (s *Semaphore) Slot() (int, bool) {
-	g := s.oldest()
-	if g == nil {
-		return 0, false
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, list := range [][]semGrant{s.held, s.scoped} {
-		for _, h := range list {
-			if h.g == g {
-				return h.slot, true
-			}
-		}
-	}
-	return 0, false
+	h, ok := s.oldest()
+	return h.slot, ok
 }
 
 // WithSlot runs fn while holding a slot, and releases it however fn ends,

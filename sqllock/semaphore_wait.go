@@ -93,12 +93,8 @@ func (s *Semaphore) take(ctx context.Context, m *Mutex, try bool, onLost func(er
 // second slot), of which no observer heard.
 func (s *Semaphore) drop(ctx context.Context, g *session.Grant) {
 	_ = g.Release(context.WithoutCancel(ctx)) // a failed release ends the session, which lets go
-	if o := s.l.obs; o != nil {
-		// The session layer told the observers of its end, which they
-		// keep for an attempt that never comes.
-		o.mu.Lock()
-		delete(o.grants, g)
-		o.mu.Unlock()
+	if s.l.obs != nil {
+		s.l.obs.forget(g)
 	}
 }
 
