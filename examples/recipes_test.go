@@ -42,6 +42,9 @@ func Example_clockProcess() {
 			case <-ctx.Done(): // leadership lost (the cause wraps sqllock.ErrLockLost), or shutdown
 				return context.Cause(ctx)
 			case <-ticker.C:
+				if ctx.Err() != nil { // a tick and the loss came together: the loss wins
+					return context.Cause(ctx)
+				}
 				fmt.Println("tick", ticks) // enqueue the jobs due now
 				if ticks == 3 {
 					stop() // the example ends after three ticks

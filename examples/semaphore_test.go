@@ -53,6 +53,7 @@ func Example_atMostN() {
 		}()
 	}
 	wg.Wait()
-	fmt.Println("at most", most.Load(), "report runs at once")
-	// Output: at most 3 report runs at once
+	// How many ran at once depends on timing; never more than three did.
+	fmt.Println("more than three at once:", most.Load() > 3)
+	// Output: more than three at once: false
 }
