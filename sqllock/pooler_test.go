@@ -583,3 +583,59 @@ func TestPgBouncerCancelledWaitSendsNoCancelRequest(t *testing.T) {
 		})
 	}
 }
+
+// A role whose default isolation is REPEATABLE READ (here the server's)
+// would make a held transaction keep its first statement's snapshot for as
+// long as it holds the lock, holding back VACUUM: sqllock begins held
+// transactions READ COMMITTED there, alone and shared, fenced or not, and
+// locks still exclude and wait.
+func TestPgBouncerRepeatableReadDefault(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t, "default_transaction_isolation=repeatable read")
+	direct := faultOpen(t, "pgx", c.DSN())
+	b := pgtest.NewBouncerFor(t, c.DSN(), "transaction", 6)
+	for _, d := range []struct{ name, driver, params string }{
+		{"pq", "postgres", ""},
+		{"pgx", "pgx", "&default_query_exec_mode=simple_protocol"},
+		{"pgx-exec", "pgx", "&default_query_exec_mode=exec"},
+	} {
+		for _, mode := range []struct {
+			name string
+			opts []sqllock.Option
+		}{
+			{"alone", nil},
+			{"fenced", []sqllock.Option{sqllock.WithFencing()}},
+			{"sessions", []sqllock.Option{sqllock.WithSessions(2)}},
+		} {
+			t.Run(d.name+"/"+mode.name, func(t *testing.T) {
+				db := faultOpen(t, d.driver, b.DSN()+d.params+"&application_name="+appName(t))
+				l := sqllock.New(db, mode.opts...)
+				a, b, other := l.Mutex(t.Name()+"/a"), l.Mutex(t.Name()+"/b"), sqllock.New(db).Mutex(t.Name()+"/a")
+				require.NoError(t, a.Lock(t.Context()))
+				require.NoError(t, b.Lock(t.Context()))
+				for _, mu := range []*sqllock.Mutex{a, b} {
+					var iso string
+					var xid, xmin sql.NullString
+					require.NoError(t, direct.QueryRowContext(t.Context(), `SELECT current_setting('default_transaction_isolation'),
+						backend_xid::text, backend_xmin::text FROM pg_stat_activity WHERE pid = $1`, backendOf(t, direct, mu.Key())).Scan(&iso, &xid, &xmin))
+					require.Equal(t, "repeatable read", iso)
+					assert.False(t, xid.Valid, "the holding transaction has a transaction id: %s", xid.String)
+					assert.False(t, xmin.Valid, "the holding transaction holds a snapshot: %s", xmin.String)
+				}
+				ok, err := other.TryLock(t.Context())
+				require.NoError(t, err)
+				assert.False(t, ok, "a held lock excludes")
+				got := make(chan error, 1)
+				go func() { got <- other.Lock(t.Context()) }()
+				waitRows(t, direct, a.Key(), 1, 1)
+				require.NoError(t, a.Unlock(t.Context()))
+				require.NoError(t, <-got, "the waiter gets the lock once it is free")
+				require.NoError(t, other.Unlock(t.Context()))
+				require.NoError(t, b.Unlock(t.Context()))
+				waitRows(t, direct, a.Key(), 0, 0)
+				waitRows(t, direct, b.Key(), 0, 0)
+				assertNoOpenTransactions(t, direct)
+			})
+		}
+	}
+}

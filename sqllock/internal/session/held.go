@@ -34,15 +34,21 @@ const proxiedPID = -1
 
 // checkHeld makes sure that a lock held in a transaction on driver
 // connection dc survives the server's idle_in_transaction_session_timeout:
-// the keep-alive must touch the transaction more often.
+// the keep-alive must touch the transaction more often. A session whose
+// default isolation is not READ COMMITTED gets its held transactions begun
+// apart, READ COMMITTED (see beginHeld), so that none keeps a snapshot.
 func (m *Manager) checkHeld(ctx context.Context, dc any) error {
-	v, err := drv.QueryValue(ctx, dc, sqltext.IdleInTxSQL, nil)
+	v, err := drv.QueryValue(ctx, dc, sqltext.HeldSettingsSQL, nil)
 	if err != nil {
 		return err
 	}
-	ms, ok := intAnswer(v)
+	n, ok := intAnswer(v)
 	if !ok {
 		return fmt.Errorf("idle_in_transaction_session_timeout read as %T %v, not an integer", v, v)
+	}
+	ms := n >> 1
+	if n&1 == 1 {
+		m.heldBeginFirst.Store(true)
 	}
 	if ms != 0 {
 		m.serverIdleInTx.Store(true)
@@ -73,7 +79,7 @@ func (m *Manager) acquireHeld(ctx context.Context, conn *sql.Conn, t *Target, re
 		try = h.TryShared
 	}
 	mark := sqltext.NewMark()
-	split := m.heldSplit.Load()
+	split := m.heldSplit.Load() || m.heldBeginFirst.Load()
 	if split {
 		if err := m.beginHeld(ctx, conn, mark, req.retried); err != nil {
 			return nil, err
@@ -218,14 +224,15 @@ func abandonedErr(err, settleErr error) error {
 	return err
 }
 
-// beginHeld begins the transaction that will hold a lock on conn, for a
-// driver that takes one statement at a time (see acquireHeld), marked with
+// beginHeld begins the transaction that will hold a lock on conn, READ
+// COMMITTED, for a driver that takes one statement at a time or a session
+// whose default isolation keeps a snapshot (see acquireHeld), marked with
 // the try's mark. Like the try, BEGIN is never cut short, and ctx bounds
 // only the wait for it: a BEGIN that fails or gets no answer is settled by
 // its mark, since a transaction it began would otherwise keep its server
 // session until the pooler noticed the client gone.
 func (m *Manager) beginHeld(ctx context.Context, conn *sql.Conn, mark string, retried bool) error {
-	r, abandoned, settleErr := m.heldQuery(neverEnding(ctx), ctx, conn, mark+sqltext.BeginSQL, mark, false)
+	r, abandoned, settleErr := m.heldQuery(neverEnding(ctx), ctx, conn, mark+sqltext.BeginRCSQL, mark, false)
 	err := r.err
 	switch {
 	case err == nil:

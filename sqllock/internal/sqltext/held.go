@@ -32,11 +32,15 @@ type Held struct {
 
 // Statements of a session held in a transaction.
 const (
-	BeginSQL    = "BEGIN"
 	RollbackSQL = "ROLLBACK"
-	// IdleInTxSQL answers the server's idle_in_transaction_session_timeout
-	// in milliseconds (0: none), which ends a session held idle longer.
-	IdleInTxSQL = "SELECT setting::int8 FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+	// HeldSettingsSQL answers, as one integer, the server's
+	// idle_in_transaction_session_timeout in milliseconds (0: none), which
+	// ends a session held idle longer, times 2, plus 1 if the session's
+	// default isolation is not READ COMMITTED: a transaction that began
+	// REPEATABLE READ or SERIALIZABLE keeps its first statement's snapshot,
+	// which would hold back VACUUM for as long as the lock is held.
+	HeldSettingsSQL = "SELECT setting::int8*2 + (current_setting('default_transaction_isolation') <> 'read committed')::int" +
+		" FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
 )
 
 // BuildHeld returns the statements of key k held in a transaction. A lease
