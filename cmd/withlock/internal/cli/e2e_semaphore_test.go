@@ -439,6 +439,30 @@ func testSemaphoreLoss(t *testing.T, e *e2e) {
 	e.waitSlots(t, ks, 0, 0, 5*time.Second)
 }
 
+// testSemaphoreTerminate: a stuck slot's holder is broken as a stuck
+// lock's is, by withlock terminate of the slot's lock, "<name>#<slot>",
+// which ends that holder alone.
+func testSemaphoreTerminate(t *testing.T, e *e2e) {
+	name := t.Name()
+	ks := semKeysFor(t, name, 2)
+	other, release := e.holdSlot(t, name, 2)
+	a := e.start(t, nil, args("--keepalive", "100ms", "--slots", "2", e.dbFlag(), name, "--", "sh", "-c", "echo started; exec sleep 60")...)
+	a.stdout.waitFor(t, "A's stdout", "started")
+	e.waitSlots(t, ks, 2, 0, patience)
+	slot := 1 - other
+	code, stdout, stderr := e.run(t, nil, "terminate", e.dbFlag(), sqllock.SlotName(name, slot))
+	if code != ExitOK || !strings.Contains(stdout, "ended backend ") || !strings.Contains(stdout, `application "withlock:`+name+`"`) {
+		t.Fatalf("withlock terminate of slot %d: exit %d, stdout %q, stderr %q; want 0 and the holder it ended", slot, code, stdout, stderr)
+	}
+	a.expect(t, ExitLockLost)
+	ss := e.waitSlots(t, ks, 1, 0, 5*time.Second)
+	if ss.holder(other) == 0 {
+		t.Errorf("slot %d, held by another, was freed too: %+v", other, ss)
+	}
+	release()
+	e.waitSlots(t, ks, 0, 0, 5*time.Second)
+}
+
 // testSemaphoreStatus: status --slots, as text and JSON: each slot's
 // holder, who waits for which slot, and the watcher; 1 when any slot is
 // held, 0 when all are free.

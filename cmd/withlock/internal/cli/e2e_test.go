@@ -71,6 +71,7 @@ func TestEndToEnd(t *testing.T) {
 		{"SemaphoreKilledHolder", testSemaphoreKilledHolder},
 		{"SemaphoreFencing", testSemaphoreFencing},
 		{"SemaphoreLoss", testSemaphoreLoss},
+		{"SemaphoreTerminate", testSemaphoreTerminate},
 		{"SemaphoreStatus", testSemaphoreStatus},
 		{"SemaphoreTransactionPooler", testSemaphoreTransactionPooler},
 	} {

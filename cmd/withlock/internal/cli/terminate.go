@@ -21,6 +21,10 @@ library holder's Done closes and WithLock's context is cancelled. Ending
 another role's session needs the pg_signal_backend role (a superuser's,
 superuser).
 
+A semaphore's slot i is the lock "<name>#<i>": status <name> --slots N shows
+which slot a stuck holder has, and terminate '<name>#<i>' ends that holder
+alone.
+
 Flags:
   --db <connectionString>  the database, as for withlock
   --keyspace <name>        how lockName becomes a key, as for withlock
