@@ -9,47 +9,84 @@ import (
 	"testing"
 
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
+	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
 )
 
 // BenchmarkPooler compares an uncontended Lock+Unlock behind PgBouncer in
 // transaction mode, where sqllock holds the lock in a transaction, with
-// what a user writes there by hand: BEGIN, pg_advisory_xact_lock, COMMIT,
-// through database/sql's Tx, the key in the text (lib/pq sends a query
-// with parameters in two round trips, which such a pooler may send to two
-// server sessions). pgx runs in its exec mode, which survives the pooler.
-// One client connection and one server connection: both sides use the
-// same ones.
+// what a user writes there by hand (xactLockLoop). Both sides use the
+// same client and server connections.
 func BenchmarkPooler(b *testing.B) {
+	eachPoolerDriver(b, 1, func(b *testing.B, db *sql.DB) {
+		libRef(b, lockUnlockLoop(sqllock.New(db), benchKey(b)), xactLockLoop(db, benchKey(b)))
+	})
+}
+
+// BenchmarkPoolerSessions is BenchmarkPooler for a Locker WithSessions(1),
+// whose session carries its locks in one transaction held open while it
+// carries any: alone, each Lock opens that transaction and each Unlock
+// ends it; busy, the session carries another lock throughout, as one of
+// many tenants' locks would be, and Lock and Unlock run inside its
+// transaction. No target: it shows what a shared session costs there.
+func BenchmarkPoolerSessions(b *testing.B) {
+	eachPoolerDriver(b, 2, func(b *testing.B, db *sql.DB) {
+		l := sqllock.New(db, sqllock.WithSessions(1))
+		k := benchKey(b)
+		b.Run("carrying=none", func(b *testing.B) {
+			libRef(b, lockUnlockLoop(l, k), xactLockLoop(db, k))
+		})
+		b.Run("carrying=another", func(b *testing.B) {
+			other := l.Mutex(b.Name() + "/other")
+			check(b, other.Lock(context.Background()))
+			defer func() { check(b, other.Unlock(context.Background())) }()
+			libRef(b, lockUnlockLoop(l, k), xactLockLoop(db, k))
+		})
+	})
+}
+
+// eachPoolerDriver runs f for lib/pq and pgx behind PgBouncer in
+// transaction mode, with n server connections. pgx runs in its exec mode,
+// which survives the pooler. db has two client connections: a shared
+// session keeps one, and its server connection, while it carries a lock.
+func eachPoolerDriver(b *testing.B, n int, f func(b *testing.B, db *sql.DB)) {
 	for _, d := range []struct{ label, driver, params string }{
 		{"pq", "postgres", ""},
 		{"pgx", "pgx", "&default_query_exec_mode=exec"},
 	} {
 		b.Run("driver="+d.label, func(b *testing.B) {
-			bouncer := pgtest.NewBouncer(b, "transaction", 1)
+			bouncer := pgtest.NewBouncer(b, "transaction", n)
 			poolerBesideServer(b, bouncer.PID())
 			db, err := sql.Open(d.driver, bouncer.DSN()+d.params)
 			check(b, err)
 			b.Cleanup(func() { db.Close() })
-			db.SetMaxOpenConns(1)
-			db.SetMaxIdleConns(1)
+			db.SetMaxOpenConns(2)
+			db.SetMaxIdleConns(2)
 			warm(b, db, 1)
-			ctx := context.Background()
-			k := benchKey(b)
-			n, _ := k.Int64()
-			lockQ := "SELECT pg_advisory_xact_lock(" + strconv.FormatInt(n, 10) + ")"
-			libRef(b, lockUnlockLoop(sqllock.New(db), k), func(b *testing.B) {
-				b.ReportAllocs()
-				defer reportCPU(b)()
-				for b.Loop() {
-					tx, err := db.BeginTx(ctx, nil)
-					check(b, err)
-					_, err = tx.ExecContext(ctx, lockQ)
-					check(b, err)
-					check(b, tx.Commit())
-				}
-			})
+			f(b, db)
 		})
+	}
+}
+
+// xactLockLoop is what a user writes by hand behind a transaction pooler
+// to run under k's lock: BEGIN, pg_advisory_xact_lock, COMMIT, through
+// database/sql's Tx, the key in the text (lib/pq sends a query with
+// parameters in two round trips, which such a pooler may send to two
+// server sessions).
+func xactLockLoop(db *sql.DB, k keyspace.Key) func(b *testing.B) {
+	n, _ := k.Int64()
+	lockQ := "SELECT pg_advisory_xact_lock(" + strconv.FormatInt(n, 10) + ")"
+	return func(b *testing.B) {
+		ctx := context.Background()
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		for b.Loop() {
+			tx, err := db.BeginTx(ctx, nil)
+			check(b, err)
+			_, err = tx.ExecContext(ctx, lockQ)
+			check(b, err)
+			check(b, tx.Commit())
+		}
 	}
 }
 

@@ -138,6 +138,7 @@ func report(w io.Writer, r results) (failed int) {
 			maxRatio float64 // lib/ref, 0: no target
 			maxFloor float64 // lib/floor, 0: no target
 			lib, ref string  // the two sides' labels, if not impl=lib and impl=ref
+			label    string  // the row's label, if not name
 		}{
 			{name: "LockUnlock", maxRatio: 1.05, maxFloor: 3},
 			{name: "TryLockContended", maxRatio: 1.05, maxFloor: 1.5},
@@ -162,6 +163,12 @@ func report(w io.Writer, r results) (failed int) {
 			// Lock+Unlock behind PgBouncer in transaction mode, held in a
 			// transaction, against BEGIN, pg_advisory_xact_lock, COMMIT.
 			{name: "Pooler", maxRatio: 1.05},
+			// The same behind the pooler for a Locker WithSessions(1): a
+			// session carrying nothing else opens and ends its transaction
+			// with the lock; one carrying another lock does neither. No
+			// target.
+			{name: "PoolerSessions", label: "PoolerSess/none", lib: "carrying=none/impl=lib", ref: "carrying=none/impl=ref"},
+			{name: "PoolerSessions", label: "PoolerSess/another", lib: "carrying=another/impl=lib", ref: "carrying=another/impl=ref"},
 			// An uncontended Acquire+Release of a semaphore against a
 			// Mutex's Lock+Unlock: within 1.1.
 			{name: "Semaphore", maxRatio: 1.1, lib: "impl=semaphore", ref: "impl=mutex"},
@@ -202,7 +209,10 @@ func report(w io.Writer, r results) (failed int) {
 				bound := 1.5*floor/1e3 + rp
 				targets = append(targets, fmt.Sprintf("hand-off p50 %.0fµs (p99 %.0fµs) ≤ 1.5×floor + ref p50 %.0fµs = %.0fµs %s", lp, l99, rp, bound, check(lp <= bound)))
 			}
-			fmt.Fprintf(w, "%-18s %10.1f %10.1f %8.2f %9.2f %9.2f %9.0f %9.0f  %s\n", s.name, lib/1e3, ref/1e3, libRef, lib/ref, libFloor, la, ra, strings.Join(targets, "; "))
+			if s.label == "" {
+				s.label = s.name
+			}
+			fmt.Fprintf(w, "%-18s %10.1f %10.1f %8.2f %9.2f %9.2f %9.0f %9.0f  %s\n", s.label, lib/1e3, ref/1e3, libRef, lib/ref, libFloor, la, ra, strings.Join(targets, "; "))
 		}
 	}
 	return failed
