@@ -134,6 +134,7 @@ func TestLockHonoursContext(t *testing.T) {
 					}
 					select {
 					case err := <-got:
+						t.Logf("the waiter's Lock returned: %v", err)
 						require.ErrorIs(t, err, tc.want)
 						var e *sqllock.Error
 						require.ErrorAs(t, err, &e)
@@ -147,7 +148,7 @@ func TestLockHonoursContext(t *testing.T) {
 				require.NoError(t, holder.Unlock(t.Context()))
 				// Nothing survives: the key ends up free.
 				waitRows(t, db, holder.Key(), 0, 0)
-				assert.Equal(t, 0, inUse(db))
+				noConnsInUse(t, db)
 			})
 		})
 	}
@@ -229,7 +230,7 @@ func TestCancelTorture(t *testing.T) {
 		// not even a waiter whose connection was closed mid-wait.
 		held, waiting := lockRows(t, db, key)
 		assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting}, "pg_locks right after the torture: held, waiting")
-		assert.Equal(t, 0, inUse(db))
+		noConnsInUse(t, db)
 		last := l.MutexKey(key)
 		ok, err := last.TryLock(t.Context())
 		require.NoError(t, err)

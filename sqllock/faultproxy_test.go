@@ -193,21 +193,6 @@ func faultWithin[T any](t *testing.T, ch <-chan T, bound time.Duration, what str
 	panic("unreachable")
 }
 
-// faultNoConnsInUse waits until db has no connection in use: every pinned
-// connection has been returned or discarded.
-func faultNoConnsInUse(t *testing.T, db *sql.DB) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	for inUse(db) != 0 {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("connections in use: got %d, want 0", inUse(db))
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
-
 // Known sqllock defects these tests have found, not fixed yet; see "Known
 // issues" in docs/reliability.md.
 const (

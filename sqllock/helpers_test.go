@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,10 +85,39 @@ func waitRows(t *testing.T, db *sql.DB, k keyspace.Key, held, waiting int) {
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("pg_locks for %v: got %d held, %d waiting; want %d, %d", k, h, w, held, waiting)
+			t.Fatalf("pg_locks for %v: got %d held, %d waiting; want %d, %d\n%s", k, h, w, held, waiting, lockSessions(t, db, k))
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
+}
+
+// lockSessions describes the sessions that hold or wait for k, for a
+// failing test's message: which backend, in what state, running what.
+func lockSessions(t *testing.T, db *sql.DB, k keyspace.Key) string {
+	c, o, s := k.LockTag()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.Context()), 5*time.Second)
+	defer cancel()
+	rows, err := db.QueryContext(ctx, `
+		SELECT l.pid, l.granted, l.mode, coalesce(a.state, '?'), coalesce(now() - a.state_change, '0'),
+			coalesce(a.application_name, ''), coalesce(left(a.query, 120), '')
+		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = $2 AND l.objsubid = $3 ORDER BY l.granted DESC, l.pid`,
+		int64(c), int64(o), int64(s))
+	if err != nil {
+		return fmt.Sprintf("(sessions unknown: %v)", err)
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var pid int64
+		var granted bool
+		var mode, state, since, app, query string
+		if err := rows.Scan(&pid, &granted, &mode, &state, &since, &app, &query); err != nil {
+			return fmt.Sprintf("(sessions unknown: %v)", err)
+		}
+		fmt.Fprintf(&b, "backend %d granted=%t %s, %s for %s, application %q, query %q\n", pid, granted, mode, state, since, app, query)
+	}
+	return b.String()
 }
 
 // backendOf returns the pid of a backend holding k.
@@ -109,3 +140,21 @@ func terminate(t *testing.T, db *sql.DB, pid int64) {
 }
 
 func inUse(db *sql.DB) int { return db.Stats().InUse }
+
+// noConnsInUse waits until db has no connection in use: every pinned
+// connection has been returned or discarded. A call that gave up on a
+// statement its driver had not returned from (lib/pq while the server
+// answers its cancel request, under load) returns once the server shows
+// the session ended, and the connection follows when the driver returns.
+func noConnsInUse(t *testing.T, db *sql.DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for inUse(db) != 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("connections in use: got %d, want 0", inUse(db))
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

@@ -279,7 +279,7 @@ func TestFaultTerminatedBackend(t *testing.T) {
 		require.ErrorIs(t, holder.Unlock(t.Context()), sqllock.ErrLockLost)
 		require.NoError(t, waiter.Unlock(t.Context()))
 		waitRows(t, db, holder.Key(), 0, 0)
-		faultNoConnsInUse(t, db)
+		noConnsInUse(t, db)
 	})
 }
 
@@ -388,7 +388,7 @@ func TestFaultServerRestart(t *testing.T) {
 			waitRows(t, admin, again.Key(), 1, 0)
 			require.NoError(t, again.Unlock(ctx))
 			waitRows(t, admin, again.Key(), 0, 0)
-			faultNoConnsInUse(t, sc.db)
+			noConnsInUse(t, sc.db)
 			issues.done()
 		})
 	}
@@ -450,7 +450,7 @@ func TestFaultSilentNetwork(t *testing.T) {
 		// The network comes back broken: a driver stuck in a read returns,
 		// and the abandoned keep-alive probe then discards the connection.
 		require.NoError(t, p.Close())
-		faultNoConnsInUse(t, viaProxy)
+		noConnsInUse(t, viaProxy)
 		require.NoError(t, waiter.Unlock(t.Context()))
 		waitRows(t, direct, holder.Key(), 0, 0)
 	})
@@ -520,7 +520,7 @@ func TestFaultSilentNetworkBoundsCalls(t *testing.T) {
 			waitRows(t, direct, mu.Key(), 0, 0)
 			faultFigure(t, "freed", s.name, "silent-network-unlock", time.Since(start))
 			p.Close()
-			faultNoConnsInUse(t, db)
+			noConnsInUse(t, db)
 			issues.done()
 		})
 
@@ -542,7 +542,7 @@ func TestFaultSilentNetworkBoundsCalls(t *testing.T) {
 			waitRows(t, direct, mu.Key(), 0, 0)
 			faultFigure(t, "freed", s.name, "silent-network-withlock", time.Since(start))
 			p.Close()
-			faultNoConnsInUse(t, db)
+			noConnsInUse(t, db)
 			issues.done()
 		})
 
@@ -570,7 +570,7 @@ func TestFaultSilentNetworkBoundsCalls(t *testing.T) {
 			waitRows(t, direct, holder.Key(), 0, 0)
 			faultFigure(t, "freed", s.name, "silent-network-lock", time.Since(released))
 			p.Close()
-			faultNoConnsInUse(t, db)
+			noConnsInUse(t, db)
 			issues.done()
 		})
 	})
@@ -637,7 +637,7 @@ func TestFaultLockOrderInversion(t *testing.T) {
 			// and finds its client gone.
 			waitRows(t, db, a1.Key(), 0, 0)
 			waitRows(t, db, b2.Key(), 0, 0)
-			faultNoConnsInUse(t, db)
+			noConnsInUse(t, db)
 		})
 
 		t.Run("Transactions", func(t *testing.T) {

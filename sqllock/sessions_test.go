@@ -141,7 +141,7 @@ func TestSessionsInProcessExclusion(t *testing.T) {
 		assert.Equal(t, [2]int{0, 0}, [2]int{held, waiting}, "pg_locks clean")
 		// A new session's dial that its caller gave up on (lib/pq) gives
 		// its connection back once the dial ends.
-		faultNoConnsInUse(t, db)
+		noConnsInUse(t, db)
 	})
 }
 
@@ -498,7 +498,7 @@ func TestFaultSilentNetworkMultiplexedSession(t *testing.T) {
 					require.ErrorIs(t, r.err, sqllock.ErrNotReleased, "the backend that may hold the lock could not be ended")
 					waitRows(t, direct, b.Key(), 0, 0)
 					require.NoError(t, p.Close())
-					faultNoConnsInUse(t, db)
+					noConnsInUse(t, db)
 					return
 				}
 				require.NoError(t, b.Lock(t.Context()))
@@ -533,7 +533,7 @@ func TestFaultSilentNetworkMultiplexedSession(t *testing.T) {
 				waitRows(t, direct, b.Key(), 0, 0)
 				faultFigure(t, "freed", s.name, "silent-network-shared", time.Since(start))
 				require.NoError(t, p.Close())
-				faultNoConnsInUse(t, db)
+				noConnsInUse(t, db)
 			})
 		}
 	})
@@ -627,7 +627,7 @@ func TestFaultBusyMultiplexedSessionHonoursContext(t *testing.T) {
 		notBlamingContext(t, a.Err())
 		require.ErrorIs(t, a.Unlock(t.Context()), sqllock.ErrLockLost)
 		waitRows(t, direct, a.Key(), 0, 0)
-		faultNoConnsInUse(t, db)
+		noConnsInUse(t, db)
 	})
 }
 
@@ -664,7 +664,7 @@ func TestFaultSlowServerOpensMultiplexedSession(t *testing.T) {
 		err := m2.Lock(ctx)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.NoError(t, p.Close())
-		faultNoConnsInUse(t, db)
+		noConnsInUse(t, db)
 		waitRows(t, direct, m2.Key(), 0, 0)
 	})
 }
