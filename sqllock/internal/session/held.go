@@ -35,8 +35,8 @@ const proxiedPID = -1
 // checkHeld makes sure that a lock held in a transaction on driver
 // connection dc survives the server's idle_in_transaction_session_timeout:
 // the keep-alive must touch the transaction more often. A session whose
-// default isolation is not READ COMMITTED gets its held transactions begun
-// apart, READ COMMITTED (see beginHeld), so that none keeps a snapshot.
+// default isolation keeps a snapshot (REPEATABLE READ, SERIALIZABLE) gets
+// its held transactions begun apart, READ COMMITTED (see beginHeld).
 func (m *Manager) checkHeld(ctx context.Context, dc any) error {
 	v, err := drv.QueryValue(ctx, dc, sqltext.HeldSettingsSQL, nil)
 	if err != nil {

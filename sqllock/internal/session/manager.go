@@ -65,7 +65,7 @@ type Manager struct {
 	// (see checkHeld).
 	serverIdleInTx atomic.Bool
 	heldSplit      atomic.Bool // the driver takes one statement at a time: BEGIN goes alone (see acquireHeld)
-	heldBeginFirst atomic.Bool // the sessions' default isolation is not READ COMMITTED: BEGIN goes first, alone (see checkHeld)
+	heldBeginFirst atomic.Bool // the sessions' default isolation keeps a snapshot: BEGIN goes first, alone (see checkHeld)
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
 	warnedFewConns atomic.Bool // see warnFewConns

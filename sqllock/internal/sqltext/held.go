@@ -36,10 +36,11 @@ const (
 	// HeldSettingsSQL answers, as one integer, the server's
 	// idle_in_transaction_session_timeout in milliseconds (0: none), which
 	// ends a session held idle longer, times 2, plus 1 if the session's
-	// default isolation is not READ COMMITTED: a transaction that began
-	// REPEATABLE READ or SERIALIZABLE keeps its first statement's snapshot,
-	// which would hold back VACUUM for as long as the lock is held.
-	HeldSettingsSQL = "SELECT setting::int8*2 + (current_setting('default_transaction_isolation') <> 'read committed')::int" +
+	// default isolation is REPEATABLE READ or SERIALIZABLE, whose
+	// transactions keep their first statement's snapshot, which would hold
+	// back VACUUM for as long as the lock is held (READ UNCOMMITTED is READ
+	// COMMITTED in PostgreSQL).
+	HeldSettingsSQL = "SELECT setting::int8*2 + (current_setting('default_transaction_isolation') IN ('repeatable read', 'serializable'))::int" +
 		" FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
 )
 
