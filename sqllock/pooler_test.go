@@ -18,6 +18,8 @@ import (
 	"github.com/advisorylock/go-advisory-lock/internal/pgtest"
 	"github.com/advisorylock/go-advisory-lock/keyspace"
 	"github.com/advisorylock/go-advisory-lock/sqllock"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/session"
+	"github.com/advisorylock/go-advisory-lock/sqllock/internal/settle"
 )
 
 // eachBouncerDriver opens a pool with each driver through a PgBouncer of
@@ -637,5 +639,61 @@ func TestPgBouncerRepeatableReadDefault(t *testing.T) {
 				assertNoOpenTransactions(t, direct)
 			})
 		}
+	}
+}
+
+// A new client connection's check behind a pooler sends no cancel request
+// when the caller's context ends while the pooler queues it (every server
+// connection busy): PgBouncer before 1.21 can exit on one (pgbouncer#822).
+// The call returns within its bound; the check's connection is discarded
+// once the pooler answers, and nothing is left.
+func TestPgBouncerCheckSendsNoCancelRequest(t *testing.T) {
+	t.Parallel()
+	for _, d := range []struct {
+		name string
+		open func(t *testing.T, dsn string) *sql.DB
+	}{
+		{"pq", func(t *testing.T, dsn string) *sql.DB { return faultOpen(t, "postgres", dsn) }},
+		{"pgx-cancelrequest", func(t *testing.T, dsn string) *sql.DB {
+			return pgtest.OpenPgxCancelRequest(t, dsn+"&default_query_exec_mode=exec")
+		}},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			t.Parallel()
+			b := pgtest.NewBouncer(t, "transaction", 1)
+			db := d.open(t, b.DSN()+"&application_name="+appName(t))
+			db.SetMaxIdleConns(0) // every lock on a client connection new to sqllock
+			l := sqllock.New(db)
+			mu := l.Mutex(t.Name())
+			require.NoError(t, mu.Lock(t.Context()))
+			require.NoError(t, mu.Unlock(t.Context()))
+
+			// Another client's transaction takes the pooler's one server
+			// connection: the next check waits in the pooler's queue.
+			other := faultOpen(t, "pgx", b.DSN()+"&default_query_exec_mode=exec&application_name="+appName(t))
+			tx, err := other.BeginTx(t.Context(), nil)
+			require.NoError(t, err)
+			_, err = tx.ExecContext(t.Context(), "SELECT 1")
+			require.NoError(t, err)
+			for range 3 {
+				ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+				start := time.Now()
+				err = mu.Lock(ctx)
+				cancel()
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+				assert.Less(t, time.Since(start), session.AbandonGrace+settle.Bound+time.Second, "Lock returns within its bound")
+			}
+			require.NoError(t, tx.Rollback())
+			require.NoError(t, mu.Lock(t.Context()))
+			require.NoError(t, mu.Unlock(t.Context()))
+			noConnsInUse(t, db)
+			log, err := os.ReadFile(b.LogFile())
+			require.NoError(t, err)
+			assert.Zero(t, strings.Count(string(log), "cancel"), "cancel requests the pooler saw:\n%s", log)
+			exited, err := b.Exited()
+			assert.False(t, exited, "the pooler exited: %v", err)
+			waitRows(t, pgtest.DB(t, "pgx"), mu.Key(), 0, 0)
+			assertNoOpenTransactions(t, pgtest.DB(t, "pgx"))
+		})
 	}
 }

@@ -166,7 +166,16 @@ func (m *Manager) lockStatement(ctx context.Context, t *Target, q *sqltext.LockS
 		}
 		var abandoned bool
 		var settleErr error
-		r, abandoned, settleErr = m.runLock(ctx, conn, t, q)
+		if m.pooled.Load() {
+			// Behind a pooler, a new connection's check must not see ctx
+			// end: a driver would send the pooler a cancel request, on
+			// which PgBouncer before 1.21 can exit (see acquireHeld). ctx
+			// bounds only the wait for it; one that outlives ctx is
+			// abandoned, and its connection discarded when it returns.
+			r, abandoned, settleErr = m.runLockWithin(neverEnding(ctx), ctx, conn, t, q)
+		} else {
+			r, abandoned, settleErr = m.runLock(ctx, conn, t, q)
+		}
 		switch {
 		case abandoned && settleErr != nil:
 			return r, nil, fmt.Errorf("%w (%w: backend %d: %w)", r.err, errs.ErrNotReleased, r.pid, settleErr)

@@ -66,6 +66,7 @@ type Manager struct {
 	serverIdleInTx atomic.Bool
 	heldSplit      atomic.Bool // the driver takes one statement at a time: BEGIN goes alone (see acquireHeld)
 	heldBeginFirst atomic.Bool // the sessions' default isolation keeps a snapshot: BEGIN goes first, alone (see checkHeld)
+	pooled         atomic.Bool // a connection reached a pooler's sessions: check new ones without cancel requests (see lockStatement)
 
 	warnedPoolFull atomic.Bool // see warnPoolFull
 	warnedFewConns atomic.Bool // see warnFewConns

@@ -36,8 +36,10 @@ func (m *Manager) runLock(ctx context.Context, conn *sql.Conn, t *Target, q *sql
 // for it bounded by stop: a statement on a multiplexed session must not see
 // its caller's context end (both drivers then destroy the connection), and
 // one whose context never ends spares lib/pq a goroutine that watches it.
+// pgx runs inline when ctx bounds it; under a ctx that never ends, it runs
+// in a goroutine, bounded by stop, as lib/pq does.
 func (m *Manager) runLockWithin(ctx, stop context.Context, conn *sql.Conn, t *Target, q *sqltext.LockStmt) (r outcome, abandoned bool, settleErr error) {
-	if m.boundsContext || stop.Done() == nil {
+	if stop.Done() == nil || m.boundsContext && ctx.Done() != nil {
 		return m.lockRaw(ctx, conn, t, q, nil), false, nil
 	}
 	var f inFlight

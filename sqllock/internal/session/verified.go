@@ -144,6 +144,7 @@ func (m *Manager) guarded(ctx context.Context, dc any, q *sqltext.LockStmt, c *s
 			if err := m.checkHeld(ctx, dc); err != nil {
 				return nil, 0, 0, err
 			}
+			m.pooled.Store(true)
 			if p != nil {
 				m.verified.remember(ref, owner, proxiedPID)
 			}
