@@ -532,6 +532,24 @@ func TestPgBouncerHoldersAndElection(t *testing.T) {
 	})
 }
 
+// cancelSenders open the driver setups that send a cancel request when a
+// context ends: lib/pq, and pgx with CancelRequestContextWatcherHandler
+// (withlock's), in its exec mode, which a transaction pooler carries.
+var cancelSenders = []struct {
+	name string
+	open func(t *testing.T, dsn string) *sql.DB
+}{
+	{"pq", func(t *testing.T, dsn string) *sql.DB {
+		db, err := sql.Open("postgres", dsn)
+		require.NoError(t, err)
+		t.Cleanup(func() { db.Close() })
+		return db
+	}},
+	{"pgx-cancelrequest", func(t *testing.T, dsn string) *sql.DB {
+		return pgtest.OpenPgxCancelRequest(t, dsn+"&default_query_exec_mode=exec")
+	}},
+}
+
 // Behind PgBouncer in transaction mode, a lock wait that its caller
 // cancels sends the pooler no cancel request, even on pgx with
 // CancelRequestContextWatcherHandler (withlock's), or lib/pq, which sends
@@ -540,20 +558,7 @@ func TestPgBouncerHoldersAndElection(t *testing.T) {
 // wait is ended on the server instead, and nothing is left behind.
 func TestPgBouncerCancelledWaitSendsNoCancelRequest(t *testing.T) {
 	t.Parallel()
-	for _, d := range []struct {
-		name string
-		open func(t *testing.T, dsn string) *sql.DB
-	}{
-		{"pq", func(t *testing.T, dsn string) *sql.DB {
-			db, err := sql.Open("postgres", dsn)
-			require.NoError(t, err)
-			t.Cleanup(func() { db.Close() })
-			return db
-		}},
-		{"pgx-cancelrequest", func(t *testing.T, dsn string) *sql.DB {
-			return pgtest.OpenPgxCancelRequest(t, dsn+"&default_query_exec_mode=exec")
-		}},
-	} {
+	for _, d := range cancelSenders {
 		t.Run(d.name, func(t *testing.T) {
 			t.Parallel()
 			b := pgtest.NewBouncer(t, "transaction", 6)
@@ -649,15 +654,7 @@ func TestPgBouncerRepeatableReadDefault(t *testing.T) {
 // once the pooler answers, and nothing is left.
 func TestPgBouncerCheckSendsNoCancelRequest(t *testing.T) {
 	t.Parallel()
-	for _, d := range []struct {
-		name string
-		open func(t *testing.T, dsn string) *sql.DB
-	}{
-		{"pq", func(t *testing.T, dsn string) *sql.DB { return faultOpen(t, "postgres", dsn) }},
-		{"pgx-cancelrequest", func(t *testing.T, dsn string) *sql.DB {
-			return pgtest.OpenPgxCancelRequest(t, dsn+"&default_query_exec_mode=exec")
-		}},
-	} {
+	for _, d := range cancelSenders {
 		t.Run(d.name, func(t *testing.T) {
 			t.Parallel()
 			b := pgtest.NewBouncer(t, "transaction", 1)
