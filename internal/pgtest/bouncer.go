@@ -106,17 +106,9 @@ func StartBouncer(cfg BouncerConfig) (*Bouncer, error) {
 	if b.listen, err = freePort(); err != nil {
 		return fail(err)
 	}
-	target, err := url.Parse(cfg.Target)
-	if err != nil || target.Scheme == "" {
-		return fail(fmt.Errorf("pgtest: a pooler needs a URL-form DSN, got %q: %v", cfg.Target, err))
-	}
-	user := target.User.Username()
-	if user == "" {
-		user = superuser
-	}
-	dbname := strings.TrimPrefix(target.Path, "/")
-	if dbname == "" {
-		dbname = user
+	_, _, user, dbname, err := parseTarget(cfg.Target)
+	if err != nil {
+		return fail(err)
 	}
 	if err := b.writeConf(cfg.Target); err != nil {
 		return fail(err)
@@ -155,24 +147,35 @@ func StartBouncer(cfg BouncerConfig) (*Bouncer, error) {
 	}
 }
 
-// writeConf writes the pooler's configuration, in front of the server of
-// dsn, and its users.
-func (b *Bouncer) writeConf(dsn string) error {
+// parseTarget reads the server a pooler stands in front of from dsn, a
+// URL-form connection string: its host and port (5432 if none), user (the
+// superuser if none) and database (the user's if none).
+func parseTarget(dsn string) (host, port, user, dbname string, err error) {
 	target, err := url.Parse(dsn)
 	if err != nil || target.Scheme == "" {
-		return fmt.Errorf("pgtest: a pooler needs a URL-form DSN, got %q: %v", dsn, err)
+		return "", "", "", "", fmt.Errorf("pgtest: a pooler needs a URL-form DSN, got %q: %v", dsn, err)
 	}
-	host, port := target.Hostname(), target.Port()
+	host, port = target.Hostname(), target.Port()
 	if port == "" {
 		port = "5432"
 	}
-	user := target.User.Username()
+	user = target.User.Username()
 	if user == "" {
 		user = superuser
 	}
-	dbname := strings.TrimPrefix(target.Path, "/")
+	dbname = strings.TrimPrefix(target.Path, "/")
 	if dbname == "" {
 		dbname = user
+	}
+	return host, port, user, dbname, nil
+}
+
+// writeConf writes the pooler's configuration, in front of the server of
+// dsn, and its users.
+func (b *Bouncer) writeConf(dsn string) error {
+	host, port, user, dbname, err := parseTarget(dsn)
+	if err != nil {
+		return err
 	}
 	db := fmt.Sprintf("host=%s port=%s user=%s dbname=%s", host, port, user, dbname)
 	users := fmt.Sprintf("%q \"\"\n", user)
