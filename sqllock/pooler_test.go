@@ -604,6 +604,7 @@ func TestPgBouncerRepeatableReadDefault(t *testing.T) {
 	for _, d := range []struct{ name, driver, params string }{
 		{"pq", "postgres", ""},
 		{"pgx", "pgx", "&default_query_exec_mode=simple_protocol"},
+		{"pq-binary", "postgres", "&binary_parameters=yes"},
 		{"pgx-exec", "pgx", "&default_query_exec_mode=exec"},
 	} {
 		for _, mode := range []struct {
@@ -632,8 +633,11 @@ func TestPgBouncerRepeatableReadDefault(t *testing.T) {
 				ok, err := other.TryLock(t.Context())
 				require.NoError(t, err)
 				assert.False(t, ok, "a held lock excludes")
+				// A deadline: the server keeps it (lock_timeout) with the wait.
+				wctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+				defer cancel()
 				got := make(chan error, 1)
-				go func() { got <- other.Lock(t.Context()) }()
+				go func() { got <- other.Lock(wctx) }()
 				waitRows(t, direct, a.Key(), 1, 1)
 				require.NoError(t, a.Unlock(t.Context()))
 				require.NoError(t, <-got, "the waiter gets the lock once it is free")

@@ -314,8 +314,11 @@ func (m *Manager) heldWait(ctx context.Context, conn *sql.Conn, wait string, pid
 	})
 	defer stop()
 	// The deadline goes with the wait, in one query: no statement before
-	// the wait can see ctx end.
-	if m.heldSplit.Load() {
+	// the wait can see ctx end. Apart, for a driver that takes one
+	// statement at a time, and where BEGIN went first for the isolation
+	// (see checkHeld): no combined try has then shown that this driver
+	// takes several.
+	if m.heldSplit.Load() || m.heldBeginFirst.Load() {
 		if _, abandoned, settleErr, err = m.execHeld(stmt, conn, sqltext.LockTimeout(left), pid, tx, k); err != nil {
 			return 0, abandoned, settleErr, err
 		}
